@@ -1,0 +1,138 @@
+"""Do the activation-noise paper's findings appear under the quick protocol?
+
+Trains one bank per (data set, seed, alpha_train) with the `quick` preset, evaluates every
+alpha_test on it, and prints the alpha_train x alpha_test accuracy table (mean +- SEM over seeds)
+plus a verdict, with numbers, on each finding of PROTOCOLS.md section 1:
+  (i)   balanced noise beats no noise (0, 0);
+  (ii)  for each alpha_train the best alpha_test lies on or next to the diagonal;
+  (iii) acc(0.5, 0) > acc(0, 0.5).
+The protocol is never tuned to make a finding appear: the verdicts report what the data say.
+
+    python bench/ebm_phenomena.py                       # digits + textures, 3 seeds, CPU
+    python bench/ebm_phenomena.py --device cuda --out bench/results/ebm_phenomena_gpu.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trainables.common import device_name, resolve_device  # noqa: E402
+from trainables.data import load_dataset  # noqa: E402
+from trainables.ebm import evaluate, preset_configs, train_bank  # noqa: E402
+from trainables.noise import NoiseSpec  # noqa: E402
+
+
+def run(dataset: str, seeds: int, alphas: list[float], device: str, overrides: dict, log) -> dict:
+    """accuracy[(alpha_train, alpha_test)] -> list over seeds, at the largest n; plus loss tails."""
+    acc: dict[tuple[float, float], list[float]] = {}
+    tails = []
+    for seed, a_tr in itertools.product(range(seeds), alphas):
+        cfg, ecfg = preset_configs("quick", {"dataset": dataset, "seed": seed, "eval_seed": seed,
+                                             "alpha_train": a_tr, "device": device, **overrides})
+        data = load_dataset(cfg.data)
+        t0 = time.perf_counter()
+        res = train_bank(cfg, data)
+        t1 = time.perf_counter()
+        rows = evaluate(res.model, data, [NoiseSpec("gaussian", a) for a in alphas], cfg, ecfg)
+        t2 = time.perf_counter()
+        n_max = ecfg.n_checkpoints[-1]
+        for r in rows:
+            if r["n"] == n_max:
+                acc.setdefault((a_tr, r["alpha_test"]), []).append(r["accuracy"])
+        tails.append(res.history)
+        log(f"  {dataset} seed={seed} alpha_train={a_tr}: train {t1 - t0:.0f}s "
+            f"(loss {res.history[0]:.4f} -> {res.history[-1]:.4f}), eval {t2 - t1:.0f}s")
+    return {"acc": acc, "tails": tails, "cfg": cfg, "ecfg": ecfg, "data": data}
+
+
+def mean_sem(values: list[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def report(dataset: str, out: dict, alphas: list[float], log) -> None:
+    acc, cfg, ecfg, data = out["acc"], out["cfg"], out["ecfg"], out["data"]
+    n_max = ecfg.n_checkpoints[-1]
+    log(f"\n## {dataset}: {data.num_classes} classes, {len(data.y_train)} train / {len(data.y_test)} test "
+        f"images at {cfg.data.image_size} px; {cfg.steps} Adam steps of {cfg.batch_size} per class; "
+        f"Gaussian noise, full placement; accuracy (%) at n = {n_max}, mean +- SEM over "
+        f"{len(next(iter(acc.values())))} seeds")
+    log("\nalpha_train \\ alpha_test | " + " | ".join(f"{a:>13}" for a in alphas))
+    log("---|" + "|".join("---" for _ in alphas))
+    for a_tr in alphas:
+        cells = [mean_sem(acc[(a_tr, a_te)]) for a_te in alphas]
+        log(f"{a_tr:>24} | " + " | ".join(f"{100 * m:6.2f} +- {100 * s:4.2f}" for m, s in cells))
+
+    # Loss curve tail: mean over runs of the last 5 epochs' loss, and the drop over the last 20%.
+    tails = out["tails"]
+    last = np.mean([t[-5:] for t in tails], axis=0)
+    fifth = max(1, len(tails[0]) // 5)
+    drop = np.mean([(t[-fifth - 1] - t[-1]) / t[-fifth - 1] for t in tails])
+    log(f"\nloss tail (mean over runs, last 5 epochs): {' '.join(f'{v:.5f}' for v in last)}; "
+        f"relative drop over the last 20% of steps: {100 * drop:.1f}%")
+
+    mean = {k: mean_sem(v) for k, v in acc.items()}
+    base, base_sem = mean[(0.0, 0.0)]
+    best_a = max((a for a in alphas if a > 0), key=lambda a: mean[(a, a)][0])
+    best, best_sem = mean[(best_a, best_a)]
+    gap = best - base
+    sig = gap > 2 * math.hypot(base_sem, best_sem)
+    log(f"\n(i) balanced noise beats (0,0): best balanced cell ({best_a},{best_a}) = {100 * best:.2f}% vs "
+        f"(0,0) = {100 * base:.2f}%, difference {100 * gap:+.2f} points -> "
+        f"{'HOLDS' if gap > 0 and sig else 'holds, within 2 SEM' if gap > 0 else 'DOES NOT HOLD'}")
+    near = []
+    for i, a_tr in enumerate(alphas):
+        j = int(np.argmax([mean[(a_tr, a_te)][0] for a_te in alphas]))
+        near.append(abs(i - j) <= 1)
+        log(f"(ii) alpha_train={a_tr}: best alpha_test={alphas[j]} ({100 * mean[(a_tr, alphas[j])][0]:.2f}%), "
+            f"{abs(i - j)} grid step(s) from the diagonal")
+    log(f"(ii) best alpha_test on or next to the diagonal for {sum(near)}/{len(near)} rows -> "
+        f"{'HOLDS' if all(near) else 'DOES NOT HOLD'}")
+    if 0.5 in alphas:
+        (m1, s1), (m2, s2) = mean[(0.5, 0.0)], mean[(0.0, 0.5)]
+        log(f"(iii) acc(0.5,0) = {100 * m1:.2f} +- {100 * s1:.2f}% vs acc(0,0.5) = {100 * m2:.2f} +- {100 * s2:.2f}% -> "
+            f"{'HOLDS' if m1 > m2 else 'DOES NOT HOLD'}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", default="digits,textures")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--alphas", default="0,0.5,1.0,1.5")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=None, help="override the quick preset's steps")
+    p.add_argument("--out", default=None, help="also write the output to this file")
+    args = p.parse_args()
+    lines: list[str] = []
+
+    def log(s: str) -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    alphas = [float(a) for a in args.alphas.split(",")]
+    overrides = {"steps": args.steps} if args.steps else {}
+    dev = resolve_device(args.device)
+    log(f"# ebm_phenomena: quick protocol, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    log(f"machine: {platform.node()} {platform.machine()}, {device_name(dev)}, torch {torch.__version__}")
+    t0 = time.perf_counter()
+    results = {ds: run(ds, args.seeds, alphas, args.device, overrides, log) for ds in args.datasets.split(",")}
+    for ds, out in results.items():
+        report(ds, out, alphas, log)
+    log(f"\ntotal wall time {time.perf_counter() - t0:.0f} s")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,319 @@
+"""The fused autoencoder bank, its training and its sampling inference."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from trainables.common import STATUS_DIVERGED, STATUS_OK
+from trainables.data import Data, DataConfig
+from trainables.ebm import (Autoencoder, AutoencoderBank, EBMConfig, EvalConfig, evaluate,
+                            preset_configs, train_bank)
+from trainables.noise import ConfigError, NoiseParams, NoiseSpec, fill_, make_generator
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices run faster and reproducibly on one thread of this shared 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _blobs(classes=3, per_class=24, side=8, seed=0) -> Data:
+    """Small separable data: each class is a bright square at its own place, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.1 * torch.rand(classes * per_class * 2, 1, side, side, generator=g)
+    y = torch.arange(classes).repeat_interleave(per_class * 2)
+    for c in range(classes):
+        r = (c * side) // classes
+        x[y == c, :, r:r + side // 3, r:r + side // 3] += 0.8
+    x = x.clamp(0, 1)
+    train = torch.arange(len(y)) % 2 == 0
+    return Data("blobs", x[train], y[train], x[~train], y[~train], [f"c{c}" for c in range(classes)])
+
+
+def _cfg(**kw) -> EBMConfig:
+    base = dict(data=DataConfig(image_size=8), steps=6, batch_size=8, device="cpu")
+    return EBMConfig(**(base | kw))
+
+
+# ---------------------------------------------------------------------------------------------
+# fused bank == separate autoencoders
+
+
+def test_fused_bank_equals_separate_autoencoders_outputs_and_gradients():
+    torch.manual_seed(0)
+    aes = [Autoencoder(3, (5, 7, 9)) for _ in range(4)]
+    bank = AutoencoderBank.from_autoencoders(aes)
+    x = torch.rand(4, 6, 3, 16, 16)  # each class its own images
+    noise = torch.Generator().manual_seed(1)
+    zs = {}
+
+    def shared_noise(i, h):  # the same z for the bank (channels-last) and for the modules
+        if i not in zs:
+            zs[i] = torch.randn(h.shape, generator=noise)
+        return h + 0.3 * zs[i]
+
+    xb = x.permute(0, 1, 3, 4, 2)
+    out = bank(xb, shared_noise)  # draws zs in channels-last layout
+    ref = torch.stack([ae(x[c], lambda i, h, c=c: h + 0.3 * zs[i][c].permute(0, 3, 1, 2))
+                       for c, ae in enumerate(aes)])
+    assert torch.allclose(out.permute(0, 1, 4, 2, 3), ref, atol=1e-5)
+
+    sum(((ref[c] - x[c]) ** 2).mean() for c in range(4)).backward()
+    ((out - xb) ** 2).flatten(1).mean(1).sum().backward()
+    for i in range(3):
+        enc = torch.stack([a.encoder[i].weight.grad.flatten(1).T for a in aes])
+        dec = torch.stack([a.decoder[i].weight.grad.permute(0, 2, 3, 1).flatten(1) for a in aes])
+        assert torch.allclose(bank.weights[i].grad, enc, atol=1e-5)
+        assert torch.allclose(bank.weights[3 + i].grad, dec, atol=1e-5)
+        assert torch.allclose(bank.biases[i].grad, torch.stack([a.encoder[i].bias.grad for a in aes]), atol=1e-5)
+        assert torch.allclose(bank.biases[3 + i].grad, torch.stack([a.decoder[i].bias.grad for a in aes]), atol=1e-5)
+
+
+def test_shared_input_gives_every_class_its_reconstruction():
+    torch.manual_seed(0)
+    aes = [Autoencoder(1) for _ in range(3)]
+    bank = AutoencoderBank.from_autoencoders(aes)
+    x = torch.rand(5, 1, 16, 16)
+    out = bank(x.permute(0, 2, 3, 1).unsqueeze(0))  # (1, N, ...) broadcast to all classes
+    ref = torch.stack([ae(x) for ae in aes]).permute(0, 1, 3, 4, 2)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_each_autoencoder_only_learns_from_its_own_class():
+    """Training on data whose class 0 is all zeros must not change how class 1's bank behaves
+    compared with training where class 0 holds other images."""
+    data = _blobs()
+    other = dataclasses.replace(data, x_train=torch.where((data.y_train == 0).view(-1, 1, 1, 1),
+                                                          torch.zeros_like(data.x_train), data.x_train))
+    a = train_bank(_cfg(alpha_train=0.3), data).model
+    b = train_bank(_cfg(alpha_train=0.3), other).model
+    for w_a, w_b in zip(a.weights, b.weights):
+        assert torch.equal(w_a[1:], w_b[1:])
+        assert not torch.equal(w_a[0], w_b[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def test_training_is_deterministic_and_resume_matches_uninterrupted():
+    data = _blobs()
+    cfg = _cfg(alpha_train=0.5, dropout_rate=0.1, epochs=4, steps=0)
+    saved = {}
+
+    def keep_epoch_2(p):
+        if p.epoch == 2:
+            saved["state"] = p.state()
+
+    full = train_bank(cfg, data, callback=keep_epoch_2)
+    again = train_bank(cfg, data)
+    resumed = train_bank(cfg, data, state=saved["state"])
+    assert full.epochs_done == resumed.epochs_done == 4
+    for a, b, c in zip(full.model.parameters(), again.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert full.history == resumed.history
+    other = train_bank(dataclasses.replace(cfg, seed=1), data)
+    assert not torch.equal(full.model.weights[0], other.model.weights[0])
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    from trainables.common import load_checkpoint, save_checkpoint
+    data = _blobs()
+    states = []
+    train_bank(_cfg(epochs=1, steps=0, alpha_train=0.2), data, callback=lambda p: states.append(p.state()))
+    save_checkpoint(states[-1], tmp_path / "ck.pt")
+    loaded = load_checkpoint(tmp_path / "ck.pt")
+    assert loaded["epoch"] == 1 and set(loaded) >= {"model", "optimizer", "generator", "history"}
+
+
+def test_training_reduces_the_loss_and_callback_sees_every_epoch():
+    data = _blobs()
+    seen = []
+    res = train_bank(_cfg(steps=0, epochs=30, batch_size=12), data, callback=lambda p: seen.append(p.epoch))
+    assert res.status == STATUS_OK and seen == list(range(1, 31))
+    assert res.history[-1] < 0.5 * res.history[0]
+
+
+def test_callback_returning_true_stops_early():
+    res = train_bank(_cfg(steps=0, epochs=10), _blobs(), callback=lambda p: p.epoch == 3)
+    assert res.epochs_done == 3 and len(res.history) == 3
+
+
+def test_non_finite_loss_ends_as_diverged_not_an_exception():
+    res = train_bank(_cfg(lr=1e30, steps=0, epochs=20, distribution_train="cauchy", alpha_train=50.0), _blobs())
+    assert res.status == STATUS_DIVERGED
+    assert not math.isfinite(res.history[-1]) and "non-finite" in res.message
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling inference
+
+
+@pytest.fixture(scope="module")
+def trained():
+    data = _blobs()
+    cfg = _cfg(alpha_train=0.5, steps=40)
+    return train_bank(cfg, data).model, data, cfg
+
+
+SETTINGS = [NoiseSpec("gaussian", 0.0), NoiseSpec("gaussian", 0.5), NoiseSpec("gaussian", 1.0, "odd"),
+            NoiseSpec("student_t", 0.3, "dec")]
+
+
+def _by_key(rows):
+    return {(r["alpha_test"], r["distribution_test"], r["placement_test"], r["n"]): r for r in rows}
+
+
+def test_cumulative_n_equals_recomputing_from_scratch_at_each_n(trained):
+    bank, data, cfg = trained
+    checkpoints = (1, 3, 10, 25)
+    ecfg = EvalConfig(n_checkpoints=checkpoints, block_images=10, block_draws=4)
+    stream = _by_key(evaluate(bank, data, SETTINGS, cfg, ecfg))
+    for n in checkpoints:
+        alone = _by_key(evaluate(bank, data, SETTINGS, cfg, dataclasses.replace(ecfg, n_checkpoints=(n,))))
+        for key, row in alone.items():
+            assert stream[key]["accuracy"] == row["accuracy"]
+            assert stream[key]["energy_mean"] == pytest.approx(row["energy_mean"], rel=1e-9)
+            if n > 1:
+                assert stream[key]["energy_var"] == pytest.approx(row["energy_var"], rel=1e-9, nan_ok=True)
+
+
+def test_accuracy_at_n_matches_a_direct_energy_average(trained):
+    """Recompute the argmin of the n-draw mean energy straight from per-draw energies."""
+    from trainables.ebm import SamplingEvaluator
+    bank, data, cfg = trained
+    ecfg = EvalConfig(n_checkpoints=(1, 7, 20), block_images=1000, block_draws=5, memory_mb=4096)
+    spec = NoiseSpec("gaussian", 0.7)
+    rows = _by_key(evaluate(bank, data, [spec], cfg, ecfg))
+    ev = SamplingEvaluator(bank, cfg.noise_params, ecfg, 8)
+    x = data.x_test.permute(0, 2, 3, 1)
+    with torch.no_grad():
+        e = ev.energies(x, ev.clean(x), spec, 0, 0, 20).double()
+    for n in (1, 7, 20):
+        acc = float((e[:, :, :n].mean(-1).argmin(0) == data.y_test).double().mean())
+        assert rows[(0.7, "gaussian", "full", n)]["accuracy"] == acc
+        assert rows[(0.7, "gaussian", "full", n)]["energy_mean"] == pytest.approx(float(e[:, :, :n].mean()), rel=1e-6)
+
+
+def test_memory_chunking_gives_the_same_answer_as_one_big_batch(trained):
+    bank, data, cfg = trained
+    ecfg = EvalConfig(n_checkpoints=(1, 10, 30), block_images=8, block_draws=3)
+    small = evaluate(bank, data, SETTINGS, cfg, dataclasses.replace(ecfg, memory_mb=1))
+    big = evaluate(bank, data, SETTINGS, cfg, dataclasses.replace(ecfg, memory_mb=100_000))
+    for a, b in zip(small, big):
+        assert a["accuracy"] == b["accuracy"]
+        assert a["energy_mean"] == pytest.approx(b["energy_mean"], rel=1e-9)
+
+
+def test_a_setting_does_not_depend_on_the_others_requested(trained):
+    bank, data, cfg = trained
+    ecfg = EvalConfig(n_checkpoints=(1, 5))
+    together = _by_key(evaluate(bank, data, SETTINGS, cfg, ecfg))
+    alone = _by_key(evaluate(bank, data, SETTINGS[2:3], cfg, ecfg))
+    for key, row in alone.items():
+        assert together[key]["accuracy"] == row["accuracy"]
+
+
+def test_clean_energy_equals_the_reference_autoencoders(trained):
+    """alpha_test = 0: one deterministic pass per class, energy = sum of squared errors."""
+    bank, data, cfg = trained
+    rows = evaluate(bank, data, [NoiseSpec("gaussian", 0.0)], cfg, EvalConfig(n_checkpoints=(1, 10)))
+    aes = _unstack(bank)
+    with torch.no_grad():
+        energy = torch.stack([((ae(data.x_test) - data.x_test) ** 2).flatten(1).sum(1) for ae in aes])
+    acc = float((energy.argmin(0) == data.y_test).float().mean())
+    assert [r["n_effective"] for r in rows] == [1, 1]
+    assert rows[0]["accuracy"] == rows[1]["accuracy"] == pytest.approx(acc)
+    assert rows[0]["energy_mean"] == pytest.approx(float(energy.mean()), rel=1e-5)
+    assert math.isnan(rows[0]["energy_var"])
+
+
+def _unstack(bank):
+    aes = []
+    for c in range(bank.num_classes):
+        ae = Autoencoder(bank.in_channels, bank.hidden)
+        with torch.no_grad():
+            for i in range(3):
+                conv = ae.encoder[i]
+                conv.weight.copy_(bank.weights[i][c].T.reshape(conv.weight.shape))
+                conv.bias.copy_(bank.biases[i][c])
+                up = ae.decoder[i]
+                cin, cout = up.weight.shape[:2]
+                up.weight.copy_(bank.weights[3 + i][c].view(cin, 4, 4, cout).permute(0, 3, 1, 2))
+                up.bias.copy_(bank.biases[3 + i][c])
+        aes.append(ae)
+    return aes
+
+
+def test_noise_in_evaluation_has_the_requested_law():
+    """The draws that reach a layer are the configured law scaled by alpha."""
+    from scipy import stats
+    z = torch.empty(5000)
+    fill_(z, "exponential", NoiseParams(exponential_rate=2.0), make_generator(0, "cpu"))
+    assert stats.kstest(z.numpy(), stats.expon(scale=0.5).cdf).pvalue > 1e-3
+
+
+def test_noisy_inference_is_not_degenerate(trained):
+    bank, data, cfg = trained
+    rows = _by_key(evaluate(bank, data, SETTINGS[:2], cfg, EvalConfig(n_checkpoints=(1, 20))))
+    clean, noisy = rows[(0.0, "gaussian", "full", 1)], rows[(0.5, "gaussian", "full", 20)]
+    assert clean["accuracy"] > 0.9  # separable blobs: the trained bank classifies them
+    assert noisy["energy_mean"] > clean["energy_mean"]  # noise raises reconstruction error
+    assert noisy["energy_var"] > 0
+
+
+def test_rows_carry_every_config_field(trained):
+    bank, data, cfg = trained
+    row = evaluate(bank, data, SETTINGS[:1], cfg, EvalConfig(n_checkpoints=(1,)))[0]
+    expected = {"dataset", "image_size", "channels", "classes", "distribution_train", "alpha_train",
+                "placement_train", "dropout_rate", "gaussian_sigma", "student_t_nu", "hidden_channels",
+                "hidden_activation", "output_activation", "lr", "batch_size", "epochs", "steps",
+                "seed", "eval_seed", "block_images", "block_draws", "memory_mb",
+                "distribution_test", "alpha_test", "placement_test", "n", "n_effective",
+                "accuracy", "energy_mean", "energy_var", "test_images", "eval_seconds", "device_name"}
+    assert expected <= set(row)
+
+
+# ---------------------------------------------------------------------------------------------
+# presets and bad input
+
+
+def test_presets_build_valid_configs():
+    for name in ("paper", "quick", "smoke"):
+        cfg, ecfg = preset_configs(name)
+        assert isinstance(cfg, EBMConfig) and isinstance(ecfg, EvalConfig)
+    paper, paper_eval = preset_configs("paper")
+    assert (paper.data.dataset, paper.data.image_size, paper.epochs, paper.batch_size, paper.lr) == \
+        ("cifar10", 32, 100, 256, 1e-3)
+    cfg, _ = preset_configs("quick", {"alpha_train": 0.9, "dataset": "textures"})
+    assert cfg.alpha_train == 0.9 and cfg.data.dataset == "textures"
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: preset_configs("fast"), r"preset='fast'.*allowed: paper, quick, smoke"),
+    (lambda: preset_configs("smoke", {"alpha_tr": 1}), r"unknown config field 'alpha_tr'.*alpha_train"),
+    (lambda: _cfg(alpha_train=-1.0), r"alpha=-1.0 is out of range"),
+    (lambda: _cfg(placement_train="all"), r"placement='all'.*allowed: full, odd, even, enc, dec"),
+    (lambda: _cfg(distribution_train="normal"), r"distribution='normal'.*allowed: gaussian"),
+    (lambda: _cfg(dropout_rate=1.0), r"dropout_rate=1.0 is out of range"),
+    (lambda: _cfg(batch_size=0), r"batch_size=0 is out of range; allowed: integers >= 1"),
+    (lambda: _cfg(hidden_activation="swish"), r"hidden_activation='swish'.*allowed: relu"),
+    (lambda: EBMConfig(data=DataConfig(image_size=12)), r"image_size=12.*multiples of 8"),
+    (lambda: EvalConfig(n_checkpoints=(0, 10)), r"n_checkpoints=.*integers >= 1"),
+    (lambda: EvalConfig(n_checkpoints=()), r"n_checkpoints=.*non-empty"),
+    (lambda: EvalConfig(block_draws=0), r"block_draws=0 is out of range"),
+])
+def test_bad_input_names_the_field_and_allowed_values(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+def test_empty_settings_are_refused(trained):
+    bank, data, cfg = trained
+    with pytest.raises(ConfigError, match="settings"):
+        evaluate(bank, data, [], cfg)

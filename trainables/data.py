@@ -1,0 +1,509 @@
+"""Image-classification data sets for the energy-based (one autoencoder per class) classifier.
+
+Every data set goes through one path: a loader returns the raw train/test splits with their
+original labels, ``load_dataset`` keeps the configured classes (remapped to ``0..C-1``), applies
+the size limits, and converts the kept images to float32 ``(N, channels, S, S)`` in ``[0, 1]``.
+Plain PyTorch/torchvision/numpy on purpose: this module must never import ray.
+
+``digits`` and ``textures`` are embedded (work offline); ``textures`` is a PROXY built from the
+photographs bundled with scikit-image, not a data set from the paper. The torchvision sets are
+downloaded into the data root; ``cub200_20`` and ``tiny_imagenet`` must be placed there by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, NamedTuple, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from trainables.noise import ConfigError
+
+T = TypeVar("T")
+
+# ITU-R 601-2 weights, the ones PIL uses for "L", so array and file sources agree.
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+# Images converted per chunk so peak memory stays near the size of the result.
+_CHUNK = 4096
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_PROVIDE = (
+    "Provide it by pointing the NOISETUNE_DATA environment variable or DataConfig.data_root at a "
+    "folder that holds the torchvision layout, or run once with internet access and download=True."
+)
+
+
+class DataError(ConfigError):
+    """Bad data configuration or data that cannot be found/read; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What to load. ``classes`` picks original class ids (kept in that order as labels 0..C-1;
+    None = the set's default); ``data_root`` None -> $NOISETUNE_DATA -> ~/.cache/noisetune/data;
+    ``train_limit`` caps training images per class (first ones), ``test_limit`` caps test images
+    in total (stratified round-robin), both deterministic."""
+
+    dataset: str = "digits"
+    image_size: int = 32
+    channels: int = 1
+    classes: tuple[int, ...] | None = None
+    data_root: str | None = None
+    download: bool = True
+    train_limit: int | None = None
+    test_limit: int | None = None
+
+
+@dataclass
+class Data:
+    """A loaded set: images float32 ``(N, channels, S, S)`` in [0, 1], labels int64 in 0..C-1."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of kept classes; labels run over ``0..num_classes-1``."""
+        return len(self.class_names)
+
+    def to(self, device) -> Data:
+        """Copy with all tensors on ``device``; small sets live on the training device."""
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train.to(device),
+            y_train=self.y_train.to(device),
+            x_test=self.x_test.to(device),
+            y_test=self.y_test.to(device),
+        )
+
+
+@dataclass
+class _Split:
+    """One split before class selection: original labels and the images, either an array
+    ``(N, H, W[, 3])`` or a list of image files read only when selected."""
+
+    labels: np.ndarray
+    images: np.ndarray | list[Path]
+
+
+Loader = Callable[[DataConfig, Path], tuple[_Split, _Split, list[str]]]
+
+
+class DatasetSpec(NamedTuple):
+    """Registry entry: how to load a set, a one-line description, and its default classes."""
+
+    loader: Loader
+    description: str
+    default_classes: tuple[int, ...]
+
+
+# ---------------------------------------------------------------------------- embedded sets
+
+
+def _load_digits(cfg: DataConfig, root: Path) -> tuple[_Split, _Split, list[str]]:
+    """scikit-learn's bundled 8x8 digits with a fixed split, so every run sees the same test set."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images, y = digits.images / 16.0, digits.target
+    tr, te = train_test_split(np.arange(len(y)), test_size=450, stratify=y, random_state=0)
+    names = [str(d) for d in digits.target_names]
+    return _Split(y[tr], images[tr]), _Split(y[te], images[te]), names
+
+
+TEXTURE_IMAGES = (
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "coins.png",
+    "moon.png",
+    "text.png",
+    "coffee.png",
+    "chelsea.png",
+    "astronaut.png",
+    "hubble_deep_field.jpg",
+)
+TEXTURE_PATCH = 32
+TEXTURE_TRAIN_FRACTION = 0.7
+TEXTURE_PATCHES = (300, 100)  # (train, test) per class
+_TEXTURE_SEED = 1234
+
+
+def texture_patch_corners(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left ``(row, col)`` of the train and test patches of one source image.
+
+    Train patches lie entirely in the left ``TEXTURE_TRAIN_FRACTION`` of the columns and test
+    patches entirely right of it, so no test pixel is ever seen in training. The seed is fixed per
+    image (not the run seed) so the proxy set is identical across runs.
+    """
+    split = int(width * TEXTURE_TRAIN_FRACTION)
+    rng = np.random.default_rng(seed)
+
+    def corners(n: int, first_col: int, end_col: int) -> np.ndarray:
+        rows = rng.integers(0, height - TEXTURE_PATCH + 1, n)
+        cols = rng.integers(first_col, end_col - TEXTURE_PATCH + 1, n)
+        return np.stack([rows, cols], axis=1)
+
+    n_train, n_test = TEXTURE_PATCHES
+    return corners(n_train, 0, split), corners(n_test, split, width)
+
+
+def _load_textures(cfg: DataConfig, root: Path) -> tuple[_Split, _Split, list[str]]:
+    """PROXY set, not a paper data set: patches of the photographs shipped inside scikit-image's
+    wheel, one class per photograph. Embedded (works offline) and hard enough that a per-class
+    autoencoder classifier is far from perfect, unlike digits."""
+    import skimage.data
+    import skimage.io
+
+    folder = Path(skimage.data.__file__).parent
+    splits: tuple[tuple[list, list], ...] = (([], []), ([], []))
+    for k, file in enumerate(TEXTURE_IMAGES):
+        img = skimage.io.imread(folder / file)
+        if img.ndim == 2:  # grayscale sources repeated so all patches stack as RGB
+            img = np.repeat(img[:, :, None], 3, axis=2)
+        corners_per_split = texture_patch_corners(*img.shape[:2], seed=_TEXTURE_SEED + k)
+        for (labels, patches), corners in zip(splits, corners_per_split):
+            patches += [img[r : r + TEXTURE_PATCH, c : c + TEXTURE_PATCH] for r, c in corners]
+            labels += [k] * len(corners)
+    train, test = (_Split(np.array(labels), np.stack(patches)) for labels, patches in splits)
+    return train, test, [file.split(".")[0] for file in TEXTURE_IMAGES]
+
+
+# ---------------------------------------------------------------------------- torchvision sets
+
+
+def _torchvision(cfg: DataConfig, root: Path, layout: str, make: Callable[[], T]) -> T:
+    """Build a torchvision data set; any failure (offline download, missing or corrupt files)
+    becomes a DataError naming the set, the path looked at and how to provide the data."""
+    # Broad on purpose: torchvision raises RuntimeError, URLError, OSError or ValueError depending
+    # on the set and the failure, and none of them should escape unexplained.
+    try:
+        return make()
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        attempt = "download failed or " if cfg.download else ""
+        raise DataError(
+            f"data set '{cfg.dataset}': {attempt}files not found under data root {root} "
+            f"(expected {root / layout}; {type(exc).__name__}: {detail}). {_PROVIDE}"
+        ) from exc
+
+
+def _mnist_loader(class_name: str) -> Loader:
+    """Loader for MNIST-format torchvision sets (raw idx files under ``<root>/<ClassName>/raw``)."""
+
+    def load(cfg: DataConfig, root: Path) -> tuple[_Split, _Split, list[str]]:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, class_name)
+        tr, te = (
+            _torchvision(
+                cfg, root, f"{class_name}/raw", lambda t=t: cls(str(root), train=t, download=cfg.download)
+            )
+            for t in (True, False)
+        )
+        split = [_Split(ds.targets.numpy(), ds.data.numpy()) for ds in (tr, te)]
+        return split[0], split[1], list(tr.classes)
+
+    return load
+
+
+def _cifar(cfg: DataConfig, root: Path, class_name: str) -> tuple:
+    """Both splits of a torchvision CIFAR set (downloaded and integrity-checked by torchvision)."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, class_name)
+    return tuple(
+        _torchvision(cfg, root, cls.base_folder, lambda t=t: cls(str(root), train=t, download=cfg.download))
+        for t in (True, False)
+    )
+
+
+def _load_cifar10(cfg: DataConfig, root: Path) -> tuple[_Split, _Split, list[str]]:
+    """CIFAR-10 through torchvision."""
+    tr, te = _cifar(cfg, root, "CIFAR10")
+    return _Split(np.asarray(tr.targets), tr.data), _Split(np.asarray(te.targets), te.data), list(tr.classes)
+
+
+def _load_cifar100(cfg: DataConfig, root: Path) -> tuple[_Split, _Split, list[str]]:
+    """CIFAR-100 with its 100 fine labels."""
+    tr, te = _cifar(cfg, root, "CIFAR100")
+    return _Split(np.asarray(tr.targets), tr.data), _Split(np.asarray(te.targets), te.data), list(tr.classes)
+
+
+def _load_cifar20(cfg: DataConfig, root: Path) -> tuple[_Split, _Split, list[str]]:
+    """CIFAR-100 with its 20 coarse superclass labels, which torchvision does not expose: they are
+    read from the same pickles torchvision has just verified."""
+    tr, te = _cifar(cfg, root, "CIFAR100")
+    base = root / tr.base_folder
+
+    def unpickle(name: str) -> dict:
+        with open(base / name, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+
+    train = _Split(np.asarray(unpickle("train")["coarse_labels"]), tr.data)
+    test = _Split(np.asarray(unpickle("test")["coarse_labels"]), te.data)
+    return train, test, list(unpickle("meta")["coarse_label_names"])
+
+
+def _load_caltech101(cfg: DataConfig, root: Path) -> tuple[_Split, _Split, list[str]]:
+    """Caltech101 categories; it has no official split, so the first 80% of each category's
+    images (sorted by name) train and the rest test, independent of any seed."""
+    from torchvision.datasets import Caltech101
+
+    ds = _torchvision(
+        cfg, root, "caltech101/101_ObjectCategories", lambda: Caltech101(str(root), download=cfg.download)
+    )
+    base = Path(ds.root) / "101_ObjectCategories"
+    splits: tuple[tuple[list, list], ...] = (([], []), ([], []))
+    for k, category in enumerate(ds.categories):
+        files = sorted((base / category).glob("*.jpg"))
+        cut = len(files) * 4 // 5
+        for (labels, paths), part in zip(splits, (files[:cut], files[cut:])):
+            paths += part
+            labels += [k] * len(part)
+    train, test = (_Split(np.array(labels, dtype=np.int64), paths) for labels, paths in splits)
+    return train, test, list(ds.categories)
+
+
+def _load_flowers102(cfg: DataConfig, root: Path) -> tuple[_Split, _Split, list[str]]:
+    """Flowers102 with the official train+val as training data and the official test split."""
+    from torchvision.datasets import Flowers102
+
+    tr, va, te = (
+        _torchvision(
+            cfg, root, "flowers-102", lambda s=s: Flowers102(str(root), split=s, download=cfg.download)
+        )
+        for s in ("train", "val", "test")
+    )
+    # Flowers102 exposes labels and files only as private lists; reading them avoids decoding every
+    # image just to learn its label (torchvision is pinned <= 0.29.1 in pyproject).
+    train = _Split(np.array(tr._labels + va._labels, dtype=np.int64), tr._image_files + va._image_files)
+    test = _Split(np.array(te._labels, dtype=np.int64), list(te._image_files))
+    return train, test, list(Flowers102.classes)
+
+
+# ---------------------------------------------------------------------------- local folders
+
+
+def _folder_loader(subdir: str, splits: tuple[str, str], how: str) -> Loader:
+    """Loader for sets that must be placed by hand as ``<root>/<subdir>/<split>/<class>/<images>``
+    (class names sorted; images found recursively, sorted by path)."""
+
+    def load(cfg: DataConfig, root: Path) -> tuple[_Split, _Split, list[str]]:
+        for split in splits:
+            if not (root / subdir / split).is_dir():
+                raise DataError(
+                    f"data set '{cfg.dataset}': folder {root / subdir / split} not found (data root {root}); "
+                    f"this set is never downloaded. {how} Then set NOISETUNE_DATA or DataConfig.data_root "
+                    f"to the folder that contains '{subdir}'."
+                )
+        names = sorted(p.name for p in (root / subdir / splits[0]).iterdir() if p.is_dir())
+        out = []
+        for split in splits:
+            labels, paths = [], []
+            for k, name in enumerate(names):
+                found = (root / subdir / split / name).rglob("*")
+                files = sorted(p for p in found if p.suffix.lower() in _IMAGE_SUFFIXES)
+                paths += files
+                labels += [k] * len(files)
+            out.append(_Split(np.array(labels, dtype=np.int64), paths))
+        return out[0], out[1], names
+
+    return load
+
+
+# ---------------------------------------------------------------------------- registry
+
+DATASETS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec(
+        _load_digits, "scikit-learn 8x8 digits, embedded; fixed 1347/450 stratified split", tuple(range(10))
+    ),
+    "textures": DatasetSpec(
+        _load_textures,
+        "PROXY (not a paper data set): 10 classes of patches from scikit-image's bundled photographs, "
+        "train/test cut from disjoint image regions; embedded",
+        tuple(range(10)),
+    ),
+    "mnist": DatasetSpec(_mnist_loader("MNIST"), "MNIST handwritten digits (torchvision)", tuple(range(10))),
+    "fashion_mnist": DatasetSpec(
+        _mnist_loader("FashionMNIST"), "Fashion-MNIST clothing (torchvision)", tuple(range(10))
+    ),
+    "cifar10": DatasetSpec(_load_cifar10, "CIFAR-10 (torchvision)", tuple(range(10))),
+    "cifar100": DatasetSpec(_load_cifar100, "CIFAR-100, 100 fine classes (torchvision)", tuple(range(100))),
+    "cifar20": DatasetSpec(
+        _load_cifar20, "CIFAR-100 with its 20 coarse superclasses (torchvision)", tuple(range(20))
+    ),
+    "caltech101_20": DatasetSpec(
+        _load_caltech101,
+        "Caltech101 (torchvision), first 20 categories; fixed per-class 80/20 split",
+        tuple(range(20)),
+    ),
+    "flowers102_20": DatasetSpec(
+        _load_flowers102, "Flowers102 (torchvision), first 20 classes; train+val / test", tuple(range(20))
+    ),
+    "cub200_20": DatasetSpec(
+        _folder_loader(
+            "cub200",
+            ("train", "test"),
+            "Arrange CUB-200-2011 as <root>/cub200/train/<class>/*.jpg and <root>/cub200/test/<class>/*.jpg "
+            "(following its train_test_split.txt).",
+        ),
+        "CUB-200-2011 birds from a local ImageFolder tree <root>/cub200/{train,test}, first 20 classes",
+        tuple(range(20)),
+    ),
+    "tiny_imagenet": DatasetSpec(
+        _folder_loader(
+            "tiny_imagenet",
+            ("train", "val"),
+            "Unpack tiny-imagenet-200 as <root>/tiny_imagenet/train/<wnid>/... and arrange its official, "
+            "flat val/ folder into class folders <root>/tiny_imagenet/val/<wnid>/ using "
+            "val/val_annotations.txt.",
+        ),
+        "Tiny ImageNet (200 classes) from a local folder <root>/tiny_imagenet/{train,val}/<wnid>",
+        tuple(range(200)),
+    ),
+}
+
+# Class counts of the full sources, so `classes` can be checked before anything is loaded.
+_TOTAL_CLASSES = {
+    "digits": 10,
+    "textures": len(TEXTURE_IMAGES),
+    "mnist": 10,
+    "fashion_mnist": 10,
+    "cifar10": 10,
+    "cifar100": 100,
+    "cifar20": 20,
+    "caltech101_20": 101,
+    "flowers102_20": 102,
+    "cub200_20": 200,
+    "tiny_imagenet": 200,
+}
+
+
+def dataset_names() -> list[str]:
+    """Registered data set names, in registry order."""
+    return list(DATASETS)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _is_int(value) -> bool:
+    """True for Python/numpy integers but not bools, which would silently pass as 0/1."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _validate(cfg: DataConfig) -> tuple[int, ...]:
+    """Check every field before any loading work; returns the classes to keep."""
+    if not isinstance(cfg.dataset, str) or cfg.dataset not in DATASETS:
+        near = difflib.get_close_matches(str(cfg.dataset), DATASETS, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise DataError(f"dataset: unknown data set {cfg.dataset!r}{hint}; allowed: {', '.join(DATASETS)}")
+    if not _is_int(cfg.image_size) or cfg.image_size < 4:
+        raise DataError(f"image_size: must be an integer >= 4, got {cfg.image_size!r}")
+    if cfg.channels not in (1, 3) or not _is_int(cfg.channels):
+        raise DataError(f"channels: must be 1 (grayscale) or 3 (RGB), got {cfg.channels!r}")
+    for field in ("train_limit", "test_limit"):
+        value = getattr(cfg, field)
+        if value is not None and (not _is_int(value) or value < 1):
+            raise DataError(f"{field}: must be None or an integer >= 1, got {value!r}")
+    if cfg.classes is None:
+        return DATASETS[cfg.dataset].default_classes
+    total = _TOTAL_CLASSES[cfg.dataset]
+    allowed = f"distinct integers in [0, {total - 1}] for data set '{cfg.dataset}'"
+    classes = tuple(cfg.classes) if isinstance(cfg.classes, (tuple, list, range)) else ()
+    if not classes or not all(_is_int(c) and 0 <= c < total for c in classes):
+        raise DataError(f"classes: must be None or a non-empty sequence of {allowed}, got {cfg.classes!r}")
+    if len(set(classes)) != len(classes):
+        raise DataError(f"classes: duplicated entries in {cfg.classes!r}; must be {allowed}")
+    return tuple(int(c) for c in classes)
+
+
+def _data_root(cfg: DataConfig) -> Path:
+    """Configured root, else $NOISETUNE_DATA, else a per-user cache folder."""
+    return Path(cfg.data_root or os.environ.get("NOISETUNE_DATA") or "~/.cache/noisetune/data").expanduser()
+
+
+def _select(
+    labels: np.ndarray, classes: tuple[int, ...], per_class: int | None, total: int | None
+) -> np.ndarray:
+    """Indices (in source order) of the kept samples: the first ``per_class`` of each class, then at
+    most ``total`` taken round-robin over the classes, so small cuts stay stratified and fixed."""
+    groups = [np.flatnonzero(labels == c)[:per_class] for c in classes]
+    if total is not None:
+        ranked = sorted((rank, k, i) for k, group in enumerate(groups) for rank, i in enumerate(group))
+        groups = [np.array([i for _, _, i in ranked[:total]], dtype=np.int64)]
+    return np.sort(np.concatenate(groups)).astype(np.int64)
+
+
+def _convert(batch: np.ndarray, cfg: DataConfig) -> torch.Tensor:
+    """Same-sized images ``(N, H, W[, 3])`` (uint8 or float in [0, 1]) -> float32 ``(N, channels, S, S)``."""
+    x = torch.from_numpy(np.ascontiguousarray(batch))
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    if cfg.channels == 1 and x.shape[1] == 3:
+        x = (x * _LUMA).sum(dim=1, keepdim=True)
+    elif cfg.channels == 3 and x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    size = (cfg.image_size, cfg.image_size)
+    if tuple(x.shape[-2:]) != size:
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    # Rounding can leave values a hair outside [0, 1].
+    return x.clamp(0, 1)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """One image file as an RGB uint8 array; unreadable files become a DataError naming the file."""
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB"))
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+
+
+def _gather(split: _Split, idx: np.ndarray, cfg: DataConfig) -> torch.Tensor:
+    """The selected images, converted; files are decoded one by one (they differ in size)."""
+    out = torch.empty(len(idx), cfg.channels, cfg.image_size, cfg.image_size)
+    if isinstance(split.images, list):
+        for j, i in enumerate(idx):
+            out[j] = _convert(_read_image(split.images[i])[None], cfg)[0]
+    else:
+        for start in range(0, len(idx), _CHUNK):
+            out[start : start + _CHUNK] = _convert(split.images[idx[start : start + _CHUNK]], cfg)
+    return out
+
+
+def load_dataset(cfg: DataConfig) -> Data:
+    """Load, cut and convert the configured data set; every problem raises DataError."""
+    classes = _validate(cfg)
+    root = _data_root(cfg)
+    train, test, names = DATASETS[cfg.dataset].loader(cfg, root)
+    if max(classes) >= len(names):  # a hand-made folder may hold fewer classes than the full set
+        raise DataError(
+            f"classes: data set '{cfg.dataset}' under {root} has only {len(names)} classes, "
+            f"allowed range [0, {len(names) - 1}], got {classes!r}"
+        )
+    lookup = np.full(len(names), -1, dtype=np.int64)
+    lookup[list(classes)] = np.arange(len(classes))
+    tr = _select(train.labels, classes, cfg.train_limit, None)
+    te = _select(test.labels, classes, None, cfg.test_limit)
+    return Data(
+        name=cfg.dataset,
+        x_train=_gather(train, tr, cfg),
+        y_train=torch.from_numpy(lookup[train.labels[tr]]),
+        x_test=_gather(test, te, cfg),
+        y_test=torch.from_numpy(lookup[test.labels[te]]),
+        class_names=[str(names[c]) for c in classes],
+    )

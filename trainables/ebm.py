@@ -1,0 +1,504 @@
+"""Activation noise for EBM classification: one autoencoder per class, fused into one module.
+
+The paper's classifier (activation-noise-ebm, Sec. 4.1): for each class an autoencoder
+Conv 30-73-100 (kernel 4, stride 2, padding 1) and its mirror; energy E(x|y) = ||f(x|y,z) - x||^2
+averaged over n noise draws (Eq. 9); prediction argmin_y. Noise t = f(Wx+b) + alpha*z after the
+activation of every layer of the placement, output layer included.
+
+Why the bank is written by hand: C autoencoders as C modules cost C small convolutions per
+step, and one grouped convolution is *slower* on CPU (shared/MEASUREMENTS.md). Here every layer
+is im2col plus ONE batched matrix product over the class dimension (channels-last tensors of
+shape (classes, batch, H, W, channels)), so a forward pass yields all C reconstructions and one
+Adam step updates all C autoencoders, each on its own class's images. `Autoencoder` is the plain
+reference module; `AutoencoderBank.from_autoencoders` stacks C of them exactly.
+
+Sampling inference is "train once, evaluate many": one pass over the test set evaluates a list of
+test settings, each with running sums over draws so that accuracy at every n checkpoint comes
+from one stream of draws. Noise for (setting, image block, draw block) comes from its own seeded
+generator, so results do not depend on the memory budget or on which other settings or
+checkpoints were requested.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.common import (STATUS_DIVERGED, STATUS_OK, Progress, TrainResult,
+                               check_checkpoints, config_row, device_name, replace_fields,
+                               resolve_device)
+from trainables.data import Data, DataConfig
+from trainables.noise import (NUM_LAYERS, PLACEMENTS, ConfigError, NoiseParams, NoiseSpec, check_choice,
+                              check_int, check_range, fill_, make_generator)
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "identity": lambda t: t,
+    "elu": F.elu, "leaky_relu": F.leaky_relu,
+}
+
+
+@dataclass(frozen=True)
+class EBMConfig:
+    """One training configuration: one trained bank of class-conditional autoencoders."""
+
+    data: DataConfig = DataConfig()
+    distribution_train: str = "gaussian"  # law of z during training (noise.DISTRIBUTIONS)
+    alpha_train: float = 0.0  # noise scale during training; 0 = no training noise
+    placement_train: str = "full"  # layers that get training noise or dropout (noise.PLACEMENTS)
+    dropout_rate: float = 0.0  # dropout rate c at the same places (paper Fig. 2); 0 = off
+    noise_params: NoiseParams = NoiseParams()
+    hidden_channels: tuple[int, ...] = (30, 73, 100)  # encoder widths; decoder mirrors them
+    hidden_activation: str = "relu"  # paper silent: ReLU on layers 1-5
+    output_activation: str = "sigmoid"  # paper silent: sigmoid on layer 6 (inputs are in [0,1])
+    lr: float = 1e-3  # Adam, default betas
+    batch_size: int = 256  # images per class per optimiser step
+    epochs: int = 100  # an epoch = ceil(largest class / batch_size) steps
+    steps: int = 0  # > 0: train exactly this many optimiser steps instead of `epochs`
+    seed: int = 0  # initial weights, shuffling and training noise
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self):
+        NoiseSpec(self.distribution_train, self.alpha_train, self.placement_train)
+        check_range("dropout_rate", self.dropout_rate, 0.0, 0.99)
+        check_choice("hidden_activation", self.hidden_activation, tuple(ACTIVATIONS))
+        check_choice("output_activation", self.output_activation, tuple(ACTIVATIONS))
+        if len(self.hidden_channels) != 3 or any(not isinstance(c, int) or c < 1 for c in self.hidden_channels):
+            raise ConfigError(f"hidden_channels={self.hidden_channels!r} is out of range; allowed: 3 positive integers")
+        check_range("lr", self.lr, 0.0, low_open=True)
+        for name in ("batch_size", "epochs"):
+            check_int(name, getattr(self, name), 1)
+        check_int("steps", self.steps, 0)
+        check_int("seed", self.seed, 0)
+        if self.data.image_size % 8:
+            raise ConfigError(f"image_size={self.data.image_size} is out of range; allowed: multiples of 8 "
+                              "(three stride-2 layers down and three up)")
+
+    @property
+    def noise_train(self) -> NoiseSpec:
+        return NoiseSpec(self.distribution_train, self.alpha_train, self.placement_train)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Sampling inference settings shared by all test settings of one evaluation."""
+
+    n_checkpoints: tuple[int, ...] = (1, 10, 100, 1000)  # accuracy reported at each n
+    eval_seed: int = 0  # keys the test-noise generators
+    block_images: int = 32  # test images per noise block (fixed: part of the noise key)
+    block_draws: int = 10  # draws per noise block (fixed: part of the noise key)
+    memory_mb: int = 1024  # working-memory budget: how many draw blocks run at once
+
+    def __post_init__(self):
+        object.__setattr__(self, "n_checkpoints", check_checkpoints(self.n_checkpoints))
+        check_int("eval_seed", self.eval_seed, 0)
+        check_int("block_images", self.block_images, 1)
+        check_int("block_draws", self.block_draws, 1)
+        check_int("memory_mb", self.memory_mb, 1)
+
+
+
+PRESETS: dict[str, dict] = {
+    # The paper's protocol: CIFAR-10 at 32 px, 100 epochs of batch 256, n up to 1000 (Fig. 3).
+    "paper": {"dataset": "cifar10"},
+    # Embedded digits at their native 8 px, trained to a loss plateau; ~10 min for grid_ebm on
+    # 2 CPU cores (bench/ebm_phenomena.py shows the loss tail).
+    "quick": {"dataset": "digits", "image_size": 8, "steps": 1500, "batch_size": 64,
+              "n_checkpoints": (1, 10, 100)},
+    # Seconds: for tests and for checking that a pipeline runs end to end.
+    "smoke": {"dataset": "digits", "image_size": 8, "steps": 3, "batch_size": 16, "train_limit": 20,
+              "test_limit": 30, "n_checkpoints": (1, 4), "block_draws": 2},
+}
+
+
+def preset_configs(preset: str, overrides: dict | None = None) -> tuple[EBMConfig, EvalConfig]:
+    """Training and evaluation configs of a preset, with `overrides` (any field name) applied."""
+    check_choice("preset", preset, tuple(PRESETS))
+    values = PRESETS[preset] | dict(overrides or {})
+    eval_names = {f.name for f in dataclasses.fields(EvalConfig)}
+    cfg = replace_fields(EBMConfig(), {k: v for k, v in values.items() if k not in eval_names})
+    return cfg, EvalConfig(**{k: v for k, v in values.items() if k in eval_names})
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+class Autoencoder(nn.Module):
+    """The paper's autoencoder as plain PyTorch layers: the reference the bank must equal."""
+
+    def __init__(self, in_channels=1, hidden=(30, 73, 100), hidden_activation="relu",
+                 output_activation="sigmoid"):
+        super().__init__()
+        widths = (in_channels, *hidden)
+        self.encoder = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 4, 2, 1) for i in range(3))
+        self.decoder = nn.ModuleList(nn.ConvTranspose2d(widths[3 - i], widths[2 - i], 4, 2, 1) for i in range(3))
+        self.acts = [ACTIVATIONS[hidden_activation]] * 5 + [ACTIVATIONS[output_activation]]
+
+    def forward(self, x, after_layer: Callable | None = None):
+        """x: (N, C, H, W). after_layer(i, h) may perturb the activation of layer i (1-based)."""
+        for i, layer in enumerate([*self.encoder, *self.decoder], start=1):
+            x = self.acts[i - 1](layer(x))
+            if after_layer is not None:
+                x = after_layer(i, x)
+        return x
+
+
+def _conv_down(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Conv k4 s2 p1 per class: (G|1, N, H, W, Cin) -> (G, N, H/2, W/2, Cout) via im2col + bmm."""
+    g, n, h, wd, c = x.shape
+    cols = F.pad(x, (0, 0, 1, 1, 1, 1)).unfold(2, 4, 2).unfold(3, 4, 2)  # (g,n,h/2,w/2,c,4,4)
+    cols = cols.reshape(g, n * (h // 2) * (wd // 2), c * 16)
+    classes, cout = w.shape[0], w.shape[2]
+    if g == classes:
+        out = torch.baddbmm(b.unsqueeze(1), cols, w)
+        return out.view(classes, n, h // 2, wd // 2, cout)
+    # One input shared by all classes (inference, layer 1): one matmul against all weights.
+    out = cols[0] @ w.permute(1, 0, 2).reshape(c * 16, classes * cout) + b.reshape(-1)
+    return out.view(n, h // 2, wd // 2, classes, cout).permute(3, 0, 1, 2, 4)
+
+
+def _conv_up(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """ConvTranspose k4 s2 p1 per class: one bmm, then col2im as four shifted strided adds."""
+    g, n, h, wd, cin = x.shape
+    cout = w.shape[2] // 16
+    y = torch.bmm(x.reshape(g, n * h * wd, cin), w).view(g, n, h, wd, 2, 2, 2, 2, cout)
+    # Kernel tap k = 2p + a lands on padded output row 2(i + p) + a: view rows as (i + p, a).
+    out = x.new_zeros(g, n, h + 1, 2, wd + 1, 2, cout)
+    for p in (0, 1):
+        for q in (0, 1):
+            out[:, :, p:p + h, :, q:q + wd] += y[:, :, :, :, p, :, q].permute(0, 1, 2, 4, 3, 5, 6)
+    out = out.view(g, n, 2 * h + 2, 2 * wd + 2, cout)[:, :, 1:-1, 1:-1]
+    return out + b[:, None, None, None, :]
+
+
+class AutoencoderBank(nn.Module):
+    """C autoencoders stacked along a leading class dimension, run as one module."""
+
+    def __init__(self, num_classes: int, in_channels=1, hidden=(30, 73, 100),
+                 hidden_activation="relu", output_activation="sigmoid"):
+        super().__init__()
+        self.num_classes, self.in_channels, self.hidden = num_classes, in_channels, tuple(hidden)
+        self.activation_names = (hidden_activation, output_activation)
+        self.acts = [ACTIVATIONS[hidden_activation]] * 5 + [ACTIVATIONS[output_activation]]
+        widths = (in_channels, *hidden)
+        shapes = [(widths[i] * 16, widths[i + 1]) for i in range(3)]  # encoder: (Cin*16, Cout)
+        shapes += [(widths[3 - i], 16 * widths[2 - i]) for i in range(3)]  # decoder: (Cin, 16*Cout)
+        self.weights = nn.ParameterList(nn.Parameter(torch.zeros(num_classes, *s)) for s in shapes)
+        outs = [widths[i + 1] for i in range(3)] + [widths[2 - i] for i in range(3)]
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(num_classes, o)) for o in outs)
+
+    @classmethod
+    def from_autoencoders(cls, aes: Sequence[Autoencoder], **kwargs) -> "AutoencoderBank":
+        """Stack separately built autoencoders into one bank (exact copy of their weights)."""
+        first = aes[0]
+        bank = cls(len(aes), first.encoder[0].in_channels,
+                   tuple(c.out_channels for c in first.encoder), **kwargs)
+        with torch.no_grad():
+            for i in range(3):
+                bank.weights[i].copy_(torch.stack([a.encoder[i].weight.flatten(1).T for a in aes]))
+                bank.biases[i].copy_(torch.stack([a.encoder[i].bias for a in aes]))
+                w = [a.decoder[i].weight.permute(0, 2, 3, 1).flatten(1) for a in aes]
+                bank.weights[3 + i].copy_(torch.stack(w))
+                bank.biases[3 + i].copy_(torch.stack([a.decoder[i].bias for a in aes]))
+        return bank
+
+    @classmethod
+    def initialised(cls, num_classes: int, in_channels: int, hidden, seed: int,
+                    hidden_activation="relu", output_activation="sigmoid") -> "AutoencoderBank":
+        """PyTorch's default layer initialisation, per class, from `seed` (global RNG untouched)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            aes = [Autoencoder(in_channels, hidden) for _ in range(num_classes)]
+        return cls.from_autoencoders(aes, hidden_activation=hidden_activation,
+                                     output_activation=output_activation)
+
+    def layer(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Layer i (1-based) plus its activation, on channels-last (G|1, N, H, W, C) input."""
+        conv = _conv_down if i <= 3 else _conv_up
+        return self.acts[i - 1](conv(h, self.weights[i - 1], self.biases[i - 1]))
+
+    def forward(self, x: torch.Tensor, after_layer: Callable | None = None) -> torch.Tensor:
+        """x: (G|1, N, H, W, C) channels-last; returns all G reconstructions (G, N, H, W, C)."""
+        for i in range(1, NUM_LAYERS + 1):
+            x = self.layer(i, x)
+            if after_layer is not None:
+                x = after_layer(i, x)
+        return x
+
+    def layer_shapes(self, side: int) -> list[tuple[int, int, int]]:
+        """(H, W, C) of each layer's activation for square inputs of `side` pixels."""
+        widths = (self.in_channels, *self.hidden)
+        sides = [side // 2, side // 4, side // 8, side // 4, side // 2, side]
+        chans = [widths[1], widths[2], widths[3], widths[2], widths[1], widths[0]]
+        return [(s, s, c) for s, c in zip(sides, chans)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def _to_nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def _train_noise(cfg: EBMConfig, generator: torch.Generator) -> Callable | None:
+    """The per-layer perturbation of training: activation noise and/or dropout."""
+    spec, rate = cfg.noise_train, cfg.dropout_rate
+    noisy = set(spec.layers) | (set(PLACEMENTS[spec.placement]) if rate > 0 else set())
+    if not noisy:
+        return None
+
+    def after_layer(i, h):
+        if i not in noisy:
+            return h
+        if rate > 0:
+            keep = torch.empty_like(h).bernoulli_(1 - rate, generator=generator)
+            h = h * keep / (1 - rate)
+        if spec.alpha > 0:
+            h = h + spec.alpha * fill_(torch.empty_like(h), spec.distribution, cfg.noise_params, generator)
+        return h
+
+    return after_layer
+
+
+def steps_per_epoch(data: Data, batch_size: int) -> int:
+    """Steps for the largest class to see each of its images once."""
+    counts = torch.bincount(data.y_train, minlength=data.num_classes)
+    return max(1, math.ceil(int(counts.max()) / batch_size))
+
+
+def train_bank(cfg: EBMConfig, data: Data, callback: Callable[[Progress], object] | None = None,
+               state: dict | None = None) -> TrainResult:
+    """Train all C autoencoders at once; each sees only its own class.
+
+    `callback(Progress)` runs after every epoch; returning True stops training early. `state`
+    (a dict from Progress.state()) resumes a run exactly where it was saved. A non-finite loss
+    ends training with status "diverged" instead of raising.
+    """
+    device = resolve_device(cfg.device)
+    start = time.perf_counter()
+    x = _to_nhwc(data.x_train.to(device))
+    y = data.y_train.to(device)
+    classes = data.num_classes
+    by_class = [torch.nonzero(y == c).flatten() for c in range(classes)]
+    if any(len(ix) == 0 for ix in by_class):
+        empty = [c for c, ix in enumerate(by_class) if len(ix) == 0]
+        raise ConfigError(f"classes {empty} have no training images; allowed: every class non-empty")
+
+    bank = AutoencoderBank.initialised(classes, x.shape[-1], cfg.hidden_channels, cfg.seed,
+                                       cfg.hidden_activation, cfg.output_activation).to(device)
+    opt = torch.optim.Adam(bank.parameters(), lr=cfg.lr)
+    gen = make_generator(cfg.seed, device)
+    per_epoch = steps_per_epoch(data, cfg.batch_size)
+    total_steps = cfg.steps or cfg.epochs * per_epoch
+    epochs = math.ceil(total_steps / per_epoch)
+    history: list[float] = []
+    first_epoch = 0
+    if state is not None:
+        bank.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
+        history = list(state["history"])
+        first_epoch = int(state["epoch"])
+    perturb = _train_noise(cfg, gen)
+    bs = cfg.batch_size
+
+    def snapshot(epoch: int) -> Callable[[], dict]:
+        # A deep copy: state_dict() holds live tensors that the next step would overwrite.
+        return lambda: copy.deepcopy({"model": bank.state_dict(), "optimizer": opt.state_dict(),
+                                      "generator": gen.get_state(), "history": history, "epoch": epoch})
+
+    status = STATUS_OK
+    epoch = first_epoch
+    for epoch in range(first_epoch + 1, epochs + 1):
+        steps = min(per_epoch, total_steps - (epoch - 1) * per_epoch)
+        # Each class walks its own reshuffled images, cycling when it has fewer than needed.
+        need = steps * bs
+        idx = torch.stack([
+            ix[torch.cat([torch.randperm(len(ix), generator=gen, device=device)
+                          for _ in range(math.ceil(need / len(ix)))])[:need]]
+            for ix in by_class]).view(classes, steps, bs)
+        total = torch.zeros((), device=device)
+        for s in range(steps):
+            batch = x[idx[:, s]]  # (G, bs, H, W, C)
+            out = bank(batch, perturb)
+            loss = ((out - batch) ** 2).flatten(1).mean(1).sum()  # sum of per-class MSEs
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+        mean_loss = float(total) / steps / classes
+        history.append(mean_loss)
+        if not math.isfinite(mean_loss):
+            status = STATUS_DIVERGED
+            break
+        if callback is not None and callback(Progress(epoch, mean_loss, snapshot(epoch))) is True:
+            break
+    return TrainResult(bank, status, epoch, history, time.perf_counter() - start,
+                       "" if status == STATUS_OK else f"non-finite loss at epoch {epoch}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling inference
+
+
+def _noise_key(eval_seed: int, spec: NoiseSpec, image_block: int, draw_block: int) -> int:
+    """A seed for one (setting, image block, draw block): independent of chunking and order."""
+    tag = zlib.crc32(f"{spec.distribution}|{spec.alpha!r}|{spec.placement}".encode())
+    state = np.random.SeedSequence([eval_seed, tag, image_block, draw_block]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class _Tally:
+    """Running per-(class, image) sums over draws, read out at each checkpoint n."""
+
+    def __init__(self, checkpoints):
+        self.checkpoints = checkpoints
+        self.correct = {n: 0 for n in checkpoints}
+        self.energy = {n: 0.0 for n in checkpoints}
+        self.var = {n: 0.0 for n in checkpoints}
+
+    def add_block(self, per_draw: Callable[[int, int], torch.Tensor], labels, n_total: int,
+                  step: int) -> None:
+        """per_draw(d0, d1) -> energies (G, B, d1 - d0) for draws d0..d1-1 of this image block."""
+        s1 = s2 = 0.0
+        done = 0
+        while done < n_total:
+            upto = min(n_total, done + step)
+            e = per_draw(done, upto).double()
+            c1 = s1 + e.cumsum(-1)
+            c2 = s2 + (e * e).cumsum(-1)
+            for n in self.checkpoints:
+                if done < n <= upto:
+                    sum1, sum2 = c1[..., n - done - 1], c2[..., n - done - 1]
+                    self.correct[n] += int((sum1.argmin(0) == labels).sum())
+                    self.energy[n] += float((sum1 / n).mean(0).sum())
+                    if n > 1:
+                        self.var[n] += float(((sum2 - sum1 * sum1 / n) / (n - 1)).mean(0).sum())
+            s1, s2 = c1[..., -1:], c2[..., -1:]
+            done = upto
+
+
+class SamplingEvaluator:
+    """Energies of a trained bank under test-time noise, block by block."""
+
+    def __init__(self, bank: AutoencoderBank, params: NoiseParams, ecfg: EvalConfig, side: int):
+        self.bank, self.params, self.ecfg = bank, params, ecfg
+        self.shapes = bank.layer_shapes(side)
+        self.side = side
+
+    def draw_blocks_per_step(self, images: int) -> int:
+        """How many draw blocks fit the memory budget at once (at least one)."""
+        acts = [h * w * c for h, w, c in self.shapes]
+        widths = (self.bank.in_channels, *self.bank.hidden)
+        temps = [a * 16 * widths[i] // widths[i + 1] for i, a in enumerate(acts[:3])]
+        temps += [acts[i] * 4 for i in range(3, 6)]  # col2im scratch
+        per_pass = 4 * (2 * sum(acts) + 2 * max(acts) + max(temps))
+        per_block = per_pass * images * self.ecfg.block_draws * self.bank.num_classes
+        return max(1, int(self.ecfg.memory_mb * 2**20 // per_block))
+
+    def clean(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """All six clean activations for a block of images x: (B, H, W, C)."""
+        acts, h = [], x.unsqueeze(0)
+        for i in range(1, NUM_LAYERS + 1):
+            h = self.bank.layer(i, h)
+            acts.append(h)
+        return acts
+
+    def energies(self, x, clean, spec: NoiseSpec, image_block: int, d0: int, d1: int) -> torch.Tensor:
+        """Energies (G, B, d1 - d0) for draws d0..d1-1; the layers before the first noisy one
+        are deterministic, so they come from the clean pass instead of being recomputed."""
+        bd = self.ecfg.block_draws
+        first_block, last_block = d0 // bd, (d1 - 1) // bd
+        k = last_block - first_block + 1
+        g, b = self.bank.num_classes, x.shape[0]
+        layers = spec.layers
+        sizes = [g * b * bd * math.prod(self.shapes[i - 1]) for i in layers]
+        buf = torch.empty(k, sum(sizes), device=x.device)
+        for j in range(k):
+            gen = make_generator(_noise_key(self.ecfg.eval_seed, spec, image_block, first_block + j), x.device)
+            fill_(buf[j], spec.distribution, self.params, gen)
+        offsets = np.cumsum([0, *sizes]).tolist()
+
+        def add_noise(i, h):
+            li = layers.index(i)
+            z = buf[:, offsets[li]:offsets[li + 1]].view(k, g, b, bd, *self.shapes[i - 1])
+            h.view(g, b, k, bd, *self.shapes[i - 1]).add_(z.permute(1, 2, 0, 3, 4, 5, 6), alpha=spec.alpha)
+            return h
+
+        start = layers[0]
+        a = clean[start - 1]
+        h = a.unsqueeze(2).expand(g, b, k * bd, *a.shape[2:]).reshape(g, b * k * bd, *a.shape[2:])
+        h = add_noise(start, h)
+        for i in range(start + 1, NUM_LAYERS + 1):
+            h = self.bank.layer(i, h)
+            if i in layers:
+                h = add_noise(i, h)
+        diff = h.view(g, b, k * bd, -1) - x.reshape(1, b, 1, -1)
+        e = diff.pow_(2).sum(-1)
+        lo = d0 - first_block * bd
+        return e[:, :, lo:lo + (d1 - d0)]
+
+
+@torch.no_grad()
+def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], cfg: EBMConfig,
+             ecfg: EvalConfig = EvalConfig()) -> list[dict]:
+    """Sampling inference for every test setting in one pass over the test set.
+
+    Returns one row per (setting, n checkpoint) carrying every config field, accuracy, and the
+    mean and across-draw variance of the energy (averaged over images and classes). A setting
+    with alpha = 0 is deterministic: one pass, reported at every n with n_effective = 1.
+    """
+    settings = [s if isinstance(s, NoiseSpec) else NoiseSpec(**s) for s in settings]
+    if not settings:
+        raise ConfigError("settings is empty; allowed: a non-empty list of test noise settings")
+    device = next(bank.parameters()).device
+    bank.eval()
+    x_all = _to_nhwc(data.x_test.to(device))
+    y_all = data.y_test.to(device)
+    side = x_all.shape[1]
+    ev = SamplingEvaluator(bank, cfg.noise_params, ecfg, side)
+    n_max = ecfg.n_checkpoints[-1]
+    tallies = [_Tally(ecfg.n_checkpoints if s.alpha > 0 else (1,)) for s in settings]
+    seconds = [0.0] * len(settings)
+    bi = ecfg.block_images
+    step = ev.draw_blocks_per_step(bi) * ecfg.block_draws
+    for block, lo in enumerate(range(0, len(x_all), bi)):
+        x, labels = x_all[lo:lo + bi], y_all[lo:lo + bi]
+        t0 = time.perf_counter()
+        clean = ev.clean(x)
+        clean_energy = (clean[-1] - x.unsqueeze(0)).pow(2).flatten(2).sum(-1).unsqueeze(-1)
+        t_clean = time.perf_counter() - t0
+        for si, spec in enumerate(settings):
+            t0 = time.perf_counter()
+            if spec.alpha == 0:
+                tallies[si].add_block(lambda d0, d1: clean_energy, labels, 1, 1)
+            else:
+                def per_draw(d0, d1, spec=spec):
+                    return ev.energies(x, clean, spec, block, d0, d1)
+                tallies[si].add_block(per_draw, labels, n_max, step)
+            seconds[si] += time.perf_counter() - t0 + t_clean / len(settings)
+
+    base = config_row(cfg) | config_row(ecfg) | {"device_name": device_name(device)}
+    rows, total = [], len(x_all)
+    for spec, tally, secs in zip(settings, tallies, seconds):
+        for n in ecfg.n_checkpoints:
+            m = n if spec.alpha > 0 else 1
+            rows.append(base | {
+                "distribution_test": spec.distribution, "alpha_test": spec.alpha,
+                "placement_test": spec.placement, "n": n, "n_effective": m,
+                "accuracy": tally.correct[m] / total, "energy_mean": tally.energy[m] / total,
+                "energy_var": tally.var[m] / total if m > 1 else float("nan"),
+                "test_images": total, "eval_seconds": secs,
+            })
+    return rows
