@@ -35,7 +35,7 @@ from trainables.noise import NoiseSpec  # noqa: E402
 def run(dataset: str, seeds: int, alphas: list[float], device: str, overrides: dict, log) -> dict:
     """accuracy[(alpha_train, alpha_test)] -> list over seeds, at the largest n; plus loss tails."""
     acc: dict[tuple[float, float], list[float]] = {}
-    tails = []
+    tails: dict[float, list[list[float]]] = {}
     for seed, a_tr in itertools.product(range(seeds), alphas):
         cfg, ecfg = preset_configs("quick", {"dataset": dataset, "seed": seed, "eval_seed": seed,
                                              "alpha_train": a_tr, "device": device, **overrides})
@@ -49,7 +49,7 @@ def run(dataset: str, seeds: int, alphas: list[float], device: str, overrides: d
         for r in rows:
             if r["n"] == n_max:
                 acc.setdefault((a_tr, r["alpha_test"]), []).append(r["accuracy"])
-        tails.append(res.history)
+        tails.setdefault(a_tr, []).append(res.history)
         log(f"  {dataset} seed={seed} alpha_train={a_tr}: train {t1 - t0:.0f}s "
             f"(loss {res.history[0]:.4f} -> {res.history[-1]:.4f}), eval {t2 - t1:.0f}s")
     return {"acc": acc, "tails": tails, "cfg": cfg, "ecfg": ecfg, "data": data}
@@ -73,13 +73,15 @@ def report(dataset: str, out: dict, alphas: list[float], log) -> None:
         cells = [mean_sem(acc[(a_tr, a_te)]) for a_te in alphas]
         log(f"{a_tr:>24} | " + " | ".join(f"{100 * m:6.2f} +- {100 * s:4.2f}" for m, s in cells))
 
-    # Loss curve tail: mean over runs of the last 5 epochs' loss, and the drop over the last 20%.
-    tails = out["tails"]
-    last = np.mean([t[-5:] for t in tails], axis=0)
-    fifth = max(1, len(tails[0]) // 5)
-    drop = np.mean([(t[-fifth - 1] - t[-1]) / t[-fifth - 1] for t in tails])
-    log(f"\nloss tail (mean over runs, last 5 epochs): {' '.join(f'{v:.5f}' for v in last)}; "
-        f"relative drop over the last 20% of steps: {100 * drop:.1f}%")
+    # Loss curve tail per alpha_train: mean over seeds of the loss at the last 5 epochs, and how
+    # much it still fell over the last 20% of the steps (a plateau shows as a small drop).
+    log("")
+    for a_tr, runs in out["tails"].items():
+        last = np.mean([t[-5:] for t in runs], axis=0)
+        fifth = max(1, len(runs[0]) // 5)
+        drop = np.mean([(t[-fifth - 1] - t[-1]) / t[-fifth - 1] for t in runs])
+        log(f"loss tail alpha_train={a_tr} (last 5 epochs, mean over seeds): "
+            f"{' '.join(f'{v:.5f}' for v in last)}; drop over the last 20% of steps: {100 * drop:.1f}%")
 
     mean = {k: mean_sem(v) for k, v in acc.items()}
     base, base_sem = mean[(0.0, 0.0)]

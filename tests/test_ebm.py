@@ -191,7 +191,7 @@ def test_accuracy_at_n_matches_a_direct_energy_average(trained):
     spec = NoiseSpec("gaussian", 0.7)
     rows = _by_key(evaluate(bank, data, [spec], cfg, ecfg))
     ev = SamplingEvaluator(bank, cfg.noise_params, ecfg, 8)
-    x = data.x_test.permute(0, 2, 3, 1)
+    x = data.x_test
     with torch.no_grad():
         e = ev.energies(x, ev.clean(x), spec, 0, 0, 20).double()
     for n in (1, 7, 20):

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -45,6 +47,9 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "identity": lambda t: t,
     "elu": F.elu, "leaky_relu": F.leaky_relu,
 }
+# In-place twins for inference, where no autograd graph needs the inputs.
+_INPLACE = {"relu": torch.relu_, "sigmoid": torch.sigmoid_, "tanh": torch.tanh_, "identity": lambda t: t,
+            "elu": F.elu_, "leaky_relu": F.leaky_relu_}
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ class EvalConfig:
     eval_seed: int = 0  # keys the test-noise generators
     block_images: int = 32  # test images per noise block (fixed: part of the noise key)
     block_draws: int = 10  # draws per noise block (fixed: part of the noise key)
+    noise_streams: int = 4  # generators per noise block, filled in parallel on CPU (part of the key)
     memory_mb: int = 1024  # working-memory budget: how many draw blocks run at once
 
     def __post_init__(self):
@@ -103,6 +109,7 @@ class EvalConfig:
         check_int("eval_seed", self.eval_seed, 0)
         check_int("block_images", self.block_images, 1)
         check_int("block_draws", self.block_draws, 1)
+        check_int("noise_streams", self.noise_streams, 1)
         check_int("memory_mb", self.memory_mb, 1)
 
 
@@ -235,6 +242,19 @@ class AutoencoderBank(nn.Module):
                 x = after_layer(i, x)
         return x
 
+    def nchw_layers(self, c: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Class c's (weight, bias) per layer in the layout of F.conv2d / F.conv_transpose2d."""
+        widths = (self.in_channels, *self.hidden)
+        out = []
+        for i in range(3):
+            w = self.weights[i][c].T.reshape(widths[i + 1], widths[i], 4, 4)
+            out.append((w.contiguous(), self.biases[i][c]))
+        for i in range(3):
+            cin, cout = widths[3 - i], widths[2 - i]
+            w = self.weights[3 + i][c].view(cin, 4, 4, cout).permute(0, 3, 1, 2)
+            out.append((w.contiguous(), self.biases[3 + i][c]))
+        return out
+
     def layer_shapes(self, side: int) -> list[tuple[int, int, int]]:
         """(H, W, C) of each layer's activation for square inputs of `side` pixels."""
         widths = (self.in_channels, *self.hidden)
@@ -352,10 +372,10 @@ def train_bank(cfg: EBMConfig, data: Data, callback: Callable[[Progress], object
 # Sampling inference
 
 
-def _noise_key(eval_seed: int, spec: NoiseSpec, image_block: int, draw_block: int) -> int:
-    """A seed for one (setting, image block, draw block): independent of chunking and order."""
+def _noise_key(eval_seed: int, spec: NoiseSpec, image_block: int, draw_block: int, stream: int) -> int:
+    """A seed for one (setting, image block, draw block, stream): independent of chunking and order."""
     tag = zlib.crc32(f"{spec.distribution}|{spec.alpha!r}|{spec.placement}".encode())
-    state = np.random.SeedSequence([eval_seed, tag, image_block, draw_block]).generate_state(2, np.uint32)
+    state = np.random.SeedSequence([eval_seed, tag, image_block, draw_block, stream]).generate_state(2, np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
 
 
@@ -389,63 +409,99 @@ class _Tally:
             done = upto
 
 
+@functools.lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=torch.get_num_threads(), thread_name_prefix="noise")
+
+
 class SamplingEvaluator:
-    """Energies of a trained bank under test-time noise, block by block."""
+    """Energies of a trained bank under test-time noise, block by block.
+
+    Inference runs each class's layers as PyTorch convolutions (oneDNN on CPU, cuDNN on GPU) on a
+    batch of (images x draws); measured faster on CPU than the batched-matmul path that training
+    uses, since no im2col copy is made (bench/ebm_sampling.py). Noise for one (setting, image
+    block, draw block) comes from its own generator, drawn class by class and layer by layer just
+    before it is used, so it stays in cache and the result does not depend on how many draw blocks
+    share one call.
+    """
 
     def __init__(self, bank: AutoencoderBank, params: NoiseParams, ecfg: EvalConfig, side: int):
         self.bank, self.params, self.ecfg = bank, params, ecfg
-        self.shapes = bank.layer_shapes(side)
-        self.side = side
+        self.shapes = [(c, h, w) for h, w, c in bank.layer_shapes(side)]  # NCHW per image
+        self.layers = [bank.nchw_layers(c) for c in range(bank.num_classes)]
+        # oneDNN's transposed convolution is slow with very few output channels (5x at 1 channel,
+        # bench/ebm_sampling.py): the output layer uses the bank's matmul + col2im form instead.
+        self.output_layer = [(bank.weights[5][c:c + 1], bank.biases[5][c:c + 1]) for c in range(bank.num_classes)]
+        hidden, output = bank.activation_names
+        self.acts = [_INPLACE[hidden]] * (NUM_LAYERS - 1) + [_INPLACE[output]]
 
-    def draw_blocks_per_step(self, images: int) -> int:
-        """How many draw blocks fit the memory budget at once (at least one)."""
-        acts = [h * w * c for h, w, c in self.shapes]
-        widths = (self.bank.in_channels, *self.bank.hidden)
-        temps = [a * 16 * widths[i] // widths[i + 1] for i, a in enumerate(acts[:3])]
-        temps += [acts[i] * 4 for i in range(3, 6)]  # col2im scratch
-        per_pass = 4 * (2 * sum(acts) + 2 * max(acts) + max(temps))
-        per_block = per_pass * images * self.ecfg.block_draws * self.bank.num_classes
+    def draw_blocks_per_call(self, images: int) -> int:
+        """How many draw blocks one class's convolution call takes within the memory budget."""
+        acts = [math.prod(s) for s in self.shapes]
+        per_pass = 4 * (3 * max(acts) + sum(acts) // 2)  # live activations, output, noise scratch
+        per_block = per_pass * images * self.ecfg.block_draws
         return max(1, int(self.ecfg.memory_mb * 2**20 // per_block))
 
-    def clean(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """All six clean activations for a block of images x: (B, H, W, C)."""
-        acts, h = [], x.unsqueeze(0)
-        for i in range(1, NUM_LAYERS + 1):
-            h = self.bank.layer(i, h)
-            acts.append(h)
-        return acts
+    def layer(self, c: int, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Layer i (1-based) of class c on NCHW input, activation applied in place."""
+        if i == NUM_LAYERS:
+            w, b = self.output_layer[c]
+            h = _conv_up(h.permute(0, 2, 3, 1).unsqueeze(0), w, b)[0].permute(0, 3, 1, 2).contiguous()
+        else:
+            w, b = self.layers[c][i - 1]
+            h = F.conv2d(h, w, b, 2, 1) if i <= 3 else F.conv_transpose2d(h, w, b, 2, 1)
+        return self.acts[i - 1](h)
+
+    def clean(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        """clean[c][i-1]: activation of layer i of class c for images x: (B, C, H, W)."""
+        out = []
+        for c in range(self.bank.num_classes):
+            acts, h = [], x
+            for i in range(1, NUM_LAYERS + 1):
+                h = self.layer(c, i, h)
+                acts.append(h)
+            out.append(acts)
+        return out
+
+    def _fill(self, z: torch.Tensor, distribution: str, gens: list[list[torch.Generator]]) -> None:
+        """Row j of z from draw block j's generators, one contiguous chunk per stream. On CPU the
+        chunks run on a thread pool: PyTorch's samplers are single-threaded, and they are a third
+        of the work (shared/MEASUREMENTS.md)."""
+        jobs = [(chunk, gen) for row, row_gens in zip(z, gens)
+                for chunk, gen in zip(row.chunk(len(row_gens)), row_gens)]
+        if z.device.type == "cpu" and torch.get_num_threads() > 1:
+            list(_pool().map(lambda job: fill_(job[0], distribution, self.params, job[1]), jobs))
+        else:
+            for chunk, gen in jobs:
+                fill_(chunk, distribution, self.params, gen)
 
     def energies(self, x, clean, spec: NoiseSpec, image_block: int, d0: int, d1: int) -> torch.Tensor:
-        """Energies (G, B, d1 - d0) for draws d0..d1-1; the layers before the first noisy one
-        are deterministic, so they come from the clean pass instead of being recomputed."""
+        """Energies (G, B, d1 - d0) for draws d0..d1-1 (d0 a multiple of block_draws). Layers up
+        to the first noisy one are deterministic, so they come from the clean pass."""
         bd = self.ecfg.block_draws
         first_block, last_block = d0 // bd, (d1 - 1) // bd
         k = last_block - first_block + 1
-        g, b = self.bank.num_classes, x.shape[0]
-        layers = spec.layers
-        sizes = [g * b * bd * math.prod(self.shapes[i - 1]) for i in layers]
-        buf = torch.empty(k, sum(sizes), device=x.device)
-        for j in range(k):
-            gen = make_generator(_noise_key(self.ecfg.eval_seed, spec, image_block, first_block + j), x.device)
-            fill_(buf[j], spec.distribution, self.params, gen)
-        offsets = np.cumsum([0, *sizes]).tolist()
-
-        def add_noise(i, h):
-            li = layers.index(i)
-            z = buf[:, offsets[li]:offsets[li + 1]].view(k, g, b, bd, *self.shapes[i - 1])
-            h.view(g, b, k, bd, *self.shapes[i - 1]).add_(z.permute(1, 2, 0, 3, 4, 5, 6), alpha=spec.alpha)
-            return h
-
-        start = layers[0]
-        a = clean[start - 1]
-        h = a.unsqueeze(2).expand(g, b, k * bd, *a.shape[2:]).reshape(g, b * k * bd, *a.shape[2:])
-        h = add_noise(start, h)
-        for i in range(start + 1, NUM_LAYERS + 1):
-            h = self.bank.layer(i, h)
-            if i in layers:
-                h = add_noise(i, h)
-        diff = h.view(g, b, k * bd, -1) - x.reshape(1, b, 1, -1)
-        e = diff.pow_(2).sum(-1)
+        b = x.shape[0]
+        streams = self.ecfg.noise_streams
+        gens = [[make_generator(_noise_key(self.ecfg.eval_seed, spec, image_block, first_block + j, s), x.device)
+                 for s in range(streams)] for j in range(k)]
+        scratch = torch.empty(k, b * bd * max(math.prod(self.shapes[i - 1]) for i in spec.layers),
+                              device=x.device)
+        start = spec.layers[0]
+        out = []
+        for c in range(self.bank.num_classes):
+            a = clean[c][start - 1]  # (B, C, h, w); batch order below is (draw block, image, draw)
+            h = a.unsqueeze(0).unsqueeze(2).expand(k, b, bd, *a.shape[1:]).reshape(k * b * bd, *a.shape[1:])
+            for i in range(start, NUM_LAYERS + 1):
+                if i > start:
+                    h = self.layer(c, i, h)
+                if i in spec.layers:
+                    z = scratch[:, :h.numel() // k]
+                    self._fill(z, spec.distribution, gens)
+                    h.view(k, -1).add_(z, alpha=spec.alpha)
+            e = (h.view(k, b, bd, -1) - x.view(1, b, 1, -1)).pow_(2).sum(-1)  # (k, B, bd)
+            out.append(e.permute(1, 0, 2).reshape(b, k * bd))
+        e = torch.stack(out)
         lo = d0 - first_block * bd
         return e[:, :, lo:lo + (d1 - d0)]
 
@@ -464,20 +520,20 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
         raise ConfigError("settings is empty; allowed: a non-empty list of test noise settings")
     device = next(bank.parameters()).device
     bank.eval()
-    x_all = _to_nhwc(data.x_test.to(device))
+    x_all = data.x_test.to(device)
     y_all = data.y_test.to(device)
-    side = x_all.shape[1]
+    side = x_all.shape[-1]
     ev = SamplingEvaluator(bank, cfg.noise_params, ecfg, side)
     n_max = ecfg.n_checkpoints[-1]
     tallies = [_Tally(ecfg.n_checkpoints if s.alpha > 0 else (1,)) for s in settings]
     seconds = [0.0] * len(settings)
     bi = ecfg.block_images
-    step = ev.draw_blocks_per_step(bi) * ecfg.block_draws
+    step = ev.draw_blocks_per_call(bi) * ecfg.block_draws
     for block, lo in enumerate(range(0, len(x_all), bi)):
         x, labels = x_all[lo:lo + bi], y_all[lo:lo + bi]
         t0 = time.perf_counter()
         clean = ev.clean(x)
-        clean_energy = (clean[-1] - x.unsqueeze(0)).pow(2).flatten(2).sum(-1).unsqueeze(-1)
+        clean_energy = torch.stack([(acts[-1] - x).pow(2).flatten(1).sum(-1) for acts in clean]).unsqueeze(-1)
         t_clean = time.perf_counter() - t0
         for si, spec in enumerate(settings):
             t0 = time.perf_counter()
