@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=450)
     p.add_argument("--draws", type=int, default=20)
     p.add_argument("--reps", type=int, default=2)
-    p.add_argument("--memory-mb", type=int, default=1024)
+    p.add_argument("--memory-mb", type=int, default=0, help="0 = EvalConfig's auto budget")
     p.add_argument("--block-images", type=int, default=32)
     p.add_argument("--out", default=None)
     args = p.parse_args()

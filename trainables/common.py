@@ -73,7 +73,7 @@ def n_checkpoints(n_max: int) -> tuple[int, ...]:
 
 def check_checkpoints(points) -> tuple[int, ...]:
     """Sorted unique positive draw counts, or a ConfigError naming `n_checkpoints`."""
-    points = tuple(points)
+    points = (points,) if isinstance(points, int) else tuple(points)
     if not points or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in points):
         raise ConfigError(f"n_checkpoints={points!r} is out of range; allowed: a non-empty list of integers >= 1")
     return tuple(sorted(set(points)))
@@ -120,8 +120,21 @@ class TrainResult:
     message: str = ""
 
 
-def loss_is_finite(loss: float) -> bool:
-    return math.isfinite(loss)
+@dataclass(frozen=True)
+class Method:
+    """What the service needs of a trainable family: one of these per method module.
+
+    configs(preset, overrides) -> (train config, eval config), refusing bad values up front;
+    train(cfg, data, callback, state) -> TrainResult; evaluate(model, data, settings, cfg, ecfg)
+    -> rows, one per (test setting, n), each carrying every config field.
+    """
+
+    name: str
+    configs: Callable[[str, dict], tuple[Any, Any]]
+    load_data: Callable[[Any], Any]
+    train: Callable[..., TrainResult]
+    evaluate: Callable[..., list[dict]]
+    presets: tuple[str, ...] = ("paper", "quick", "smoke")
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:

@@ -60,6 +60,9 @@ class DataConfig:
     train_limit: int | None = None
     test_limit: int | None = None
 
+    def __post_init__(self):
+        _validate(self)  # refuse bad values when the config is built, long before any loading
+
 
 @dataclass
 class Data:

@@ -10,6 +10,7 @@ n noisy passes. Paper: 30 epochs, Adam 1e-3, cosine annealing; noise *hurts* her
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import math
 import time
@@ -21,8 +22,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from trainables.common import (STATUS_DIVERGED, STATUS_OK, Progress, TrainResult, check_checkpoints,
+from trainables.common import (STATUS_DIVERGED, STATUS_OK, Method, Progress, TrainResult, check_checkpoints,
+                               replace_fields,
                                config_row, device_name, resolve_device)
+from trainables.data import DataConfig, load_dataset
 from trainables.noise import (DISTRIBUTIONS, ConfigError, NoiseParams, NoiseSpec, check_choice,
                               check_int, check_range, fill_, make_generator)
 
@@ -37,6 +40,7 @@ ACTIVATION_TYPES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, n
 class ClassifierConfig:
     """One training run of a noisy discriminative classifier (Appendix E)."""
 
+    data: DataConfig = DataConfig()
     arch: str = "small_cnn"  # small_cnn | resnet18 | resnet50 | vgg16 (torchvision, weights=None)
     epochs: int = 30  # paper: 30
     batch_size: int = 128  # paper silent; the last incomplete batch of an epoch is dropped
@@ -269,3 +273,45 @@ def evaluate_classifier(model: nn.Module, data, settings, n_checkpoints=(1, 10, 
         noise.set(*saved)
         model.train(was_training)
     return rows
+
+
+@dataclass(frozen=True)
+class ClassifierEvalConfig:
+    """Test-time settings shared by every test setting of one evaluation."""
+
+    n_checkpoints: tuple[int, ...] = (1, 10, 100, 1000)  # accuracy at each number of noisy passes
+    eval_seed: int = 0  # seeds the test-noise generators
+    eval_batch_size: int = 500  # test images per forward pass (part of which draw meets which image)
+
+    def __post_init__(self):
+        object.__setattr__(self, "n_checkpoints", check_checkpoints(self.n_checkpoints))
+        check_int("eval_seed", self.eval_seed, 0)
+        check_int("eval_batch_size", self.eval_batch_size, 1)
+
+
+PRESETS: dict[str, dict] = {
+    # Appendix E: CIFAR-10 at 32 px, 30 epochs, Adam 1e-3 with cosine annealing, n = 1000.
+    "paper": {"dataset": "cifar10", "arch": "resnet18", "channels": 3},
+    # A small CNN on the embedded digits at 16 px, a few minutes on a laptop.
+    "quick": {"dataset": "digits", "image_size": 16, "arch": "small_cnn", "steps": 300, "batch_size": 64,
+              "n_checkpoints": (1, 10, 100)},
+    "smoke": {"dataset": "digits", "image_size": 8, "arch": "small_cnn", "steps": 3, "batch_size": 16,
+              "train_limit": 20, "test_limit": 30, "n_checkpoints": (1, 4)},
+}
+
+
+def preset_configs(preset: str, overrides: dict | None = None) -> tuple[ClassifierConfig, ClassifierEvalConfig]:
+    """Training and evaluation configs of a preset, with `overrides` (any field name) applied."""
+    check_choice("preset", preset, tuple(PRESETS))
+    values = PRESETS[preset] | dict(overrides or {})
+    eval_names = {f.name for f in dataclasses.fields(ClassifierEvalConfig)}
+    cfg = replace_fields(ClassifierConfig(), {k: v for k, v in values.items() if k not in eval_names})
+    return cfg, ClassifierEvalConfig(**{k: v for k, v in values.items() if k in eval_names})
+
+
+def _evaluate(model, data, settings, cfg: ClassifierConfig, ecfg: ClassifierEvalConfig) -> list[dict]:
+    rows = evaluate_classifier(model, data, settings, ecfg.n_checkpoints, cfg, ecfg.eval_seed, ecfg.eval_batch_size)
+    return [r | config_row(ecfg) for r in rows]
+
+
+METHOD = Method("discriminative", preset_configs, lambda cfg: load_dataset(cfg.data), train_classifier, _evaluate)

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.common import (STATUS_DIVERGED, STATUS_OK, Progress, TrainResult,
+from trainables.common import (STATUS_DIVERGED, STATUS_OK, Method, Progress, TrainResult,
                                check_checkpoints, config_row, device_name, replace_fields,
                                resolve_device)
-from trainables.data import Data, DataConfig
+from trainables.data import Data, DataConfig, load_dataset
 from trainables.noise import (NUM_LAYERS, PLACEMENTS, ConfigError, NoiseParams, NoiseSpec, check_choice,
                               check_int, check_range, fill_, make_generator)
 
@@ -102,7 +102,7 @@ class EvalConfig:
     block_images: int = 32  # test images per noise block (fixed: part of the noise key)
     block_draws: int = 10  # draws per noise block (fixed: part of the noise key)
     noise_streams: int = 4  # generators per noise block, filled in parallel on CPU (part of the key)
-    memory_mb: int = 1024  # working-memory budget: how many draw blocks run at once
+    memory_mb: int = 0  # working memory per call, 0 = auto (64 MB on CPU: cache-sized; 1/4 of free GPU memory)
 
     def __post_init__(self):
         object.__setattr__(self, "n_checkpoints", check_checkpoints(self.n_checkpoints))
@@ -110,7 +110,7 @@ class EvalConfig:
         check_int("block_images", self.block_images, 1)
         check_int("block_draws", self.block_draws, 1)
         check_int("noise_streams", self.noise_streams, 1)
-        check_int("memory_mb", self.memory_mb, 1)
+        check_int("memory_mb", self.memory_mb, 0)
 
 
 
@@ -440,7 +440,11 @@ class SamplingEvaluator:
         acts = [math.prod(s) for s in self.shapes]
         per_pass = 4 * (3 * max(acts) + sum(acts) // 2)  # live activations, output, noise scratch
         per_block = per_pass * images * self.ecfg.block_draws
-        return max(1, int(self.ecfg.memory_mb * 2**20 // per_block))
+        budget = self.ecfg.memory_mb * 2**20
+        if budget == 0:
+            device = self.bank.weights[0].device
+            budget = torch.cuda.mem_get_info(device)[0] // 4 if device.type == "cuda" else 64 * 2**20
+        return max(1, int(budget // per_block))
 
     def layer(self, c: int, i: int, h: torch.Tensor) -> torch.Tensor:
         """Layer i (1-based) of class c on NCHW input, activation applied in place."""
@@ -558,3 +562,6 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
                 "test_images": total, "eval_seconds": secs,
             })
     return rows
+
+
+METHOD = Method("ebm", preset_configs, lambda cfg: load_dataset(cfg.data), train_bank, evaluate)

@@ -1,0 +1,96 @@
+"""Experiments of the activation-noise EBM paper (activation-noise-ebm.txt, PROTOCOLS.md sec. 1).
+
+Each function returns the Space of one preset. Cost notes are for the paper preset.
+
+    python -m tuner.run grid_ebm --preset paper       # Fig. 3, Table 1, Fig. 7: 20 trainings/seed
+    python -m tuner.run dist_ebm --preset paper       # Figs. 4, 6, 8: 7 laws x 20 alphas
+    python -m tuner.run layers_ebm --preset paper     # Fig. 9: 5 placements
+    python -m tuner.run dropout_ebm --preset paper    # Fig. 2: noise against dropout
+    python -m tuner.run discriminative_ebm --preset paper   # Appendix E / Figs. 10-11
+    python -m tuner.run tune_ebm --search optuna      # TPE over alpha_train, alpha_test, law
+"""
+
+from __future__ import annotations
+
+from search_spaces.base import Experiment, Space, grid
+from trainables.noise import DISTRIBUTIONS, PLACEMENTS
+
+PAPER_ALPHAS = [round(0.1 * i, 1) for i in range(20)]  # {0.0, 0.1, ..., 1.9}
+TABLE1_CELLS = [(0.0, 0.0), (0.0, 0.5), (0.5, 0.0), (0.5, 0.5), (0.5, 0.9), (0.5, 1.5), (0.9, 0.5),
+                (0.9, 0.9), (0.9, 1.5), (1.5, 1.5)]
+
+
+def _alphas(preset: str) -> list[float]:
+    return {"paper": PAPER_ALPHAS, "quick": [0.0, 0.5, 1.0, 1.5], "smoke": [0.0, 0.5]}[preset]
+
+
+def _tests(alphas, distribution="gaussian", placement="full") -> list[dict]:
+    return [{"distribution": distribution, "alpha": a, "placement": placement} for a in alphas]
+
+
+def grid_ebm(preset: str) -> Space:
+    """alpha_train x alpha_test, Gaussian, full placement; n up to 10^4 on paper (Table 1)."""
+    alphas = _alphas(preset)
+    fixed = {"n_checkpoints": (1, 10, 100, 1000, 10000)} if preset == "paper" else {}
+    return Space(grid(alpha_train=alphas), lambda point: _tests(alphas), fixed)
+
+
+def dist_ebm(preset: str) -> Space:
+    """Each law with train = test alpha (Figs. 4, 6); at alpha 1 every test law (Fig. 8)."""
+    alphas = {"paper": PAPER_ALPHAS[1:], "quick": [0.5, 1.0], "smoke": [1.0]}[preset]
+    laws = DISTRIBUTIONS if preset != "smoke" else ("gaussian", "cauchy")
+
+    def tests(point):
+        same = _tests([point["alpha_train"]], point["distribution_train"])
+        if point["alpha_train"] != 1.0:
+            return same
+        return [{"distribution": d, "alpha": 1.0, "placement": "full"} for d in laws]
+
+    return Space(grid(distribution_train=list(laws), alpha_train=alphas), tests)
+
+
+def layers_ebm(preset: str) -> Space:
+    """5 x 5 train placement x test placement, Gaussian, alpha 1 (Fig. 9)."""
+    places = list(PLACEMENTS) if preset != "smoke" else ["full", "dec"]
+    return Space(grid(placement_train=places, alpha_train=[1.0]),
+                 lambda point: [{"distribution": "gaussian", "alpha": 1.0, "placement": p} for p in places])
+
+
+def dropout_ebm(preset: str) -> Space:
+    """Activation noise (alpha, balanced) against dropout (rate c, clean test) (Fig. 2)."""
+    levels = {"paper": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "quick": [0.2, 0.5],
+              "smoke": [0.5]}[preset]
+    points = grid(alpha_train=levels) + grid(dropout_rate=levels)
+
+    def tests(point):
+        return _tests([point.get("alpha_train", 0.0)])
+
+    return Space(points, tests)
+
+
+def discriminative_ebm(preset: str) -> Space:
+    """Standard classifiers with the same noise, alpha_train x alpha_test (Appendix E)."""
+    alphas = [0.0, 0.5, 1.0] if preset != "smoke" else [0.0, 0.5]
+    archs = {"paper": ["resnet18", "resnet50", "vgg16"], "quick": ["small_cnn"], "smoke": ["small_cnn"]}[preset]
+    return Space(grid(arch=archs, alpha_train=alphas),
+                 lambda point: [{"distribution": "gaussian", "alpha": a} for a in alphas])
+
+
+def tune_ebm(preset: str) -> Space:
+    """TPE over alpha_train, alpha_test and the law (train law = test law), maximising accuracy."""
+    return Space([], lambda point: _tests([point["alpha_test"]], point["distribution_train"]),
+                 optuna={"alpha_train": ("uniform", 0.0, 2.0), "alpha_test": ("uniform", 0.0, 2.0),
+                         "distribution_train": ("choice", list(DISTRIBUTIONS))},
+                 test_only=("alpha_test",))
+
+
+EXPERIMENTS = [
+    Experiment("grid_ebm", "Fig. 3 / Table 1 / Fig. 7: alpha_train x alpha_test, Gaussian", "ebm", grid_ebm),
+    Experiment("dist_ebm", "Figs. 4, 6, 8: the seven noise laws, train and test", "ebm", dist_ebm),
+    Experiment("layers_ebm", "Fig. 9: train x test noise placement", "ebm", layers_ebm),
+    Experiment("dropout_ebm", "Fig. 2: activation noise against dropout", "ebm", dropout_ebm),
+    Experiment("discriminative_ebm", "Appendix E: noise in discriminative classifiers", "discriminative",
+               discriminative_ebm, gpu_per_trial=0.5),
+    Experiment("tune_ebm", "Optuna TPE over alpha_train, alpha_test and the noise law", "ebm", tune_ebm,
+               search="optuna"),
+]

@@ -1,0 +1,189 @@
+"""The service: registry, dry runs, refusals before Ray starts, and real smoke sweeps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from search_spaces.base import Experiment, Space
+from tuner import registry
+from tuner.run import main
+from tuner.store import ResultStore
+
+REPO = Path(__file__).resolve().parents[1]
+ROW_COLUMNS = {"experiment", "preset", "dataset", "seed", "distribution_train", "alpha_train", "placement_train",
+               "distribution_test", "alpha_test", "placement_test", "n", "n_effective", "accuracy",
+               "energy_mean", "energy_var", "train_seconds", "eval_seconds", "status", "message", "trial_key",
+               "trial_id", "noisetune_version", "git_commit", "torch_version", "ray_version", "device_name",
+               "host", "steps", "image_size", "eval_seed", "block_draws"}
+
+
+def cli(*args: str, timeout=600, **kw) -> subprocess.CompletedProcess:
+    """Run the command exactly as a user would, in its own process."""
+    return subprocess.run([sys.executable, "-m", "tuner.run", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def rows(storage: Path, name: str):
+    store = ResultStore(str(storage), name)
+    return [pq.read_table(p) for p in store.parts()]
+
+
+def test_every_experiment_is_listed_with_trial_counts(capsys):
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for name, exp in registry.EXPERIMENTS.items():
+        line = next(line for line in out.splitlines() if line.startswith(name + " "))
+        assert exp.description in line
+        if exp.search == "grid":
+            assert line.split()[1:4] == [str(len(exp.space(p).train)) for p in ("paper", "quick", "smoke")]
+
+
+@pytest.mark.parametrize("args,trials", [
+    (["grid_ebm", "--preset", "quick"], 4),
+    (["grid_ebm", "--preset", "paper"], 200),  # 20 alpha_train x 10 seeds: trains once per alpha_train
+    (["grid_ebm", "--preset", "quick", "--seeds", "3"], 12),
+    (["layers_ebm", "--preset", "quick", "--seeds", "0,5"], 10),
+    (["dist_ebm", "--preset", "quick"], 14),
+    (["discriminative_ebm", "--preset", "smoke"], 2),
+])
+def test_dry_run_counts_trials_and_writes_nothing(tmp_path, capsys, args, trials):
+    assert main([*args, "--dry-run", "--storage", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert sum(line.lstrip().startswith("trial ") for line in out.splitlines()) == trials
+    assert f"work: {trials} trainings" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def bad_experiment(monkeypatch):
+    """A registered experiment whose grid holds a value the config refuses."""
+    def space(preset):
+        return Space([{"alpha_train": -1.0}], lambda point: [{"distribution": "gaussian", "alpha": 0.5}])
+    monkeypatch.setitem(registry.EXPERIMENTS, "bad_alpha", Experiment("bad_alpha", "negative alpha", "ebm", space))
+
+    def test_space(preset):
+        return Space([{"alpha_train": 0.5}], lambda point: [{"distribution": "gaussian", "alpha": -2.0}])
+    monkeypatch.setitem(registry.EXPERIMENTS, "bad_test_alpha",
+                        Experiment("bad_test_alpha", "negative test alpha", "ebm", test_space))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["grid_ebn"], r"experiment='grid_ebn' is not registered \(did you mean 'grid_ebm'\?\); allowed: grid_ebm"),
+    (["grid_ebm", "--preset", "fast"], r"preset='fast' is not allowed; allowed: paper, quick, smoke"),
+    (["grid_ebm", "--dataset", "cifar11"], r"dataset: unknown data set 'cifar11'.*allowed: digits, textures"),
+    (["grid_ebm", "--set", "distribution_train=normal"], r"distribution='normal'.*allowed: gaussian, cauchy"),
+    (["grid_ebm", "--set", "placement_train=middle"], r"placement='middle'.*allowed: full, odd, even, enc, dec"),
+    (["grid_ebm", "--set", "alpha_tr=1"], r"unknown config field 'alpha_tr'; allowed: .*alpha_train"),
+    (["grid_ebm", "--set", "alpha_train=1"], r"alpha_train is swept by grid_ebm"),
+    (["grid_ebm", "--set", "n_checkpoints=0"], r"n_checkpoints=\(0,\) is out of range; allowed: .*integers >= 1"),
+    (["grid_ebm", "--set", "n_checkpoints=(1, -10)"], r"n_checkpoints=.*integers >= 1"),
+    (["grid_ebm", "--set", "noequals"], r"--set 'noequals' is not KEY=VALUE"),
+    (["bad_alpha"], r"alpha=-1.0 is out of range; allowed: \[0.0, inf\]"),
+    (["bad_test_alpha"], r"alpha=-2.0 is out of range"),
+    (["grid_ebm", "--search", "bayes"], r"search='bayes' is not allowed; allowed: grid, optuna"),
+    (["grid_ebm", "--resume", "maybe"], r"resume='maybe' is not allowed; allowed: auto, never"),
+    (["grid_ebm", "--seeds", "-3"], r"seeds='-3' is out of range"),
+    (["grid_ebm", "--name", "../escape"], r"name='../escape' is not allowed"),
+    (["grid_ebm", "--storage", "nosuchscheme://bucket/x"], r"storage='nosuchscheme://bucket/x' is not reachable"),
+    ([], r"experiment is missing; allowed: grid_ebm"),
+])
+def test_bad_input_is_refused_before_ray_with_field_and_choices(tmp_path, capsys, bad_experiment, args, message):
+    import re
+
+    import ray
+    storage = ["--storage", str(tmp_path / "store")] if "--storage" not in args else []
+    preset = ["--preset", "smoke"] if "--preset" not in args else []
+    assert main([*args, *storage, *preset]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert len(err.strip().splitlines()) == 1  # one line, no traceback
+    assert not ray.is_initialized()
+    assert not (tmp_path / "store").exists()
+
+
+def test_unwritable_storage_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["grid_ebm", "--preset", "smoke", "--storage", str(blocker)]) == 2
+    assert "is not reachable or not writable" in capsys.readouterr().err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_folder_of_another_experiment_is_refused_not_mixed(tmp_path, capsys):
+    ResultStore(str(tmp_path), "shared").claim("layers_ebm", "smoke")
+    before = (tmp_path / "shared" / "experiment.json").read_text()
+    assert main(["grid_ebm", "--preset", "smoke", "--storage", str(tmp_path), "--name", "shared"]) == 2
+    assert "holds results of layers_ebm --preset smoke" in capsys.readouterr().err
+    assert (tmp_path / "shared" / "experiment.json").read_text() == before
+
+
+def test_smoke_sweep_end_to_end_then_resume_reruns_nothing(tmp_path):
+    done = cli("grid_ebm", "--preset", "smoke", "--storage", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"results: {tmp_path}/grid_ebm-smoke/results" in done.stdout
+    assert "status: ok=2" in done.stdout
+    tables = rows(tmp_path, "grid_ebm-smoke")
+    assert len(tables) == 2  # one part per training: alpha_train in {0, 0.5}
+    for table in tables:
+        assert table.num_rows == 4  # 2 test alphas x n in (1, 4)
+        assert ROW_COLUMNS <= set(table.column_names)
+        assert set(table.column("status").to_pylist()) == {"ok"}
+    df = __import__("pandas").concat([t.to_pandas() for t in tables])
+    assert sorted(set(zip(df.alpha_train, df.alpha_test))) == [(0.0, 0.0), (0.0, 0.5), (0.5, 0.0), (0.5, 0.5)]
+    assert df.groupby(["alpha_train", "alpha_test", "n"]).size().eq(1).all()
+
+    # fastparquet reads the same files (readers other than pyarrow work too)
+    import fastparquet
+    for part in ResultStore(str(tmp_path), "grid_ebm-smoke").parts():
+        frame = fastparquet.ParquetFile(part).to_pandas()
+        assert len(frame) == 4 and frame["accuracy"].between(0, 1).all()
+
+    mtimes = {p: os.stat(p).st_mtime_ns for p in ResultStore(str(tmp_path), "grid_ebm-smoke").parts()}
+    again = cli("grid_ebm", "--preset", "smoke", "--storage", str(tmp_path))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: os.stat(p).st_mtime_ns for p in ResultStore(str(tmp_path), "grid_ebm-smoke").parts()} == mtimes
+
+
+def test_a_trial_that_always_fails_leaves_an_error_row(tmp_path):
+    done = cli("grid_ebm", "--preset", "smoke", "--storage", str(tmp_path), "--dataset", "mnist",
+               "--set", "download=False", "--set", f"data_root={tmp_path / 'nodata'}", "--max-failures", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    tables = rows(tmp_path, "grid_ebm-smoke")
+    assert len(tables) == 2
+    for table in tables:
+        assert table.column("status").to_pylist() == ["error"]
+        message = table.column("message")[0].as_py()
+        assert "mnist" in message and "nodata" in message
+
+
+def test_driver_killed_mid_sweep_resumes_without_losing_or_duplicating(tmp_path):
+    args = ["grid_ebm", "--preset", "smoke", "--seeds", "3", "--max-concurrent", "1", "--storage", str(tmp_path)]
+    results = tmp_path / "grid_ebm-smoke" / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "tuner.run", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(list(results.glob("part-*.parquet"))) < 2:
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in results.glob("part-*.parquet")}
+    assert 2 <= len(before) < 6, "kill the driver after some trials and before all"
+
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tables = rows(tmp_path, "grid_ebm-smoke")
+    assert len(tables) == 6 and sum(t.num_rows for t in tables) == 24
+    after = {p.name: p.stat().st_mtime_ns for p in results.glob("part-*.parquet")}
+    assert {k: after[k] for k in before} == before  # finished trials were not re-run
+    df = __import__("pandas").concat([t.to_pandas() for t in tables])
+    assert df.groupby(["seed", "alpha_train", "alpha_test", "n"]).size().eq(1).all()

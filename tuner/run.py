@@ -1,0 +1,279 @@
+"""`python -m tuner.run EXPERIMENT`: run a registered experiment as a Ray Tune sweep.
+
+Everything the command is given is checked before Ray starts; a bad value ends with one line
+that names the field and its allowed values. On a cluster, `ray job submit -- python -m
+tuner.run grid_ebm` connects to it (RAY_ADDRESS is set by the job); elsewhere a local Ray
+instance starts. The same command run again resumes the experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from tuner import registry
+from tuner.store import ResultStore, trial_key
+from trainables.noise import ConfigError, NoiseSpec
+
+PRESETS = ("paper", "quick", "smoke")
+DEFAULT_SEEDS = {"paper": 10, "quick": 1, "smoke": 1}
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tuner.run", description=__doc__.splitlines()[0])
+    p.add_argument("experiment", nargs="?", help="registered experiment (see --list)")
+    p.add_argument("--list", action="store_true", help="list experiments with trial counts per preset")
+    p.add_argument("--preset", default="paper", help="paper | quick | smoke (default paper)")
+    p.add_argument("--dataset", help="data set (shortcut for --set dataset=NAME)")
+    p.add_argument("--seeds", default=None, help="a count N (seeds 0..N-1) or a list like 0,3,7")
+    p.add_argument("--storage", default="results", help="results folder or URI (s3://...); default ./results")
+    p.add_argument("--name", default=None, help="run name under storage (default: EXPERIMENT-PRESET)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="fraction of a GPU per trial")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--max-concurrent", type=int, default=0, help="0 = as many as resources allow")
+    p.add_argument("--search", default=None, help="grid | optuna (default: the experiment's)")
+    p.add_argument("--num-samples", type=int, default=20, help="trials for --search optuna")
+    p.add_argument("--resume", default="auto", help="auto | never")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--dry-run", action="store_true", help="print the trials and the work, start nothing")
+    return p.parse_args(argv)
+
+
+def parse_value(text: str):
+    """A Python literal (number, bool, tuple, list, None) when it parses as one, else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE; allowed: --set field=value, e.g. --set epochs=5")
+        value = parse_value(value.strip())
+        out[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def parse_seeds(text: str | None, preset: str) -> list[int]:
+    if text is None:
+        return list(range(DEFAULT_SEEDS[preset]))
+    value = parse_value(text)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return list(range(value))
+    if isinstance(value, tuple) and value and all(isinstance(v, int) and v >= 0 for v in value):
+        return sorted(set(value))
+    raise ConfigError(f"seeds={text!r} is out of range; allowed: a count >= 1 or a list of seeds >= 0 like 0,1,2")
+
+
+def choice(field: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{field}={value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+
+
+class Plan:
+    """Everything a run needs, validated: built before Ray starts, so bad input costs nothing."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.exp = registry.get(args.experiment)
+        choice("preset", args.preset, PRESETS)
+        choice("resume", args.resume, ("auto", "never"))
+        self.search = args.search or self.exp.search
+        choice("search", self.search, ("grid", "optuna"))
+        self.method = registry.METHODS[self.exp.method]
+        self.preset = args.preset
+        self.space = self.exp.space(args.preset)
+        if self.search == "optuna" and not self.space.optuna:
+            raise ConfigError(f"search='optuna' is not available for {self.exp.name}; allowed: grid")
+        if self.search == "grid" and not self.space.train:
+            raise ConfigError(f"search='grid' is not available for {self.exp.name}; allowed: optuna")
+        self.overrides = parse_overrides(args.set)
+        if args.dataset:
+            self.overrides["dataset"] = args.dataset
+        for field_name, value in (("num_samples", args.num_samples), ("max_failures", args.max_failures),
+                                  ("max_concurrent", args.max_concurrent)):
+            if isinstance(value, bool) or value < (1 if field_name == "num_samples" else 0):
+                raise ConfigError(f"{field_name}={value} is out of range; allowed: integers >= "
+                                  f"{1 if field_name == 'num_samples' else 0}")
+        if args.cpus_per_trial <= 0 or (args.gpus_per_trial is not None and args.gpus_per_trial < 0):
+            raise ConfigError("cpus_per_trial must be > 0 and gpus_per_trial >= 0; allowed: e.g. 1 and 0.25")
+        swept = {k for point in self.space.train for k in point} | set(self.space.optuna or {}) | {"seed"}
+        clash = sorted(swept & set(self.overrides))
+        if clash:
+            raise ConfigError(f"{', '.join(clash)} is swept by {self.exp.name}; allowed: --set of other fields")
+        self.seeds = parse_seeds(args.seeds, args.preset)
+        self.points = self._points()
+        for point in self.points:  # every trial's configs, so a bad value fails here
+            self.configs(point)
+        self.name = args.name or f"{self.exp.name}-{args.preset}"
+        if not SAFE_NAME.match(self.name):
+            raise ConfigError(f"name={self.name!r} is not allowed; allowed: letters, digits, '_', '-', '.' "
+                              "(starting with a letter or digit, at most 100)")
+        if "://" not in args.storage:  # trials run in other working folders
+            args.storage = os.path.abspath(args.storage)
+        self.store = ResultStore(args.storage, self.name)
+        self.args = args
+
+    def _points(self) -> list[dict]:
+        if self.search == "grid":
+            return [dict(p) | {"seed": s} for s in self.seeds for p in self.space.train]
+        mid = {k: (v[1] + v[2]) / 2 if v[0] == "uniform" else v[1][0] for k, v in self.space.optuna.items()}
+        return [mid | {"seed": self.seeds[0]}]  # a representative point, validated only
+
+    def configs(self, point: dict):
+        train = {k: v for k, v in point.items() if k not in self.space.test_only}
+        values = self.space.fixed | {"eval_seed": point["seed"]} | self.overrides | train
+        cfg, ecfg = self.method.configs(self.preset, values)
+        for spec in self.space.tests(point):  # test settings are validated too
+            NoiseSpec(**spec)
+        return cfg, ecfg
+
+    def work(self) -> str:
+        """A one-paragraph estimate of the work: trainings, evaluations and forward passes."""
+        if self.search == "optuna":
+            return f"{self.args.num_samples} Optuna trials, one training and one test setting each"
+        trainings = len(self.points)
+        settings = sum(len(self.space.tests(p)) for p in self.points)
+        cfg, ecfg = self.configs(self.points[0])
+        n_max = ecfg.n_checkpoints[-1]
+        return (f"{trainings} trainings, {settings} test-setting evaluations, up to n = {n_max} draws each "
+                f"(data set {cfg.data.dataset}, {cfg.data.image_size} px)")
+
+
+def run_metadata() -> dict:
+    """Provenance written into every row."""
+    import ray
+    import torch
+    try:
+        version = metadata.version("noisetune")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {"noisetune_version": version, "git_commit": commit, "torch_version": torch.__version__,
+            "ray_version": ray.__version__, "driver_host": socket.gethostname()}
+
+
+def list_experiments() -> str:
+    lines = [f"{'experiment':<20} {'paper':>6} {'quick':>6} {'smoke':>6}  description (trainings per seed)"]
+    for name, exp in registry.EXPERIMENTS.items():
+        counts = [len(exp.space(p).train) if exp.search == "grid" else "tpe" for p in PRESETS]
+        lines.append(f"{name:<20} " + " ".join(f"{c:>6}" for c in counts) + f"  {exp.description}")
+    return "\n".join(lines)
+
+
+def param_space(plan: Plan, meta: dict, resources_cpu: float) -> dict:
+    from ray import tune
+    base = {"experiment": plan.exp.name, "preset": plan.preset, "overrides": plan.overrides,
+            "storage": plan.args.storage, "name": plan.name, "meta": meta,
+            "threads": max(1, int(resources_cpu))}
+    if plan.search == "grid":
+        return base | {"seed": tune.grid_search(plan.seeds),
+                       "point": tune.grid_search(list(plan.space.train))}
+    dists = {k: tune.uniform(v[1], v[2]) if v[0] == "uniform" else tune.choice(v[1])
+             for k, v in plan.space.optuna.items()}
+    return base | {"seed": plan.seeds[0]} | dists
+
+
+def build_tuner(plan: Plan, meta: dict):
+    import ray
+    from ray import tune
+    from tuner.trial import run_trial
+    gpus = plan.args.gpus_per_trial
+    if gpus is None:
+        gpus = plan.exp.gpu_per_trial if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    trainable = tune.with_resources(run_trial, {"cpu": plan.args.cpus_per_trial, "gpu": gpus})
+    run_config = tune.RunConfig(name="tune", storage_path=plan.store.tune_path,
+                                failure_config=tune.FailureConfig(max_failures=plan.args.max_failures),
+                                verbose=1)
+    path = f"{plan.store.tune_path}/tune"
+    if plan.args.resume == "auto" and tune.Tuner.can_restore(path):
+        print(f"resuming {path}", flush=True)
+        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    if plan.args.resume == "never" and "://" not in plan.args.storage and os.path.isdir(path):
+        shutil.rmtree(path)  # Tune's state only; finished part files are replaced trial by trial
+    search_alg, kwargs = None, {}
+    if plan.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+        study = f"sqlite:///{plan.store.root}/optuna.db"
+        search_alg = OptunaSearch(metric="accuracy", mode="max", study_name=plan.name, storage=study, seed=0)
+        kwargs = {"num_samples": plan.args.num_samples}
+    tune_config = tune.TuneConfig(search_alg=search_alg, max_concurrent_trials=plan.args.max_concurrent or None,
+                                  **kwargs)
+    return tune.Tuner(trainable, param_space=param_space(plan, meta, plan.args.cpus_per_trial),
+                      tune_config=tune_config, run_config=run_config)
+
+
+def summarize(plan: Plan) -> str:
+    """Status counts and mean accuracy at the largest n per (training point, test setting)."""
+    parts = plan.store.parts()
+    if not parts:
+        return "no result rows yet"
+    import pyarrow.parquet as pq
+    df = pd.concat([pq.read_table(p, filesystem=plan.store.fs).to_pandas() for p in parts], ignore_index=True)
+    lines = [f"{len(parts)} part files, {len(df)} rows; status: "
+             + ", ".join(f"{k}={v}" for k, v in df.groupby("status")["trial_key"].nunique().items())]
+    ok = df[df["status"] == "ok"]
+    if len(ok):
+        ok = ok[ok["n"] == ok["n"].max()]
+        keys = [k for k in ("arch", "distribution_train", "alpha_train", "placement_train", "dropout_rate",
+                            "distribution_test", "placement_test", "alpha_test") if k in ok and ok[k].nunique() > 1]
+        keys = keys or ["alpha_test"]
+        table = ok.groupby(keys)["accuracy"].agg(["mean", "count"])
+        lines.append(f"accuracy at n = {int(ok['n'].max())} (mean over seeds):\n{table.to_string()}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        print(list_experiments())
+        return 0
+    try:
+        if not args.experiment:
+            raise ConfigError(f"experiment is missing; allowed: {', '.join(registry.EXPERIMENTS)}")
+        plan = Plan(args)
+        if args.dry_run:
+            print(f"{plan.exp.name} --preset {plan.preset}: {plan.exp.description}")
+            for point in plan.points:
+                print(f"  trial {trial_key(plan.exp.name, plan.preset, point, plan.overrides)}: {point}")
+            print(f"work: {plan.work()}")
+            print(f"results would go to {plan.store.results}")
+            return 0
+        plan.store.check()
+        plan.store.claim(plan.exp.name, plan.preset)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import ray
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    meta = run_metadata()
+    tuner = build_tuner(plan, meta)
+    tuner.fit()
+    print(f"\nresults: {plan.store.results}")
+    print(summarize(plan))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""One Ray Tune trial: train one configuration once, evaluate every test setting, write a part.
+
+A 20 x 20 alpha grid is 20 trials per seed, not 400: the test settings of a trial are evaluated
+on the one trained model. Progress goes to Tune after each epoch (at most once a second) with a
+checkpoint every `checkpoint_seconds`, so a retried trial resumes from its last checkpoint.
+A part file already holding final rows means the trial is done: it is not trained again.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import traceback
+
+import torch
+from ray import tune
+
+from trainables.common import (STATUS_ERROR, STATUS_OK, config_row, load_checkpoint,
+                               save_checkpoint)
+from tuner import registry
+from tuner.store import ResultStore, trial_key
+
+
+def build_configs(config: dict):
+    """(experiment, method, space, point, train cfg, eval cfg) of a trial's config dict."""
+    exp = registry.get(config["experiment"])
+    method = registry.METHODS[exp.method]
+    space = exp.space(config["preset"])
+    point = dict(config.get("point") or {}) | {k: config[k] for k in (space.optuna or {})}
+    point["seed"] = config["seed"]
+    train = {k: v for k, v in point.items() if k not in space.test_only}
+    values = space.fixed | {"eval_seed": config["seed"]} | config["overrides"] | train
+    cfg, ecfg = method.configs(config["preset"], values)
+    return exp, method, space, point, cfg, ecfg
+
+
+def run_trial(config: dict) -> None:
+    """The Tune function trainable (`config` is one point of the service's param_space)."""
+    exp, method, space, point, cfg, ecfg = build_configs(config)
+    store = ResultStore(config["storage"], config["name"])
+    key = trial_key(exp.name, config["preset"], point, config["overrides"])
+    meta = config["meta"] | {"experiment": exp.name, "preset": config["preset"], "trial_key": key,
+                             "trial_id": tune.get_context().get_trial_id(), "host": os.uname().nodename}
+    if store.finished(key):
+        table = store.read_part(key)
+        tune.report({"accuracy": _best(table.to_pylist()), "skipped": True})
+        return
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    base = config_row(cfg) | config_row(ecfg) | meta
+    try:
+        data = method.load_data(cfg)
+        checkpoint = tune.get_checkpoint()
+        state = None
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                state = load_checkpoint(os.path.join(folder, "state.pt"))
+        t0 = time.perf_counter()
+        result = method.train(cfg, data, _reporter(config.get("checkpoint_seconds", 30.0)), state)
+        train_seconds = time.perf_counter() - t0
+        if result.status == STATUS_OK:
+            rows = method.evaluate(result.model, data, space.tests(point), cfg, ecfg)
+            rows = [base | r | {"status": STATUS_OK, "message": ""} for r in rows]
+        else:
+            rows = [base | {"status": result.status, "message": result.message}]
+        for r in rows:
+            r |= {"train_seconds": train_seconds, "epochs_done": result.epochs_done,
+                  "final_loss": result.history[-1] if result.history else float("nan")}
+    except Exception as exc:
+        # Left behind if every retry fails; a later successful attempt replaces it.
+        store.write_part(key, [base | {"status": STATUS_ERROR, "message": f"{type(exc).__name__}: {exc}",
+                                       "traceback": traceback.format_exc()[-4000:]}])
+        raise
+    store.write_part(key, rows)
+    tune.report({"accuracy": _best(rows), "status": rows[0]["status"], "done": True})
+
+
+def _best(rows: list[dict]) -> float:
+    """The trial's headline: best accuracy over test settings at the largest n."""
+    scored = [r for r in rows if r.get("accuracy") is not None]
+    if not scored:
+        return float("nan")
+    n_max = max(r["n"] for r in scored)
+    return max(r["accuracy"] for r in scored if r["n"] == n_max)
+
+
+def _reporter(checkpoint_seconds: float):
+    """A training callback that reports progress and checkpoints every `checkpoint_seconds`."""
+    last = {"report": 0.0, "checkpoint": time.monotonic()}
+
+    def callback(progress) -> None:
+        now = time.monotonic()
+        metrics = {"epoch": progress.epoch, "loss": progress.loss}
+        if now - last["checkpoint"] >= checkpoint_seconds:
+            with tempfile.TemporaryDirectory() as folder:
+                save_checkpoint(progress.state(), os.path.join(folder, "state.pt"))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            last["checkpoint"] = last["report"] = now
+        elif now - last["report"] >= 1.0:
+            tune.report(metrics)
+            last["report"] = now
+
+    return callback
