@@ -125,6 +125,12 @@ def test_a_folder_of_another_experiment_is_refused_not_mixed(tmp_path, capsys):
     assert (tmp_path / "shared" / "experiment.json").read_text() == before
 
 
+def test_a_changed_override_under_the_same_name_is_refused(tmp_path, capsys):
+    ResultStore(str(tmp_path), "grid_ebm-smoke").claim("grid_ebm", "smoke", {"lr": 0.01}, [0])
+    assert main(["grid_ebm", "--preset", "smoke", "--storage", str(tmp_path), "--set", "lr=0.02"]) == 2
+    assert "with overrides {'lr': 0.01}" in capsys.readouterr().err
+
+
 def test_smoke_sweep_end_to_end_then_resume_reruns_nothing(tmp_path):
     done = cli("grid_ebm", "--preset", "smoke", "--storage", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]

@@ -255,12 +255,14 @@ def main(argv=None) -> int:
         if args.dry_run:
             print(f"{plan.exp.name} --preset {plan.preset}: {plan.exp.description}")
             for point in plan.points:
-                print(f"  trial {trial_key(plan.exp.name, plan.preset, point, plan.overrides)}: {point}")
+                label = f"trial {trial_key(plan.exp.name, plan.preset, point, plan.overrides)}" \
+                    if plan.search == "grid" else "search space midpoint (checked)"
+                print(f"  {label}: {point}")
             print(f"work: {plan.work()}")
             print(f"results would go to {plan.store.results}")
             return 0
         plan.store.check()
-        plan.store.claim(plan.exp.name, plan.preset)
+        plan.store.claim(plan.exp.name, plan.preset, plan.overrides, plan.seeds)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

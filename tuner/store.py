@@ -63,18 +63,22 @@ class ResultStore:
             raise ConfigError(f"storage={self.storage!r} is not reachable or not writable ({exc}); "
                               "allowed: a writable local folder or a pyarrow URI such as s3://bucket/path") from exc
 
-    def claim(self, experiment: str, preset: str) -> None:
-        """Record which experiment owns this folder; refuse one that holds another's results."""
+    def claim(self, experiment: str, preset: str, overrides: dict | None = None,
+              seeds: list[int] | None = None) -> None:
+        """Record which run owns this folder; refuse one that holds another run's results (a
+        resumed Tune run keeps its old settings, so a changed --set or --seeds must not land here)."""
         path = f"{self.root}/experiment.json"
-        mine = {"experiment": experiment, "preset": preset}
+        mine = json.loads(json.dumps({"experiment": experiment, "preset": preset, "overrides": overrides or {},
+                                      "seeds": seeds or [0]}, default=str))
         if self.fs.get_file_info(path).type == pafs.FileType.File:
             with self.fs.open_input_stream(path) as f:
                 theirs = json.loads(f.read())
             if {k: theirs.get(k) for k in mine} != mine:
                 raise ConfigError(
                     f"name={self.name!r} under storage={self.storage!r} holds results of "
-                    f"{theirs.get('experiment')} --preset {theirs.get('preset')}; allowed: the same experiment "
-                    "and preset, or another --name")
+                    f"{theirs.get('experiment')} --preset {theirs.get('preset')} with overrides "
+                    f"{theirs.get('overrides')} and seeds {theirs.get('seeds')}; allowed: the same settings "
+                    "(to resume it), or another --name")
             return
         self.fs.create_dir(self.root, recursive=True)
         self._write_atomic(path, json.dumps(mine).encode())
