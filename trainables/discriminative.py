@@ -213,7 +213,10 @@ def train_classifier(cfg: ClassifierConfig, data, callback: Callable[[Progress],
 
 
 def _test_setting(setting) -> tuple[str, float]:
-    """(distribution_test, alpha_test) from a NoiseSpec, a (distribution, alpha) pair or a dict."""
+    """(distribution_test, alpha_test) from a NoiseSpec or its keyword dict, a (distribution, alpha)
+    pair, or a dict of distribution_test and alpha_test."""
+    if isinstance(setting, dict) and "distribution" in setting:
+        setting = NoiseSpec(**setting)
     if isinstance(setting, NoiseSpec):
         check_choice("placement_test", setting.placement, ("full",))
         dist, alpha = setting.distribution, setting.alpha

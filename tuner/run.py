@@ -213,9 +213,19 @@ def build_tuner(plan: Plan, meta: dict):
         shutil.rmtree(path)  # Tune's state only; finished part files are replaced trial by trial
     search_alg, kwargs = None, {}
     if plan.search == "optuna":
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
-        study = f"sqlite:///{plan.store.root}/optuna.db"
-        search_alg = OptunaSearch(metric="accuracy", mode="max", study_name=plan.name, storage=study, seed=0)
+        if "://" in plan.args.storage:
+            raise ConfigError("search='optuna' keeps its study in a local SQLite file; allowed: a local --storage")
+        class FinalOnlyOptuna(OptunaSearch):
+            """Progress reports (epoch, loss) carry no accuracy: Optuna sees the final result only."""
+
+            def on_trial_result(self, trial_id, result):
+                if self.metric in result:
+                    super().on_trial_result(trial_id, result)
+
+        study = optuna.storages.RDBStorage(f"sqlite:///{plan.store.root}/optuna.db")
+        search_alg = FinalOnlyOptuna(metric="accuracy", mode="max", study_name=plan.name, storage=study, seed=0)
         kwargs = {"num_samples": plan.args.num_samples}
     tune_config = tune.TuneConfig(search_alg=search_alg, max_concurrent_trials=plan.args.max_concurrent or None,
                                   **kwargs)
