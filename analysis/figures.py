@@ -1,0 +1,237 @@
+"""The papers' figures, drawn from a results DataFrame.
+
+Each function returns the Figure, saves `<stem>.png` and `<stem>.svg` when given `out`, and
+keeps the summary it drew as `fig.plotted` so tests check values, not pixels. A function
+whose data is absent raises ValueError (the report then leaves that figure out).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.stats import ok_rows, summarize  # noqa: E402
+
+
+def _save(fig, out):
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out.with_suffix(".png"), dpi=100, bbox_inches="tight")
+        fig.savefig(out.with_suffix(".svg"), bbox_inches="tight")
+    return fig
+
+
+def _need(df: pd.DataFrame, what: str) -> pd.DataFrame:
+    if df.empty:
+        raise ValueError(f"no ok rows for {what}")
+    return df
+
+
+def _has(df, col):
+    return col in df.columns and df[col].notna().any()
+
+
+def _one_dataset(df: pd.DataFrame, dataset: str | None) -> tuple[pd.DataFrame, str]:
+    """Figures are per data set: the given one, else the first present."""
+    if not _has(df, "dataset"):
+        return df, ""
+    name = dataset if dataset is not None else sorted(df["dataset"].dropna().unique())[0]
+    return df[df["dataset"] == name], str(name)
+
+
+def _largest_n(df: pd.DataFrame, n) -> tuple[pd.DataFrame, int]:
+    """Rows at n (default: the largest n present)."""
+    n = int(df["n"].max()) if n is None else int(n)
+    return df[df["n"] == n], n
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float, np.floating, np.integer)) else str(v)
+
+
+def _heatmap(pivot: pd.DataFrame, title: str, xlabel: str, ylabel: str, diagonal: bool):
+    """Annotated heatmap in %, rows = train setting, columns = test setting."""
+    cells = pivot.to_numpy(dtype=float) * 100
+    size = max(4.0, 0.55 * max(pivot.shape) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(cells, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(pivot.shape[1]), [_fmt(c) for c in pivot.columns])
+    ax.set_yticks(range(pivot.shape[0]), [_fmt(r) for r in pivot.index])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    small = max(pivot.shape) > 10
+    for i in range(pivot.shape[0]):
+        for j in range(pivot.shape[1]):
+            if not np.isnan(cells[i, j]):
+                ax.text(j, i, f"{cells[i, j]:.1f}", ha="center", va="center",
+                        fontsize=5 if small else 8, color="w")
+            if diagonal and pivot.index[i] == pivot.columns[j]:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+    fig.colorbar(im, ax=ax, label="accuracy (%)")
+    fig.tight_layout()
+    return fig
+
+
+def _same(df, a, b):
+    """Rows where two columns agree (or are both absent)."""
+    if a in df.columns and b in df.columns:
+        return df[df[a] == df[b]]
+    return df
+
+
+def heatmap_alpha(df: pd.DataFrame, n=None, dataset=None, out=None):
+    """Fig. 3: accuracy over alpha_train (rows) x alpha_test (columns) at one n."""
+    d, name = _one_dataset(ok_rows(df), dataset)
+    d = _same(_same(d, "distribution_train", "distribution_test"), "placement_train", "placement_test")
+    d = _need(d, "heatmap_alpha")
+    d, n = _largest_n(d, n)
+    s = _need(summarize(d, ["alpha_train", "alpha_test"]), "heatmap_alpha")
+    pivot = s.pivot(index="alpha_train", columns="alpha_test", values="mean").sort_index().sort_index(axis=1)
+    fig = _heatmap(pivot, f"{name} accuracy (%), n={n}", "alpha_test", "alpha_train", diagonal=True)
+    fig.plotted = s
+    fig.pivot = pivot
+    return _save(fig, out)
+
+
+def accuracy_vs_n(df: pd.DataFrame, dataset=None, out=None):
+    """Fig. 7: accuracy against the number of draws n (log axis), one line per alpha cell."""
+    d, name = _one_dataset(ok_rows(df), dataset)
+    d = _same(_same(d, "distribution_train", "distribution_test"), "placement_train", "placement_test")
+    s = _need(summarize(d, ["alpha_train", "alpha_test", "n"]), "accuracy_vs_n")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (at, ae), g in s.groupby(["alpha_train", "alpha_test"]):
+        g = g.sort_values("n")
+        ax.errorbar(g["n"], g["mean"] * 100, yerr=g["sem"].fillna(0) * 100, marker="o",
+                    capsize=2, label=f"({at:g}, {ae:g})")
+    ax.set_xscale("log")
+    ax.set_xlabel("n (noise draws at inference)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{name}: accuracy vs n")
+    ax.legend(title="(alpha_train, alpha_test)", fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.plotted = s
+    return _save(fig, out)
+
+
+def accuracy_vs_alpha(df: pd.DataFrame, n=None, dataset=None, out=None):
+    """Figs. 4/6: accuracy against alpha (train = test) for each distribution."""
+    d, name = _one_dataset(ok_rows(df), dataset)
+    d = _same(_same(d, "distribution_train", "distribution_test"), "placement_train", "placement_test")
+    d = _need(d[d["alpha_train"] == d["alpha_test"]], "accuracy_vs_alpha")
+    d, n = _largest_n(d, n)
+    s = _need(summarize(d, ["distribution_train", "alpha_train"]), "accuracy_vs_alpha")
+    if s["alpha_train"].nunique() < 2:
+        raise ValueError("only one alpha on the diagonal")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for dist, g in s.groupby("distribution_train"):
+        g = g.sort_values("alpha_train")
+        ax.errorbar(g["alpha_train"], g["mean"] * 100, yerr=g["sem"].fillna(0) * 100,
+                    marker="o", capsize=2, label=str(dist))
+    ax.set_xlabel("alpha (train = test)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{name}: accuracy vs alpha, n={n}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.plotted = s
+    return _save(fig, out)
+
+
+def heatmap_distributions(df: pd.DataFrame, alpha=1.0, n=None, dataset=None, out=None):
+    """Fig. 8: train distribution x test distribution at alpha_train = alpha_test = alpha."""
+    d, name = _one_dataset(ok_rows(df), dataset)
+    d = _same(d, "placement_train", "placement_test")
+    d = _need(d[(d["alpha_train"] == alpha) & (d["alpha_test"] == alpha)], "heatmap_distributions")
+    d, n = _largest_n(d, n)
+    s = summarize(d, ["distribution_train", "distribution_test"])
+    pivot = s.pivot(index="distribution_train", columns="distribution_test", values="mean")
+    if max(pivot.shape) < 2:
+        raise ValueError("only one distribution present")
+    fig = _heatmap(pivot, f"{name}: distributions, alpha={alpha:g}, n={n}",
+                   "test distribution", "train distribution", diagonal=True)
+    fig.plotted = s
+    return _save(fig, out)
+
+
+def heatmap_placements(df: pd.DataFrame, alpha=1.0, n=None, dataset=None, out=None):
+    """Fig. 9: train placement x test placement, same distribution, alpha = 1."""
+    d, name = _one_dataset(ok_rows(df), dataset)
+    d = _same(d, "distribution_train", "distribution_test")
+    d = _need(d[(d["alpha_train"] == alpha) & (d["alpha_test"] == alpha)], "heatmap_placements")
+    d, n = _largest_n(d, n)
+    s = summarize(d, ["placement_train", "placement_test"])
+    pivot = s.pivot(index="placement_train", columns="placement_test", values="mean")
+    if max(pivot.shape) < 2:
+        raise ValueError("only one placement present")
+    fig = _heatmap(pivot, f"{name}: placements, alpha={alpha:g}, n={n}",
+                   "test placement", "train placement", diagonal=True)
+    fig.plotted = s
+    return _save(fig, out)
+
+
+def noise_vs_dropout(df: pd.DataFrame, n=None, out=None):
+    """Fig. 2: activation noise (alpha, train = test, no dropout) against dropout rate c (no noise)."""
+    d = ok_rows(df)
+    if not _has(d, "dropout_rate"):
+        raise ValueError("no dropout_rate column")
+    d = _same(d, "placement_train", "placement_test")
+    d, n = _largest_n(_need(d, "noise_vs_dropout"), n)
+    noise = d[(d["dropout_rate"].fillna(0) == 0) & (d["alpha_train"] == d["alpha_test"])]
+    drop = d[(d["dropout_rate"] > 0) & (d["alpha_train"] == 0) & (d["alpha_test"] == 0)]
+    if drop.empty:
+        raise ValueError("no dropout rows")
+    parts = [summarize(noise, ["dataset", "alpha_train"]).rename(columns={"alpha_train": "strength"}).assign(kind="noise"),
+             summarize(drop, ["dataset", "dropout_rate"]).rename(columns={"dropout_rate": "strength"}).assign(kind="dropout")]
+    s = pd.concat(parts, ignore_index=True)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (ds, kind), g in s.groupby(["dataset", "kind"]):
+        g = g.sort_values("strength")
+        ax.errorbar(g["strength"], g["mean"] * 100, yerr=g["sem"].fillna(0) * 100, marker="o",
+                    capsize=2, linestyle="-" if kind == "noise" else "--", label=f"{ds} {kind}")
+    ax.set_xlabel("alpha (noise) or c (dropout rate)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"activation noise vs dropout, n={n}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.plotted = s
+    return _save(fig, out)
+
+
+def discriminative(df: pd.DataFrame, n=None, out=None):
+    """Figs. 10/11: discriminative classifiers, accuracy against alpha (train = test) per arch."""
+    d = ok_rows(df)
+    if not _has(d, "arch"):
+        raise ValueError("no discriminative rows (arch)")
+    d = d[d["arch"].notna() & (d["alpha_train"] == d["alpha_test"])]
+    d, n = _largest_n(_need(d, "discriminative"), n)
+    s = _need(summarize(d, ["dataset", "arch", "alpha_train"]), "discriminative")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (ds, arch), g in s.groupby(["dataset", "arch"]):
+        g = g.sort_values("alpha_train")
+        ax.errorbar(g["alpha_train"], g["mean"] * 100, yerr=g["sem"].fillna(0) * 100,
+                    marker="o", capsize=2, label=f"{ds} {arch}")
+    ax.set_xlabel("alpha (train = test)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"discriminative models, n={n}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.plotted = s
+    return _save(fig, out)
+
+
+ALL = {
+    "heatmap_alpha": heatmap_alpha,
+    "accuracy_vs_n": accuracy_vs_n,
+    "accuracy_vs_alpha": accuracy_vs_alpha,
+    "heatmap_distributions": heatmap_distributions,
+    "heatmap_placements": heatmap_placements,
+    "noise_vs_dropout": noise_vs_dropout,
+    "discriminative": discriminative,
+}

@@ -1,0 +1,217 @@
+"""analysis/: statistics, tables, figures, loading, notebook and report, on hand-made data."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analysis import figures, load, summarize, tables
+from analysis.findings import findings
+from analysis.report import build
+
+REPO = Path(__file__).resolve().parents[1]
+ALPHAS = [0.0, 0.5, 0.9]
+NS = [1, 10, 100]
+
+
+def frame(seeds=(0, 1, 2), dataset="cifar10", preset="smoke") -> pd.DataFrame:
+    """A small grid_ebm-like result frame with distinct, known accuracies."""
+    rows = []
+    for seed in seeds:
+        for at in ALPHAS:
+            for ae in ALPHAS:
+                for n in NS:
+                    acc = 0.2 + 0.3 * at + 0.1 * ae - 0.2 * abs(at - ae) + 0.01 * math.log10(n) + 0.01 * seed
+                    rows.append(dict(
+                        experiment="grid_ebm", preset=preset, dataset=dataset, seed=seed,
+                        distribution_train="gaussian", alpha_train=at, placement_train="full",
+                        dropout_rate=0.0, distribution_test="gaussian", alpha_test=ae,
+                        placement_test="full", n=n, n_effective=1 if ae == 0 else n, accuracy=acc,
+                        energy_mean=1.0, energy_var=0.1, status="ok", message="",
+                        trial_key=f"t{seed}-{at}", train_seconds=1.0, eval_seconds=0.5,
+                        git_commit="abc1234", torch_version="2.x", ray_version="2.60.0",
+                        device_name="cpu", host="h"))
+    df = pd.DataFrame(rows)
+    bad = df.iloc[:1].copy()
+    bad["status"], bad["accuracy"] = "diverged", 0.99  # must be ignored everywhere
+    return pd.concat([df, bad], ignore_index=True)
+
+
+def write_parts(df: pd.DataFrame, folder: Path) -> Path:
+    """One part file per trial, as the service writes them."""
+    res = folder / "results"
+    res.mkdir(parents=True)
+    for i, (_, g) in enumerate(df.groupby("trial_key")):
+        pq.write_table(pa.Table.from_pandas(g.reset_index(drop=True)), res / f"part-{i:04d}.parquet")
+    return folder
+
+
+def test_sem_on_hand_made_frame():
+    df = pd.DataFrame({"a": [1, 1, 1, 2], "accuracy": [0.1, 0.2, 0.6, 0.5],
+                       "status": ["ok", "ok", "ok", "ok"]})
+    df = pd.concat([df, pd.DataFrame({"a": [1], "accuracy": [0.9], "status": ["error"]})])
+    s = summarize(df, ["a"]).set_index("a")
+    assert s.loc[1, "count"] == 3
+    assert s.loc[1, "mean"] == pytest.approx(0.3)
+    # std ddof=1 of (0.1, 0.2, 0.6) = sqrt(((-.2)^2 + (-.1)^2 + .3^2) / 2) = sqrt(0.07)
+    assert s.loc[1, "sem"] == pytest.approx(math.sqrt(0.07) / math.sqrt(3))
+    assert s.loc[2, "count"] == 1 and math.isnan(s.loc[2, "sem"])
+
+
+def test_table1_equals_direct_pandas():
+    df = pd.concat([frame(), frame(dataset="cifar20")], ignore_index=True)
+    t = tables.table1(df)
+    ok = df[(df.status == "ok") & (df.n == 100)]
+    g = ok.groupby(["dataset", "alpha_train", "alpha_test"])["accuracy"]
+    direct = pd.DataFrame({"m": g.mean(), "s": g.std() / np.sqrt(g.count())})
+    cells = [c for c in tables.PAPER_CELLS if c[0] in ALPHAS and c[1] in ALPHAS]
+    assert list(t.index) == [f"({a:g}, {b:g})" for a, b in cells]
+    assert list(t.columns) == ["cifar10", "cifar20"]
+    for a, b in cells:
+        for ds in ["cifar10", "cifar20"]:
+            m, s = direct.loc[(ds, a, b)]
+            assert t.loc[f"({a:g}, {b:g})", ds] == f"{m * 100:.2f} ± {s * 100:.2f}"
+    md = tables.to_markdown(t)
+    assert md.splitlines()[0] == "| (alpha_train, alpha_test) | cifar10 | cifar20 |"
+    assert len(md.splitlines()) == 2 + len(cells)
+    tex = tables.to_latex(t)
+    assert r"\begin{tabular}" in tex and r"$\pm$" in tex
+
+
+def test_heatmap_values_and_axes(tmp_path):
+    df = frame()
+    fig = figures.heatmap_alpha(df, n=10, out=tmp_path / "hm")
+    assert (tmp_path / "hm.png").exists() and (tmp_path / "hm.svg").exists()
+    ok = df[(df.status == "ok") & (df.n == 10)]
+    direct = ok.groupby(["alpha_train", "alpha_test"])["accuracy"].mean()
+    p = fig.plotted.set_index(["alpha_train", "alpha_test"])["mean"]
+    pd.testing.assert_series_equal(p.sort_index(), direct.sort_index(), check_names=False)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"{a:g}" for a in ALPHAS]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"{a:g}" for a in ALPHAS]
+    assert ax.get_xlabel() == "alpha_test" and ax.get_ylabel() == "alpha_train"
+    img = ax.get_images()[0].get_array()
+    for i, at in enumerate(ALPHAS):
+        for j, ae in enumerate(ALPHAS):
+            assert img[i, j] == pytest.approx(direct[(at, ae)] * 100)
+    assert len(fig.axes) == 2  # colour bar
+    assert len(ax.patches) == len(ALPHAS)  # diagonal marked
+
+
+def test_accuracy_vs_n_log_axis():
+    fig = figures.accuracy_vs_n(frame())
+    assert fig.axes[0].get_xscale() == "log"
+    assert set(fig.plotted["n"]) == set(NS)
+    assert len(fig.plotted) == len(ALPHAS) ** 2 * len(NS)
+
+
+def test_missing_data_raises_not_draws():
+    with pytest.raises(ValueError):
+        figures.heatmap_distributions(frame())
+    with pytest.raises(ValueError):
+        figures.discriminative(frame())
+
+
+def test_corrupt_part_reported_by_name(tmp_path):
+    df = frame()
+    folder = write_parts(df, tmp_path / "exp")
+    (folder / "results" / "part-zzzz.parquet").write_bytes(b"this is not parquet" * 10)
+    with pytest.warns(UserWarning, match="part-zzzz.parquet"):
+        got = load(folder)
+    assert got.attrs["unreadable"] == ["part-zzzz.parquet"]
+    assert len(got) == len(df)
+    assert pd.api.types.is_float_dtype(got["accuracy"]) and pd.api.types.is_integer_dtype(got["n"])
+    assert got["dataset"].iloc[0] == "cifar10"
+    # the results/ folder itself and a pyarrow URI work too
+    with pytest.warns(UserWarning, match="part-zzzz.parquet"):
+        assert len(load(folder / "results")) == len(df)
+    with pytest.warns(UserWarning, match="part-zzzz.parquet"):
+        assert len(load(f"file://{folder}", experiment="grid_ebm")) == len(df)
+
+
+def test_findings_compare_only_when_protocol_matches():
+    text = "\n".join(findings(frame()))
+    assert "not comparable (dataset cifar10, preset smoke)" in text
+    assert "Asymmetry: acc(0.5, 0)" in text and "gain of" in text
+    paper = frame(preset="paper")
+    text = "\n".join(findings(paper))
+    assert "paper 20.48%" in text and "not comparable" not in text
+
+
+def test_notebook_executes_headless(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    folder = write_parts(frame(), tmp_path / "exp")
+    nb = nbformat.read(REPO / "analysis" / "notebooks" / "ebm.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "stored with outputs"
+    os.environ["NOISETUNE_RESULTS"] = str(folder)
+    try:
+        NotebookClient(nb, timeout=120, kernel_name="python3",
+                       resources={"metadata": {"path": str(REPO)}}).execute()
+    finally:
+        del os.environ["NOISETUNE_RESULTS"]
+    out = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "Best balanced cell" in out
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    base = tmp_path_factory.mktemp("rep")
+    folder = write_parts(frame(), base / "exp")
+    info = build(folder, base / "out")
+    return base / "out", info
+
+
+def test_report_writes_md_and_html(report):
+    out, info = report
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    assert "## Run metadata" in md and "abc1234" in md and "diverged: 1" in md
+    assert "heatmap_alpha" in info["figures"] and "accuracy_vs_n" in info["figures"]
+    assert html.count("data:image/png;base64,") == len(info["figures"])
+    assert "Best balanced cell" in html
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (apt-get install -y chromium)")
+    from PIL import Image
+
+    out, _ = report
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                    f"--screenshot={shot}", "--window-size=1200,1600",
+                    f"file://{out / 'report.html'}"], check=True, timeout=120,
+                   capture_output=True)
+    img = Image.open(shot).convert("RGB")
+    colours = img.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 10, "screenshot is blank"
+
+
+def test_cli_module(tmp_path):
+    folder = write_parts(frame(), tmp_path / "exp")
+    r = subprocess.run([sys.executable, "-m", "analysis.report", str(folder), "--out", str(tmp_path / "o")],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o" / "report.html").exists()
+
+
+def test_analysis_imports_no_service_code():
+    code = ("import sys, analysis, analysis.report, analysis.figures, analysis.findings;"
+            "bad=[m for m in ('tuner','trainables','search_spaces','ray') if m in sys.modules];"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
