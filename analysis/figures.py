@@ -71,8 +71,9 @@ def _heatmap(pivot: pd.DataFrame, title: str, xlabel: str, ylabel: str, diagonal
     for i in range(pivot.shape[0]):
         for j in range(pivot.shape[1]):
             if not np.isnan(cells[i, j]):
+                light = im.norm(cells[i, j]) > 0.6  # dark text on the bright end of viridis
                 ax.text(j, i, f"{cells[i, j]:.1f}", ha="center", va="center",
-                        fontsize=5 if small else 8, color="w")
+                        fontsize=5 if small else 8, color="k" if light else "w")
             if diagonal and pivot.index[i] == pivot.columns[j]:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
     fig.colorbar(im, ax=ax, label="accuracy (%)")
@@ -112,6 +113,9 @@ def accuracy_vs_n(df: pd.DataFrame, dataset=None, out=None):
         ax.errorbar(g["n"], g["mean"] * 100, yerr=g["sem"].fillna(0) * 100, marker="o",
                     capsize=2, label=f"({at:g}, {ae:g})")
     ax.set_xscale("log")
+    ns = sorted(s["n"].unique())
+    ax.set_xticks(ns, [f"{v:g}" for v in ns])
+    ax.minorticks_off()
     ax.set_xlabel("n (noise draws at inference)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{name}: accuracy vs n")
