@@ -44,6 +44,38 @@ def _setting(d: pd.DataFrame) -> tuple[pd.DataFrame, str, str]:
     return d, dist, place
 
 
+SYMMETRIC = {"gaussian", "cauchy", "uniform", "student_t"}  # the paper's Fig. 5 grouping
+
+
+def _law_findings(d: pd.DataFrame, where: str) -> list[str]:
+    """(v) symmetric laws against asymmetric ones, train law = test law, same alphas for both."""
+    if not {"distribution_train", "distribution_test"} <= set(d.columns):
+        return []
+    m = d[(d["distribution_train"] == d["distribution_test"]) & (d["alpha_train"] == d["alpha_test"])
+          & (d["alpha_train"] > 0)]
+    sym = m[m["distribution_train"].isin(SYMMETRIC)]
+    asym = m[~m["distribution_train"].isin(SYMMETRIC)]
+    if sym.empty or asym.empty:
+        return []
+    a, b = sym["accuracy"].mean(), asym["accuracy"].mean()
+    return [f"{where} Symmetric laws ({', '.join(sorted(sym['distribution_train'].unique()))}) average "
+            f"{_pct(a)} vs asymmetric ({', '.join(sorted(asym['distribution_train'].unique()))}) {_pct(b)} "
+            f"with train law = test law ({(a - b) * 100:+.2f} points; the paper expects symmetric higher)."]
+
+
+def _placement_findings(d: pd.DataFrame, where: str) -> list[str]:
+    """(vi) matched against mismatched train/test placements, and which matched placement wins."""
+    if not {"placement_train", "placement_test"} <= set(d.columns) or d["placement_train"].nunique() < 2:
+        return []
+    same = d["placement_train"] == d["placement_test"]
+    if not same.any() or same.all():
+        return []
+    a, b = d[same]["accuracy"].mean(), d[~same]["accuracy"].mean()
+    per = d[same].groupby("placement_train")["accuracy"].mean()
+    return [f"{where} Matched placements average {_pct(a)} vs mismatched {_pct(b)} ({(a - b) * 100:+.2f} points); "
+            f"best matched placement: {per.idxmax()} ({_pct(per.max())}; the paper expects full)."]
+
+
 def findings(df: pd.DataFrame) -> list[str]:
     """Sentences, one per finding, per data set; empty when there are no ok rows."""
     out: list[str] = []
@@ -52,6 +84,11 @@ def findings(df: pd.DataFrame) -> list[str]:
         d0 = d0[d0["arch"].isna()]  # discriminative rows are not the EBM grid
     if d0.empty or "alpha_train" not in d0.columns:
         return out
+    for dataset in sorted(d0["dataset"].dropna().astype(str).unique()):
+        d = d0[(d0["dataset"] == dataset)]
+        d = d[d["n"] == d["n"].max()]
+        where = f"[{dataset}, n={int(d['n'].max())}]"
+        out += _law_findings(d, where) + _placement_findings(d, where)
     for dataset in sorted(d0["dataset"].dropna().astype(str).unique()):
         d, dist, place = _setting(d0[d0["dataset"] == dataset])
         if d.empty:

@@ -186,7 +186,7 @@ def test_report_writes_md_and_html(report):
 def test_report_renders_in_headless_chromium(report, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.skip("chromium not installed (apt-get install -y chromium)")
+        pytest.fail("chromium is not installed: .ci/run installs it with apt-get install -y chromium")
     from PIL import Image
 
     out, _ = report
@@ -215,3 +215,22 @@ def test_analysis_imports_no_service_code():
             "bad=[m for m in ('tuner','trainables','search_spaces','ray') if m in sys.modules];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+def test_law_and_placement_findings_come_from_the_data():
+    from analysis.findings import findings
+    rows = []
+    for law, acc in (("gaussian", 0.6), ("cauchy", 0.5), ("lognormal", 0.2), ("exponential", 0.3)):
+        rows.append(dict(dataset="d", preset="quick", status="ok", n=10, alpha_train=1.0, alpha_test=1.0,
+                         distribution_train=law, distribution_test=law, placement_train="full",
+                         placement_test="full", accuracy=acc, seed=0))
+    for tr, te, acc in (("odd", "odd", 0.7), ("odd", "even", 0.1), ("even", "even", 0.5), ("even", "odd", 0.3)):
+        rows.append(dict(dataset="d", preset="quick", status="ok", n=10, alpha_train=1.0, alpha_test=1.0,
+                         distribution_train="gaussian", distribution_test="gaussian", placement_train=tr,
+                         placement_test=te, accuracy=acc, seed=0))
+    text = "\n".join(findings(pd.DataFrame(rows)))
+    sym = pd.Series([0.6, 0.5, 0.7, 0.1, 0.5, 0.3]).mean()  # every gaussian/cauchy row, matched laws
+    assert f"Symmetric laws (cauchy, gaussian) average {sym * 100:.2f}% vs asymmetric (exponential, lognormal) 25.00%" in text
+    matched = pd.Series([0.6, 0.5, 0.2, 0.3, 0.7, 0.5]).mean()
+    assert f"Matched placements average {matched * 100:.2f}% vs mismatched 20.00%" in text
+    assert "best matched placement: odd (70.00%" in text

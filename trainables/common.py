@@ -54,6 +54,17 @@ def replace_fields(cfg, overrides: dict[str, Any]):
     return dataclasses.replace(cfg, **direct)
 
 
+def configs_from_preset(presets: dict[str, dict], train_default, eval_cls, preset: str,
+                        overrides: dict | None = None) -> tuple[Any, Any]:
+    """(train config, eval config) of a preset with `overrides`; each field goes where it is declared."""
+    from trainables.noise import check_choice
+    check_choice("preset", preset, tuple(presets))
+    values = presets[preset] | dict(overrides or {})
+    eval_names = {f.name for f in dataclasses.fields(eval_cls)}
+    cfg = replace_fields(train_default, {k: v for k, v in values.items() if k not in eval_names})
+    return cfg, eval_cls(**{k: v for k, v in values.items() if k in eval_names})
+
+
 def all_field_names(cfg) -> set[str]:
     """Every leaf field name of a (nested) dataclass config."""
     names = set()

@@ -10,7 +10,6 @@ n noisy passes. Paper: 30 epochs, Adam 1e-3, cosine annealing; noise *hurts* her
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import math
 import time
@@ -23,7 +22,7 @@ import torchvision
 from torch import nn
 
 from trainables.common import (STATUS_DIVERGED, STATUS_OK, Method, Progress, TrainResult, check_checkpoints,
-                               replace_fields,
+                               configs_from_preset,
                                config_row, device_name, resolve_device)
 from trainables.data import DataConfig, load_dataset
 from trainables.noise import (DISTRIBUTIONS, ConfigError, NoiseParams, NoiseSpec, check_choice,
@@ -305,11 +304,7 @@ PRESETS: dict[str, dict] = {
 
 def preset_configs(preset: str, overrides: dict | None = None) -> tuple[ClassifierConfig, ClassifierEvalConfig]:
     """Training and evaluation configs of a preset, with `overrides` (any field name) applied."""
-    check_choice("preset", preset, tuple(PRESETS))
-    values = PRESETS[preset] | dict(overrides or {})
-    eval_names = {f.name for f in dataclasses.fields(ClassifierEvalConfig)}
-    cfg = replace_fields(ClassifierConfig(), {k: v for k, v in values.items() if k not in eval_names})
-    return cfg, ClassifierEvalConfig(**{k: v for k, v in values.items() if k in eval_names})
+    return configs_from_preset(PRESETS, ClassifierConfig(), ClassifierEvalConfig, preset, overrides)
 
 
 def _evaluate(model, data, settings, cfg: ClassifierConfig, ecfg: ClassifierEvalConfig) -> list[dict]:

@@ -22,13 +22,12 @@ checkpoints were requested.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import math
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.common import (STATUS_DIVERGED, STATUS_OK, Method, Progress, TrainResult,
-                               check_checkpoints, config_row, device_name, replace_fields,
+                               check_checkpoints, config_row, device_name, configs_from_preset,
                                resolve_device)
 from trainables.data import Data, DataConfig, load_dataset
 from trainables.noise import (NUM_LAYERS, PLACEMENTS, ConfigError, NoiseParams, NoiseSpec, check_choice,
@@ -129,11 +128,7 @@ PRESETS: dict[str, dict] = {
 
 def preset_configs(preset: str, overrides: dict | None = None) -> tuple[EBMConfig, EvalConfig]:
     """Training and evaluation configs of a preset, with `overrides` (any field name) applied."""
-    check_choice("preset", preset, tuple(PRESETS))
-    values = PRESETS[preset] | dict(overrides or {})
-    eval_names = {f.name for f in dataclasses.fields(EvalConfig)}
-    cfg = replace_fields(EBMConfig(), {k: v for k, v in values.items() if k not in eval_names})
-    return cfg, EvalConfig(**{k: v for k, v in values.items() if k in eval_names})
+    return configs_from_preset(PRESETS, EBMConfig(), EvalConfig, preset, overrides)
 
 
 # ---------------------------------------------------------------------------------------------
