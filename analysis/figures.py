@@ -148,36 +148,30 @@ def accuracy_vs_alpha(df: pd.DataFrame, n=None, dataset=None, out=None):
     return _save(fig, out)
 
 
-def heatmap_distributions(df: pd.DataFrame, alpha=1.0, n=None, dataset=None, out=None):
-    """Fig. 8: train distribution x test distribution at alpha_train = alpha_test = alpha."""
+def _train_test_heatmap(df, axis: str, held: str, alpha, n, dataset, out, title: str):
+    """Train x test heatmap over `axis` (distribution or placement), `held` matched, at one alpha."""
     d, name = _one_dataset(ok_rows(df), dataset)
-    d = _same(d, "placement_train", "placement_test")
-    d = _need(d[(d["alpha_train"] == alpha) & (d["alpha_test"] == alpha)], "heatmap_distributions")
+    d = _same(d, f"{held}_train", f"{held}_test")
+    d = _need(d[(d["alpha_train"] == alpha) & (d["alpha_test"] == alpha)], title)
     d, n = _largest_n(d, n)
-    s = summarize(d, ["distribution_train", "distribution_test"])
-    pivot = s.pivot(index="distribution_train", columns="distribution_test", values="mean")
+    s = summarize(d, [f"{axis}_train", f"{axis}_test"])
+    pivot = s.pivot(index=f"{axis}_train", columns=f"{axis}_test", values="mean")
     if max(pivot.shape) < 2:
-        raise ValueError("only one distribution present")
-    fig = _heatmap(pivot, f"{name}: distributions, alpha={alpha:g}, n={n}",
-                   "test distribution", "train distribution", diagonal=True)
+        raise ValueError(f"only one {axis} present")
+    fig = _heatmap(pivot, f"{name}: {axis}s, alpha={alpha:g}, n={n}",
+                   f"test {axis}", f"train {axis}", diagonal=True)
     fig.plotted = s
     return _save(fig, out)
+
+
+def heatmap_distributions(df: pd.DataFrame, alpha=1.0, n=None, dataset=None, out=None):
+    """Fig. 8: train distribution x test distribution at alpha_train = alpha_test = alpha."""
+    return _train_test_heatmap(df, "distribution", "placement", alpha, n, dataset, out, "heatmap_distributions")
 
 
 def heatmap_placements(df: pd.DataFrame, alpha=1.0, n=None, dataset=None, out=None):
     """Fig. 9: train placement x test placement, same distribution, alpha = 1."""
-    d, name = _one_dataset(ok_rows(df), dataset)
-    d = _same(d, "distribution_train", "distribution_test")
-    d = _need(d[(d["alpha_train"] == alpha) & (d["alpha_test"] == alpha)], "heatmap_placements")
-    d, n = _largest_n(d, n)
-    s = summarize(d, ["placement_train", "placement_test"])
-    pivot = s.pivot(index="placement_train", columns="placement_test", values="mean")
-    if max(pivot.shape) < 2:
-        raise ValueError("only one placement present")
-    fig = _heatmap(pivot, f"{name}: placements, alpha={alpha:g}, n={n}",
-                   "test placement", "train placement", diagonal=True)
-    fig.plotted = s
-    return _save(fig, out)
+    return _train_test_heatmap(df, "placement", "distribution", alpha, n, dataset, out, "heatmap_placements")
 
 
 def noise_vs_dropout(df: pd.DataFrame, n=None, out=None):
