@@ -94,6 +94,7 @@ class ResultStore:
             if pa.types.is_null(fld.type):
                 table = table.set_column(i, pa.field(fld.name, pa.string()), table.column(i).cast(pa.string()))
         tmp = f"{self.results}/.tmp-{key}-{uuid.uuid4().hex}.parquet"
+        self.fs.create_dir(self.results, recursive=True)  # a worker on another node may see no folder yet
         pq.write_table(table, tmp, filesystem=self.fs)
         self.fs.move(tmp, self.part_path(key))
         return self.part_path(key)

@@ -1,0 +1,74 @@
+"""A trial resumes from its last checkpoint: training picks up after the saved epoch and the
+rows equal an uninterrupted run's (Tune's session calls are replaced by recorders here)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from ray import tune
+
+from tuner import trial
+from tuner.store import ResultStore
+
+
+class FakeSession:
+    """Stands in for ray.tune's report/get_checkpoint/get_context inside one trial."""
+
+    def __init__(self, tmp: Path, restore_from=None):
+        self.tmp, self.restore_from = tmp, restore_from
+        self.reports, self.checkpoints = [], []
+
+    def report(self, metrics, checkpoint=None):
+        self.reports.append(dict(metrics))
+        if checkpoint is not None:  # copy out: Tune would persist it before the folder goes away
+            keep = self.tmp / f"ck-{id(self)}-{len(self.checkpoints)}"
+            shutil.copytree(checkpoint.path, keep)
+            self.checkpoints.append((metrics["epoch"], keep))
+
+    def get_checkpoint(self):
+        return None if self.restore_from is None else tune.Checkpoint.from_directory(str(self.restore_from))
+
+    def get_context(self):
+        return type("Ctx", (), {"get_trial_id": staticmethod(lambda: "fake_trial")})()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _config(storage: Path, name: str) -> dict:
+    return {"experiment": "grid_ebm", "preset": "smoke", "seed": 0, "point": {"alpha_train": 0.5},
+            "overrides": {"steps": 0, "epochs": 6}, "storage": str(storage), "name": name,
+            "meta": {}, "threads": 1, "checkpoint_seconds": 0.0}
+
+
+def _run(monkeypatch, session: FakeSession, config: dict) -> None:
+    for attr in ("report", "get_checkpoint", "get_context"):
+        monkeypatch.setattr(trial.tune, attr, getattr(session, attr))
+    trial.run_trial(config)
+
+
+def test_a_retried_trial_resumes_from_its_checkpoint_and_matches(tmp_path, monkeypatch):
+    full = FakeSession(tmp_path)
+    _run(monkeypatch, full, _config(tmp_path, "full"))
+    epochs = [r["epoch"] for r in full.reports if "epoch" in r]
+    assert epochs == [1, 2, 3, 4, 5, 6] and len(full.checkpoints) == 6
+
+    epoch, folder = full.checkpoints[2]  # as if the worker died after epoch 3's checkpoint
+    resumed = FakeSession(tmp_path, restore_from=folder)
+    _run(monkeypatch, resumed, _config(tmp_path, "resumed"))
+    assert [r["epoch"] for r in resumed.reports if "epoch" in r] == [4, 5, 6]
+
+    def metrics(name):
+        table = pq.read_table(ResultStore(str(tmp_path), name).parts()[0]).to_pandas()
+        return table[["alpha_test", "n", "accuracy", "energy_mean", "final_loss", "epochs_done"]]
+
+    assert metrics("full").equals(metrics("resumed"))
