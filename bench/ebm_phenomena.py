@@ -80,8 +80,10 @@ def report(dataset: str, out: dict, alphas: list[float], log) -> None:
         last = np.mean([t[-5:] for t in runs], axis=0)
         fifth = max(1, len(runs[0]) // 5)
         drop = np.mean([(t[-fifth - 1] - t[-1]) / t[-fifth - 1] for t in runs])
+        share = np.mean([(t[-fifth - 1] - t[-1]) / (t[0] - t[-1]) for t in runs])
         log(f"loss tail alpha_train={a_tr} (last 5 epochs, mean over seeds): "
-            f"{' '.join(f'{v:.5f}' for v in last)}; drop over the last 20% of steps: {100 * drop:.1f}%")
+            f"{' '.join(f'{v:.5f}' for v in last)}; drop over the last 20% of steps: {100 * drop:.1f}% "
+            f"of its value then, {100 * share:.1f}% of the whole run's decrease")
 
     mean = {k: mean_sem(v) for k, v in acc.items()}
     base, base_sem = mean[(0.0, 0.0)]
