@@ -102,26 +102,34 @@ def heatmap_alpha(df: pd.DataFrame, n=None, dataset=None, out=None):
     return _save(fig, out)
 
 
+def _lines(s: pd.DataFrame, groups, x: str, label, xlabel: str, title: str, style=None, legend_title=None):
+    """Accuracy (%) with SEM bars against `x`, one line per group of `groups`."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, g in s.groupby(groups):
+        g = g.sort_values(x)
+        ax.errorbar(g[x], g["mean"] * 100, yerr=g["sem"].fillna(0) * 100, marker="o", capsize=2,
+                    linestyle=style(key) if style else "-", label=label(key))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.legend(title=legend_title, fontsize=6 if legend_title else 7, ncol=2 if legend_title else 1)
+    fig.plotted = s
+    return fig, ax
+
+
 def accuracy_vs_n(df: pd.DataFrame, dataset=None, out=None):
     """Fig. 7: accuracy against the number of draws n (log axis), one line per alpha cell."""
     d, name = _one_dataset(ok_rows(df), dataset)
     d = _same(_same(d, "distribution_train", "distribution_test"), "placement_train", "placement_test")
     s = _need(summarize(d, ["alpha_train", "alpha_test", "n"]), "accuracy_vs_n")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (at, ae), g in s.groupby(["alpha_train", "alpha_test"]):
-        g = g.sort_values("n")
-        ax.errorbar(g["n"], g["mean"] * 100, yerr=g["sem"].fillna(0) * 100, marker="o",
-                    capsize=2, label=f"({at:g}, {ae:g})")
+    fig, ax = _lines(s, ["alpha_train", "alpha_test"], "n", lambda k: f"({k[0]:g}, {k[1]:g})",
+                     "n (noise draws at inference)", f"{name}: accuracy vs n",
+                     legend_title="(alpha_train, alpha_test)")
     ax.set_xscale("log")
     ns = sorted(s["n"].unique())
     ax.set_xticks(ns, [f"{v:g}" for v in ns])
     ax.minorticks_off()
-    ax.set_xlabel("n (noise draws at inference)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{name}: accuracy vs n")
-    ax.legend(title="(alpha_train, alpha_test)", fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.plotted = s
     return _save(fig, out)
 
 
@@ -134,17 +142,9 @@ def accuracy_vs_alpha(df: pd.DataFrame, n=None, dataset=None, out=None):
     s = _need(summarize(d, ["distribution_train", "alpha_train"]), "accuracy_vs_alpha")
     if s["alpha_train"].nunique() < 2:
         raise ValueError("only one alpha on the diagonal")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for dist, g in s.groupby("distribution_train"):
-        g = g.sort_values("alpha_train")
-        ax.errorbar(g["alpha_train"], g["mean"] * 100, yerr=g["sem"].fillna(0) * 100,
-                    marker="o", capsize=2, label=str(dist))
-    ax.set_xlabel("alpha (train = test)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{name}: accuracy vs alpha, n={n}")
-    ax.legend(fontsize=7)
+    fig, _ = _lines(s, ["distribution_train"], "alpha_train", lambda k: str(k[0]), "alpha (train = test)",
+                    f"{name}: accuracy vs alpha, n={n}")
     fig.tight_layout()
-    fig.plotted = s
     return _save(fig, out)
 
 
@@ -188,17 +188,10 @@ def noise_vs_dropout(df: pd.DataFrame, n=None, out=None):
     parts = [summarize(noise, ["dataset", "alpha_train"]).rename(columns={"alpha_train": "strength"}).assign(kind="noise"),
              summarize(drop, ["dataset", "dropout_rate"]).rename(columns={"dropout_rate": "strength"}).assign(kind="dropout")]
     s = pd.concat(parts, ignore_index=True)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (ds, kind), g in s.groupby(["dataset", "kind"]):
-        g = g.sort_values("strength")
-        ax.errorbar(g["strength"], g["mean"] * 100, yerr=g["sem"].fillna(0) * 100, marker="o",
-                    capsize=2, linestyle="-" if kind == "noise" else "--", label=f"{ds} {kind}")
-    ax.set_xlabel("alpha (noise) or c (dropout rate)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"activation noise vs dropout, n={n}")
-    ax.legend(fontsize=7)
+    fig, _ = _lines(s, ["dataset", "kind"], "strength", lambda k: f"{k[0]} {k[1]}",
+                    "alpha (noise) or c (dropout rate)", f"activation noise vs dropout, n={n}",
+                    style=lambda k: "-" if k[1] == "noise" else "--")
     fig.tight_layout()
-    fig.plotted = s
     return _save(fig, out)
 
 
@@ -210,17 +203,9 @@ def discriminative(df: pd.DataFrame, n=None, out=None):
     d = d[d["arch"].notna() & (d["alpha_train"] == d["alpha_test"])]
     d, n = _largest_n(_need(d, "discriminative"), n)
     s = _need(summarize(d, ["dataset", "arch", "alpha_train"]), "discriminative")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (ds, arch), g in s.groupby(["dataset", "arch"]):
-        g = g.sort_values("alpha_train")
-        ax.errorbar(g["alpha_train"], g["mean"] * 100, yerr=g["sem"].fillna(0) * 100,
-                    marker="o", capsize=2, label=f"{ds} {arch}")
-    ax.set_xlabel("alpha (train = test)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"discriminative models, n={n}")
-    ax.legend(fontsize=7)
+    fig, _ = _lines(s, ["dataset", "arch"], "alpha_train", lambda k: f"{k[0]} {k[1]}", "alpha (train = test)",
+                    f"discriminative models, n={n}")
     fig.tight_layout()
-    fig.plotted = s
     return _save(fig, out)
 
 

@@ -19,13 +19,7 @@ from trainables.discriminative import (ClassifierConfig, build_classifier, evalu
 from trainables.noise import ConfigError, NoiseSpec, make_generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions on a shared 2-core box run several times faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(x, y, num_classes, n_train):

@@ -13,13 +13,7 @@ from trainables.ebm import (Autoencoder, AutoencoderBank, EBMConfig, EvalConfig,
 from trainables.noise import ConfigError, NoiseParams, NoiseSpec, fill_, make_generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices run faster and reproducibly on one thread of this shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blobs(classes=3, per_class=24, side=8, seed=0) -> Data:

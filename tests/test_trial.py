@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 from ray import tune
 
 from tuner import trial
@@ -36,12 +35,7 @@ class FakeSession:
         return type("Ctx", (), {"get_trial_id": staticmethod(lambda: "fake_trial")})()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(storage: Path, name: str) -> dict:
