@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -27,11 +30,19 @@ from trainables.noise import ConfigError, NoiseSpec
 
 PRESETS = ("paper", "quick", "smoke")
 DEFAULT_SEEDS = {"paper": 10, "quick": 1, "smoke": 1}
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")  # \Z: "$" would let "name\n" through
+MAX_SEEDS = 1000  # seeds are per-run counts like 10; a typo like --seeds 1000000000 must not plan forever
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose refusals are one line, like every other refusal of the CLI (no usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {' '.join(message.splitlines())}\n")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tuner.run", description=__doc__.splitlines()[0])
+    p = _Parser(prog="python -m tuner.run", description=__doc__.splitlines()[0])
     p.add_argument("experiment", nargs="?", help="registered experiment (see --list)")
     p.add_argument("--list", action="store_true", help="list experiments with trial counts per preset")
     p.add_argument("--preset", default="paper", help="paper | quick | smoke (default paper)")
@@ -47,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, default=20, help="trials for --search optuna")
     p.add_argument("--resume", default="auto", help="auto | never")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial")
+    p.add_argument("--checkpoint-seconds", type=float, default=30.0,
+                   help="seconds between a training's checkpoints (a retried trial resumes from the last)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--dry-run", action="store_true", help="print the trials and the work, start nothing")
     return p.parse_args(argv)
@@ -56,7 +69,7 @@ def parse_value(text: str):
     """A Python literal (number, bool, tuple, list, None) when it parses as one, else the string."""
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):  # {[]: 1}, ------1, ...
         return text
 
 
@@ -75,11 +88,13 @@ def parse_seeds(text: str | None, preset: str) -> list[int]:
     if text is None:
         return list(range(DEFAULT_SEEDS[preset]))
     value = parse_value(text)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SEEDS:
         return list(range(value))
-    if isinstance(value, tuple) and value and all(isinstance(v, int) and v >= 0 for v in value):
+    if (isinstance(value, tuple) and 0 < len(value) <= MAX_SEEDS
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63 for v in value)):
         return sorted(set(value))
-    raise ConfigError(f"seeds={text!r} is out of range; allowed: a count >= 1 or a list of seeds >= 0 like 0,1,2")
+    raise ConfigError(f"seeds={text!r} is out of range; allowed: a count in [1, {MAX_SEEDS}] or a list of seeds "
+                      "in [0, 2**63) like 0,1,2")
 
 
 def choice(field: str, value, allowed) -> None:
@@ -111,7 +126,12 @@ class Plan:
             if isinstance(value, bool) or value < (1 if field_name == "num_samples" else 0):
                 raise ConfigError(f"{field_name}={value} is out of range; allowed: integers >= "
                                   f"{1 if field_name == 'num_samples' else 0}")
-        if args.cpus_per_trial <= 0 or (args.gpus_per_trial is not None and args.gpus_per_trial < 0):
+        if not 0 < args.checkpoint_seconds < float("inf"):
+            raise ConfigError(f"checkpoint_seconds={args.checkpoint_seconds} is out of range; allowed: a number > 0")
+        if self.search == "optuna" and "://" in args.storage:
+            raise ConfigError("search='optuna' keeps its study in a local SQLite file; allowed: a local --storage")
+        if not 0 < args.cpus_per_trial < float("inf") or (  # "not <" also refuses nan
+                args.gpus_per_trial is not None and not 0 <= args.gpus_per_trial < float("inf")):
             raise ConfigError("cpus_per_trial must be > 0 and gpus_per_trial >= 0; allowed: e.g. 1 and 0.25")
         swept = {k for point in self.space.train for k in point} | set(self.space.optuna or {}) | {"seed"}
         clash = sorted(swept & set(self.overrides))
@@ -143,6 +163,13 @@ class Plan:
         for spec in self.space.tests(point):  # test settings are validated too
             NoiseSpec(**spec)
         return cfg, ecfg
+
+    def missing(self) -> list[dict]:
+        """Grid trials ({"seed", "point"}) without a readable part file (any status)."""
+        if self.search != "grid":
+            return []
+        return [{"seed": p["seed"], "point": {k: v for k, v in p.items() if k != "seed"}} for p in self.points
+                if self.store.read_part(trial_key(self.exp.name, self.preset, p, self.overrides)) is None]
 
     def work(self) -> str:
         """A one-paragraph estimate of the work: trainings, evaluations and forward passes."""
@@ -181,11 +208,13 @@ def list_experiments() -> str:
     return "\n".join(lines)
 
 
-def param_space(plan: Plan, meta: dict, resources_cpu: float) -> dict:
+def param_space(plan: Plan, meta: dict, resources_cpu: float, cells: list[dict] | None = None) -> dict:
     from ray import tune
     base = {"experiment": plan.exp.name, "preset": plan.preset, "overrides": plan.overrides,
             "storage": plan.args.storage, "name": plan.name, "meta": meta,
-            "threads": max(1, int(resources_cpu))}
+            "threads": max(1, int(resources_cpu)), "checkpoint_seconds": plan.args.checkpoint_seconds}
+    if cells is not None:  # a chosen subset of (seed, point) pairs
+        return base | {"cell": tune.grid_search(cells)}
     if plan.search == "grid":
         return base | {"seed": tune.grid_search(plan.seeds),
                        "point": tune.grid_search(list(plan.space.train))}
@@ -194,7 +223,12 @@ def param_space(plan: Plan, meta: dict, resources_cpu: float) -> dict:
     return base | {"seed": plan.seeds[0]} | dists
 
 
-def build_tuner(plan: Plan, meta: dict):
+def build_tuner(plan: Plan, meta: dict, cells: list[dict] | None = None, fresh: bool = False):
+    """A Tuner that resumes this run's Tune state when it can, else a new one.
+
+    `cells` (a list of {"seed", "point"}) runs just those trials under a new Tune name; `fresh`
+    sets aside Tune state that failed to restore. Returns (tuner, restored).
+    """
     import ray
     from ray import tune
     from tuner.trial import run_trial
@@ -202,21 +236,32 @@ def build_tuner(plan: Plan, meta: dict):
     if gpus is None:
         gpus = plan.exp.gpu_per_trial if ray.cluster_resources().get("GPU", 0) > 0 else 0
     trainable = tune.with_resources(run_trial, {"cpu": plan.args.cpus_per_trial, "gpu": gpus})
-    run_config = tune.RunConfig(name="tune", storage_path=plan.store.tune_path,
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    name = "tune" if cells is None else f"tune-rerun-{stamp}"
+    local = "://" not in plan.args.storage
+    if fresh and not local:
+        name = f"tune-{stamp}"  # object stores cannot move a folder aside
+    path = f"{plan.store.tune_path}/{name}"
+    if fresh and local and os.path.isdir(path):
+        shutil.move(path, f"{path}.broken-{stamp}")  # kept for inspection
+    run_config = tune.RunConfig(name=name, storage_path=plan.store.tune_path,
                                 failure_config=tune.FailureConfig(max_failures=plan.args.max_failures),
                                 verbose=1)
-    path = f"{plan.store.tune_path}/tune"
-    if plan.args.resume == "auto" and tune.Tuner.can_restore(path):
-        print(f"resuming {path}", flush=True)
-        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-    if plan.args.resume == "never" and "://" not in plan.args.storage and os.path.isdir(path):
+    if cells is None and not fresh and plan.args.resume == "auto" and tune.Tuner.can_restore(path):
+        try:
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+            print(f"resuming {path}", flush=True)
+            return tuner, True
+        except Exception as exc:  # half-written state from a killed driver: results are in the parts
+            print(f"warning: Tune state at {path} cannot be restored ({type(exc).__name__}: {exc}); "
+                  "starting afresh, trials with finished part files are skipped", flush=True)
+            return build_tuner(plan, meta, fresh=True)
+    if plan.args.resume == "never" and local and os.path.isdir(path):
         shutil.rmtree(path)  # Tune's state only; finished part files are replaced trial by trial
     search_alg, kwargs = None, {}
     if plan.search == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
-        if "://" in plan.args.storage:
-            raise ConfigError("search='optuna' keeps its study in a local SQLite file; allowed: a local --storage")
         class FinalOnlyOptuna(OptunaSearch):
             """Progress reports (epoch, loss) carry no accuracy: Optuna sees the final result only."""
 
@@ -227,10 +272,12 @@ def build_tuner(plan: Plan, meta: dict):
         study = optuna.storages.RDBStorage(f"sqlite:///{plan.store.root}/optuna.db")
         search_alg = FinalOnlyOptuna(metric="accuracy", mode="max", study_name=plan.name, storage=study, seed=0)
         kwargs = {"num_samples": plan.args.num_samples}
+    # reuse_actors: a trial reuses a finished trial's worker instead of starting a Python process
+    # and importing torch again (seconds per trial on a small machine).
     tune_config = tune.TuneConfig(search_alg=search_alg, max_concurrent_trials=plan.args.max_concurrent or None,
-                                  **kwargs)
-    return tune.Tuner(trainable, param_space=param_space(plan, meta, plan.args.cpus_per_trial),
-                      tune_config=tune_config, run_config=run_config)
+                                  reuse_actors=True, **kwargs)
+    space = param_space(plan, meta, plan.args.cpus_per_trial, cells)
+    return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config), False
 
 
 def summarize(plan: Plan) -> str:
@@ -271,19 +318,46 @@ def main(argv=None) -> int:
             print(f"work: {plan.work()}")
             print(f"results would go to {plan.store.results}")
             return 0
-        plan.store.check()
-        plan.store.claim(plan.exp.name, plan.preset, plan.overrides, plan.seeds)
+        with contextlib.ExitStack() as held:
+            plan.store.check()
+            # Refuse another run's folder before the lock file is written: a refusal changes nothing.
+            plan.store.claim(plan.exp.name, plan.preset, plan.overrides, plan.seeds, write=False)
+            held.enter_context(plan.store.lock())
+            plan.store.claim(plan.exp.name, plan.preset, plan.overrides, plan.seeds)
+            return sweep(plan)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).splitlines())}", file=sys.stderr)  # one line, whatever the message
         return 2
+
+
+def sweep(plan: Plan) -> int:
+    """Run (or resume) the sweep; afterwards, run again any trial whose part file is missing."""
+    for path in plan.store.unreadable_parts():
+        moved = plan.store.quarantine(path)
+        print(f"warning: unreadable part file {path.rsplit('/', 1)[-1]} moved to {moved}; its trial runs again",
+              flush=True)
     import ray
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    plugins = os.environ.get(registry.PLUGINS_ENV)
+    ray.init(address=plan.args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=False,
+             runtime_env={"env_vars": {registry.PLUGINS_ENV: plugins}} if plugins else None)
     meta = run_metadata()
-    tuner = build_tuner(plan, meta)
-    tuner.fit()
+    tuner, restored = build_tuner(plan, meta)
+    try:
+        tuner.fit()
+    except Exception as exc:  # noqa: BLE001 - a restored state that breaks mid-run: start afresh
+        if not restored:
+            raise
+        print(f"warning: resumed Tune run failed ({type(exc).__name__}: {exc}); starting afresh, "
+              "trials with finished part files are skipped", flush=True)
+        build_tuner(plan, meta, fresh=True)[0].fit()
+    missing = plan.missing()
+    if missing:  # Tune saw them finish, but their part files are gone or unreadable
+        print(f"{len(missing)} finished trials have no readable part file; running them again", flush=True)
+        build_tuner(plan, meta, cells=missing)[0].fit()
     print(f"\nresults: {plan.store.results}")
     print(summarize(plan))
+    print(f"driver peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     return 0
 
 

@@ -2,6 +2,8 @@
 
 Layout under `<storage>/<name>/`:
     experiment.json            which experiment and preset own this folder (never mixed)
+    run.lock                   held by the one tuner.run writing here (two drivers never interleave)
+    corrupt/                   unreadable part files, moved aside (kept, never deleted) before a re-run
     results/part-<key>.parquet one per training configuration; <key> hashes that configuration,
                                so a re-run of the same trial replaces its own file
     tune/                      Ray Tune's experiment state (resume)
@@ -11,9 +13,13 @@ Layout under `<storage>/<name>/`:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import time
 import uuid
 
 import pyarrow as pa
@@ -64,9 +70,10 @@ class ResultStore:
                               "allowed: a writable local folder or a pyarrow URI such as s3://bucket/path") from exc
 
     def claim(self, experiment: str, preset: str, overrides: dict | None = None,
-              seeds: list[int] | None = None) -> None:
+              seeds: list[int] | None = None, write: bool = True) -> None:
         """Record which run owns this folder; refuse one that holds another run's results (a
-        resumed Tune run keeps its old settings, so a changed --set or --seeds must not land here)."""
+        resumed Tune run keeps its old settings, so a changed --set or --seeds must not land here).
+        write=False only refuses: nothing is created or changed."""
         path = f"{self.root}/experiment.json"
         mine = json.loads(json.dumps({"experiment": experiment, "preset": preset, "overrides": overrides or {},
                                       "seeds": seeds or [0]}, default=str))
@@ -79,6 +86,8 @@ class ResultStore:
                     f"{theirs.get('experiment')} --preset {theirs.get('preset')} with overrides "
                     f"{theirs.get('overrides')} and seeds {theirs.get('seeds')}; allowed: the same settings "
                     "(to resume it), or another --name")
+            return
+        if not write:
             return
         self.fs.create_dir(self.root, recursive=True)
         self._write_atomic(path, json.dumps(mine).encode())
@@ -115,6 +124,66 @@ class ResultStore:
         selector = pafs.FileSelector(self.results, allow_not_found=True)
         return sorted(i.path for i in self.fs.get_file_info(selector)
                       if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
+
+    def unreadable_parts(self) -> list[str]:
+        return [p for p in self.parts() if self._unreadable(p)]
+
+    def _unreadable(self, path: str) -> bool:
+        try:
+            pq.read_table(path, filesystem=self.fs)
+            return False
+        except Exception:  # truncated, garbage, not Parquet at all
+            return True
+
+    def quarantine(self, path: str) -> str:
+        """Move an unreadable part to corrupt/ (kept for inspection) so that its trial runs again."""
+        folder = f"{self.root}/corrupt"
+        self.fs.create_dir(folder, recursive=True)
+        target = f"{folder}/{path.rsplit('/', 1)[-1]}.{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.fs.move(path, target)
+        return target
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold this run folder for one driver; a second one is refused with who holds it.
+
+        Local folders use an OS lock, released by the kernel when the holder dies (even by SIGKILL).
+        Object stores have no locks: there a lock object names its holder and is deleted at exit; a
+        driver killed on another host leaves it behind, to be deleted by hand.
+        """
+        path = f"{self.root}/run.lock"
+        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                         "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            with open(path, "a+") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    f.seek(0)
+                    raise ConfigError(self._held(f.read(), path)) from None
+                f.seek(0)
+                f.truncate()
+                f.write(me)
+                f.flush()
+                yield
+            return
+        if self.fs.get_file_info(path).type == pafs.FileType.File:
+            with self.fs.open_input_stream(path) as f:
+                raise ConfigError(self._held(f.read().decode(errors="replace"), path))
+        self._write_atomic(path, me.encode())
+        try:
+            yield
+        finally:
+            self.fs.delete_file(path)
+
+    def _held(self, holder: str, path: str) -> str:
+        try:
+            h = json.loads(holder)
+            who = f"pid {h['pid']} on {h['host']} since {h['since']}"
+        except (ValueError, KeyError, TypeError):
+            who = "another process"
+        return (f"name={self.name!r} under storage={self.storage!r} is in use by another tuner.run ({who}; "
+                f"lock {path}); allowed: wait for it to finish, or another --name")
 
     def _write_atomic(self, path: str, data: bytes) -> None:
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"

@@ -37,6 +37,7 @@ def build_configs(config: dict):
 
 def run_trial(config: dict) -> None:
     """The Tune function trainable (`config` is one point of the service's param_space)."""
+    config = config | (config.get("cell") or {})  # a re-run of chosen (seed, point) pairs
     exp, method, space, point, cfg, ecfg = build_configs(config)
     store = ResultStore(config["storage"], config["name"])
     key = trial_key(exp.name, config["preset"], point, config["overrides"])
