@@ -41,6 +41,10 @@ def replace_fields(cfg, overrides: dict[str, Any]):
     direct, nested = {}, {}
     for key, value in overrides.items():
         if key in own:
+            group = getattr(cfg, key)
+            if dataclasses.is_dataclass(group) and not isinstance(value, type(group)):  # --set data=5
+                raise ConfigError(f"{key}={value!r} is not allowed: {key} is a group of fields; allowed: "
+                                  f"--set one of {', '.join(sorted(all_field_names(group)))}")
             direct[key] = value
             continue
         owner = next((f.name for f in own.values()
@@ -84,7 +88,7 @@ def n_checkpoints(n_max: int) -> tuple[int, ...]:
 
 def check_checkpoints(points) -> tuple[int, ...]:
     """Sorted unique positive draw counts, or a ConfigError naming `n_checkpoints`."""
-    points = (points,) if isinstance(points, int) else tuple(points)
+    points = tuple(points) if isinstance(points, (tuple, list)) else (points,)  # None, b"..": refused below
     if not points or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in points):
         raise ConfigError(f"n_checkpoints={points!r} is out of range; allowed: a non-empty list of integers >= 1")
     return tuple(sorted(set(points)))
