@@ -224,6 +224,16 @@ def test_corrupt_parts_are_named_set_aside_and_rerun(tmp_path):
     assert [p.read_bytes() for p in kept] in ([original[truncated][:100], b"not parquet at all"],
                                               [b"not parquet at all", original[truncated][:100]])
 
+    # Tune's own state half-written (a driver killed while Tune saves): set aside, nothing re-trained.
+    tune_dir = tmp_path / "faulty_grid-smoke" / "tune"
+    for path in [tune_dir / "tuner.pkl", *tune_dir.glob("experiment_state-*.json")]:
+        path.write_bytes(path.read_bytes()[:50])
+    parts = snapshot(Path(store.results))
+    done = cli(*args, env=PLUGIN_ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cannot be restored" in done.stdout and len(list(tmp_path.glob("faulty_grid-smoke/tune.broken-*"))) == 1
+    assert len(trainings(log)) - before == 2 and snapshot(Path(store.results)) == parts
+
 
 def test_a_second_driver_on_the_same_run_is_refused_until_the_first_dies(tmp_path):
     args = ("faulty_grid", "--preset", "smoke", "--storage", str(tmp_path))
