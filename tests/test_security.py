@@ -125,16 +125,22 @@ def test_no_code_running_deserialisation_outside_the_allowlist():
     assert used == set(ALLOWED), f"stale allowlist entries: {set(ALLOWED) - used}"
 
 
-def test_every_torch_load_passes_weights_only_true():
-    loads = 0
+def calls_to(name: str):
+    """(path, call node) of every call of the qualified function `name` in the project's code."""
     for path in project_files():
         tree = ast.parse(path.read_text())
         aliases = _aliases(tree)
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and _qualified(node.func, aliases) == "torch.load":
-                loads += 1
-                flag = _keyword(node, "weights_only")
-                assert isinstance(flag, ast.Constant) and flag.value is True, f"{path}:{node.lineno}"
+            if isinstance(node, ast.Call) and _qualified(node.func, aliases) == name:
+                yield path, node
+
+
+def test_every_torch_load_passes_weights_only_true():
+    loads = 0
+    for path, node in calls_to("torch.load"):
+        loads += 1
+        flag = _keyword(node, "weights_only")
+        assert isinstance(flag, ast.Constant) and flag.value is True, f"{path}:{node.lineno}"
     assert loads >= 1, "no torch.load found: checkpoints are loaded somewhere (trainables/common.py)"
 
 
@@ -304,16 +310,12 @@ def test_the_auth_scan_catches_each_pattern(source):
 
 def test_ray_init_calls_keep_the_dashboard_on_localhost():
     calls = 0
-    for path in project_files():
-        tree = ast.parse(path.read_text())
-        aliases = _aliases(tree)
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and _qualified(node.func, aliases) == "ray.init":
-                calls += 1
-                host = _keyword(node, "dashboard_host")
-                assert host is None or (isinstance(host, ast.Constant) and host.value in ("127.0.0.1", "localhost")), \
-                    f"{path}:{node.lineno}"
-                assert _keyword(node, "_system_config") is None, f"{path}:{node.lineno}: auth is set by env only"
+    for path, node in calls_to("ray.init"):
+        calls += 1
+        host = _keyword(node, "dashboard_host")
+        assert host is None or (isinstance(host, ast.Constant) and host.value in ("127.0.0.1", "localhost")), \
+            f"{path}:{node.lineno}"
+        assert _keyword(node, "_system_config") is None, f"{path}:{node.lineno}: auth is set by env only"
     assert calls >= 1, "tuner.run starts Ray somewhere"
 
 
