@@ -23,7 +23,7 @@ STRING = [
     "experiment", "preset", "dataset", "distribution_train", "placement_train", "arch",
     "distribution_test", "placement_test", "status", "message", "trial_key", "trial_id",
     "git_commit", "torch_version", "ray_version", "device_name", "host", "driver_host",
-    "noisetune_version",
+    "noisetune_version", "precision",
 ]
 
 

@@ -5,15 +5,19 @@ activation noise after every layer (full placement). The plain reference, writte
 purpose, is what a researcher would write: C separate `nn.Module` autoencoders, a loop over
 classes and over draws, each call a batch of test images with `randn_like` noise added by a hook.
 The fused path is `trainables.ebm.evaluate` end to end (noise generation, energies, running
-sums, checkpoints). Both run the same number of passes on the same random images and weights.
+sums, checkpoints), in fp32 and in bf16 (EvalConfig.precision). All run the same number of passes
+on the same random images and weights. Also printed: the rate at which the noise alone can be
+drawn (a ceiling on any path that draws it), a profile of each fused path, and the accuracy of
+fp32 against bf16 on digits with a briefly trained bank.
 
-    python bench/ebm_sampling.py                      # CPU, 16 and 32 px
+    python bench/ebm_sampling.py --out bench/results/ebm_sampling_cpu.txt   # CPU, ~6 min on 2 cores
     python bench/ebm_sampling.py --device cuda --sizes 32 --images 2000 --draws 100
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import sys
 import time
@@ -24,8 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trainables.common import device_name, resolve_device  # noqa: E402
 from trainables.data import Data, DataConfig  # noqa: E402
-from trainables.ebm import Autoencoder, AutoencoderBank, EBMConfig, EvalConfig, evaluate  # noqa: E402
-from trainables.noise import NoiseSpec  # noqa: E402
+from trainables.data import load_dataset  # noqa: E402
+from trainables.ebm import (Autoencoder, AutoencoderBank, EBMConfig, EvalConfig, SamplingEvaluator,  # noqa: E402
+                            evaluate, train_bank)
+from trainables.noise import NoiseSpec, make_generator  # noqa: E402
 
 
 def sync(device):
@@ -71,6 +77,50 @@ def plain_loop(aes, x, draws: int, alpha: float) -> torch.Tensor:
     return out
 
 
+def noise_passes_per_second(side: int, classes: int, device, reps=3) -> float:
+    """Image x class x sample passes/s if drawing the noise were the only work: the fused path
+    draws it exactly so (EvalConfig's streams on the CPU thread pool), the plain loop serially."""
+    bank = AutoencoderBank(classes).to(device)
+    ev = SamplingEvaluator(bank, EBMConfig().noise_params, EvalConfig(), side)
+    per_pass = sum(c * h * w for c, h, w in ev.shapes)
+    z = torch.empty(4, 2**20, device=device)
+    gens = [[make_generator(4 * j + s, device) for s in range(ev.ecfg.noise_streams)] for j in range(4)]
+    t = timed(lambda: ev._fill(z, "gaussian", gens), device, reps)
+    return z.numel() / t / per_pass
+
+
+def profile_table(fn, rows=8) -> str:
+    """Top operators by self CPU time of one call. The noise threads do not show (see the fill
+    line); aten::_convolution's self time is oneDNN's transposed convolutions (layers 4-5)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    return "\n".join(line[:112] for line in table.splitlines())
+
+
+def bf16_accuracy(steps: int, n_max: int, log) -> None:
+    """fp32 against bf16 sampling inference on real data: digits at 8 px, one trained bank."""
+    cfg = EBMConfig(data=DataConfig(dataset="digits", image_size=8), alpha_train=0.5, steps=steps,
+                    batch_size=64, device="cpu")
+    data = load_dataset(cfg.data)
+    t = time.perf_counter()
+    bank = train_bank(cfg, data).model
+    log(f"\n## fp32 vs bf16 accuracy: digits 8 px, {len(data.y_test)} test images, bank trained "
+        f"{steps} Adam steps of 64/class at alpha 0.5 ({time.perf_counter() - t:.0f} s)\n")
+    log("| alpha_test | n | fp32 acc | bf16 acc | diff (points) | fp32 energy | bf16 energy |")
+    log("|---|---|---|---|---|---|---|")
+    settings = [NoiseSpec("gaussian", 0.0), NoiseSpec("gaussian", 0.5), NoiseSpec("gaussian", 1.0)]
+    checkpoints = tuple(n for n in (1, 10, 100, 1000) if n <= n_max)
+    rows = {p: evaluate(bank, data, settings, cfg, EvalConfig(n_checkpoints=checkpoints, precision=p))
+            for p in ("fp32", "bf16")}
+    for a, b in zip(rows["fp32"], rows["bf16"]):
+        if a["alpha_test"] == 0 and a["n"] > 1:
+            continue
+        log(f"| {a['alpha_test']} | {a['n']} | {100 * a['accuracy']:.2f}% | {100 * b['accuracy']:.2f}% | "
+            f"{100 * (b['accuracy'] - a['accuracy']):+.2f} | {a['energy_mean']:.4f} | {b['energy_mean']:.4f} |")
+
+
 def timed(fn, device, reps: int) -> float:
     fn()  # warm-up
     sync(device)
@@ -93,10 +143,14 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--memory-mb", type=int, default=0, help="0 = EvalConfig's auto budget")
     p.add_argument("--block-images", type=int, default=32)
+    p.add_argument("--precisions", default="fp32,bf16")
+    p.add_argument("--accuracy-steps", type=int, default=300, help="0 = skip the fp32 vs bf16 accuracy check")
+    p.add_argument("--profile", type=int, default=1, help="1 = print a torch.profiler table per fused path")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     device = resolve_device(args.device)
-    lines = []
+    precisions = args.precisions.split(",")
+    lines, profiles = [], []
 
     def log(s=""):
         print(s, flush=True)
@@ -104,12 +158,15 @@ def main() -> None:
 
     torch.manual_seed(0)
     peak = matmul_gflops(device)
+    peak16 = matmul_gflops(device, torch.bfloat16)
     log(f"# ebm_sampling, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    log(f"machine: {platform.node()} {platform.machine()}, {device_name(device)}, torch {torch.__version__}")
-    log(f"fp32 matmul 2048^3: {peak:.0f} GFLOP/s (the practical limit)")
-    log(f"work: {args.classes} classes x {args.images} images x {args.draws} draws, Gaussian alpha 0.5, full placement")
-    log("\n| side | path | passes/s | GFLOP/s | % of matmul | speed-up |")
-    log("|---|---|---|---|---|---|")
+    log(f"machine: {platform.node()} {platform.machine()}, {device_name(device)}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads")
+    log(f"matmul 2048^3: fp32 {peak:.0f} GFLOP/s (the practical limit), bf16 {peak16:.0f} GFLOP/s")
+    log(f"work: {args.classes} classes x {args.images} images x {args.draws} draws, Gaussian alpha 0.5, full placement, "
+        f"best of {args.reps} reps after a warm-up")
+    log("\n| side | path | passes/s | GFLOP/s | % of fp32 matmul | % of bf16 matmul | speed-up |")
+    log("|---|---|---|---|---|---|---|")
     for side in [int(s) for s in args.sizes.split(",")]:
         aes = [Autoencoder(1).to(device).eval() for _ in range(args.classes)]
         bank = AutoencoderBank.from_autoencoders(aes).to(device)
@@ -117,17 +174,46 @@ def main() -> None:
         y = torch.randint(0, args.classes, (args.images,), device=device)
         data = Data("random", x, y, x, y, [str(c) for c in range(args.classes)])
         cfg = EBMConfig(data=DataConfig(image_size=side), device=str(device))
-        ecfg = EvalConfig(n_checkpoints=(args.draws,), memory_mb=args.memory_mb, block_images=args.block_images)
         passes = args.classes * args.images * args.draws
         fpp = flops_per_pass(side)
         with torch.no_grad():
-            t_plain = timed(lambda: plain_loop(aes, x, args.draws, 0.5), device, args.reps)
-            t_fused = timed(lambda: evaluate(bank, data, [NoiseSpec("gaussian", 0.5)], cfg, ecfg), device, args.reps)
-        for name, t in (("plain loop", t_plain), ("fused bank", t_fused)):
+            times = {"plain loop": timed(lambda: plain_loop(aes, x, args.draws, 0.5), device, args.reps)}
+            for prec in precisions:
+                ecfg = EvalConfig(n_checkpoints=(args.draws,), memory_mb=args.memory_mb,
+                                  block_images=args.block_images, precision=prec)
+                run = functools.partial(evaluate, bank, data, [NoiseSpec("gaussian", 0.5)], cfg, ecfg)
+                times[f"fused bank {prec}"] = timed(run, device, args.reps)
+                if args.profile and device.type == "cpu":
+                    fill = [0.0]
+                    real_fill = SamplingEvaluator._fill
+
+                    def timed_fill(*a):
+                        t0 = time.perf_counter()
+                        real_fill(*a)
+                        fill[0] += time.perf_counter() - t0
+                    SamplingEvaluator._fill = timed_fill
+                    t0 = time.perf_counter()
+                    run()
+                    total = time.perf_counter() - t0
+                    SamplingEvaluator._fill = real_fill
+                    profiles.append(f"\n### fused bank {prec}, {side} px: drawing the noise (thread pool) took "
+                                    f"{fill[0]:.2f} s of {total:.2f} s ({100 * fill[0] / total:.0f}%, timed run)\n")
+                    profiles.append(profile_table(run))
+        for name, t in times.items():
             rate = passes / t
-            log(f"| {side} | {name} | {rate:,.0f} | {rate * fpp / 1e9:.1f} | {100 * rate * fpp / 1e9 / peak:.0f}% | "
-                f"{t_plain / t:.2f}x |")
+            gflops = rate * fpp / 1e9
+            log(f"| {side} | {name} | {rate:,.0f} | {gflops:.1f} | {100 * gflops / peak:.0f}% | "
+                f"{100 * gflops / peak16:.0f}% | {times['plain loop'] / t:.2f}x |")
+        if device.type == "cpu":
+            noise = noise_passes_per_second(side, args.classes, device)
+            log(f"| {side} | noise draws alone (ceiling) | {noise:,.0f} | | | | {noise * times['plain loop'] / passes:.2f}x |")
     log(f"\nFLOPs per pass: {flops_per_pass(16) / 1e6:.2f} M at 16 px, {flops_per_pass(32) / 1e6:.2f} M at 32 px")
+    if profiles:
+        log("\n## Profiles (torch.profiler, top operators by self CPU time; main thread only)")
+        for s in profiles:
+            log(s)
+    if args.accuracy_steps and device.type == "cpu":
+        bf16_accuracy(args.accuracy_steps, 100, log)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("\n".join(lines) + "\n")

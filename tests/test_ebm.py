@@ -261,6 +261,19 @@ def test_noisy_inference_is_not_degenerate(trained):
     assert noisy["energy_var"] > 0
 
 
+def test_bf16_inference_matches_fp32_within_tolerance(trained):
+    """bf16 draws the same noise onto the same elements as fp32: only the layer arithmetic differs,
+    so accuracy moves by at most 2 of 72 images and mean energy by under 1%."""
+    bank, data, cfg = trained
+    ecfg = EvalConfig(n_checkpoints=(1, 20))
+    fp32 = _by_key(evaluate(bank, data, SETTINGS, cfg, ecfg))
+    bf16 = _by_key(evaluate(bank, data, SETTINGS, cfg, dataclasses.replace(ecfg, precision="bf16")))
+    for key, row in fp32.items():
+        assert abs(bf16[key]["accuracy"] - row["accuracy"]) <= 2 / len(data.y_test) + 1e-9
+        assert bf16[key]["energy_mean"] == pytest.approx(row["energy_mean"], rel=1e-2)
+        assert bf16[key]["precision"] == "bf16"
+
+
 def test_rows_carry_every_config_field(trained):
     bank, data, cfg = trained
     row = evaluate(bank, data, SETTINGS[:1], cfg, EvalConfig(n_checkpoints=(1,)))[0]
@@ -301,6 +314,7 @@ def test_presets_build_valid_configs():
     (lambda: EvalConfig(n_checkpoints=(0, 10)), r"n_checkpoints=.*integers >= 1"),
     (lambda: EvalConfig(n_checkpoints=()), r"n_checkpoints=.*non-empty"),
     (lambda: EvalConfig(block_draws=0), r"block_draws=0 is out of range"),
+    (lambda: EvalConfig(precision="fp16"), r"precision='fp16'.*allowed: fp32, bf16"),
 ])
 def test_bad_input_names_the_field_and_allowed_values(make, message):
     with pytest.raises(ConfigError, match=message):

@@ -76,7 +76,8 @@ class EBMConfig:
         check_range("dropout_rate", self.dropout_rate, 0.0, 0.99)
         check_choice("hidden_activation", self.hidden_activation, tuple(ACTIVATIONS))
         check_choice("output_activation", self.output_activation, tuple(ACTIVATIONS))
-        if len(self.hidden_channels) != 3 or any(not isinstance(c, int) or c < 1 for c in self.hidden_channels):
+        if (not isinstance(self.hidden_channels, tuple) or len(self.hidden_channels) != 3  # --set hidden_channels=5
+                or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in self.hidden_channels)):
             raise ConfigError(f"hidden_channels={self.hidden_channels!r} is out of range; allowed: 3 positive integers")
         check_range("lr", self.lr, 0.0, low_open=True)
         for name in ("batch_size", "epochs"):
@@ -92,6 +93,9 @@ class EBMConfig:
         return NoiseSpec(self.distribution_train, self.alpha_train, self.placement_train)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Sampling inference settings shared by all test settings of one evaluation."""
@@ -102,9 +106,15 @@ class EvalConfig:
     block_draws: int = 10  # draws per noise block (fixed: part of the noise key)
     noise_streams: int = 4  # generators per noise block, filled in parallel on CPU (part of the key)
     memory_mb: int = 0  # working memory per call, 0 = auto (64 MB on CPU: cache-sized; 1/4 of free GPU memory)
+    # Layer arithmetic of sampling inference: "bf16" runs the convolutions in bfloat16, channels-last
+    # (bf16 matmul is 2.5x fp32 on CPUs with avx512_bf16; end to end 1.1-1.6x, as drawing the noise
+    # stays, bench/README.md). Noise is drawn and energies summed in fp32, the same draws on the
+    # same elements as fp32, so only rounding differs.
+    precision: str = "fp32"
 
     def __post_init__(self):
         object.__setattr__(self, "n_checkpoints", check_checkpoints(self.n_checkpoints))
+        check_choice("precision", self.precision, PRECISIONS)
         check_int("eval_seed", self.eval_seed, 0)
         check_int("block_images", self.block_images, 1)
         check_int("block_draws", self.block_draws, 1)
@@ -423,12 +433,21 @@ class SamplingEvaluator:
     def __init__(self, bank: AutoencoderBank, params: NoiseParams, ecfg: EvalConfig, side: int):
         self.bank, self.params, self.ecfg = bank, params, ecfg
         self.shapes = [(c, h, w) for h, w, c in bank.layer_shapes(side)]  # NCHW per image
-        self.layers = [bank.nchw_layers(c) for c in range(bank.num_classes)]
+        # bf16: channels-last activations and weights, where oneDNN's bf16 kernels are fastest.
+        self.dtype = torch.bfloat16 if ecfg.precision == "bf16" else torch.float32
+        self.format = torch.channels_last if ecfg.precision == "bf16" else torch.contiguous_format
+        self.layers = [[(w.to(self.dtype, memory_format=self.format), b.to(self.dtype)) for w, b in bank.nchw_layers(c)]
+                       for c in range(bank.num_classes)]
         # oneDNN's transposed convolution is slow with very few output channels (5x at 1 channel,
-        # bench/ebm_sampling.py): the output layer uses the bank's matmul + col2im form instead.
+        # bench/ebm_sampling.py): the output layer uses the bank's matmul + col2im form instead,
+        # in fp32 for both precisions (it is cheap, and bf16 made it slower).
         self.output_layer = [(bank.weights[5][c:c + 1], bank.biases[5][c:c + 1]) for c in range(bank.num_classes)]
         hidden, output = bank.activation_names
         self.acts = [_INPLACE[hidden]] * (NUM_LAYERS - 1) + [_INPLACE[output]]
+
+    def memory_order(self, h: torch.Tensor) -> torch.Tensor:
+        """An NCHW tensor viewed with its dimensions in memory order: NHWC when channels-last."""
+        return h.permute(0, 2, 3, 1) if self.format == torch.channels_last else h
 
     def draw_blocks_per_call(self, images: int) -> int:
         """How many draw blocks one class's convolution call takes within the memory budget."""
@@ -445,7 +464,8 @@ class SamplingEvaluator:
         """Layer i (1-based) of class c on NCHW input, activation applied in place."""
         if i == NUM_LAYERS:
             w, b = self.output_layer[c]
-            h = _conv_up(h.permute(0, 2, 3, 1).unsqueeze(0), w, b)[0].permute(0, 3, 1, 2).contiguous()
+            h = _conv_up(h.float().permute(0, 2, 3, 1).unsqueeze(0), w, b)[0].permute(0, 3, 1, 2)
+            h = h.contiguous(memory_format=self.format)
         else:
             w, b = self.layers[c][i - 1]
             h = F.conv2d(h, w, b, 2, 1) if i <= 3 else F.conv_transpose2d(h, w, b, 2, 1)
@@ -454,6 +474,7 @@ class SamplingEvaluator:
     def clean(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         """clean[c][i-1]: activation of layer i of class c for images x: (B, C, H, W)."""
         out = []
+        x = x.to(self.dtype, memory_format=self.format)
         for c in range(self.bank.num_classes):
             acts, h = [], x
             for i in range(1, NUM_LAYERS + 1):
@@ -489,16 +510,21 @@ class SamplingEvaluator:
         start = spec.layers[0]
         out = []
         for c in range(self.bank.num_classes):
-            a = clean[c][start - 1]  # (B, C, h, w); batch order below is (draw block, image, draw)
+            a = self.memory_order(clean[c][start - 1])  # batch order below is (draw block, image, draw)
             h = a.unsqueeze(0).unsqueeze(2).expand(k, b, bd, *a.shape[1:]).reshape(k * b * bd, *a.shape[1:])
+            h = h.permute(0, 3, 1, 2) if self.format == torch.channels_last else h
             for i in range(start, NUM_LAYERS + 1):
                 if i > start:
                     h = self.layer(c, i, h)
                 if i in spec.layers:
-                    z = scratch[:, :h.numel() // k]
+                    z = scratch.view(-1)[:h.numel()].view(k, -1)  # row j: draw block j
                     self._fill(z, spec.distribution, gens)
-                    h.view(k, -1).add_(z, alpha=spec.alpha)
-            e = (h.view(k, b, bd, -1) - x.view(1, b, 1, -1)).pow_(2).sum(-1)  # (k, B, bd)
+                    # z is in NCHW order in both precisions, so bf16 perturbs the same elements
+                    # with the same draws as fp32. One converting copy first: an add_ of fp32 into
+                    # bf16 took as long as drawing the noise.
+                    h.add_(z.view(h.shape).to(h.dtype, memory_format=self.format), alpha=spec.alpha)
+            h = self.memory_order(h).reshape(k, b, bd, -1).float()
+            e = (h - self.memory_order(x).reshape(1, b, 1, -1)).pow_(2).sum(-1)  # (k, B, bd)
             out.append(e.permute(1, 0, 2).reshape(b, k * bd))
         e = torch.stack(out)
         lo = d0 - first_block * bd
