@@ -38,7 +38,8 @@ def _cfg(**kw) -> EBMConfig:
 # fused bank == separate autoencoders
 
 
-def test_fused_bank_equals_separate_autoencoders_outputs_and_gradients():
+@pytest.mark.parametrize("path", ["bmm", "per_class"])
+def test_fused_bank_equals_separate_autoencoders_outputs_and_gradients(path):
     torch.manual_seed(0)
     aes = [Autoencoder(3, (5, 7, 9)) for _ in range(4)]
     bank = AutoencoderBank.from_autoencoders(aes)
@@ -46,14 +47,16 @@ def test_fused_bank_equals_separate_autoencoders_outputs_and_gradients():
     noise = torch.Generator().manual_seed(1)
     zs = {}
 
-    def shared_noise(i, h):  # the same z for the bank (channels-last) and for the modules
+    def shared_noise(i, h):  # the same z for the bank and for the modules
         if i not in zs:
             zs[i] = torch.randn(h.shape, generator=noise)
         return h + 0.3 * zs[i]
 
     xb = x.permute(0, 1, 3, 4, 2)
-    out = bank(xb, shared_noise)  # draws zs in channels-last layout
-    ref = torch.stack([ae(x[c], lambda i, h, c=c: h + 0.3 * zs[i][c].permute(0, 3, 1, 2))
+    # the bmm path hands after_layer channels-last tensors, the per-class path NCHW ones
+    out = bank(xb, shared_noise) if path == "bmm" else bank.forward_per_class(xb, shared_noise)
+    as_nchw = (lambda z: z.permute(0, 3, 1, 2)) if path == "bmm" else (lambda z: z)
+    ref = torch.stack([ae(x[c], lambda i, h, c=c: h + 0.3 * as_nchw(zs[i][c]))
                        for c, ae in enumerate(aes)])
     assert torch.allclose(out.permute(0, 1, 4, 2, 3), ref, atol=1e-5)
 
