@@ -5,12 +5,14 @@ Conv 30-73-100 (kernel 4, stride 2, padding 1) and its mirror; energy E(x|y) = |
 averaged over n noise draws (Eq. 9); prediction argmin_y. Noise t = f(Wx+b) + alpha*z after the
 activation of every layer of the placement, output layer included.
 
-Why the bank is written by hand: C autoencoders as C modules cost C small convolutions per
-step, and one grouped convolution is *slower* on CPU (shared/MEASUREMENTS.md). Here every layer
-is im2col plus ONE batched matrix product over the class dimension (channels-last tensors of
-shape (classes, batch, H, W, channels)), so a forward pass yields all C reconstructions and one
-Adam step updates all C autoencoders, each on its own class's images. `Autoencoder` is the plain
-reference module; `AutoencoderBank.from_autoencoders` stacks C of them exactly.
+Why the bank is written by hand: the C autoencoders' parameters are stacked on a class
+dimension, so a forward pass yields all C reconstructions and one Adam step updates all C
+autoencoders, each on its own class's images. How a layer is computed is chosen by measurement
+(bench/): at 8 px im2col plus ONE batched matrix product over classes (channels-last tensors of
+shape (classes, batch, H, W, channels)); from 16 px up, per-class oneDNN convolutions on the
+stacked weights, because im2col copies cost more there; one grouped convolution is slower than
+both on CPU (shared/MEASUREMENTS.md). `Autoencoder` is the plain reference module;
+`AutoencoderBank.from_autoencoders` stacks C of them exactly.
 
 Sampling inference is "train once, evaluate many": one pass over the test set evaluates a list of
 test settings, each with running sums over draws so that accuracy at every n checkpoint comes
