@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.report import Report  # noqa: E402
 from trainables.data import Data, DataConfig  # noqa: E402
 from trainables.ebm import AutoencoderBank, EBMConfig, EvalConfig, evaluate  # noqa: E402
 from trainables.noise import NoiseSpec  # noqa: E402
@@ -70,15 +70,7 @@ def main() -> None:
         n, images = map(int, args.child.split(","))
         print(json.dumps(child(n, images, args.side, args.classes, args.precision, args.memory_mb)))
         return
-    lines = []
-
-    def log(s=""):
-        print(s, flush=True)
-        lines.append(s)
-
-    log(f"# ebm_cost, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    log(f"machine: {platform.node()} {platform.machine()}, cpu, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads")
+    log = Report("ebm_cost", f"cpu, torch {torch.__version__}, {torch.get_num_threads()} threads")
     log(f"work: {args.classes} classes, {args.side} px, Gaussian alpha 0.5, full placement, {args.precision}, "
         f"{args.memory_mb} MB working-memory budget (EvalConfig.memory_mb); each row a fresh process")
     for title, rows in (("n sweep", [(n, args.images) for n in map(int, args.ns.split(","))]),
@@ -95,9 +87,7 @@ def main() -> None:
             log(f"| {n} | {images} | {passes:,} | {r['seconds']:.2f} | {passes / r['seconds']:,.0f} | "
                 f"{r['seconds'] / first[0]:.2f}x | {passes / first[1]:.0f}x | {r['rss_before_mb']:.0f} | "
                 f"{r['rss_peak_mb']:.0f} |")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text("\n".join(lines) + "\n")
+    log.save(args.out)
 
 
 if __name__ == "__main__":

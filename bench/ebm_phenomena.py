@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.report import Report  # noqa: E402
 from trainables.common import device_name, resolve_device  # noqa: E402
 from trainables.data import load_dataset  # noqa: E402
 from trainables.ebm import evaluate, preset_configs, train_bank  # noqa: E402
@@ -117,25 +117,16 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="override the quick preset's steps")
     p.add_argument("--out", default=None, help="also write the output to this file")
     args = p.parse_args()
-    lines: list[str] = []
-
-    def log(s: str) -> None:
-        print(s, flush=True)
-        lines.append(s)
-
     alphas = [float(a) for a in args.alphas.split(",")]
     overrides = {"steps": args.steps} if args.steps else {}
     dev = resolve_device(args.device)
-    log(f"# ebm_phenomena: quick protocol, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    log(f"machine: {platform.node()} {platform.machine()}, {device_name(dev)}, torch {torch.__version__}")
+    log = Report("ebm_phenomena: quick protocol", f"{device_name(dev)}, torch {torch.__version__}")
     t0 = time.perf_counter()
     results = {ds: run(ds, args.seeds, alphas, args.device, overrides, log) for ds in args.datasets.split(",")}
     for ds, out in results.items():
         report(ds, out, alphas, log)
     log(f"\ntotal wall time {time.perf_counter() - t0:.0f} s")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text("\n".join(lines) + "\n")
+    log.save(args.out)
 
 
 if __name__ == "__main__":

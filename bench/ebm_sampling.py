@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.report import Report  # noqa: E402
 from trainables.common import device_name, resolve_device  # noqa: E402
 from trainables.data import Data, DataConfig  # noqa: E402
 from trainables.data import load_dataset  # noqa: E402
@@ -150,18 +150,11 @@ def main() -> None:
     args = p.parse_args()
     device = resolve_device(args.device)
     precisions = args.precisions.split(",")
-    lines, profiles = [], []
-
-    def log(s=""):
-        print(s, flush=True)
-        lines.append(s)
-
+    profiles = []
     torch.manual_seed(0)
     peak = matmul_gflops(device)
     peak16 = matmul_gflops(device, torch.bfloat16)
-    log(f"# ebm_sampling, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    log(f"machine: {platform.node()} {platform.machine()}, {device_name(device)}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads")
+    log = Report("ebm_sampling", f"{device_name(device)}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     log(f"matmul 2048^3: fp32 {peak:.0f} GFLOP/s (the practical limit), bf16 {peak16:.0f} GFLOP/s")
     log(f"work: {args.classes} classes x {args.images} images x {args.draws} draws, Gaussian alpha 0.5, full placement, "
         f"best of {args.reps} reps after a warm-up")
@@ -214,9 +207,7 @@ def main() -> None:
             log(s)
     if args.accuracy_steps and device.type == "cpu":
         bf16_accuracy(args.accuracy_steps, 100, log)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text("\n".join(lines) + "\n")
+    log.save(args.out)
 
 
 if __name__ == "__main__":

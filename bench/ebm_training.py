@@ -11,7 +11,6 @@ Unit: one image of one class through one training step (forward, backward, Adam)
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.report import Report  # noqa: E402
 from trainables.data import Data, DataConfig  # noqa: E402
 from trainables.ebm import Autoencoder, EBMConfig, train_bank  # noqa: E402
 
@@ -60,15 +60,7 @@ def main() -> None:
     p.add_argument("--profile", type=int, default=1, help="1 = profile both paths at the last size")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    lines = []
-
-    def log(s=""):
-        print(s, flush=True)
-        lines.append(s)
-
-    log(f"# ebm_training, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    log(f"machine: {platform.node()} {platform.machine()}, cpu, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads")
+    log = Report("ebm_training", f"cpu, torch {torch.__version__}, {torch.get_num_threads()} threads")
     log(f"work: {args.classes} classes x {args.steps} Adam steps x batch {args.batch} per class, no noise, "
         f"best of {args.reps} reps after a 2-step warm-up")
     log("\n| side | path | seconds | images/s | speed-up |")
@@ -97,9 +89,7 @@ def main() -> None:
             log(f"\n### {name}\n")
             table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
             log("\n".join(line[:112] for line in table.splitlines()))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text("\n".join(lines) + "\n")
+    log.save(args.out)
 
 
 if __name__ == "__main__":

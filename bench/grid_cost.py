@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.report import Report  # noqa: E402
 from tuner import registry  # noqa: E402
 from tuner.trial import _reporter, build_configs  # noqa: E402
 
@@ -196,19 +197,12 @@ def main() -> None:
         return
     import ray
     import torch
-    lines: list[str] = []
-
-    def log(s: str = "") -> None:
-        print(s, flush=True)
-        lines.append(s)
-
     steps = 5 if args.smoke else args.steps
     overrides = {"steps": steps} | (SMOKE if args.smoke else {})
     tmp = Path(tempfile.mkdtemp(prefix="grid_cost-", dir="/tmp"))
     t_start = time.perf_counter()
-    log(f"# grid_cost: {EXPERIMENT} --preset {PRESET}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    log(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"ray {ray.__version__}, python {platform.python_version()}")
+    log = Report(f"grid_cost: {EXPERIMENT} --preset {PRESET}", f"{os.cpu_count()} CPU cores, torch {torch.__version__}, "
+                 f"ray {ray.__version__}, python {platform.python_version()}")
     log(f"command: python bench/grid_cost.py {' '.join(sys.argv[1:])}")
     log(f"overrides of the quick preset in both layouts: {overrides}; seed {SEED}; 1 CPU per trial")
 
@@ -292,9 +286,7 @@ def main() -> None:
     log(f"\ntotal bench wall time {time.perf_counter() - t_start:.0f} s")
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text("\n".join(lines) + "\n")
+    log.save(args.out)
 
 
 if __name__ == "__main__":
