@@ -98,6 +98,23 @@ def test_each_autoencoder_only_learns_from_its_own_class():
 # training
 
 
+def test_both_training_paths_learn_the_same_weights(monkeypatch):
+    """From 16 px train_bank runs class by class (faster there); without noise it is the same math."""
+    import trainables.ebm as ebm
+    data = _blobs(side=16)
+    cfg = _cfg(data=DataConfig(image_size=16), steps=4)
+    calls = []
+    real = AutoencoderBank.forward_per_class
+    monkeypatch.setattr(AutoencoderBank, "forward_per_class", lambda *a: calls.append(1) or real(*a))
+    per_class = train_bank(cfg, data).model
+    assert len(calls) == 4  # one per step: 16 px took the per-class path
+    monkeypatch.setattr(ebm, "PER_CLASS_TRAINING_FROM", 10**9)
+    bmm = train_bank(cfg, data).model
+    assert len(calls) == 4
+    for a, b in zip(per_class.parameters(), bmm.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_training_is_deterministic_and_resume_matches_uninterrupted():
     data = _blobs()
     cfg = _cfg(alpha_train=0.5, dropout_rate=0.1, epochs=4, steps=0)
