@@ -110,13 +110,17 @@ class ResultStore:
 
     def read_part(self, key: str) -> pa.Table | None:
         """The trial's rows, or None when absent or unreadable (then the trial runs again)."""
+        return self._read(self.part_path(key))
+
+    def _read(self, path: str) -> pa.Table | None:
         try:
-            return pq.read_table(self.part_path(key), filesystem=self.fs)
+            return pq.read_table(path, filesystem=self.fs)
         except Exception:  # missing, truncated or garbage: all mean "not finished"
             return None
 
-    def finished(self, key: str) -> bool:
-        table = self.read_part(key)
+    @staticmethod
+    def finished(table: pa.Table | None) -> bool:
+        """Whether a part's rows (from read_part) are final: the trial needs no re-run."""
         return (table is not None and table.num_rows > 0 and "status" in table.column_names
                 and set(table.column("status").to_pylist()) <= set(FINAL_STATUSES))
 
@@ -126,14 +130,7 @@ class ResultStore:
                       if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
 
     def unreadable_parts(self) -> list[str]:
-        return [p for p in self.parts() if self._unreadable(p)]
-
-    def _unreadable(self, path: str) -> bool:
-        try:
-            pq.read_table(path, filesystem=self.fs)
-            return False
-        except Exception:  # truncated, garbage, not Parquet at all
-            return True
+        return [p for p in self.parts() if self._read(p) is None]
 
     def quarantine(self, path: str) -> str:
         """Move an unreadable part to corrupt/ (kept for inspection) so that its trial runs again."""

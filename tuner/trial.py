@@ -43,8 +43,8 @@ def run_trial(config: dict) -> None:
     key = trial_key(exp.name, config["preset"], point, config["overrides"])
     meta = config["meta"] | {"experiment": exp.name, "preset": config["preset"], "trial_key": key,
                              "trial_id": tune.get_context().get_trial_id(), "host": os.uname().nodename}
-    if store.finished(key):
-        table = store.read_part(key)
+    table = store.read_part(key)
+    if store.finished(table):
         tune.report({"accuracy": _best(table.to_pylist()), "skipped": True})
         return
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
