@@ -6,26 +6,13 @@ A part file that cannot be read is warned about by name and listed in
 
 from __future__ import annotations
 
+import io
 import warnings
 
+import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-
-NUMERIC = [
-    "seed", "alpha_train", "alpha_test", "dropout_rate", "n", "n_effective", "accuracy",
-    "energy_mean", "energy_var", "train_seconds", "eval_seconds", "epochs_done", "final_loss",
-    "image_size", "channels", "classes", "train_limit", "test_limit", "lr", "batch_size",
-    "epochs", "steps", "n_checkpoints", "eval_seed", "block_images", "block_draws",
-    "noise_streams", "memory_mb",
-]
-STRING = [
-    "experiment", "preset", "dataset", "distribution_train", "placement_train", "arch",
-    "distribution_test", "placement_test", "status", "message", "trial_key", "trial_id",
-    "git_commit", "torch_version", "ray_version", "device_name", "host", "driver_host",
-    "noisetune_version", "precision",
-]
-
 
 def _filesystem(path_or_uri: str):
     """pyarrow filesystem and in-filesystem path; plain paths are local."""
@@ -59,12 +46,17 @@ def part_files(path_or_uri: str) -> tuple[pafs.FileSystem, list[str]]:
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    """Numbers numeric and strings as strings, whatever the part files' schemas said."""
-    for col in NUMERIC:
-        if col in df.columns:
+    """Column types from the data: a column whose values are all numbers (or missing) becomes
+    numeric, one of strings becomes a string column, whatever each part file's schema said (a
+    column that was null in one part is stored as strings there)."""
+    for col in df.columns:
+        if df[col].dtype != object and not pd.api.types.is_string_dtype(df[col]):
+            continue
+        values = df[col].dropna()
+        if len(values) and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                               for v in values):
             df[col] = pd.to_numeric(df[col], errors="coerce")
-    for col in STRING:
-        if col in df.columns:
+        elif all(isinstance(v, str) for v in values):
             df[col] = df[col].astype("string")
     return df
 
@@ -89,3 +81,17 @@ def load(path_or_uri, experiment: str | None = None) -> pd.DataFrame:
     df.attrs["parts"] = len(parts)
     df.attrs["source"] = str(path_or_uri)
     return df
+
+
+def artefacts(path_or_uri, trial_key: str) -> dict[str, np.ndarray]:
+    """The arrays a trial stored beside its part file (part-<key>.npz), by trial key; {} if none."""
+    fs, parts = part_files(str(path_or_uri))
+    part = next((p for p in parts if p.rsplit("/", 1)[-1] == f"part-{trial_key}.parquet"), None)
+    if part is None:
+        raise KeyError(f"trial_key={trial_key!r} has no part file under {path_or_uri}")
+    path = part[:-len(".parquet")] + ".npz"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return {}
+    with fs.open_input_stream(path) as f:
+        with np.load(io.BytesIO(f.read()), allow_pickle=False) as npz:  # arrays only, never pickles
+            return {name: npz[name] for name in npz.files}

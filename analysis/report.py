@@ -1,6 +1,10 @@
 """`python -m analysis.report RESULTS [--out DIR]`: report.md plus a self-contained report.html.
 
-Works on partial results: figures whose data is absent are left out and listed as such.
+One section per method family present in the rows (their `family` column): a family with a
+module `analysis/<family>.py` (FAMILY and section()) gets its figures, tables and findings; any
+other gets the generic section (row counts, metric by configuration, per-seed spread). A section
+that fails says why in the report and the others still render. Works on partial results: figures
+whose data is absent are left out and listed as such.
 """
 
 from __future__ import annotations
@@ -8,18 +12,22 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import importlib
+import re
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
-import matplotlib.pyplot as plt
+import pandas as pd
 
-from analysis import figures, tables
-from analysis.findings import findings
+from analysis import generic
 from analysis.load import load
+from analysis.tables import to_markdown
 
-META = ["experiment", "preset", "git_commit", "noisetune_version", "torch_version",
+META = ["family", "method", "experiment", "preset", "git_commit", "noisetune_version", "torch_version",
         "ray_version", "device_name", "host"]
+UNLABELLED = "(no family column)"
 
 
 def metadata(df) -> dict[str, str]:
@@ -41,6 +49,62 @@ def metadata(df) -> dict[str, str]:
     return meta
 
 
+def family_module(family: str):
+    """analysis.<family> if it is a family module (FAMILY == family and a section()), else None."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", family):
+        return None
+    try:
+        module = importlib.import_module(f"analysis.{family}")
+    except ModuleNotFoundError:
+        return None
+    return module if getattr(module, "FAMILY", None) == family and hasattr(module, "section") else None
+
+
+def sections(df: pd.DataFrame, out: Path) -> list[dict]:
+    """One rendered section per family in the rows; a failing one carries its error instead."""
+    labels = df["family"].astype("string").fillna(UNLABELLED) if "family" in df.columns else \
+        pd.Series(UNLABELLED, index=df.index)
+    result = []
+    for family in sorted(labels.unique()) or [UNLABELLED]:
+        rows = df[labels == family].reset_index(drop=True)
+        rows.attrs = dict(df.attrs)
+        module = family_module(family)
+        name = module.__name__ if module else "analysis.generic"
+        try:
+            section = (module or generic).section(rows, out)
+        except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
+            section = {"tables": [], "figures": [], "skipped": [], "findings": [],
+                       "error": f"{type(exc).__name__}: {exc}",
+                       "trace": traceback.format_exc(limit=3)}
+        section["title"] = f"Family {family}" + (f": {section['title']}" if section.get("title") else "")
+        section["source"] = name if module else f"{name} (no analysis/{family}.py)"
+        section["rows"] = len(rows)
+        result.append(section)
+    return result
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "_no rows_\n"
+    if isinstance(table.index, pd.RangeIndex):
+        table = table.set_index(table.columns[0])
+    return to_markdown(table)
+
+
+def _html_table(table: pd.DataFrame) -> str:
+    esc = html.escape
+    if table.empty:
+        return "<p>no rows</p>"
+    if isinstance(table.index, pd.RangeIndex):
+        table = table.set_index(table.columns[0])
+    names = [n for n in table.index.names if n is not None]
+    h = ["<table><tr><th>" + esc(", ".join(map(str, names))) + "</th>"
+         + "".join(f"<th>{esc(str(c))}</th>" for c in table.columns) + "</tr>"]
+    for idx, row in table.iterrows():
+        h.append(f"<tr><th>{esc(str(idx))}</th>" + "".join(f"<td>{esc(str(v))}</td>" for v in row) + "</tr>")
+    return "".join(h) + "</table>"
+
+
 def build(results, out, title: str | None = None) -> dict:
     """Write report.md, report.html and figure PNG/SVGs into `out`; return what was written."""
     out = Path(out)
@@ -52,57 +116,54 @@ def build(results, out, title: str | None = None) -> dict:
         print(f"warning: {w.message}", file=sys.stderr)
     title = title or f"NoiseTune report: {Path(str(results).rstrip('/')).name}"
     meta = metadata(df)
-    table = tables.table1(df)
-    made, skipped = [], []
-    for name, fn in figures.ALL.items():
-        try:
-            fig = fn(df, out=out / name)
-        except (ValueError, KeyError) as exc:
-            skipped.append(f"{name} ({exc})")
-            continue
-        plt.close(fig)
-        made.append(name)
-    found = findings(df)
+    parts = sections(df, out)
 
     md = [f"# {title}", "", f"Source: `{results}`", "", "## Run metadata", ""]
     md += [f"- **{k}**: {v}" for k, v in meta.items()]
-    md += ["", f"## Summary table (Table 1 layout, accuracy % mean ± SEM over seeds, n={table.attrs.get('n', '?')})", ""]
-    md += [tables.to_markdown(table) if not table.empty else "_no ok rows_", "", "## Figures", ""]
-    md += [f"![{n}]({n}.png)\n" for n in made]
-    if skipped:
-        md += ["Not drawn (no data in these results): " + "; ".join(skipped), ""]
-    md += ["## Findings", ""] + [f"- {f}" for f in found] + ([] if found else ["_none computable_"])
+    for s in parts:
+        md += ["", f"## {s['title']}", "", f"{s['rows']} rows, rendered by `{s['source']}`.", ""]
+        if s.get("error"):
+            md += [f"**This section failed**: {s['error']}", "", "```", s["trace"].rstrip(), "```", ""]
+        for caption, table in s["tables"]:
+            md += [f"### {caption}", "", _markdown(table)]
+        if s["figures"]:
+            md += ["### Figures", ""] + [f"![{n}]({n}.png)\n" for n in s["figures"]]
+        if s["skipped"]:
+            md += ["Not drawn (no data in these results): " + "; ".join(s["skipped"]), ""]
+        if s["findings"]:
+            md += ["### Findings", ""] + [f"- {f}" for f in s["findings"]]
     (out / "report.md").write_text("\n".join(md) + "\n")
 
     esc = html.escape
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
          "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
          "table{border-collapse:collapse}td,th{border:1px solid #999;padding:3px 8px;text-align:right}"
-         "img{max-width:100%}</style></head><body>",
+         "img{max-width:100%}.error{color:#a00}</style></head><body>",
          f"<h1>{esc(title)}</h1><p>Source: <code>{esc(str(results))}</code></p><h2>Run metadata</h2><ul>"]
     h += [f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in meta.items()]
-    h += [f"</ul><h2>Summary table (accuracy % mean ± SEM, n={table.attrs.get('n', '?')})</h2>"]
-    if table.empty:
-        h.append("<p>no ok rows</p>")
-    else:
-        h.append("<table><tr><th>" + esc(table.index.name or "") + "</th>"
-                 + "".join(f"<th>{esc(str(c))}</th>" for c in table.columns) + "</tr>")
-        for idx, row in table.iterrows():
-            h.append(f"<tr><th>{esc(str(idx))}</th>" + "".join(f"<td>{esc(str(v))}</td>" for v in row) + "</tr>")
-        h.append("</table>")
-    h.append("<h2>Figures</h2>")
-    for n in made:
-        data = base64.b64encode((out / f"{n}.png").read_bytes()).decode()
-        h.append(f"<h3>{esc(n)}</h3><img alt='{esc(n)}' src='data:image/png;base64,{data}'>")
-    if skipped:
-        h.append("<p>Not drawn (no data in these results): " + esc("; ".join(skipped)) + "</p>")
-    h.append("<h2>Findings</h2><ul>" + "".join(f"<li>{esc(f)}</li>" for f in found) + "</ul></body></html>")
+    h.append("</ul>")
+    for s in parts:
+        h.append(f"<h2>{esc(s['title'])}</h2><p>{s['rows']} rows, rendered by <code>{esc(s['source'])}</code>.</p>")
+        if s.get("error"):
+            h.append(f"<p class='error'><b>This section failed</b>: {esc(s['error'])}</p><pre>{esc(s['trace'])}</pre>")
+        for caption, table in s["tables"]:
+            h.append(f"<h3>{esc(caption)}</h3>{_html_table(table)}")
+        for n in s["figures"]:
+            data = base64.b64encode((out / f"{n}.png").read_bytes()).decode()
+            h.append(f"<h3>{esc(n)}</h3><img alt='{esc(n)}' src='data:image/png;base64,{data}'>")
+        if s["skipped"]:
+            h.append("<p>Not drawn (no data in these results): " + esc("; ".join(s["skipped"])) + "</p>")
+        if s["findings"]:
+            h.append("<h3>Findings</h3><ul>" + "".join(f"<li>{esc(f)}</li>" for f in s["findings"]) + "</ul>")
+    h.append("</body></html>")
     (out / "report.html").write_text("\n".join(h) + "\n")
-    return {"figures": made, "skipped": skipped, "findings": found, "rows": len(df)}
+    return {"figures": [n for s in parts for n in s["figures"]], "skipped": [x for s in parts for x in s["skipped"]],
+            "findings": [f for s in parts for f in s["findings"]], "rows": len(df),
+            "sections": {s["title"]: s.get("error", "ok") for s in parts}}
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
     p.add_argument("results", help="experiment folder, its results/ folder, a folder of part files, or a URI")
     p.add_argument("--out", default="report", help="output folder (default ./report)")
     p.add_argument("--title", default=None)

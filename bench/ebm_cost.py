@@ -24,8 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import Report  # noqa: E402
 from trainables.data import Data, DataConfig  # noqa: E402
-from trainables.ebm import AutoencoderBank, EBMConfig, EvalConfig, evaluate  # noqa: E402
-from trainables.noise import NoiseSpec  # noqa: E402
+from trainables.ebm import AutoencoderBank, EBMConfig, EvalConfig, NoiseSpec, evaluate  # noqa: E402
 
 
 def child(n: int, images: int, side: int, classes: int, precision: str, memory_mb: int) -> dict:

@@ -28,8 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import Report  # noqa: E402
 from trainables.common import device_name, resolve_device  # noqa: E402
 from trainables.data import load_dataset  # noqa: E402
-from trainables.ebm import evaluate, preset_configs, train_bank  # noqa: E402
-from trainables.noise import NoiseSpec  # noqa: E402
+from trainables.ebm import NoiseSpec, evaluate, preset_configs, train_bank  # noqa: E402
 
 
 def run(dataset: str, seeds: int, alphas: list[float], device: str, overrides: dict, log) -> dict:

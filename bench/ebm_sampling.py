@@ -29,9 +29,9 @@ from bench.report import Report  # noqa: E402
 from trainables.common import device_name, resolve_device  # noqa: E402
 from trainables.data import Data, DataConfig  # noqa: E402
 from trainables.data import load_dataset  # noqa: E402
-from trainables.ebm import (Autoencoder, AutoencoderBank, EBMConfig, EvalConfig, SamplingEvaluator,  # noqa: E402
+from trainables.ebm import (Autoencoder, AutoencoderBank, EBMConfig, EvalConfig, NoiseSpec, SamplingEvaluator,  # noqa: E402
                             evaluate, train_bank)
-from trainables.noise import NoiseSpec, make_generator  # noqa: E402
+from trainables.noise import make_generator  # noqa: E402
 
 
 def sync(device):

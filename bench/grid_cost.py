@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.report import Report  # noqa: E402
 from tuner import registry  # noqa: E402
-from tuner.trial import _reporter, build_configs  # noqa: E402
+from tuner import registry  # noqa: E402
+from tuner.trial import _reporter, trial_point  # noqa: E402
 
 EXPERIMENT, PRESET, SEED = "grid_ebm", "quick", 0
 SMOKE = {"test_limit": 40, "n_checkpoints": (1, 10)}
@@ -84,14 +85,17 @@ def naive_trial(config: dict) -> None:
     import torch
     from ray import tune
     config = config | config["cell"]  # {"point": {"alpha_train": a}, "test": {...}}
-    _, method, _, _, cfg, ecfg = build_configs(config)
+    exp = registry.get(config["experiment"])
+    method = registry.method_of(exp)
+    point = trial_point(config, exp.space(config["preset"]))
+    cfg, ecfg, _ = registry.trial_configs(exp, config["preset"], point, config["overrides"])
     torch.set_num_threads(1)  # a tuner.run trial uses int(cpus per trial) threads
     t0 = time.perf_counter()
     data = method.load_data(cfg)
     t1 = time.perf_counter()
     result = method.train(cfg, data, _reporter(30.0), None)  # same progress reports and checkpoints
     t2 = time.perf_counter()
-    rows = method.evaluate(result.model, data, [config["test"]], cfg, ecfg)
+    rows = method.evaluate(result.model, data, [method.check_setting(config["test"])], cfg, ecfg, point["seed"])
     t3 = time.perf_counter()
     tune.report({"load_seconds": t1 - t0, "train_seconds": t2 - t1, "eval_seconds": t3 - t2,
                  **{f"acc_n{r['n']}": r["accuracy"] for r in rows}, "done": True})
@@ -254,8 +258,7 @@ def main() -> None:
     en, e0n = (float(naive.loc[pick, "eval_seconds"].mean()) for pick in
                (naive.alpha_test > 0, naive.alpha_test == 0))
     images, n_max = int(rows_o.test_images.iloc[0]), int(rows_o.n.max())
-    _, _, _, _, pcfg, pecfg = build_configs({"experiment": EXPERIMENT, "preset": "paper", "seed": 0,
-                                             "point": {"alpha_train": 0.0}, "overrides": {}})
+    pcfg, pecfg, _ = registry.trial_configs(registry.get(EXPERIMENT), "paper", {"alpha_train": 0.0, "seed": 0}, {})
     p_steps = pcfg.epochs * -(-CIFAR_TRAIN_PER_CLASS // pcfg.batch_size)
     batch = int(rows_o.batch_size.iloc[0])
     p_train = t_step * p_steps * pcfg.batch_size / batch  # per image-pass cost at 8 px, paper counts

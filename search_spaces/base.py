@@ -36,9 +36,9 @@ class Experiment:
 
     name: str
     description: str
-    method: str  # trainables module whose METHOD trains and evaluates it: "ebm", "discriminative"
+    method: str  # name of the Method (in a family's METHODS) that trains and evaluates it
     space: Callable[[str], Space]
-    metric: str = "accuracy"  # reported to Tune at the largest n of the best test setting
-    mode: str = "max"
+    metric: str = "accuracy"  # a row column: its best over the method's final rows is reported to Tune
+    mode: str = "max"  # max | min
     gpu_per_trial: float = 0.25  # small banks share a GPU; used only where GPUs exist
     search: str = "grid"  # grid | optuna

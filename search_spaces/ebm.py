@@ -13,7 +13,8 @@ Each function returns the Space of one preset. Cost notes are for the paper pres
 from __future__ import annotations
 
 from search_spaces.base import Experiment, Space, grid
-from trainables.noise import DISTRIBUTIONS, PLACEMENTS
+from trainables.ebm import PLACEMENTS
+from trainables.noise import DISTRIBUTIONS
 
 PAPER_ALPHAS = [round(0.1 * i, 1) for i in range(20)]  # {0.0, 0.1, ..., 1.9}
 TABLE1_CELLS = [(0.0, 0.0), (0.0, 0.5), (0.5, 0.0), (0.5, 0.5), (0.5, 0.9), (0.5, 1.5), (0.9, 0.5),

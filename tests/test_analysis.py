@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis import figures, load, summarize, tables
-from analysis.findings import findings
+from analysis import ebm, load, summarize, tables
+from analysis.ebm import findings
 from analysis.report import build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def frame(seeds=(0, 1, 2), dataset="cifar10", preset="smoke") -> pd.DataFrame:
                 for n in NS:
                     acc = 0.2 + 0.3 * at + 0.1 * ae - 0.2 * abs(at - ae) + 0.01 * math.log10(n) + 0.01 * seed
                     rows.append(dict(
-                        experiment="grid_ebm", preset=preset, dataset=dataset, seed=seed,
+                        family="ebm", method="ebm", experiment="grid_ebm", preset=preset, dataset=dataset, seed=seed,
                         distribution_train="gaussian", alpha_train=at, placement_train="full",
                         dropout_rate=0.0, distribution_test="gaussian", alpha_test=ae,
                         placement_test="full", n=n, n_effective=1 if ae == 0 else n, accuracy=acc,
@@ -70,11 +70,11 @@ def test_sem_on_hand_made_frame():
 
 def test_table1_equals_direct_pandas():
     df = pd.concat([frame(), frame(dataset="cifar20")], ignore_index=True)
-    t = tables.table1(df)
+    t = ebm.table1(df)
     ok = df[(df.status == "ok") & (df.n == 100)]
     g = ok.groupby(["dataset", "alpha_train", "alpha_test"])["accuracy"]
     direct = pd.DataFrame({"m": g.mean(), "s": g.std() / np.sqrt(g.count())})
-    cells = [c for c in tables.PAPER_CELLS if c[0] in ALPHAS and c[1] in ALPHAS]
+    cells = [c for c in ebm.PAPER_CELLS if c[0] in ALPHAS and c[1] in ALPHAS]
     assert list(t.index) == [f"({a:g}, {b:g})" for a, b in cells]
     assert list(t.columns) == ["cifar10", "cifar20"]
     for a, b in cells:
@@ -90,7 +90,7 @@ def test_table1_equals_direct_pandas():
 
 def test_heatmap_values_and_axes(tmp_path):
     df = frame()
-    fig = figures.heatmap_alpha(df, n=10, out=tmp_path / "hm")
+    fig = ebm.heatmap_alpha(df, n=10, out=tmp_path / "hm")
     assert (tmp_path / "hm.png").exists() and (tmp_path / "hm.svg").exists()
     ok = df[(df.status == "ok") & (df.n == 10)]
     direct = ok.groupby(["alpha_train", "alpha_test"])["accuracy"].mean()
@@ -109,7 +109,7 @@ def test_heatmap_values_and_axes(tmp_path):
 
 
 def test_accuracy_vs_n_log_axis():
-    fig = figures.accuracy_vs_n(frame())
+    fig = ebm.accuracy_vs_n(frame())
     assert fig.axes[0].get_xscale() == "log"
     assert set(fig.plotted["n"]) == set(NS)
     assert len(fig.plotted) == len(ALPHAS) ** 2 * len(NS)
@@ -117,9 +117,9 @@ def test_accuracy_vs_n_log_axis():
 
 def test_missing_data_raises_not_draws():
     with pytest.raises(ValueError):
-        figures.heatmap_distributions(frame())
+        ebm.heatmap_distributions(frame())
     with pytest.raises(ValueError):
-        figures.discriminative(frame())
+        ebm.discriminative(frame())
 
 
 def test_corrupt_part_reported_by_name(tmp_path):
@@ -211,14 +211,13 @@ def test_cli_module(tmp_path):
 
 
 def test_analysis_imports_no_service_code():
-    code = ("import sys, analysis, analysis.report, analysis.figures, analysis.findings;"
+    code = ("import sys, analysis, analysis.report, analysis.figures, analysis.ebm, analysis.generic;"
             "bad=[m for m in ('tuner','trainables','search_spaces','ray') if m in sys.modules];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 
 
 def test_law_and_placement_findings_come_from_the_data():
-    from analysis.findings import findings
     rows = []
     for law, acc in (("gaussian", 0.6), ("cauchy", 0.5), ("lognormal", 0.2), ("exponential", 0.3)):
         rows.append(dict(dataset="d", preset="quick", status="ok", n=10, alpha_train=1.0, alpha_test=1.0,

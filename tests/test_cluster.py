@@ -27,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -149,6 +150,7 @@ def _stop_cluster(tmp: Path) -> list[int]:
     return stopped
 
 
+@pytest.mark.slow
 def test_job_submission_on_two_node_cluster_with_token_auth():
     t0 = time.monotonic()
     # Short path: Ray puts Unix sockets under the temp dir (107-byte limit).

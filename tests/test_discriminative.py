@@ -12,11 +12,13 @@ import torch.nn.functional as F
 from scipy import stats
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from trainables import discriminative as disc
+from trainables import injection
 from trainables.common import STATUS_DIVERGED, STATUS_OK, config_row, load_checkpoint, save_checkpoint
 from trainables.discriminative import (ClassifierConfig, build_classifier, evaluate_classifier,
                                        train_classifier)
-from trainables.noise import ConfigError, NoiseSpec, make_generator
+from trainables.checks import ConfigError
+from trainables.ebm import NoiseSpec
+from trainables.noise import make_generator
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -213,7 +215,8 @@ def test_accuracy_at_n_equals_fresh_run_with_n_max_n(trained, tiny):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(arch="resnet34"), r"arch='resnet34'.*allowed: small_cnn, resnet18, resnet50, vgg16"),
+    (dict(arch="resnet101"), r"arch='resnet101'.*allowed: small_cnn, resnet18, resnet34, resnet50, vgg11, vgg16"),
+    (dict(stem="tiny"), r"stem='tiny'.*allowed: imagenet, cifar"),
     (dict(placement_train="odd"), r"placement_train='odd'.*allowed: full"),
     (dict(alpha_train=-0.1), r"alpha_train=-0.1.*allowed: \[0.0"),
     (dict(distribution_train="normal"), r"distribution_train='normal'.*allowed: gaussian"),
@@ -243,13 +246,25 @@ def test_bad_evaluation_inputs(trained, tiny, settings, n_checkpoints, message):
 def test_training_noise_uses_its_own_law(monkeypatch, tiny):
     """The train spec reaches the hooks: distribution_train and alpha_train as configured."""
     used = []
-    real = disc.fill_
+    real = injection.fill_
 
     def spy(out, distribution, params, generator):
         used.append(distribution)
         return real(out, distribution, params, generator)
 
-    monkeypatch.setattr(disc, "fill_", spy)
+    monkeypatch.setattr(injection, "fill_", spy)
     train_classifier(ClassifierConfig(steps=1, batch_size=16, distribution_train="lognormal",
                                       alpha_train=0.2, device="cpu"), tiny)
     assert used == ["lognormal", "lognormal"]  # small_cnn: two ReLUs, one step
+
+
+def test_cifar_stem_keeps_resolution_where_the_imagenet_stem_quarters_it():
+    """stem="cifar": a 3x3 stride-1 first convolution and no max-pool, so 8 px inputs reach layer1 at 8 px."""
+    seen = {}
+    for stem in ("imagenet", "cifar"):
+        torch.manual_seed(0)
+        model = build_classifier("resnet18", 1, 4, 8, stem=stem).eval()
+        model.layer1.register_forward_hook(lambda m, i, o, stem=stem: seen.__setitem__(stem, o.shape[-1]))
+        assert model(torch.rand(2, 1, 8, 8)).shape == (2, 4)
+    assert seen == {"imagenet": 2, "cifar": 8}
+    assert build_classifier("resnet18", 1, 4, 8, stem="cifar").conv1.kernel_size == (3, 3)

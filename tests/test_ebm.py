@@ -10,7 +10,9 @@ from trainables.common import STATUS_DIVERGED, STATUS_OK
 from trainables.data import Data, DataConfig
 from trainables.ebm import (Autoencoder, AutoencoderBank, EBMConfig, EvalConfig, evaluate,
                             preset_configs, train_bank)
-from trainables.noise import ConfigError, NoiseParams, NoiseSpec, fill_, make_generator
+from trainables.checks import ConfigError
+from trainables.ebm import NoiseSpec
+from trainables.noise import NoiseParams, fill_, make_generator
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,8 +6,9 @@ import pytest
 import torch
 from scipy import stats
 
-from trainables.noise import (DISTRIBUTIONS, PLACEMENTS, ConfigError, NoiseParams, NoiseSpec, law,
-                              make_generator, sample)
+from trainables.checks import ConfigError
+from trainables.ebm import PLACEMENTS, NoiseSpec
+from trainables.noise import DISTRIBUTIONS, NoiseParams, law, make_generator, sample
 
 # scipy's parametrisation of each law at the paper's defaults (Table 3 / PROTOCOLS).
 SCIPY_LAWS = {

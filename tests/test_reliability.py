@@ -24,7 +24,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tuner.store import ResultStore
-from tuner.trial import build_configs
+from tuner import registry
+
+pytestmark = pytest.mark.slow  # end to end: real Ray clusters and tuner.run subprocesses
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_ENV = {**os.environ, "NOISETUNE_PLUGINS": "tests.faulty"}
@@ -67,7 +69,7 @@ def frame(storage: Path, name: str) -> pd.DataFrame:
 
 
 def trainings(log_dir: Path) -> list[dict]:
-    """One dict per training started: seed, alpha, and the epoch it started from."""
+    """One dict per training started: seed, level, and the epoch it started from."""
     path = log_dir / "trainings.log"
     if not path.exists():
         return []
@@ -122,12 +124,12 @@ def test_driver_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_
 
     # The same trials run uninterrupted, in this process: bitwise the same metrics.
     for (seed, alpha), got in df.groupby(["seed", "alpha_train"]):
-        config = {"experiment": "grid_ebm", "preset": "smoke", "overrides": {}, "seed": int(seed),
-                  "point": {"alpha_train": float(alpha)}}
-        _, method, space, point, cfg, ecfg = build_configs(config)
+        exp = registry.get("grid_ebm")
+        method = registry.method_of(exp)
+        cfg, ecfg, settings = registry.trial_configs(exp, "smoke", {"alpha_train": float(alpha), "seed": int(seed)}, {})
         data = method.load_data(cfg)
         result = method.train(cfg, data, None, None)
-        want = pd.DataFrame(method.evaluate(result.model, data, space.tests(point), cfg, ecfg))
+        want = pd.DataFrame(method.evaluate(result.model, data, settings, cfg, ecfg, int(seed)))
         key = ["alpha_test", "n"]
         got, want = got.sort_values(key).reset_index(drop=True), want.sort_values(key).reset_index(drop=True)
         for col in ("accuracy", "energy_mean", "energy_var"):  # energy_var is NaN at n = 1
@@ -149,20 +151,20 @@ def test_worker_killed_mid_training_resumes_from_its_checkpoint(tmp_path):
         tune_dir = tmp_path / "faulty_grid-smoke" / "tune"
         wait_for(lambda: any(tune_dir.glob("*/checkpoint_000001")), what="a trial's second checkpoint")
         first = trainings(log)[-1]
-        pid = int((log / f"pid-{first['seed']}-{first['alpha']}").read_text())
+        pid = int((log / f"pid-{first['seed']}-{first['level']}").read_text())
         os.kill(pid, signal.SIGKILL)
         assert proc.wait(timeout=300) == 0
     finally:
         kill_group(proc)
 
-    runs = [t for t in trainings(log) if (t["seed"], t["alpha"]) == (first["seed"], first["alpha"])]
+    runs = [t for t in trainings(log) if (t["seed"], t["level"]) == (first["seed"], first["level"])]
     assert [int(t["start"]) > 0 for t in runs] == [False, True], runs  # retried once, from a checkpoint
     df = frame(tmp_path, "faulty_grid-smoke")
     assert set(df["status"]) == {"ok"} and set(df["epochs_done"]) == {16} and len(df) == 4
     # What Tune saw: the retried trial's first report comes after its first run's, not from the start.
     results = [json.loads(line) for path in tune_dir.glob("*/result.json") for line in path.read_text().splitlines()]
     starts = [r["epoch"] for r in results if r.get("iterations_since_restore") == 1 and "epoch" in r
-              and r["config"]["point"]["alpha_train"] == float(first["alpha"])]
+              and r["config"]["point"]["level"] == float(first["level"])]
     assert len(starts) == 2 and starts[1] > starts[0], starts
 
 
@@ -216,11 +218,17 @@ def test_corrupt_parts_are_named_set_aside_and_rerun(tmp_path):
     assert done.stdout.count("unreadable part file") == 2
     assert len(trainings(log)) - before == 2  # exactly the two damaged trials ran again
     assert sorted(Path(p).name for p in store.parts()) == sorted(original) and not store.unreadable_parts()
-    cols = ["trial_key", "alpha_test", "n", "accuracy", "status"]
+    cols = ["trial_key", "shift_test", "error", "status"]
     was = pd.concat([pq.read_table(io.BytesIO(b)).to_pandas() for b in original.values()])
     now = frame(tmp_path, "faulty_grid-smoke")
     assert now[cols].sort_values(cols).reset_index(drop=True).equals(was[cols].sort_values(cols).reset_index(drop=True))
-    kept = sorted((tmp_path / "faulty_grid-smoke" / "corrupt").iterdir())
+    corrupt = tmp_path / "faulty_grid-smoke" / "corrupt"
+    kept = sorted(corrupt.glob("*.parquet.*"))
+    # Each damaged part's arrays went to corrupt/ with it, and the re-run wrote fresh ones.
+    assert sorted(p.name.split(".")[0] for p in corrupt.glob("*.npz.*")) == sorted(n.split(".")[0] for n in (truncated, garbage))
+    for name in (truncated, garbage):
+        key = name[len("part-"):-len(".parquet")]
+        assert analysis.artefacts(tmp_path / "faulty_grid-smoke", key)["loss_history"].shape == (3,)
     assert [p.read_bytes() for p in kept] in ([original[truncated][:100], b"not parquet at all"],
                                               [b"not parquet at all", original[truncated][:100]])
 

@@ -3,37 +3,14 @@ rows equal an uninterrupted run's (Tune's session calls are replaced by recorder
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from ray import tune
 
+from tests.conftest import FakeSession
 from tuner import trial
 from tuner.store import ResultStore
-
-
-class FakeSession:
-    """Stands in for ray.tune's report/get_checkpoint/get_context inside one trial."""
-
-    def __init__(self, tmp: Path, restore_from=None):
-        self.tmp, self.restore_from = tmp, restore_from
-        self.reports, self.checkpoints = [], []
-
-    def report(self, metrics, checkpoint=None):
-        self.reports.append(dict(metrics))
-        if checkpoint is not None:  # copy out: Tune would persist it before the folder goes away
-            keep = self.tmp / f"ck-{id(self)}-{len(self.checkpoints)}"
-            shutil.copytree(checkpoint.path, keep)
-            self.checkpoints.append((metrics["epoch"], keep))
-
-    def get_checkpoint(self):
-        return None if self.restore_from is None else tune.Checkpoint.from_directory(str(self.restore_from))
-
-    def get_context(self):
-        return type("Ctx", (), {"get_trial_id": staticmethod(lambda: "fake_trial")})()
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

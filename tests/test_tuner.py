@@ -41,7 +41,9 @@ def test_every_experiment_is_listed_with_trial_counts(capsys):
         line = next(line for line in out.splitlines() if line.startswith(name + " "))
         assert exp.description in line
         if exp.search == "grid":
-            assert line.split()[1:4] == [str(len(exp.space(p).train)) for p in ("paper", "quick", "smoke")]
+            presets = registry.METHODS[exp.method].presets
+            assert line.split()[1:2 + len(presets)] == [exp.method] + [
+                f"{p}={len(exp.space(p).train)}" for p in presets]
 
 
 @pytest.mark.parametrize("args,trials", [

@@ -1,4 +1,4 @@
-"""Pieces every trainable shares: result rows, training progress, checkpoints, devices.
+"""Pieces every trainable shares: the Method interface, result rows, progress, checkpoints, devices.
 
 Kept here so that a new method module only writes its model, its loss and its inference.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from trainables.noise import ConfigError
+from trainables.checks import ConfigError, check_choice
 
 STATUS_OK, STATUS_DIVERGED, STATUS_ERROR = "ok", "diverged", "error"
 
@@ -61,7 +60,6 @@ def replace_fields(cfg, overrides: dict[str, Any]):
 def configs_from_preset(presets: dict[str, dict], train_default, eval_cls, preset: str,
                         overrides: dict | None = None) -> tuple[Any, Any]:
     """(train config, eval config) of a preset with `overrides`; each field goes where it is declared."""
-    from trainables.noise import check_choice
     check_choice("preset", preset, tuple(presets))
     values = presets[preset] | dict(overrides or {})
     eval_names = {f.name for f in dataclasses.fields(eval_cls)}
@@ -76,22 +74,6 @@ def all_field_names(cfg) -> set[str]:
         value = getattr(cfg, f.name)
         names |= all_field_names(value) if dataclasses.is_dataclass(value) else {f.name}
     return names
-
-
-def n_checkpoints(n_max: int) -> tuple[int, ...]:
-    """1, 10, 100, ... up to n_max, with n_max itself last."""
-    if not isinstance(n_max, int) or n_max < 1:
-        raise ConfigError(f"n_max={n_max!r} is out of range; allowed: integers >= 1")
-    points = [10**k for k in range(int(math.log10(n_max)) + 1) if 10**k <= n_max]
-    return tuple(points) if points[-1] == n_max else (*points, n_max)
-
-
-def check_checkpoints(points) -> tuple[int, ...]:
-    """Sorted unique positive draw counts, or a ConfigError naming `n_checkpoints`."""
-    points = tuple(points) if isinstance(points, (tuple, list)) else (points,)  # None, b"..": refused below
-    if not points or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in points):
-        raise ConfigError(f"n_checkpoints={points!r} is out of range; allowed: a non-empty list of integers >= 1")
-    return tuple(sorted(set(points)))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -125,7 +107,11 @@ class Progress:
 
 @dataclass
 class TrainResult:
-    """The outcome of a training run; `model` is usable even when the run diverged."""
+    """The outcome of a training run; `model` is usable even when the run diverged.
+
+    `artefacts` holds arrays to keep beside the trial's rows (a learned std map, a weight-norm
+    trajectory): the store writes them next to the part file, and analysis loads them by trial key.
+    """
 
     model: Any
     status: str
@@ -133,23 +119,48 @@ class TrainResult:
     history: list[float] = field(default_factory=list)
     seconds: float = 0.0
     message: str = ""
+    artefacts: dict[str, Any] = field(default_factory=dict)
+
+
+def _all_rows(rows: list[dict]) -> list[dict]:
+    return rows
+
+
+def _describe(cfg, ecfg, settings) -> str:
+    return f"{len(settings)} test settings"
 
 
 @dataclass(frozen=True)
 class Method:
-    """What the service needs of a trainable family: one of these per method module.
+    """What the service needs of a trainable: one per method, listed in its family's METHODS.
 
-    configs(preset, overrides) -> (train config, eval config), refusing bad values up front;
-    train(cfg, data, callback, state) -> TrainResult; evaluate(model, data, settings, cfg, ecfg)
-    -> rows, one per (test setting, n), each carrying every config field.
+    The service (CLI, trial, store, report) knows nothing else of a method:
+    - configs(preset, values) -> (train config, eval config), refusing bad values up front;
+    - load_data(cfg) -> data; train(cfg, data, callback, state) -> TrainResult;
+    - evaluate(model, data, settings, cfg, ecfg, seed) -> rows, or (rows, {name: array}); one row
+      per test setting (and draw count, ...), each carrying every config field; `seed` is the
+      trial's seed, for whatever evaluation noise the eval config does not seed itself;
+    - check_setting(dict) -> the setting `evaluate` takes, or one ConfigError line;
+    - setting_columns: test-setting key -> the row column it is written to;
+    - summary_columns: the columns of the end-of-run table (those that vary are shown);
+    - final_rows(rows) -> the rows the trial's headline metric comes from (e.g. at the largest n);
+    - describe(cfg, ecfg, settings) -> a few words on one trial's work, for --dry-run;
+    - diverging: overrides under which training diverges (the contract test checks the status).
     """
 
     name: str
+    family: str
     configs: Callable[[str, dict], tuple[Any, Any]]
     load_data: Callable[[Any], Any]
     train: Callable[..., TrainResult]
-    evaluate: Callable[..., list[dict]]
+    evaluate: Callable[..., Any]
+    check_setting: Callable[[dict], Any]
+    setting_columns: dict[str, str] = field(default_factory=dict)
+    summary_columns: tuple[str, ...] = ()
+    final_rows: Callable[[list[dict]], list[dict]] = _all_rows
+    describe: Callable[[Any, Any, list], str] = _describe
     presets: tuple[str, ...] = ("paper", "quick", "smoke")
+    diverging: dict = field(default_factory=dict)
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from trainables.noise import ConfigError
+from trainables.checks import ConfigError
 
 T = TypeVar("T")
 

@@ -37,12 +37,56 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.common import (STATUS_DIVERGED, STATUS_OK, Method, Progress, TrainResult,
-                               check_checkpoints, config_row, device_name, configs_from_preset,
-                               resolve_device)
+from trainables import discriminative
+from trainables.checks import (ConfigError, check_choice, check_int, check_keys, check_optional_int,
+                               check_range)
+from trainables.common import (STATUS_DIVERGED, STATUS_OK, Method, Progress, TrainResult, config_row,
+                               configs_from_preset, device_name, resolve_device)
 from trainables.data import Data, DataConfig, load_dataset
-from trainables.noise import (NUM_LAYERS, PLACEMENTS, ConfigError, NoiseParams, NoiseSpec, check_choice,
-                              check_int, check_range, fill_, make_generator)
+from trainables.noise import DISTRIBUTIONS, NoiseParams, fill_, make_generator
+from trainables.sampling import DrawTally, check_checkpoints, rows_at_checkpoints, rows_at_largest_n
+
+NUM_LAYERS = 6  # encoder conv 1-3, decoder conv-transpose 4-6 (output layer included)
+
+PLACEMENTS: dict[str, tuple[int, ...]] = {  # the layers a placement perturbs (paper Fig. 9)
+    "full": (1, 2, 3, 4, 5, 6),
+    "odd": (1, 3, 5),
+    "even": (2, 4, 6),
+    "enc": (1, 2, 3),
+    "dec": (4, 5, 6),
+}
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """One noise setting: z ~ distribution, scaled by alpha, after the layers of `placement`.
+    A test setting of this family is one of these (as a dict of its fields)."""
+
+    distribution: str = "gaussian"
+    alpha: float = 0.0
+    placement: str = "full"
+
+    def __post_init__(self):
+        check_choice("distribution", self.distribution, DISTRIBUTIONS)
+        check_range("alpha", self.alpha, 0.0)
+        check_choice("placement", self.placement, tuple(PLACEMENTS))
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """1-based indices of the noisy layers; empty when alpha is 0."""
+        return PLACEMENTS[self.placement] if self.alpha > 0 else ()
+
+
+# The row column each test-setting key is written to.
+SETTING_COLUMNS = {"distribution": "distribution_test", "alpha": "alpha_test", "placement": "placement_test"}
+
+
+def check_setting(setting) -> NoiseSpec:
+    """A test setting (dict of NoiseSpec fields, or a NoiseSpec), or one ConfigError line."""
+    if isinstance(setting, NoiseSpec):
+        return setting
+    check_keys("test setting", setting, tuple(SETTING_COLUMNS))
+    return NoiseSpec(**setting)
+
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "identity": lambda t: t,
@@ -103,7 +147,7 @@ class EvalConfig:
     """Sampling inference settings shared by all test settings of one evaluation."""
 
     n_checkpoints: tuple[int, ...] = (1, 10, 100, 1000)  # accuracy reported at each n
-    eval_seed: int = 0  # keys the test-noise generators
+    eval_seed: int | None = None  # keys the test-noise generators; None: the trial's seed
     block_images: int = 32  # test images per noise block (fixed: part of the noise key)
     block_draws: int = 10  # draws per noise block (fixed: part of the noise key)
     noise_streams: int = 4  # generators per noise block, filled in parallel on CPU (part of the key)
@@ -117,7 +161,7 @@ class EvalConfig:
     def __post_init__(self):
         object.__setattr__(self, "n_checkpoints", check_checkpoints(self.n_checkpoints))
         check_choice("precision", self.precision, PRECISIONS)
-        check_int("eval_seed", self.eval_seed, 0)
+        check_optional_int("eval_seed", self.eval_seed, 0)
         check_int("block_images", self.block_images, 1)
         check_int("block_draws", self.block_draws, 1)
         check_int("noise_streams", self.noise_streams, 1)
@@ -409,36 +453,6 @@ def _noise_key(eval_seed: int, spec: NoiseSpec, image_block: int, draw_block: in
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-class _Tally:
-    """Running per-(class, image) sums over draws, read out at each checkpoint n."""
-
-    def __init__(self, checkpoints):
-        self.checkpoints = checkpoints
-        self.correct = {n: 0 for n in checkpoints}
-        self.energy = {n: 0.0 for n in checkpoints}
-        self.var = {n: 0.0 for n in checkpoints}
-
-    def add_block(self, per_draw: Callable[[int, int], torch.Tensor], labels, n_total: int,
-                  step: int) -> None:
-        """per_draw(d0, d1) -> energies (G, B, d1 - d0) for draws d0..d1-1 of this image block."""
-        s1 = s2 = 0.0
-        done = 0
-        while done < n_total:
-            upto = min(n_total, done + step)
-            e = per_draw(done, upto).double()
-            c1 = s1 + e.cumsum(-1)
-            c2 = s2 + (e * e).cumsum(-1)
-            for n in self.checkpoints:
-                if done < n <= upto:
-                    sum1, sum2 = c1[..., n - done - 1], c2[..., n - done - 1]
-                    self.correct[n] += int((sum1.argmin(0) == labels).sum())
-                    self.energy[n] += float((sum1 / n).mean(0).sum())
-                    if n > 1:
-                        self.var[n] += float(((sum2 - sum1 * sum1 / n) / (n - 1)).mean(0).sum())
-            s1, s2 = c1[..., -1:], c2[..., -1:]
-            done = upto
-
-
 @functools.lru_cache(maxsize=1)
 def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=torch.get_num_threads(), thread_name_prefix="noise")
@@ -455,8 +469,9 @@ class SamplingEvaluator:
     share one call.
     """
 
-    def __init__(self, bank: AutoencoderBank, params: NoiseParams, ecfg: EvalConfig, side: int):
+    def __init__(self, bank: AutoencoderBank, params: NoiseParams, ecfg: EvalConfig, side: int, seed: int = 0):
         self.bank, self.params, self.ecfg = bank, params, ecfg
+        self.seed = ecfg.eval_seed if ecfg.eval_seed is not None else seed  # keys the noise generators
         self.shapes = [(c, h, w) for h, w, c in bank.layer_shapes(side)]  # NCHW per image
         # bf16: channels-last activations and weights, where oneDNN's bf16 kernels are fastest.
         self.dtype = torch.bfloat16 if ecfg.precision == "bf16" else torch.float32
@@ -528,7 +543,7 @@ class SamplingEvaluator:
         k = last_block - first_block + 1
         b = x.shape[0]
         streams = self.ecfg.noise_streams
-        gens = [[make_generator(_noise_key(self.ecfg.eval_seed, spec, image_block, first_block + j, s), x.device)
+        gens = [[make_generator(_noise_key(self.seed, spec, image_block, first_block + j, s), x.device)
                  for s in range(streams)] for j in range(k)]
         scratch = torch.empty(k, b * bd * max(math.prod(self.shapes[i - 1]) for i in spec.layers),
                               device=x.device)
@@ -558,14 +573,15 @@ class SamplingEvaluator:
 
 @torch.no_grad()
 def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], cfg: EBMConfig,
-             ecfg: EvalConfig = EvalConfig()) -> list[dict]:
+             ecfg: EvalConfig = EvalConfig(), seed: int = 0) -> list[dict]:
     """Sampling inference for every test setting in one pass over the test set.
 
     Returns one row per (setting, n checkpoint) carrying every config field, accuracy, and the
     mean and across-draw variance of the energy (averaged over images and classes). A setting
-    with alpha = 0 is deterministic: one pass, reported at every n with n_effective = 1.
+    with alpha = 0 is deterministic: one pass, reported at every n with n_effective = 1. Test
+    noise is keyed by ecfg.eval_seed, or by `seed` (the trial's) when that is None.
     """
-    settings = [s if isinstance(s, NoiseSpec) else NoiseSpec(**s) for s in settings]
+    settings = [check_setting(s) for s in settings]
     if not settings:
         raise ConfigError("settings is empty; allowed: a non-empty list of test noise settings")
     device = next(bank.parameters()).device
@@ -573,9 +589,9 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
     x_all = data.x_test.to(device)
     y_all = data.y_test.to(device)
     side = x_all.shape[-1]
-    ev = SamplingEvaluator(bank, cfg.noise_params, ecfg, side)
+    ev = SamplingEvaluator(bank, cfg.noise_params, ecfg, side, seed)
     n_max = ecfg.n_checkpoints[-1]
-    tallies = [_Tally(ecfg.n_checkpoints if s.alpha > 0 else (1,)) for s in settings]
+    tallies = [DrawTally(ecfg.n_checkpoints if s.alpha > 0 else (1,)) for s in settings]
     seconds = [0.0] * len(settings)
     bi = ecfg.block_images
     step = ev.draw_blocks_per_call(bi) * ecfg.block_draws
@@ -595,19 +611,29 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
                 tallies[si].add_block(per_draw, labels, n_max, step)
             seconds[si] += time.perf_counter() - t0 + t_clean / len(settings)
 
-    base = config_row(cfg) | config_row(ecfg) | {"device_name": device_name(device)}
+    base = config_row(cfg) | config_row(ecfg) | {"eval_seed": ev.seed, "device_name": device_name(device)}
     rows, total = [], len(x_all)
     for spec, tally, secs in zip(settings, tallies, seconds):
-        for n in ecfg.n_checkpoints:
-            m = n if spec.alpha > 0 else 1
-            rows.append(base | {
-                "distribution_test": spec.distribution, "alpha_test": spec.alpha,
-                "placement_test": spec.placement, "n": n, "n_effective": m,
-                "accuracy": tally.correct[m] / total, "energy_mean": tally.energy[m] / total,
-                "energy_var": tally.var[m] / total if m > 1 else float("nan"),
-                "test_images": total, "eval_seconds": secs,
-            })
+        setting = {column: getattr(spec, key) for key, column in SETTING_COLUMNS.items()}
+        rows += [base | setting | r for r in rows_at_checkpoints(ecfg.n_checkpoints, spec.alpha > 0, lambda m, t=tally: {
+            "accuracy": t.correct[m] / total, "energy_mean": t.mean[m] / total,
+            "energy_var": t.var[m] / total if m > 1 else float("nan"),
+            "test_images": total, "eval_seconds": secs})]
     return rows
 
 
-METHOD = Method("ebm", preset_configs, lambda cfg: load_dataset(cfg.data), train_bank, evaluate)
+def describe(cfg: EBMConfig, ecfg: EvalConfig, settings) -> str:
+    """One trial's work, for --dry-run."""
+    return (f"{len(settings)} test settings, up to n = {ecfg.n_checkpoints[-1]} draws each "
+            f"(data set {cfg.data.dataset}, {cfg.data.image_size} px)")
+
+
+METHOD = Method(
+    "ebm", "ebm", preset_configs, lambda cfg: load_dataset(cfg.data), train_bank, evaluate, check_setting,
+    setting_columns=SETTING_COLUMNS,
+    summary_columns=("distribution_train", "alpha_train", "placement_train", "dropout_rate",
+                     "distribution_test", "placement_test", "alpha_test"),
+    final_rows=rows_at_largest_n, describe=describe,
+    diverging={"lr": 1e30})
+
+METHODS = [METHOD, discriminative.METHOD]  # Appendix E's classifiers belong to this paper's family

@@ -1,4 +1,4 @@
-"""Activation noise: the seven laws of the EBM paper, layer placements, seeded sampling.
+"""Noise laws: the seven laws of the EBM paper and seeded sampling from them, for any family.
 
 Eq. 1 of the activation-noise paper: t = f(Wx + b) + alpha * z, with z drawn fresh for every
 neuron, example and forward pass. The laws are the ones of its Fig. 5 / Table 3, *not*
@@ -14,54 +14,16 @@ and a Marsaglia-Tsang gamma sampler.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import distributions as D
 
-NUM_LAYERS = 6  # encoder conv 1-3, decoder conv-transpose 4-6 (output layer included)
-
-PLACEMENTS: dict[str, tuple[int, ...]] = {
-    "full": (1, 2, 3, 4, 5, 6),
-    "odd": (1, 3, 5),
-    "even": (2, 4, 6),
-    "enc": (1, 2, 3),
-    "dec": (4, 5, 6),
-}
+from trainables.checks import ConfigError, check_choice, check_range
 
 DISTRIBUTIONS = ("gaussian", "cauchy", "uniform", "chi", "lognormal", "student_t", "exponential")
 SYMMETRIC = frozenset({"gaussian", "cauchy", "uniform", "student_t"})
-
-
-class ConfigError(ValueError):
-    """A config value outside its allowed set; the message names the field and the choices."""
-
-
-def check_choice(field: str, value, allowed) -> None:
-    """Refuse `value` unless it is in `allowed`, suggesting the nearest allowed name."""
-    if value in allowed:
-        return
-    hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-    near = f" (did you mean {hint[0]!r}?)" if hint else ""
-    raise ConfigError(f"{field}={value!r} is not allowed{near}; allowed: {', '.join(map(str, allowed))}")
-
-
-def check_range(field: str, value, low: float, high: float = math.inf, *, low_open=False) -> None:
-    """Refuse a number outside [low, high] (or (low, high] with low_open)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ConfigError(f"{field}={value!r} is out of range; allowed: {bracket}{low}, {high}]")
-
-
-def check_int(field: str, value, low: int) -> None:
-    """Refuse anything but an integer >= low (bools included: True is not a count)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{field}={value!r} is out of range; allowed: integers >= {low}")
 
 
 @dataclass(frozen=True)
@@ -85,25 +47,6 @@ class NoiseParams:
         for name in ("gaussian_sigma", "cauchy_scale", "uniform_width", "chi_k",
                      "lognormal_sigma", "student_t_nu", "exponential_rate"):
             check_range(name, getattr(self, name), 0.0, low_open=True)
-
-
-@dataclass(frozen=True)
-class NoiseSpec:
-    """Where and how much noise: z ~ distribution, scaled by alpha, after the layers of placement."""
-
-    distribution: str = "gaussian"
-    alpha: float = 0.0
-    placement: str = "full"
-
-    def __post_init__(self):
-        check_choice("distribution", self.distribution, DISTRIBUTIONS)
-        check_range("alpha", self.alpha, 0.0)
-        check_choice("placement", self.placement, tuple(PLACEMENTS))
-
-    @property
-    def layers(self) -> tuple[int, ...]:
-        """1-based indices of the noisy layers; empty when alpha is 0."""
-        return PLACEMENTS[self.placement] if self.alpha > 0 else ()
 
 
 def law(distribution: str, params: NoiseParams = NoiseParams()) -> D.Distribution:

@@ -26,10 +26,9 @@ import pandas as pd
 
 from tuner import registry
 from tuner.store import ResultStore, trial_key
-from trainables.noise import ConfigError, NoiseSpec
+from trainables.checks import ConfigError
 
-PRESETS = ("paper", "quick", "smoke")
-DEFAULT_SEEDS = {"paper": 10, "quick": 1, "smoke": 1}
+DEFAULT_SEEDS = {"paper": 10}  # seeds of a preset when --seeds is not given; other presets 1
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")  # \Z: "$" would let "name\n" through
 MAX_SEEDS = 1000  # seeds are per-run counts like 10; a typo like --seeds 1000000000 must not plan forever
 
@@ -45,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = _Parser(prog="python -m tuner.run", description=__doc__.splitlines()[0])
     p.add_argument("experiment", nargs="?", help="registered experiment (see --list)")
     p.add_argument("--list", action="store_true", help="list experiments with trial counts per preset")
-    p.add_argument("--preset", default="paper", help="paper | quick | smoke (default paper)")
+    p.add_argument("--preset", default="paper", help="one of the method's presets, e.g. paper | quick | smoke "
+                   "(default paper)")
     p.add_argument("--dataset", help="data set (shortcut for --set dataset=NAME)")
     p.add_argument("--seeds", default=None, help="a count N (seeds 0..N-1) or a list like 0,3,7")
     p.add_argument("--storage", default="results", help="results folder or URI (s3://...); default ./results")
@@ -86,7 +86,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 def parse_seeds(text: str | None, preset: str) -> list[int]:
     if text is None:
-        return list(range(DEFAULT_SEEDS[preset]))
+        return list(range(DEFAULT_SEEDS.get(preset, 1)))
     value = parse_value(text)
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SEEDS:
         return list(range(value))
@@ -107,11 +107,11 @@ class Plan:
 
     def __init__(self, args: argparse.Namespace):
         self.exp = registry.get(args.experiment)
-        choice("preset", args.preset, PRESETS)
+        self.method = registry.method_of(self.exp)
+        choice("preset", args.preset, self.method.presets)
         choice("resume", args.resume, ("auto", "never"))
         self.search = args.search or self.exp.search
         choice("search", self.search, ("grid", "optuna"))
-        self.method = registry.METHODS[self.exp.method]
         self.preset = args.preset
         self.space = self.exp.space(args.preset)
         if self.search == "optuna" and not self.space.optuna:
@@ -157,12 +157,8 @@ class Plan:
         return [mid | {"seed": self.seeds[0]}]  # a representative point, validated only
 
     def configs(self, point: dict):
-        train = {k: v for k, v in point.items() if k not in self.space.test_only}
-        values = self.space.fixed | {"eval_seed": point["seed"]} | self.overrides | train
-        cfg, ecfg = self.method.configs(self.preset, values)
-        for spec in self.space.tests(point):  # test settings are validated too
-            NoiseSpec(**spec)
-        return cfg, ecfg
+        """(train config, eval config, test settings) of one trial, refusing bad values."""
+        return registry.trial_configs(self.exp, self.preset, point, self.overrides)
 
     def missing(self) -> list[dict]:
         """Grid trials ({"seed", "point"}) without a readable part file (any status)."""
@@ -172,15 +168,14 @@ class Plan:
                 if self.store.read_part(trial_key(self.exp.name, self.preset, p, self.overrides)) is None]
 
     def work(self) -> str:
-        """A one-paragraph estimate of the work: trainings, evaluations and forward passes."""
+        """A one-line estimate of the work: trainings, test-setting evaluations, the method's words."""
+        cfg, ecfg, settings = self.configs(self.points[0])
         if self.search == "optuna":
-            return f"{self.args.num_samples} Optuna trials, one training and one test setting each"
-        trainings = len(self.points)
-        settings = sum(len(self.space.tests(p)) for p in self.points)
-        cfg, ecfg = self.configs(self.points[0])
-        n_max = ecfg.n_checkpoints[-1]
-        return (f"{trainings} trainings, {settings} test-setting evaluations, up to n = {n_max} draws each "
-                f"(data set {cfg.data.dataset}, {cfg.data.image_size} px)")
+            return (f"{self.args.num_samples} Optuna trials, one training each; per trial: "
+                    f"{self.method.describe(cfg, ecfg, settings)}")
+        evaluations = sum(len(self.space.tests(p)) for p in self.points)
+        return (f"{len(self.points)} trainings, {evaluations} test-setting evaluations; first trial: "
+                f"{self.method.describe(cfg, ecfg, settings)}")
 
 
 def run_metadata() -> dict:
@@ -201,10 +196,11 @@ def run_metadata() -> dict:
 
 
 def list_experiments() -> str:
-    lines = [f"{'experiment':<20} {'paper':>6} {'quick':>6} {'smoke':>6}  description (trainings per seed)"]
+    lines = [f"{'experiment':<20} {'method':<16} {'trainings per seed, by preset':<34} description"]
     for name, exp in registry.EXPERIMENTS.items():
-        counts = [len(exp.space(p).train) if exp.search == "grid" else "tpe" for p in PRESETS]
-        lines.append(f"{name:<20} " + " ".join(f"{c:>6}" for c in counts) + f"  {exp.description}")
+        presets = registry.method_of(exp).presets
+        counts = " ".join(f"{p}={len(exp.space(p).train) if exp.search == 'grid' else 'tpe'}" for p in presets)
+        lines.append(f"{name:<20} {exp.method:<16} {counts:<34} {exp.description}")
     return "\n".join(lines)
 
 
@@ -263,14 +259,15 @@ def build_tuner(plan: Plan, meta: dict, cells: list[dict] | None = None, fresh: 
         import optuna
         from ray.tune.search.optuna import OptunaSearch
         class FinalOnlyOptuna(OptunaSearch):
-            """Progress reports (epoch, loss) carry no accuracy: Optuna sees the final result only."""
+            """Progress reports (epoch, loss) carry no metric: Optuna sees the final result only."""
 
             def on_trial_result(self, trial_id, result):
                 if self.metric in result:
                     super().on_trial_result(trial_id, result)
 
         study = optuna.storages.RDBStorage(f"sqlite:///{plan.store.root}/optuna.db")
-        search_alg = FinalOnlyOptuna(metric="accuracy", mode="max", study_name=plan.name, storage=study, seed=0)
+        search_alg = FinalOnlyOptuna(metric=plan.exp.metric, mode=plan.exp.mode, study_name=plan.name,
+                                     storage=study, seed=0)
         kwargs = {"num_samples": plan.args.num_samples}
     # reuse_actors: a trial reuses a finished trial's worker instead of starting a Python process
     # and importing torch again (seconds per trial on a small machine).
@@ -281,7 +278,8 @@ def build_tuner(plan: Plan, meta: dict, cells: list[dict] | None = None, fresh: 
 
 
 def summarize(plan: Plan) -> str:
-    """Status counts and mean accuracy at the largest n per (training point, test setting)."""
+    """Status counts, and the experiment's metric (mean over seeds) on each trial's headline rows,
+    by the method's summary columns that vary."""
     parts = plan.store.parts()
     if not parts:
         return "no result rows yet"
@@ -289,14 +287,17 @@ def summarize(plan: Plan) -> str:
     df = pd.concat([pq.read_table(p, filesystem=plan.store.fs).to_pandas() for p in parts], ignore_index=True)
     lines = [f"{len(parts)} part files, {len(df)} rows; status: "
              + ", ".join(f"{k}={v}" for k, v in df.groupby("status")["trial_key"].nunique().items())]
+    metric = plan.exp.metric
     ok = df[df["status"] == "ok"]
-    if len(ok):
-        ok = ok[ok["n"] == ok["n"].max()]
-        keys = [k for k in ("arch", "distribution_train", "alpha_train", "placement_train", "dropout_rate",
-                            "distribution_test", "placement_test", "alpha_test") if k in ok and ok[k].nunique() > 1]
-        keys = keys or ["alpha_test"]
-        table = ok.groupby(keys)["accuracy"].agg(["mean", "count"])
-        lines.append(f"accuracy at n = {int(ok['n'].max())} (mean over seeds):\n{table.to_string()}")
+    if "headline" in ok:
+        ok = ok[ok["headline"].fillna(False).astype(bool)]
+    if len(ok) and metric in ok:
+        present = [k for k in plan.method.summary_columns if k in ok]
+        keys = [k for k in present if ok[k].nunique() > 1] or present[:1]
+        values = ok.groupby(keys, dropna=False)[metric] if keys else ok[metric]
+        table = values.agg(["mean", "count"])
+        text = table.to_string() if keys else f"mean {table['mean']:.4g} over {int(table['count'])} rows"
+        lines.append(f"{metric} of each trial's headline rows (mean over seeds):\n{text}")
     return "\n".join(lines)
 
 

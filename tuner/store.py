@@ -6,6 +6,8 @@ Layout under `<storage>/<name>/`:
     corrupt/                   unreadable part files, moved aside (kept, never deleted) before a re-run
     results/part-<key>.parquet one per training configuration; <key> hashes that configuration,
                                so a re-run of the same trial replaces its own file
+    results/part-<key>.npz     the trial's arrays (artefacts), if its method returned any; written
+                               before the part, replaced or removed with it, moved with it to corrupt/
     tune/                      Ray Tune's experiment state (resume)
 
 `storage` is a local folder or a URI that pyarrow understands (s3://, gs://, file://).
@@ -16,17 +18,19 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import socket
 import time
 import uuid
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from trainables.noise import ConfigError
+from trainables.checks import ConfigError
 
 FINAL_STATUSES = ("ok", "diverged")  # a part whose rows all carry one of these needs no re-run
 
@@ -95,15 +99,27 @@ class ResultStore:
     def part_path(self, key: str) -> str:
         return f"{self.results}/part-{key}.parquet"
 
-    def write_part(self, key: str, rows: list[dict]) -> str:
-        """Write a trial's rows as one file: temporary name, then rename (a reader never sees half)."""
+    def artefact_path(self, key: str) -> str:
+        return f"{self.results}/part-{key}.npz"
+
+    def write_part(self, key: str, rows: list[dict], arrays: dict | None = None) -> str:
+        """Write a trial's rows as one file: temporary name, then rename (a reader never sees half).
+
+        `arrays` (name -> array) go to part-<key>.npz first, by the same rename; the part file is
+        the commit point. A re-run without arrays removes the old ones, so the two never disagree."""
+        self.fs.create_dir(self.results, recursive=True)  # a worker on another node may see no folder yet
+        if arrays:
+            buffer = io.BytesIO()
+            np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
+            self._write_atomic(self.artefact_path(key), buffer.getvalue())
+        elif self.fs.get_file_info(self.artefact_path(key)).type == pafs.FileType.File:
+            self.fs.delete_file(self.artefact_path(key))
         table = pa.Table.from_pylist(rows)
         # A column that is None in every row has no type; strings keep parts' schemas compatible.
         for i, fld in enumerate(table.schema):
             if pa.types.is_null(fld.type):
                 table = table.set_column(i, pa.field(fld.name, pa.string()), table.column(i).cast(pa.string()))
         tmp = f"{self.results}/.tmp-{key}-{uuid.uuid4().hex}.parquet"
-        self.fs.create_dir(self.results, recursive=True)  # a worker on another node may see no folder yet
         pq.write_table(table, tmp, filesystem=self.fs)
         self.fs.move(tmp, self.part_path(key))
         return self.part_path(key)
@@ -133,10 +149,15 @@ class ResultStore:
         return [p for p in self.parts() if self._read(p) is None]
 
     def quarantine(self, path: str) -> str:
-        """Move an unreadable part to corrupt/ (kept for inspection) so that its trial runs again."""
+        """Move an unreadable part, and its arrays, to corrupt/ (kept for inspection) so that its
+        trial runs again."""
         folder = f"{self.root}/corrupt"
         self.fs.create_dir(folder, recursive=True)
-        target = f"{folder}/{path.rsplit('/', 1)[-1]}.{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        arrays = path[:-len(".parquet")] + ".npz"
+        if self.fs.get_file_info(arrays).type == pafs.FileType.File:
+            self.fs.move(arrays, f"{folder}/{arrays.rsplit('/', 1)[-1]}.{stamp}")
+        target = f"{folder}/{path.rsplit('/', 1)[-1]}.{stamp}"
         self.fs.move(path, target)
         return target
 

@@ -4,10 +4,13 @@ A 20 x 20 alpha grid is 20 trials per seed, not 400: the test settings of a tria
 on the one trained model. Progress goes to Tune after each epoch (at most once a second) with a
 checkpoint every `checkpoint_seconds`, so a retried trial resumes from its last checkpoint.
 A part file already holding final rows means the trial is done: it is not trained again.
+Nothing here knows a family: the method's interface (trainables.common.Method) says the rest.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 import time
@@ -22,33 +25,33 @@ from tuner import registry
 from tuner.store import ResultStore, trial_key
 
 
-def build_configs(config: dict):
-    """(experiment, method, space, point, train cfg, eval cfg) of a trial's config dict."""
-    exp = registry.get(config["experiment"])
-    method = registry.METHODS[exp.method]
-    space = exp.space(config["preset"])
+def trial_point(config: dict, space) -> dict:
+    """The trial's point (training fields and seed) from its Tune config."""
     point = dict(config.get("point") or {}) | {k: config[k] for k in (space.optuna or {})}
     point["seed"] = config["seed"]
-    train = {k: v for k, v in point.items() if k not in space.test_only}
-    values = space.fixed | {"eval_seed": config["seed"]} | config["overrides"] | train
-    cfg, ecfg = method.configs(config["preset"], values)
-    return exp, method, space, point, cfg, ecfg
+    return point
 
 
 def run_trial(config: dict) -> None:
     """The Tune function trainable (`config` is one point of the service's param_space)."""
     config = config | (config.get("cell") or {})  # a re-run of chosen (seed, point) pairs
-    exp, method, space, point, cfg, ecfg = build_configs(config)
+    exp = registry.get(config["experiment"])
+    method = registry.method_of(exp)
+    point = trial_point(config, exp.space(config["preset"]))
+    cfg, ecfg, settings = registry.trial_configs(exp, config["preset"], point, config["overrides"])
     store = ResultStore(config["storage"], config["name"])
     key = trial_key(exp.name, config["preset"], point, config["overrides"])
-    meta = config["meta"] | {"experiment": exp.name, "preset": config["preset"], "trial_key": key,
-                             "trial_id": tune.get_context().get_trial_id(), "host": os.uname().nodename}
+    meta = config["meta"] | {
+        "family": method.family, "method": method.name, "experiment": exp.name, "preset": config["preset"],
+        "trial_key": key, "trial_id": tune.get_context().get_trial_id(), "host": os.uname().nodename,
+        "tune_metric": exp.metric, "tune_mode": exp.mode, "summary_by": json.dumps(list(method.summary_columns))}
     table = store.read_part(key)
     if store.finished(table):
-        tune.report({"accuracy": _best(table.to_pylist()), "skipped": True})
+        tune.report({exp.metric: headline(method, table.to_pylist(), exp.metric, exp.mode), "skipped": True})
         return
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     base = config_row(cfg) | config_row(ecfg) | meta
+    arrays = {}
     try:
         data = method.load_data(cfg)
         checkpoint = tune.get_checkpoint()
@@ -59,9 +62,14 @@ def run_trial(config: dict) -> None:
         t0 = time.perf_counter()
         result = method.train(cfg, data, _reporter(config.get("checkpoint_seconds", 30.0)), state)
         train_seconds = time.perf_counter() - t0
+        arrays = dict(result.artefacts)
         if result.status == STATUS_OK:
-            rows = method.evaluate(result.model, data, space.tests(point), cfg, ecfg)
-            rows = [base | r | {"status": STATUS_OK, "message": ""} for r in rows]
+            rows = method.evaluate(result.model, data, settings, cfg, ecfg, point["seed"])
+            if isinstance(rows, tuple):  # (rows, arrays)
+                rows, more = rows
+                arrays |= more
+            final = {id(r) for r in method.final_rows(rows)}
+            rows = [base | r | {"status": STATUS_OK, "message": "", "headline": id(r) in final} for r in rows]
         else:
             rows = [base | {"status": result.status, "message": result.message}]
         for r in rows:
@@ -72,17 +80,18 @@ def run_trial(config: dict) -> None:
         store.write_part(key, [base | {"status": STATUS_ERROR, "message": f"{type(exc).__name__}: {exc}",
                                        "traceback": traceback.format_exc()[-4000:]}])
         raise
-    store.write_part(key, rows)
-    tune.report({"accuracy": _best(rows), "status": rows[0]["status"], "done": True})
+    store.write_part(key, rows, arrays)
+    tune.report({exp.metric: headline(method, rows, exp.metric, exp.mode), "status": rows[0]["status"],
+                 "done": True})
 
 
-def _best(rows: list[dict]) -> float:
-    """The trial's headline: best accuracy over test settings at the largest n."""
-    scored = [r for r in rows if r.get("accuracy") is not None]
-    if not scored:
+def headline(method, rows: list[dict], metric: str, mode: str) -> float:
+    """The trial's headline for Tune: the best `metric` (by `mode`) over the method's final rows."""
+    values = [r[metric] for r in method.final_rows([r for r in rows if r.get("status") in (None, STATUS_OK)])
+              if r.get(metric) is not None and not (isinstance(r[metric], float) and math.isnan(r[metric]))]
+    if not values:
         return float("nan")
-    n_max = max(r["n"] for r in scored)
-    return max(r["accuracy"] for r in scored if r["n"] == n_max)
+    return max(values) if mode == "max" else min(values)
 
 
 def _reporter(checkpoint_seconds: float):

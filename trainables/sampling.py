@@ -1,0 +1,90 @@
+"""Sampling inference shared by every family: running totals over draws, rows at each n checkpoint.
+
+A prediction that averages a score over n noisy draws (the EBM's energies, a classifier's
+softmax) is read at several n from ONE stream of draws: running sums per (class, image) are
+added draw block by draw block and read out whenever a checkpoint n is passed, so memory is
+flat in n and accuracy at n equals a fresh run with n_max = n.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from trainables.checks import ConfigError
+
+
+def n_checkpoints(n_max: int) -> tuple[int, ...]:
+    """1, 10, 100, ... up to n_max, with n_max itself last."""
+    if not isinstance(n_max, int) or n_max < 1:
+        raise ConfigError(f"n_max={n_max!r} is out of range; allowed: integers >= 1")
+    points = [10**k for k in range(int(math.log10(n_max)) + 1) if 10**k <= n_max]
+    return tuple(points) if points[-1] == n_max else (*points, n_max)
+
+
+def check_checkpoints(points) -> tuple[int, ...]:
+    """Sorted unique positive draw counts, or a ConfigError naming `n_checkpoints`."""
+    points = tuple(points) if isinstance(points, (tuple, list)) else (points,)  # None, b"..": refused below
+    if not points or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in points):
+        raise ConfigError(f"n_checkpoints={points!r} is out of range; allowed: a non-empty list of integers >= 1")
+    return tuple(sorted(set(points)))
+
+
+class DrawTally:
+    """Running per-(class, image) sums of a score over draws, read out at each checkpoint n.
+
+    `pick` is "argmin" (energies: the lowest wins) or "argmax" (probabilities). With
+    `moments`, the mean score and its across-draw variance are tallied too. `seconds[n]` is the
+    time spent in add_block up to checkpoint n, summed over blocks.
+    """
+
+    def __init__(self, checkpoints, pick: str = "argmin", moments: bool = True):
+        self.checkpoints, self.pick, self.moments = tuple(checkpoints), pick, moments
+        self.correct = {n: 0 for n in self.checkpoints}
+        self.mean = {n: 0.0 for n in self.checkpoints}
+        self.var = {n: 0.0 for n in self.checkpoints}
+        self.seconds = {n: 0.0 for n in self.checkpoints}
+
+    def add_block(self, per_draw: Callable[[int, int], torch.Tensor], labels, n_total: int, step: int,
+                  clock: Callable[[], float] | None = None) -> None:
+        """per_draw(d0, d1) -> scores (G, B, d1 - d0) for draws d0..d1-1 of one image block."""
+        s1 = s2 = 0.0
+        done = 0
+        t0 = clock() if clock else 0.0
+        while done < n_total:
+            upto = min(n_total, done + step)
+            e = per_draw(done, upto).double()
+            c1 = s1 + e.cumsum(-1)
+            c2 = s2 + (e * e).cumsum(-1) if self.moments else None
+            for n in self.checkpoints:
+                if done < n <= upto:
+                    sum1 = c1[..., n - done - 1]
+                    chosen = sum1.argmin(0) if self.pick == "argmin" else sum1.argmax(0)
+                    self.correct[n] += int((chosen == labels).sum())
+                    if clock:
+                        self.seconds[n] += clock() - t0
+                    if self.moments:
+                        sum2 = c2[..., n - done - 1]
+                        self.mean[n] += float((sum1 / n).mean(0).sum())
+                        if n > 1:
+                            self.var[n] += float(((sum2 - sum1 * sum1 / n) / (n - 1)).mean(0).sum())
+            s1 = c1[..., -1:]
+            s2 = c2[..., -1:] if self.moments else 0.0
+            done = upto
+
+
+def rows_at_checkpoints(points, noisy: bool, at: Callable[[int], dict]) -> list[dict]:
+    """One row per checkpoint n. A noiseless setting is one deterministic pass: reported at every
+    n with n_effective = 1. `at(m)` gives the row's values after m draws."""
+    return [{"n": n, "n_effective": n if noisy else 1} | at(n if noisy else 1) for n in points]
+
+
+def rows_at_largest_n(rows: list[dict]) -> list[dict]:
+    """The rows a trial's headline comes from: those at its largest n."""
+    scored = [r for r in rows if r.get("n") is not None]
+    if not scored:
+        return []
+    n_max = max(r["n"] for r in scored)
+    return [r for r in scored if r["n"] == n_max]
