@@ -6,7 +6,7 @@ minimises, and an artefact (the loss history) beside each part. So it checks tha
 (tuner.run, Ray Tune, tuner.trial, the store, analysis.report) needs nothing family-specific.
 
 Faults are injected at known points: a failure on the first attempt only, a failure on every
-attempt, a NaN loss, slow epochs to kill a worker in. Every training start is logged to
+attempt, a NaN loss, an unfixable ConfigError (seed 2), slow epochs to kill a worker in. Every training start is logged to
 `<log_dir>/trainings.log` (seed and the epoch it starts from) and the worker's PID to
 `<log_dir>/pid-<seed>-<level>`, so tests can count trainings and kill exactly the process
 running a trial.
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from search_spaces.base import Experiment, Space
-from trainables.checks import check_choice, check_int, check_keys, check_range
+from trainables.checks import ConfigError, check_choice, check_int, check_keys, check_range
 from trainables.common import STATUS_DIVERGED, STATUS_OK, Method, Progress, TrainResult, configs_from_preset
 
-FAULTS = ("none", "fail_once", "always_fail", "nan", "by_seed")
+FAULTS = ("none", "fail_once", "always_fail", "nan", "by_seed", "unfixable_seed2")
 BY_SEED = ("none", "fail_once", "always_fail", "nan")  # fault="by_seed": seed % 4 picks one
 
 
@@ -67,6 +67,8 @@ def train(cfg: FaultyConfig, data, callback=None, state=None) -> TrainResult:
     fault = BY_SEED[cfg.seed % 4] if cfg.fault == "by_seed" else cfg.fault
     _log(cfg, f"pid-{cfg.seed}-{cfg.level}", str(os.getpid()), append=False)
     _log(cfg, "trainings.log", f"seed={cfg.seed} level={cfg.level} start={start}\n")
+    if fault == "unfixable_seed2" and cfg.seed == 2:  # the same for every retry: the sweep must stop
+        raise ConfigError("injected unfixable fault (fault=unfixable_seed2)")
     marker = os.path.join(cfg.log_dir, f"failed-{cfg.seed}-{cfg.level}")
     if fault == "always_fail" or (fault == "fail_once" and not os.path.exists(marker)):
         _log(cfg, os.path.basename(marker), "x")

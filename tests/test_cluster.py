@@ -5,7 +5,9 @@ each in its own temporary folder and on free ports, with token authentication
 enabled (``RAY_AUTH_MODE=token`` plus a fresh ``RAY_AUTH_TOKEN`` in the environment of
 every process: nothing is written to ``~/.ray/auth_token``). It submits
 ``python -m tuner.run grid_ebm --preset smoke`` with ``ray job submit``, checks the
-Parquet rows the job wrote and the dashboard's jobs endpoint, then stops exactly the
+Parquet rows the job wrote, the job's log (progress lines, no Tune tables), the dashboard's
+jobs endpoint (with the job's metadata) and the NoiseTune counters scraped from both nodes'
+metrics export ports against the Parquet record, then stops exactly the
 processes this cluster started (never ``ray stop``, which would kill every Ray
 process of the user).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -82,6 +85,26 @@ def _get(url: str, token: str | None, timeout: float = 10.0) -> tuple[int, str]:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
+
+
+METADATA = {"experiment": "grid_ebm", "preset": "smoke", "run": "grid_ebm-smoke"}
+PROM_LINE = re.compile(r'^ray_noisetune_(\w+)\{([^}]*)\} ([0-9.eE+-]+)$')
+
+
+def _noisetune_totals(ports: list[int]) -> dict[tuple[str, str], float]:
+    """Sum of each NoiseTune series over both nodes' Prometheus text, keyed (name, status tag)."""
+    totals: dict[tuple[str, str], float] = {}
+    for port in ports:
+        code, text = _get(f"http://{HOST}:{port}/metrics", None)
+        if code != 200:
+            continue
+        for line in text.splitlines():
+            m = PROM_LINE.match(line)
+            if m and 'run="grid_ebm-smoke"' in m.group(2):
+                status = re.search(r'status="(\w+)"', m.group(2))
+                key = (m.group(1), status.group(1) if status else "")
+                totals[key] = totals.get(key, 0.0) + float(m.group(3))
+    return totals
 
 
 def _wait_for(what: str, check, timeout: float, every: float = 1.0):
@@ -158,7 +181,7 @@ def test_job_submission_on_two_node_cluster_with_token_auth():
     store = tmp / "store"
     token = secrets.token_hex(32)
     env = _cluster_env(tmp, token)
-    gcs_port, dash_port, client_port, head_agent, worker_agent = _free_ports(5)
+    gcs_port, dash_port, client_port, head_agent, worker_agent, head_metrics, worker_metrics = _free_ports(7)
     dash = f"http://{HOST}:{dash_port}"
     submission_id = f"noisetune-smoke-{secrets.token_hex(4)}"
     try:
@@ -170,6 +193,7 @@ def test_job_submission_on_two_node_cluster_with_token_auth():
                      "--include-dashboard", "true",
                      "--ray-client-server-port", str(client_port),
                      "--dashboard-agent-listen-port", str(head_agent),
+                     "--metrics-export-port", str(head_metrics),
                      "--num-cpus", "2",
                      "--temp-dir", str(tmp / "ray"),
                      "--disable-usage-stats"], env, timeout=120)
@@ -181,6 +205,7 @@ def test_job_submission_on_two_node_cluster_with_token_auth():
                        "--address", f"{HOST}:{gcs_port}",
                        "--node-ip-address", HOST,
                        "--dashboard-agent-listen-port", str(worker_agent),
+                       "--metrics-export-port", str(worker_metrics),
                        "--num-cpus", "1",
                        # Own temp dir: otherwise both nodes share one session folder,
                        # and when the worker node's runtime-env agent garbage-collects
@@ -213,6 +238,7 @@ def test_job_submission_on_two_node_cluster_with_token_auth():
         sub = _run([RAY, "job", "submit",
                     "--address", dash,
                     "--submission-id", submission_id,
+                    "--metadata-json", json.dumps(METADATA),
                     "--working-dir", str(REPO),
                     "--runtime-env-json", json.dumps({"excludes": excludes}),
                     "--", *entrypoint], env, timeout=JOB_TIMEOUT_S)
@@ -221,6 +247,10 @@ def test_job_submission_on_two_node_cluster_with_token_auth():
         assert sub.returncode == 0, out[-6000:]
         assert "succeeded" in out.lower(), out[-6000:]
         assert "results:" in out, out[-6000:]
+        # The job's log is the sweep's progress lines (Tune's tables are opt-in), results folder first.
+        assert f"grid_ebm --preset smoke: run folder {store}/grid_ebm-smoke" in out, out[-6000:]
+        assert "[grid_ebm-smoke] 2/2 trials done, 0 running, 0 pending, 0 failed" in out, out[-6000:]
+        assert "Trial Status" not in out and "Configuration for experiment" not in out, out[-6000:]
 
         # The Parquet rows the job wrote.
         parts = sorted((store / "grid_ebm-smoke" / "results").glob("part-*.parquet"))
@@ -244,6 +274,16 @@ def test_job_submission_on_two_node_cluster_with_token_auth():
         assert len(jobs) == 1, text[:2000]
         assert jobs[0]["status"] == "SUCCEEDED", jobs[0]
         assert jobs[0]["entrypoint"] == " ".join(entrypoint), jobs[0]["entrypoint"]
+        assert METADATA.items() <= jobs[0]["metadata"].items(), jobs[0]["metadata"]  # the Jobs page says what it is
+
+        # NoiseTune's metrics, exported by the nodes' metrics agents, agree with the Parquet record.
+        def scraped():
+            totals = _noisetune_totals([head_metrics, worker_metrics])
+            done = totals.get(("trials_finished_total", "ok"), 0)
+            return totals if done == 2 and totals.get(("rows_written_total", ""), 0) == len(rows) else None
+        totals = _wait_for("the NoiseTune counters", scraped, 90, every=3)
+        assert totals[("epochs_total", "")] >= 2  # every trial trained at least one epoch
+        assert totals.get(("trials_finished_total", "error"), 0) == 0
         print(f"cluster up {t_up - t0:.1f} s, job {t_job - t_up:.1f} s")
     finally:
         t_stop = time.monotonic()

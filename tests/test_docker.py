@@ -661,3 +661,80 @@ def test_cluster_yaml_enables_token_auth_on_every_node(cluster):
     assert any(
         PurePosixPath(remote).name == "auth_token" for remote in cluster["file_mounts"]
     ), "cluster.yaml must copy the auth token to the nodes"
+
+
+# --------------------------------------------------------------------------------------
+# (h) watching a sweep: Prometheus and Grafana beside the compose cluster
+# --------------------------------------------------------------------------------------
+
+PROMETHEUS = DOCKER / "prometheus.yml"
+GRAFANA = DOCKER / "grafana"
+DISCOVERY = "/tmp/ray/prom_metrics_service_discovery.json"  # written by Ray's head
+
+
+def pinned(image: str) -> bool:
+    """name:tag with a numeric version tag (never latest, never untagged)."""
+    name, _, tag = image.rpartition(":")
+    return bool(name) and "/" not in tag and re.fullmatch(r"v?\d+\.\d+\.\d+", tag) is not None
+
+
+def service_using(compose: dict, image_prefix: str) -> tuple[str, dict]:
+    found = [(n, s) for n, s in compose["services"].items() if str(s.get("image", "")).startswith(image_prefix)]
+    assert len(found) == 1, f"compose must run one {image_prefix} service"
+    return found[0]
+
+
+def test_compose_runs_pinned_prometheus_and_grafana_on_localhost(compose):
+    for prefix, port in (("prom/prometheus:", "9090"), ("grafana/grafana", "3000")):
+        name, svc = service_using(compose, prefix)
+        assert pinned(svc["image"]), f"{name}: {svc['image']} is not pinned to a version"
+        published = [parse_port(p) for p in svc.get("ports", [])]
+        assert published and all(ip in LOCALHOST for ip, _, _ in published), f"{name}: {svc.get('ports')}"
+        assert any(target == port for _, _, target in published), f"{name} does not publish {port}"
+
+
+def test_prometheus_scrapes_rays_service_discovery_file_shared_from_the_head(compose):
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    files = [f for job in config["scrape_configs"] for sd in job.get("file_sd_configs", []) for f in sd["files"]]
+    assert files == [DISCOVERY], files
+    name, svc = service_using(compose, "prom/prometheus:")
+    mounts = [str(v) for v in svc.get("volumes", [])]
+    assert any(m.startswith("./prometheus.yml:") for m in mounts), mounts
+    heads, workers = compose_ray_services(compose)
+    (head_name, head_opts), = heads.items()
+    head_tmp = [str(v).split(":")[0] for v in compose["services"][head_name]["volumes"] if str(v).split(":")[1] == "/tmp/ray"]
+    assert head_tmp and head_tmp[0] in (compose.get("volumes") or {}), "the head's /tmp/ray must be a named volume"
+    assert f"{head_tmp[0]}:/tmp/ray:ro" in mounts, "Prometheus must read the head's /tmp/ray"
+    for node, opts in [*heads.items(), *workers.items()]:
+        assert opts.get("metrics-export-port") == "8080", f"{node}: a fixed metrics export port"
+
+
+def test_grafana_provisions_prometheus_rays_dashboards_and_the_noisetune_one(compose):
+    name, svc = service_using(compose, "grafana/grafana")
+    env = env_dict(svc.get("environment"))
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${"), "no literal password is committed"
+    (source,) = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yml").read_text())["datasources"]
+    _, prom = service_using(compose, "prom/prometheus:")
+    prom_name = next(n for n, s in compose["services"].items() if s is prom)
+    assert source["type"] == "prometheus" and source["url"] == f"http://{prom_name}:9090"
+    paths = [p["options"]["path"] for p in yaml.safe_load(
+        (GRAFANA / "provisioning/dashboards/dashboards.yml").read_text())["providers"]]
+    assert "/tmp/ray/session_latest/metrics/grafana/dashboards" in paths  # Ray's generated dashboards
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in svc.get("volumes", [])}
+    ours = next(p for p in paths if not p.startswith("/tmp/ray"))
+    assert mounts[ours] == "./grafana/dashboards" and mounts["/etc/grafana/provisioning"] == "./grafana/provisioning"
+    (head_name, _), = compose_ray_services(compose)[0].items()
+    head_env = env_dict(compose["services"][head_name].get("environment"))
+    assert head_env["RAY_GRAFANA_HOST"] == f"http://{name}:3000" and head_env["RAY_PROMETHEUS_HOST"] == f"http://{prom_name}:9090"
+
+
+def test_the_noisetune_dashboard_shows_every_metric_the_trials_record():
+    source = (ROOT / "tuner" / "metrics.py").read_text()
+    recorded = set(re.findall(r'm\.(?:Counter|Gauge)\("(noisetune_\w+)"', source))
+    assert len(recorded) == 5, recorded
+    dashboard = json.loads((GRAFANA / "dashboards" / "noisetune.json").read_text())
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for name in recorded:
+        kind = "Counter" if f'Counter("{name}"' in source else "Gauge"
+        exported = f"ray_{name}_total" if kind == "Counter" else f"ray_{name}"  # Ray's Prometheus names
+        assert exported in exprs, f"the dashboard has no panel for {exported}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -131,6 +132,7 @@ def test_a_changed_override_under_the_same_name_is_refused(tmp_path, capsys):
     assert "with overrides {'lr': 0.01}" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_smoke_sweep_end_to_end_then_resume_reruns_nothing(tmp_path):
     done = cli("grid_ebm", "--preset", "smoke", "--storage", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -158,13 +160,56 @@ def test_smoke_sweep_end_to_end_then_resume_reruns_nothing(tmp_path):
     assert {p: os.stat(p).st_mtime_ns for p in ResultStore(str(tmp_path), "grid_ebm-smoke").parts()} == mtimes
 
 
-def test_a_trial_that_always_fails_leaves_an_error_row(tmp_path):
-    done = cli("grid_ebm", "--preset", "smoke", "--storage", str(tmp_path), "--dataset", "mnist",
+@pytest.mark.slow
+def test_a_missing_data_set_is_one_line_before_any_trial(tmp_path):
+    """Found in the driver before Ray starts: seconds, one line naming the set, the path and the
+    way out, no traceback, nothing written, no trial (so none retried)."""
+    t0 = time.monotonic()
+    done = cli("grid_ebm", "--preset", "smoke", "--storage", str(tmp_path / "store"), "--dataset", "mnist",
                "--set", "download=False", "--set", f"data_root={tmp_path / 'nodata'}", "--max-failures", "1")
-    assert done.returncode == 0, done.stderr[-3000:]
-    tables = rows(tmp_path, "grid_ebm-smoke")
-    assert len(tables) == 2
-    for table in tables:
-        assert table.column("status").to_pylist() == ["error"]
-        message = table.column("message")[0].as_py()
-        assert "mnist" in message and "nodata" in message
+    assert done.returncode == 2 and time.monotonic() - t0 < 60
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: data set 'mnist'"), done.stderr
+    assert str(tmp_path / "nodata") in lines[0] and "download=True" in lines[0] and "NOISETUNE_DATA" in lines[0]
+    assert "Traceback" not in done.stdout + done.stderr and "trials done" not in done.stdout
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.slow
+def test_the_default_output_is_progress_lines_and_an_unfixable_fault_stops_the_sweep(tmp_path):
+    log = tmp_path / "log"
+    log.mkdir()
+    env = {**os.environ, "NOISETUNE_PLUGINS": "tests.faulty"}
+    done = cli("faulty_grid", "--preset", "smoke", "--storage", str(tmp_path), "--seeds", "3", "--max-concurrent", "1",
+               "--set", "fault=unfixable_seed2", "--set", f"log_dir={log}", env=env)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert out.splitlines()[0].startswith("faulty_grid --preset smoke: run folder ")  # where the results go, first
+    progress = [line for line in out.splitlines() if " trials done, " in line]
+    assert progress and all(line.startswith("[faulty_grid-smoke] ") and "/6 trials done" in line for line in progress)
+    assert "best error " in out  # the experiment's metric, with its configuration
+    failed = [line for line in out.splitlines() if "failed (" in line]
+    assert len(failed) == 1 and "ConfigError: injected unfixable fault" in failed[0], failed
+    assert "stopping the sweep" in out and "Traceback" not in out + done.stderr
+    assert "Trial Status" not in out and "Configuration for experiment" not in out  # Tune's tables are opt-in
+    assert done.stderr.strip().splitlines()[-1].startswith("error: sweep stopped at its first unfixable fault")
+    starts = (log / "trainings.log").read_text().splitlines()
+    assert sum("seed=2" in s for s in starts) == 1  # the faulty trial was not retried
+
+
+def test_progress_pickles_and_reads_one_line_from_a_traceback():
+    """Tune pickles its stopper into the experiment state; the error line is the last 'XError: msg'."""
+    import pickle
+
+    from tuner.progress import Progress, error_line
+    p = Progress("run", 4, "error", "min", out=lambda *a, **k: None, explain=lambda point: None)
+    p.finished["t1"] = {"error": 0.3, "point": {"level": 0.5, "seed": 0}, "settings": 2}
+    p.finished["t2"] = {"error": 0.1, "point": {"level": 0.0, "seed": 1}, "settings": 2, "status": "ok"}
+    back = pickle.loads(pickle.dumps(p))
+    assert back.finished == p.finished and back.out is print and back.explain is None
+    assert back.best() == (0.1, {"level": 0.0, "seed": 1})  # mode min
+    line = p.line([])
+    assert line.startswith("[run] 2/4 trials done, 0 running, 2 pending, 0 failed") and "test settings evaluated 4" in line
+    trace = 'Traceback (most recent call last):\n  File "x.py", line 1\n    raise DataError("gone")\ntrainables.data.DataError: data set \'mnist\': gone'
+    assert error_line(trace) == ("DataError", "data set 'mnist': gone")
+    assert error_line("ray.exceptions.RayTaskError(RuntimeError): boom") == ("RuntimeError", "boom")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import logging
 import os
 import re
 import resource
@@ -62,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds between a training's checkpoints (a retried trial resumes from the last)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--dry-run", action="store_true", help="print the trials and the work, start nothing")
+    p.add_argument("--progress-seconds", type=float, default=30.0,
+                   help="seconds between progress lines (also printed at each trial's end)")
+    p.add_argument("--verbose", action="store_true", help="Tune's own status and trial tables as well")
     return p.parse_args(argv)
 
 
@@ -126,8 +130,9 @@ class Plan:
             if isinstance(value, bool) or value < (1 if field_name == "num_samples" else 0):
                 raise ConfigError(f"{field_name}={value} is out of range; allowed: integers >= "
                                   f"{1 if field_name == 'num_samples' else 0}")
-        if not 0 < args.checkpoint_seconds < float("inf"):
-            raise ConfigError(f"checkpoint_seconds={args.checkpoint_seconds} is out of range; allowed: a number > 0")
+        for field_name in ("checkpoint_seconds", "progress_seconds"):
+            if not 0 < getattr(args, field_name) < float("inf"):
+                raise ConfigError(f"{field_name}={getattr(args, field_name)} is out of range; allowed: a number > 0")
         if self.search == "optuna" and "://" in args.storage:
             raise ConfigError("search='optuna' keeps its study in a local SQLite file; allowed: a local --storage")
         if not 0 < args.cpus_per_trial < float("inf") or (  # "not <" also refuses nan
@@ -159,6 +164,20 @@ class Plan:
     def configs(self, point: dict):
         """(train config, eval config, test settings) of one trial, refusing bad values."""
         return registry.trial_configs(self.exp, self.preset, point, self.overrides)
+
+    def check_data(self) -> None:
+        """Load the first trial's data once, in the driver, before Ray starts: a data set that is
+        missing (and cannot be downloaded) is one ConfigError line here, not a failure per trial.
+        Trials of one experiment share their data set; a --set that changes it applies to all."""
+        cfg, _, _ = self.configs(self.points[0])
+        self.method.load_data(cfg)
+
+    def error_message(self, point: dict) -> str | None:
+        """The message of a trial's error row ("ErrorClass: message"), if its part holds one."""
+        table = self.store.read_part(trial_key(self.exp.name, self.preset, point, self.overrides))
+        if table is None or "message" not in table.column_names:
+            return None
+        return next((m for m in table.column("message").to_pylist() if m), None)
 
     def missing(self) -> list[dict]:
         """Grid trials ({"seed", "point"}) without a readable part file (any status)."""
@@ -219,7 +238,7 @@ def param_space(plan: Plan, meta: dict, resources_cpu: float, cells: list[dict] 
     return base | {"seed": plan.seeds[0]} | dists
 
 
-def build_tuner(plan: Plan, meta: dict, cells: list[dict] | None = None, fresh: bool = False):
+def build_tuner(plan: Plan, meta: dict, cells: list[dict] | None = None, fresh: bool = False, progress=None):
     """A Tuner that resumes this run's Tune state when it can, else a new one.
 
     `cells` (a list of {"seed", "point"}) runs just those trials under a new Tune name; `fresh`
@@ -240,18 +259,25 @@ def build_tuner(plan: Plan, meta: dict, cells: list[dict] | None = None, fresh: 
     path = f"{plan.store.tune_path}/{name}"
     if fresh and local and os.path.isdir(path):
         shutil.move(path, f"{path}.broken-{stamp}")  # kept for inspection
+    callbacks = [progress] if progress is not None else []
     run_config = tune.RunConfig(name=name, storage_path=plan.store.tune_path,
                                 failure_config=tune.FailureConfig(max_failures=plan.args.max_failures),
-                                verbose=1)
+                                callbacks=callbacks, stop=progress, verbose=1 if plan.args.verbose else 0)
     if cells is None and not fresh and plan.args.resume == "auto" and tune.Tuner.can_restore(path):
         try:
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+            # A restored Tuner brings back the pickled RunConfig, callbacks included: this run's
+            # progress callback and verbosity replace the old ones (Ray 2.60 has no public way).
+            restored = getattr(tuner, "_local_tuner", None)
+            if restored is not None:
+                restored._run_config.callbacks, restored._run_config.stop = callbacks, progress
+                restored._run_config.verbose = run_config.verbose
             print(f"resuming {path}", flush=True)
             return tuner, True
         except Exception as exc:  # half-written state from a killed driver: results are in the parts
             print(f"warning: Tune state at {path} cannot be restored ({type(exc).__name__}: {exc}); "
                   "starting afresh, trials with finished part files are skipped", flush=True)
-            return build_tuner(plan, meta, fresh=True)
+            return build_tuner(plan, meta, fresh=True, progress=progress)
     if plan.args.resume == "never" and local and os.path.isdir(path):
         shutil.rmtree(path)  # Tune's state only; finished part files are replaced trial by trial
     search_alg, kwargs = None, {}
@@ -319,6 +345,9 @@ def main(argv=None) -> int:
             print(f"work: {plan.work()}")
             print(f"results would go to {plan.store.results}")
             return 0
+        print(f"{plan.exp.name} --preset {plan.preset}: run folder {plan.store.root}, "
+              f"Parquet parts in {plan.store.results}", flush=True)
+        plan.check_data()  # a missing data set is refused here, once, before anything is written
         with contextlib.ExitStack() as held:
             plan.store.check()
             # Refuse another run's folder before the lock file is written: a refusal changes nothing.
@@ -338,12 +367,19 @@ def sweep(plan: Plan) -> int:
         print(f"warning: unreadable part file {path.rsplit('/', 1)[-1]} moved to {moved}; its trial runs again",
               flush=True)
     import ray
+    from tuner.progress import Progress
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    if not plan.args.verbose:  # our progress lines instead of Tune's tables, boxes and tracebacks
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     plugins = os.environ.get(registry.PLUGINS_ENV)
     ray.init(address=plan.args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=False,
              runtime_env={"env_vars": {registry.PLUGINS_ENV: plugins}} if plugins else None)
     meta = run_metadata()
-    tuner, restored = build_tuner(plan, meta)
+    total = len(plan.points) if plan.search == "grid" else plan.args.num_samples
+    progress = Progress(plan.name, total, plan.exp.metric, plan.exp.mode, plan.args.progress_seconds,
+                        explain=plan.error_message)
+    tuner, restored = build_tuner(plan, meta, progress=progress)
     try:
         tuner.fit()
     except Exception as exc:  # noqa: BLE001 - a restored state that breaks mid-run: start afresh
@@ -351,11 +387,14 @@ def sweep(plan: Plan) -> int:
             raise
         print(f"warning: resumed Tune run failed ({type(exc).__name__}: {exc}); starting afresh, "
               "trials with finished part files are skipped", flush=True)
-        build_tuner(plan, meta, fresh=True)[0].fit()
+        build_tuner(plan, meta, fresh=True, progress=progress)[0].fit()
+    if progress.fatal:
+        print(f"error: sweep stopped at its first unfixable fault: {progress.fatal}", file=sys.stderr, flush=True)
+        return 1
     missing = plan.missing()
     if missing:  # Tune saw them finish, but their part files are gone or unreadable
         print(f"{len(missing)} finished trials have no readable part file; running them again", flush=True)
-        build_tuner(plan, meta, cells=missing)[0].fit()
+        build_tuner(plan, meta, cells=missing, progress=progress)[0].fit()
     print(f"\nresults: {plan.store.results}")
     print(summarize(plan))
     print(f"driver peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

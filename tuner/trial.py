@@ -22,6 +22,7 @@ from ray import tune
 from trainables.common import (STATUS_ERROR, STATUS_OK, config_row, load_checkpoint,
                                save_checkpoint)
 from tuner import registry
+from tuner.metrics import TrialMetrics
 from tuner.store import ResultStore, trial_key
 
 
@@ -47,8 +48,10 @@ def run_trial(config: dict) -> None:
         "tune_metric": exp.metric, "tune_mode": exp.mode, "summary_by": json.dumps(list(method.summary_columns))}
     table = store.read_part(key)
     if store.finished(table):
-        tune.report({exp.metric: headline(method, table.to_pylist(), exp.metric, exp.mode), "skipped": True})
+        tune.report({exp.metric: headline(method, table.to_pylist(), exp.metric, exp.mode), "skipped": True,
+                     "settings": len(settings), "status": table.column("status")[0].as_py()})
         return
+    watch = TrialMetrics(exp.name, config["name"], meta["trial_id"])
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     base = config_row(cfg) | config_row(ecfg) | meta
     arrays = {}
@@ -60,7 +63,7 @@ def run_trial(config: dict) -> None:
             with checkpoint.as_directory() as folder:
                 state = load_checkpoint(os.path.join(folder, "state.pt"))
         t0 = time.perf_counter()
-        result = method.train(cfg, data, _reporter(config.get("checkpoint_seconds", 30.0)), state)
+        result = method.train(cfg, data, _reporter(config.get("checkpoint_seconds", 30.0), watch), state)
         train_seconds = time.perf_counter() - t0
         arrays = dict(result.artefacts)
         if result.status == STATUS_OK:
@@ -79,10 +82,13 @@ def run_trial(config: dict) -> None:
         # Left behind if every retry fails; a later successful attempt replaces it.
         store.write_part(key, [base | {"status": STATUS_ERROR, "message": f"{type(exc).__name__}: {exc}",
                                        "traceback": traceback.format_exc()[-4000:]}])
+        watch.finished(STATUS_ERROR, 1, exp.metric, float("nan"))
         raise
     store.write_part(key, rows, arrays)
-    tune.report({exp.metric: headline(method, rows, exp.metric, exp.mode), "status": rows[0]["status"],
-                 "done": True})
+    best = headline(method, rows, exp.metric, exp.mode)
+    watch.finished(rows[0]["status"], len(rows), exp.metric, best)
+    tune.report({exp.metric: best, "status": rows[0]["status"], "done": True,
+                 "settings": len(settings) if rows[0]["status"] == STATUS_OK else 0, "rows": len(rows)})
 
 
 def headline(method, rows: list[dict], metric: str, mode: str) -> float:
@@ -94,12 +100,14 @@ def headline(method, rows: list[dict], metric: str, mode: str) -> float:
     return max(values) if mode == "max" else min(values)
 
 
-def _reporter(checkpoint_seconds: float):
+def _reporter(checkpoint_seconds: float, watch: TrialMetrics | None = None):
     """A training callback that reports progress and checkpoints every `checkpoint_seconds`."""
     last = {"report": 0.0, "checkpoint": time.monotonic()}
 
     def callback(progress) -> None:
         now = time.monotonic()
+        if watch is not None:
+            watch.epoch(now)
         metrics = {"epoch": progress.epoch, "loss": progress.loss}
         if now - last["checkpoint"] >= checkpoint_seconds:
             with tempfile.TemporaryDirectory() as folder:
