@@ -14,6 +14,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from trainables import injection
 from trainables.common import STATUS_DIVERGED, STATUS_OK, config_row, load_checkpoint, save_checkpoint
+from trainables.data import DataConfig
 from trainables.discriminative import (ClassifierConfig, build_classifier, evaluate_classifier,
                                        train_classifier)
 from trainables.checks import ConfigError
@@ -216,7 +217,7 @@ def test_accuracy_at_n_equals_fresh_run_with_n_max_n(trained, tiny):
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(arch="resnet101"), r"arch='resnet101'.*allowed: small_cnn, resnet18, resnet34, resnet50, vgg11, vgg16"),
-    (dict(stem="tiny"), r"stem='tiny'.*allowed: imagenet, cifar"),
+    (dict(stem="tiny"), r"stem='tiny'.*allowed: imagenet, cifar, auto"),
     (dict(placement_train="odd"), r"placement_train='odd'.*allowed: full"),
     (dict(alpha_train=-0.1), r"alpha_train=-0.1.*allowed: \[0.0"),
     (dict(distribution_train="normal"), r"distribution_train='normal'.*allowed: gaussian"),
@@ -268,3 +269,15 @@ def test_cifar_stem_keeps_resolution_where_the_imagenet_stem_quarters_it():
         assert model(torch.rand(2, 1, 8, 8)).shape == (2, 4)
     assert seen == {"imagenet": 2, "cifar": 8}
     assert build_classifier("resnet18", 1, 4, 8, stem="cifar").conv1.kernel_size == (3, 3)
+
+
+def test_the_stem_defaults_to_cifar_up_to_64_px():
+    assert ClassifierConfig().stem == "cifar"  # the default data are 32 px
+    assert ClassifierConfig(data=DataConfig(image_size=96)).stem == "imagenet"
+    assert ClassifierConfig(stem="imagenet").stem == "imagenet"
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 3, 10, 32, stem=ClassifierConfig().stem)
+    seen = []
+    model.layer1.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[-2:])))
+    model.eval()(torch.rand(1, 3, 32, 32))
+    assert seen == [(32, 32)]  # a cifar-stem ResNet18 keeps 32x32 after its stem

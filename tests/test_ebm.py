@@ -347,3 +347,71 @@ def test_empty_settings_are_refused(trained):
     bank, data, cfg = trained
     with pytest.raises(ConfigError, match="settings"):
         evaluate(bank, data, [], cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Choices the paper leaves open: noise shared across classes, no noise on the output layer
+
+
+def _twin_bank(seed=0) -> AutoencoderBank:
+    """Two classes with the very same autoencoder: their energies can differ only by their noise."""
+    torch.manual_seed(seed)
+    ae = Autoencoder(1, (30, 73, 100))
+    return AutoencoderBank.from_autoencoders([ae, ae])
+
+
+def test_common_noise_gives_identical_autoencoders_equal_energies_draw_by_draw():
+    from trainables.ebm import SamplingEvaluator
+    bank, x = _twin_bank(), torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    spec = NoiseSpec("gaussian", 0.5)
+    per_class = {}
+    for sharing in ("common", "independent"):
+        ev = SamplingEvaluator(bank, NoiseParams(), EvalConfig(block_draws=5, noise_sharing=sharing), 8)
+        with torch.no_grad():
+            per_class[sharing] = ev.energies(x, ev.clean(x), spec, 0, 0, 10)
+    assert torch.equal(per_class["common"][0], per_class["common"][1])
+    assert not torch.allclose(per_class["independent"][0], per_class["independent"][1])
+    # Class 0 draws from the same keys either way; only the other classes' draws change.
+    assert torch.equal(per_class["common"][0], per_class["independent"][0])
+
+
+def test_common_and_independent_noise_agree_in_mean_energy_within_sampling_error(trained):
+    from trainables.ebm import SamplingEvaluator
+    bank, data, cfg = trained
+    x, n = data.x_test[:20], 400
+    spec = NoiseSpec("gaussian", 0.7)
+    draws = {}
+    for sharing in ("common", "independent"):
+        ev = SamplingEvaluator(bank, cfg.noise_params, EvalConfig(block_draws=20, noise_sharing=sharing), 8, seed=3)
+        with torch.no_grad():
+            draws[sharing] = ev.energies(x, ev.clean(x), spec, 0, 0, n).double()
+    a, b = draws["common"], draws["independent"]
+    z = (a.mean(-1) - b.mean(-1)) / ((a.var(-1) + b.var(-1)) / n).sqrt()  # per (class, image)
+    assert z.abs().max() < 5 and abs(float(z.mean())) < 0.5, z
+    # ...while the differences the argmin reads vary less with common noise.
+    assert float((a[1] - a[0]).var(-1).mean()) < float((b[1] - b[0]).var(-1).mean())
+
+
+def test_hidden_placement_puts_no_noise_on_the_output_layer(trained):
+    """With a huge alpha, noise after the sigmoid would push energies past D = 64 (pixels and
+    reconstructions in [0, 1]); `hidden` stops at layer 5, so no draw can."""
+    from trainables.ebm import SamplingEvaluator
+    bank, data, cfg = trained
+    ev = SamplingEvaluator(bank, cfg.noise_params, EvalConfig(block_draws=10), 8)
+    x = data.x_test[:10]
+    assert NoiseSpec("gaussian", 1.0, "hidden").layers == (1, 2, 3, 4, 5)
+    with torch.no_grad():
+        hidden = ev.energies(x, ev.clean(x), NoiseSpec("gaussian", 20.0, "hidden"), 0, 0, 10)
+        full = ev.energies(x, ev.clean(x), NoiseSpec("gaussian", 20.0, "full"), 0, 0, 10)
+    assert float(hidden.max()) <= 64 and float(full.max()) > 64
+    assert float(hidden.std()) > 0  # the hidden layers' noise still reaches the output
+
+
+def test_rows_carry_the_evidence_that_n_is_large_enough(trained):
+    bank, data, cfg = trained
+    rows = _by_key(evaluate(bank, data, [NoiseSpec("gaussian", 0.5)], cfg, EvalConfig(n_checkpoints=(1, 4, 64))))
+    r1, r4, r64 = (rows[(0.5, "gaussian", "full", n)] for n in (1, 4, 64))
+    assert math.isnan(r1["energy_mean_std_median"]) and r1["energy_gap_median"] > 0
+    # The std of an n-draw mean shrinks like 1/sqrt(n): 4 -> 64 draws is a factor of about 4.
+    assert 2.5 < r4["energy_mean_std_median"] / r64["energy_mean_std_median"] < 6
+    assert r64["energy_gap_median"] > 0 and r64["noise_sharing"] == "independent"

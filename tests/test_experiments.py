@@ -21,7 +21,7 @@ from tuner.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = {"family", "method", "experiment", "preset", "seed", "status", "trial_key", "git_commit", "ray_version",
-          "train_seconds", "tune_metric", "tune_mode", "headline", "summary_by"}
+          "train_seconds", "tune_metric", "tune_mode", "headline", "summary_by", "overrides", "git_dirty"}
 
 
 @pytest.mark.slow
@@ -41,6 +41,7 @@ def test_smoke_run_writes_the_expected_rows(tmp_path, name):
     assert COMMON <= set(df.columns)
     assert set(df["status"]) == {"ok"}, df["message"].unique()
     assert set(df["family"]) == {method.family} and set(df["method"]) == {method.name}
+    assert set(df["overrides"]) == {"{}"} and set(df["git_dirty"]) <= {"true", "false"}
     assert set(df["tune_metric"]) == {exp.metric} and df[exp.metric].notna().all()
     assert set(method.setting_columns.values()) <= set(df.columns)
     assert json.loads(df["summary_by"].iloc[0]) == list(method.summary_columns)

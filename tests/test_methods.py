@@ -100,9 +100,11 @@ def test_a_diverging_run_ends_diverged_without_raising(run, method):
     m = METHODS[method]
     assert m.diverging, f"{method} declares no diverging overrides"
     point = experiment_of(method).space("smoke").train[0]
+    overrides = {k: v for k, v in m.diverging.items() if k not in point}
     rows, session = run(method, "diverged", point=point | {k: v for k, v in m.diverging.items() if k in point},
-                        overrides={k: v for k, v in m.diverging.items() if k not in point})
+                        overrides=overrides)
     assert list(rows["status"]) == [STATUS_DIVERGED] and rows["message"].iloc[0]
+    assert json.loads(rows["overrides"].iloc[0]) == overrides  # the run's --set, readable in every row
     assert session.reports[-1]["status"] == STATUS_DIVERGED
 
 

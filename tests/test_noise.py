@@ -69,7 +69,7 @@ def test_global_rng_is_untouched():
 
 def test_placements_cover_the_paper():
     assert PLACEMENTS == {"full": (1, 2, 3, 4, 5, 6), "odd": (1, 3, 5), "even": (2, 4, 6),
-                          "enc": (1, 2, 3), "dec": (4, 5, 6)}
+                          "enc": (1, 2, 3), "dec": (4, 5, 6), "hidden": (1, 2, 3, 4, 5)}
     assert NoiseSpec("gaussian", 0.5, "odd").layers == (1, 3, 5)
     assert NoiseSpec("gaussian", 0.0, "odd").layers == ()
 

@@ -34,7 +34,9 @@ class ClassifierConfig:
 
     data: DataConfig = DataConfig()
     arch: str = "small_cnn"  # models.ARCHS: small_cnn, or a torchvision model (weights=None)
-    stem: str = "imagenet"  # imagenet (torchvision's layers) | cifar (3x3 stride-1, no max-pool; ResNets)
+    # ResNet stem: cifar (3x3 stride 1, no max-pool: the CIFAR-style networks of the paper's ~93.6%
+    # baselines) | imagenet (torchvision's 7x7 stride 2 + max-pool) | auto (cifar up to 64 px).
+    stem: str = "auto"
     epochs: int = 30  # paper: 30
     batch_size: int = 128  # paper silent; the last incomplete batch of an epoch is dropped
     lr: float = 1e-3  # Adam, default betas (paper)
@@ -49,7 +51,9 @@ class ClassifierConfig:
 
     def __post_init__(self):
         check_choice("arch", self.arch, ARCHS)
-        check_choice("stem", self.stem, STEMS)
+        check_choice("stem", self.stem, (*STEMS, "auto"))
+        if self.stem == "auto":  # resolved here, so rows record the stem that was built
+            object.__setattr__(self, "stem", "cifar" if self.data.image_size <= 64 else "imagenet")
         check_int("epochs", self.epochs, 1)
         check_int("batch_size", self.batch_size, 1)
         check_range("lr", self.lr, 0.0, low_open=True)

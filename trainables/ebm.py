@@ -54,6 +54,7 @@ PLACEMENTS: dict[str, tuple[int, ...]] = {  # the layers a placement perturbs (p
     "even": (2, 4, 6),
     "enc": (1, 2, 3),
     "dec": (4, 5, 6),
+    "hidden": (1, 2, 3, 4, 5),  # every layer but the output: no noise (or dropout) on the reconstruction
 }
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class EBMConfig:
 
 
 PRECISIONS = ("fp32", "bf16")
+NOISE_SHARING = ("independent", "common")
 
 
 @dataclass(frozen=True)
@@ -157,10 +159,16 @@ class EvalConfig:
     # stays, bench/README.md). Noise is drawn and energies summed in fp32, the same draws on the
     # same elements as fp32, so only rounding differs.
     precision: str = "fp32"
+    # Test noise across the class autoencoders within one sample: "independent" (a fresh draw per
+    # class, as separate autoencoders would have) or "common" (one draw shared by all classes:
+    # common random numbers, unbiased per class, lower variance of the energy differences that
+    # the argmin reads). The paper is silent (PROTOCOLS sec. 1).
+    noise_sharing: str = "independent"
 
     def __post_init__(self):
         object.__setattr__(self, "n_checkpoints", check_checkpoints(self.n_checkpoints))
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("noise_sharing", self.noise_sharing, NOISE_SHARING)
         check_optional_int("eval_seed", self.eval_seed, 0)
         check_int("block_images", self.block_images, 1)
         check_int("block_draws", self.block_draws, 1)
@@ -543,13 +551,18 @@ class SamplingEvaluator:
         k = last_block - first_block + 1
         b = x.shape[0]
         streams = self.ecfg.noise_streams
-        gens = [[make_generator(_noise_key(self.seed, spec, image_block, first_block + j, s), x.device)
-                 for s in range(streams)] for j in range(k)]
+        def generators():
+            return [[make_generator(_noise_key(self.seed, spec, image_block, first_block + j, s), x.device)
+                     for s in range(streams)] for j in range(k)]
+
+        gens = generators()
         scratch = torch.empty(k, b * bd * max(math.prod(self.shapes[i - 1]) for i in spec.layers),
                               device=x.device)
         start = spec.layers[0]
         out = []
         for c in range(self.bank.num_classes):
+            if c and self.ecfg.noise_sharing == "common":
+                gens = generators()  # the same keys again: every class sees the same draws
             a = self.memory_order(clean[c][start - 1])  # batch order below is (draw block, image, draw)
             h = a.unsqueeze(0).unsqueeze(2).expand(k, b, bd, *a.shape[1:]).reshape(k * b * bd, *a.shape[1:])
             h = h.permute(0, 3, 1, 2) if self.format == torch.channels_last else h
@@ -618,6 +631,9 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
         rows += [base | setting | r for r in rows_at_checkpoints(ecfg.n_checkpoints, spec.alpha > 0, lambda m, t=tally: {
             "accuracy": t.correct[m] / total, "energy_mean": t.mean[m] / total,
             "energy_var": t.var[m] / total if m > 1 else float("nan"),
+            # Per image: best vs second-best class mean energy, and the std of a class's n-draw
+            # mean; a gap well above that std means n was large enough for the argmin.
+            "energy_gap_median": t.median_gap(m), "energy_mean_std_median": t.median_mean_std(m),
             "test_images": total, "eval_seconds": secs})]
     return rows
 

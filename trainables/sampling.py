@@ -36,8 +36,11 @@ class DrawTally:
     """Running per-(class, image) sums of a score over draws, read out at each checkpoint n.
 
     `pick` is "argmin" (energies: the lowest wins) or "argmax" (probabilities). With
-    `moments`, the mean score and its across-draw variance are tallied too. `seconds[n]` is the
-    time spent in add_block up to checkpoint n, summed over blocks.
+    `moments`, the mean score and its across-draw variance are tallied too, and per image the
+    evidence that says whether n is large enough: the gap between the best and the second-best
+    class's n-draw mean score, and the std of a class's n-draw mean (sqrt(var / n)); their
+    medians over images are `median_gap(n)` and `median_mean_std(n)`. `seconds[n]` is the time
+    spent in add_block up to checkpoint n, summed over blocks.
     """
 
     def __init__(self, checkpoints, pick: str = "argmin", moments: bool = True):
@@ -46,6 +49,8 @@ class DrawTally:
         self.mean = {n: 0.0 for n in self.checkpoints}
         self.var = {n: 0.0 for n in self.checkpoints}
         self.seconds = {n: 0.0 for n in self.checkpoints}
+        self.gaps = {n: [] for n in self.checkpoints}
+        self.mean_stds = {n: [] for n in self.checkpoints}
 
     def add_block(self, per_draw: Callable[[int, int], torch.Tensor], labels, n_total: int, step: int,
                   clock: Callable[[], float] | None = None) -> None:
@@ -67,12 +72,25 @@ class DrawTally:
                         self.seconds[n] += clock() - t0
                     if self.moments:
                         sum2 = c2[..., n - done - 1]
-                        self.mean[n] += float((sum1 / n).mean(0).sum())
+                        mean = sum1 / n
+                        self.mean[n] += float(mean.mean(0).sum())
+                        if mean.shape[0] > 1:
+                            two = mean.topk(2, dim=0, largest=self.pick == "argmax").values
+                            self.gaps[n].append((two[0] - two[1]).abs().cpu())
                         if n > 1:
-                            self.var[n] += float(((sum2 - sum1 * sum1 / n) / (n - 1)).mean(0).sum())
+                            var = (sum2 - sum1 * sum1 / n) / (n - 1)
+                            self.var[n] += float(var.mean(0).sum())
+                            self.mean_stds[n].append((var.clamp_min(0) / n).sqrt().flatten().cpu())
             s1 = c1[..., -1:]
             s2 = c2[..., -1:] if self.moments else 0.0
             done = upto
+
+
+    def median_gap(self, n: int) -> float:
+        return float(torch.cat(self.gaps[n]).median()) if self.gaps[n] else float("nan")
+
+    def median_mean_std(self, n: int) -> float:
+        return float(torch.cat(self.mean_stds[n]).median()) if self.mean_stds[n] else float("nan")
 
 
 def rows_at_checkpoints(points, noisy: bool, at: Callable[[int], dict]) -> list[dict]:

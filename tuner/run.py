@@ -205,13 +205,18 @@ def run_metadata() -> dict:
         version = metadata.version("noisetune")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    return {"noisetune_version": version, "git_commit": commit, "torch_version": torch.__version__,
-            "ray_version": ray.__version__, "driver_host": socket.gethostname()}
+    def git(*args) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = (git("rev-parse", "--short", "HEAD") or "").strip() or "unknown"
+    status = git("status", "--porcelain", "--untracked-files=no")  # uncommitted edits to tracked files
+    return {"noisetune_version": version, "git_commit": commit,
+            "git_dirty": "unknown" if status is None else str(bool(status.strip())).lower(),
+            "torch_version": torch.__version__, "ray_version": ray.__version__, "driver_host": socket.gethostname()}
 
 
 def list_experiments() -> str:

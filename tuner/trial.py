@@ -45,7 +45,8 @@ def run_trial(config: dict) -> None:
     meta = config["meta"] | {
         "family": method.family, "method": method.name, "experiment": exp.name, "preset": config["preset"],
         "trial_key": key, "trial_id": tune.get_context().get_trial_id(), "host": os.uname().nodename,
-        "tune_metric": exp.metric, "tune_mode": exp.mode, "summary_by": json.dumps(list(method.summary_columns))}
+        "tune_metric": exp.metric, "tune_mode": exp.mode, "summary_by": json.dumps(list(method.summary_columns)),
+        "overrides": json.dumps(config["overrides"], sort_keys=True, default=str)}  # the run's --set, readable
     table = store.read_part(key)
     if store.finished(table):
         tune.report({exp.metric: headline(method, table.to_pylist(), exp.metric, exp.mode), "skipped": True,
