@@ -136,7 +136,7 @@ def write_folder(root: Path, subdir: str, splits: tuple[str, str], n_classes: in
 
 
 def test_registry_lists_every_data_set():
-    expected = {"digits", "textures", "mnist", "fashion_mnist", "cifar10", "cifar100", "cifar20",
+    expected = {"digits", "textures", "mnist", "fashion_mnist", "cifar10", "cifar100", "cifar20", "cifar20_coarse",
                 "caltech101_20", "flowers102_20", "cub200_20", "tiny_imagenet"}
     assert set(dataset_names()) == expected == set(DATASETS)
     assert "PROXY" in DATASETS["textures"].description
@@ -232,13 +232,16 @@ def test_data_root_from_environment(tmp_path, skip_md5, monkeypatch):
     check_shapes(data, 10, 1, 16)
 
 
-def test_cifar100_fine_and_cifar20_coarse(tmp_path, skip_md5):
+def test_cifar100_fine_cifar20_first_twenty_fine_and_cifar20_coarse(tmp_path, skip_md5):
     write_cifar100(tmp_path)
     fine = load_dataset(DataConfig(dataset="cifar100", data_root=str(tmp_path), download=False))
     check_shapes(fine, 100, 1, 32)
     assert fine.class_names[5] == "fine5" and fine.y_train.bincount().tolist() == [2] * 100
+    twenty = load_dataset(DataConfig(dataset="cifar20", data_root=str(tmp_path), download=False))
+    check_shapes(twenty, 20, 1, 32)
+    assert twenty.class_names == [f"fine{i}" for i in range(20)]  # the first 20 fine classes (PROTOCOLS)
     coarse = load_dataset(
-        DataConfig(dataset="cifar20", classes=(7, 3), data_root=str(tmp_path), download=False)
+        DataConfig(dataset="cifar20_coarse", classes=(7, 3), data_root=str(tmp_path), download=False)
     )
     check_shapes(coarse, 2, 1, 32)
     assert coarse.class_names == ["coarse7", "coarse3"]
@@ -297,7 +300,7 @@ def test_folder_set_with_too_few_classes(tmp_path):
 
 @pytest.mark.parametrize("name, layout", [
     ("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"), ("cifar10", "cifar-10-batches-py"),
-    ("cifar100", "cifar-100-python"), ("cifar20", "cifar-100-python"),
+    ("cifar100", "cifar-100-python"), ("cifar20", "cifar-100-python"), ("cifar20_coarse", "cifar-100-python"),
     ("caltech101_20", "caltech101/101_ObjectCategories"), ("flowers102_20", "flowers-102"),
     ("cub200_20", "cub200/train"), ("tiny_imagenet", "tiny_imagenet/train"),
 ])

@@ -39,7 +39,7 @@ SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "BaseLoader", "CBaseLoader"}
 # (file, call) -> why it is acceptable. Each entry must still match something (no stale entries).
 ALLOWED = {
     ("trainables/data.py", "pickle.load"):
-        "cifar20 reads the coarse labels from CIFAR-100's own batch files, which are pickles; they "
+        "cifar20_coarse reads the coarse labels from CIFAR-100's own batch files, which are pickles; they "
         "come from the data root after torchvision's MD5 check of those very files (a data root the "
         "user points NOISETUNE_DATA at is trusted like the code; README 'On a cluster').",
 }
@@ -185,7 +185,7 @@ def test_the_cifar_pickles_are_read_only_after_torchvision_checked_them():
     import torchvision.datasets as tvd
 
     from trainables import data
-    source = inspect.getsource(data._load_cifar20)
+    source = inspect.getsource(data._load_cifar20_coarse)
     assert source.index('_cifar(cfg, root, "CIFAR100")') < source.index("pickle.load")
     assert "_check_integrity()" in inspect.getsource(tvd.CIFAR10.__init__)
     names = {name for name, _ in tvd.CIFAR100.train_list + tvd.CIFAR100.test_list} | {tvd.CIFAR100.meta["filename"]}
@@ -393,4 +393,4 @@ def test_readme_says_why_the_dashboard_must_not_face_the_internet():
 
 def test_readme_states_the_one_pickle_exception():
     section = _cluster_section()
-    assert "pickle" in section and "cifar20" in section and "weights_only=True" in section
+    assert "pickle" in section and "cifar20_coarse" in section and "weights_only=True" in section
