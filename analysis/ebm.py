@@ -7,13 +7,66 @@ DataFrame from analysis.load.
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from analysis import tables
 from analysis.figures import has, heatmap, lines, need, one_dataset, plt, same, save
-from analysis.stats import ok_rows, protocol_matches, summarize
+from analysis.stats import ok_rows, protocol_differences, summarize
 
 FAMILY = "ebm"
+
+# ---------------------------------------------------------------------------------------------
+# Never pool: every table, figure and finding keeps apart each configuration that varies.
+
+# Configuration columns of hand-made or older frames without a `config_columns` column.
+KNOWN_CONFIG = ("method", "dataset", "image_size", "channels", "classes", "train_limit", "test_limit",
+                "distribution_train", "alpha_train", "placement_train", "dropout_rate", "distribution_test",
+                "alpha_test", "placement_test", "noise_sharing", "hidden_channels", "hidden_activation",
+                "output_activation", "lr", "batch_size", "epochs", "steps", "precision", "arch", "stem")
+# The value a figure fixes a column to when it varies and is not drawn (else the first value).
+PREFERRED = {"method": "ebm", "dropout_rate": 0.0, "distribution_train": "gaussian", "distribution_test": "gaussian",
+             "placement_train": "full", "placement_test": "full", "noise_sharing": "independent", "precision": "fp32"}
+NOT_SETTINGS = {"seed", "eval_seed", "data_root", "download", "device", "memory_mb", "block_images", "block_draws",
+                "noise_streams", "n_checkpoints", "eval_batch_size"}  # seeds, and fields that do not change results
+
+
+def config_columns(d: pd.DataFrame) -> list[str]:
+    """The configuration columns of the rows: named by the rows themselves, else the known ones."""
+    names = list(KNOWN_CONFIG)
+    if "config_columns" in d.columns:
+        for text in d["config_columns"].dropna().unique():
+            names += [n for n in json.loads(text) if n not in names]
+    return [n for n in names if n in d.columns and n not in NOT_SETTINGS]
+
+
+def one_setting(d: pd.DataFrame, keep) -> tuple[pd.DataFrame, dict]:
+    """Rows of one configuration apart from the columns in `keep`: each other configuration
+    column that varies is fixed to its preferred (or first) value. Returns (rows, what was fixed)
+    so that the figure or table can say so; the seeds are what remains to average over."""
+    fixed = {}
+    for col in sorted(config_columns(d), key=lambda c: (c not in PREFERRED, c)):
+        if col in keep or col not in d.columns or d[col].nunique(dropna=False) < 2:
+            continue
+        values = list(d[col].dropna().unique())
+        pick = PREFERRED[col] if PREFERRED.get(col) in values else sorted(values, key=str)[0]
+        d = d[d[col] == pick]
+        fixed[col] = pick
+    return d, fixed
+
+
+def fixed_text(fixed: dict) -> str:
+    return ("fixed: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in fixed.items())
+            if fixed else "")
+
+
+def autoencoder_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Ok rows of the autoencoder bank (the discriminative classifiers' rows are kept apart)."""
+    d = ok_rows(df)
+    if "method" in d.columns:
+        return d[d["method"] == "ebm"]
+    return d[d["arch"].isna()] if "arch" in d.columns else d
 
 # ---------------------------------------------------------------------------------------------
 # Table 1: (alpha_train, alpha_test) cells x data sets, "mean ± SEM" in %
@@ -31,11 +84,8 @@ def table1(df: pd.DataFrame, n=None, cells=None) -> pd.DataFrame:
     cells that are present, else every (alpha_train, alpha_test) pair present.
 
     Returns strings; `.attrs["summary"]` keeps the numbers (mean, sem, count per cell)."""
-    d = ok_rows(df)
-    if "distribution_train" in d.columns and "distribution_test" in d.columns:
-        d = d[d["distribution_train"] == d["distribution_test"]]
-    if "placement_train" in d.columns and "placement_test" in d.columns:
-        d = d[d["placement_train"] == d["placement_test"]]
+    d = same(same(autoencoder_rows(df), "distribution_train", "distribution_test"), "placement_train", "placement_test")
+    d, fixed = one_setting(d, {"alpha_train", "alpha_test", "dataset"})
     if d.empty:
         return pd.DataFrame()
     n = int(d["n"].max()) if n is None else int(n)
@@ -54,6 +104,7 @@ def table1(df: pd.DataFrame, n=None, cells=None) -> pd.DataFrame:
     table = table.fillna("")
     table.attrs["summary"] = s
     table.attrs["n"] = n
+    table.attrs["fixed"] = fixed
     return table
 
 
@@ -69,15 +120,20 @@ def largest_n(df: pd.DataFrame, n) -> tuple[pd.DataFrame, int]:
 
 
 
-def heatmap_alpha(df: pd.DataFrame, n=None, dataset=None, out=None):
-    """Fig. 3: accuracy over alpha_train (rows) x alpha_test (columns) at one n."""
-    d, name = one_dataset(ok_rows(df), dataset)
+def heatmap_alpha(df: pd.DataFrame, n=None, dataset=None, out=None, rows: str = "train"):
+    """Fig. 3: accuracy over alpha_train x alpha_test at one n. rows="train" puts train alpha on
+    the rows; rows="test" is the paper's orientation (its y-axis is "Test NoiseScalar")."""
+    d, name = one_dataset(autoencoder_rows(df), dataset)
     d = same(same(d, "distribution_train", "distribution_test"), "placement_train", "placement_test")
+    d, fixed = one_setting(d, {"alpha_train", "alpha_test", "dataset"})
     d = need(d, "heatmap_alpha")
     d, n = largest_n(d, n)
     s = need(summarize(d, ["alpha_train", "alpha_test"]), "heatmap_alpha")
-    pivot = s.pivot(index="alpha_train", columns="alpha_test", values="mean").sort_index().sort_index(axis=1)
-    fig = heatmap(pivot, f"{name} accuracy (%), n={n}", "alpha_test", "alpha_train", diagonal=True)
+    index, columns = ("alpha_train", "alpha_test") if rows == "train" else ("alpha_test", "alpha_train")
+    pivot = s.pivot(index=index, columns=columns, values="mean").sort_index().sort_index(axis=1)
+    title = f"{name} accuracy (%), n={n}, rows: {index}" + (f"\n{fixed_text(fixed)}" if fixed else "")
+    fig = heatmap(pivot, title, columns, index, diagonal=True)
+    fig.fixed = fixed
     fig.plotted = s
     fig.pivot = pivot
     return save(fig, out)
@@ -85,12 +141,14 @@ def heatmap_alpha(df: pd.DataFrame, n=None, dataset=None, out=None):
 
 def accuracy_vs_n(df: pd.DataFrame, dataset=None, out=None):
     """Fig. 7: accuracy against the number of draws n (log axis), one line per alpha cell."""
-    d, name = one_dataset(ok_rows(df), dataset)
+    d, name = one_dataset(autoencoder_rows(df), dataset)
     d = same(same(d, "distribution_train", "distribution_test"), "placement_train", "placement_test")
+    d, fixed = one_setting(d, {"alpha_train", "alpha_test", "dataset"})
     s = need(summarize(d, ["alpha_train", "alpha_test", "n"]), "accuracy_vs_n")
     fig, ax = lines(s, ["alpha_train", "alpha_test"], "n", lambda k: f"({k[0]:g}, {k[1]:g})",
-                     "n (noise draws at inference)", f"{name}: accuracy vs n",
+                     "n (noise draws at inference)", f"{name}: accuracy vs n" + (f"\n{fixed_text(fixed)}" if fixed else ""),
                      legend_title="(alpha_train, alpha_test)")
+    fig.fixed = fixed
     ax.set_xscale("log")
     ns = sorted(s["n"].unique())
     ax.set_xticks(ns, [f"{v:g}" for v in ns])
@@ -101,31 +159,35 @@ def accuracy_vs_n(df: pd.DataFrame, dataset=None, out=None):
 
 def accuracy_vs_alpha(df: pd.DataFrame, n=None, dataset=None, out=None):
     """Figs. 4/6: accuracy against alpha (train = test) for each distribution."""
-    d, name = one_dataset(ok_rows(df), dataset)
+    d, name = one_dataset(autoencoder_rows(df), dataset)
     d = same(same(d, "distribution_train", "distribution_test"), "placement_train", "placement_test")
+    d, fixed = one_setting(d, {"alpha_train", "alpha_test", "dataset", "distribution_train", "distribution_test"})
     d = need(d[d["alpha_train"] == d["alpha_test"]], "accuracy_vs_alpha")
     d, n = largest_n(d, n)
     s = need(summarize(d, ["distribution_train", "alpha_train"]), "accuracy_vs_alpha")
     if s["alpha_train"].nunique() < 2:
         raise ValueError("only one alpha on the diagonal")
     fig, _ = lines(s, ["distribution_train"], "alpha_train", lambda k: str(k[0]), "alpha (train = test)",
-                    f"{name}: accuracy vs alpha, n={n}")
+                    f"{name}: accuracy vs alpha, n={n}" + (f"\n{fixed_text(fixed)}" if fixed else ""))
+    fig.fixed = fixed
     fig.tight_layout()
     return save(fig, out)
 
 
 def _train_test_heatmap(df, axis: str, held: str, alpha, n, dataset, out, title: str):
     """Train x test heatmap over `axis` (distribution or placement), `held` matched, at one alpha."""
-    d, name = one_dataset(ok_rows(df), dataset)
+    d, name = one_dataset(autoencoder_rows(df), dataset)
     d = same(d, f"{held}_train", f"{held}_test")
+    d, fixed = one_setting(d, {"alpha_train", "alpha_test", "dataset", f"{axis}_train", f"{axis}_test"})
     d = need(d[(d["alpha_train"] == alpha) & (d["alpha_test"] == alpha)], title)
     d, n = largest_n(d, n)
     s = summarize(d, [f"{axis}_train", f"{axis}_test"])
     pivot = s.pivot(index=f"{axis}_train", columns=f"{axis}_test", values="mean")
     if max(pivot.shape) < 2:
         raise ValueError(f"only one {axis} present")
-    fig = heatmap(pivot, f"{name}: {axis}s, alpha={alpha:g}, n={n}",
+    fig = heatmap(pivot, f"{name}: {axis}s, alpha={alpha:g}, n={n}" + (f"\n{fixed_text(fixed)}" if fixed else ""),
                    f"test {axis}", f"train {axis}", diagonal=True)
+    fig.fixed = fixed
     fig.plotted = s
     return save(fig, out)
 
@@ -142,10 +204,11 @@ def heatmap_placements(df: pd.DataFrame, alpha=1.0, n=None, dataset=None, out=No
 
 def noise_vs_dropout(df: pd.DataFrame, n=None, out=None):
     """Fig. 2: activation noise (alpha, train = test, no dropout) against dropout rate c (no noise)."""
-    d = ok_rows(df)
+    d = autoencoder_rows(df)
     if not has(d, "dropout_rate"):
         raise ValueError("no dropout_rate column")
     d = same(d, "placement_train", "placement_test")
+    d, fixed = one_setting(d, {"alpha_train", "alpha_test", "dataset", "dropout_rate"})
     d, n = largest_n(need(d, "noise_vs_dropout"), n)
     noise = d[(d["dropout_rate"].fillna(0) == 0) & (d["alpha_train"] == d["alpha_test"])]
     drop = d[(d["dropout_rate"] > 0) & (d["alpha_train"] == 0) & (d["alpha_test"] == 0)]
@@ -168,6 +231,7 @@ def discriminative(df: pd.DataFrame, n=None, out=None):
     if d.empty:
         raise ValueError("no discriminative rows")
     d = d[d["alpha_train"] == d["alpha_test"]]
+    d, fixed = one_setting(d, {"alpha_train", "alpha_test", "dataset", "arch", "method"})
     d, n = largest_n(need(d, "discriminative"), n)
     s = need(summarize(d, ["dataset", "arch", "alpha_train"]), "discriminative")
     fig, _ = lines(s, ["dataset", "arch"], "alpha_train", lambda k: f"{k[0]} {k[1]}", "alpha (train = test)",
@@ -189,9 +253,9 @@ FIGURES = {
 
 # ---------------------------------------------------------------------------------------------
 # Findings: the paper's qualitative claims, recomputed from data as sentences with numbers.
-# Published numbers (PROTOCOLS.md section 1, Anchors) are printed beside ours only when the run
-# matches the paper's protocol (CIFAR-10, Gaussian, full placement, preset paper); otherwise the
-# sentence says why it is not comparable.
+# Published numbers (PROTOCOLS.md section 1, Anchors) are printed beside ours only when the rows
+# have the paper's protocol in every field of PAPER_PROTOCOL (not merely the preset's name);
+# otherwise the sentence says which fields differ.
 
 # (alpha_train, alpha_test, n or None for any n) -> published accuracy in %.
 ANCHORS = {(0.0, 0.0, None): 20.48, (0.9, 0.9, 1000): 64.55, (0.9, 0.9, 10000): 65.88}
@@ -206,20 +270,9 @@ def _cells(d: pd.DataFrame) -> dict:
     return {(float(r.alpha_train), float(r.alpha_test)): (r.mean, r.sem, int(r.count)) for r in s.itertuples()}
 
 
-def _setting(d: pd.DataFrame) -> tuple[pd.DataFrame, str, str]:
-    """Matched train/test distribution and placement; Gaussian/full when present."""
-    dist = place = ""
-    if "distribution_train" in d.columns:
-        d = d[d["distribution_train"] == d["distribution_test"]]
-        vals = sorted(d["distribution_train"].dropna().astype(str).unique())
-        dist = "gaussian" if "gaussian" in vals else (vals[0] if vals else "")
-        d = d[d["distribution_train"] == dist]
-    if "placement_train" in d.columns:
-        d = d[d["placement_train"] == d["placement_test"]]
-        vals = sorted(d["placement_train"].dropna().astype(str).unique())
-        place = "full" if "full" in vals else (vals[0] if vals else "")
-        d = d[d["placement_train"] == place]
-    return d, dist, place
+def _only(d: pd.DataFrame, col: str) -> str:
+    vals = sorted(d[col].dropna().astype(str).unique()) if col in d.columns else []
+    return "/".join(vals)
 
 
 SYMMETRIC = {"gaussian", "cauchy", "uniform", "student_t"}  # the paper's Fig. 5 grouping
@@ -254,30 +307,39 @@ def _placement_findings(d: pd.DataFrame, where: str) -> list[str]:
             f"best matched placement: {per.idxmax()} ({_pct(per.max())}; the paper expects full)."]
 
 
+# The paper's protocol in every field that decides whether its numbers are ours to compare with.
+PAPER_PROTOCOL = {"dataset": "cifar10", "image_size": 32, "channels": 1, "epochs": 100, "steps": 0, "batch_size": 256,
+                  "distribution_train": "gaussian", "distribution_test": "gaussian", "placement_train": "full",
+                  "placement_test": "full", "dropout_rate": 0.0, "noise_sharing": "independent"}
+
+
 def findings(df: pd.DataFrame) -> list[str]:
-    """Sentences, one per finding, per data set; empty when there are no ok rows."""
+    """Sentences, one per finding, per data set; empty when there are no ok rows. Each finding
+    reads one configuration (what it fixes is in its brackets), never a pool of several."""
     out: list[str] = []
-    d0 = ok_rows(df)
-    if "method" in d0.columns:
-        d0 = d0[d0["method"] == "ebm"]  # the discriminative classifiers' rows are not the EBM grid
-    elif "arch" in d0.columns:
-        d0 = d0[d0["arch"].isna()]
+    d0 = autoencoder_rows(df)
     if d0.empty or "alpha_train" not in d0.columns:
         return out
     for dataset in sorted(d0["dataset"].dropna().astype(str).unique()):
         d = d0[(d0["dataset"] == dataset)]
         d = d[d["n"] == d["n"].max()]
         where = f"[{dataset}, n={int(d['n'].max())}]"
-        out += _law_findings(d, where) + _placement_findings(d, where)
+        laws, fixed = one_setting(d, {"dataset", "alpha_train", "alpha_test", "distribution_train", "distribution_test"})
+        places, fixed_p = one_setting(d, {"dataset", "alpha_train", "alpha_test", "placement_train", "placement_test"})
+        out += _law_findings(laws, where[:-1] + (f", {fixed_text(fixed)}]" if fixed else "]"))
+        out += _placement_findings(places, where[:-1] + (f", {fixed_text(fixed_p)}]" if fixed_p else "]"))
     for dataset in sorted(d0["dataset"].dropna().astype(str).unique()):
-        d, dist, place = _setting(d0[d0["dataset"] == dataset])
+        d = same(same(d0[d0["dataset"] == dataset], "distribution_train", "distribution_test"),
+                 "placement_train", "placement_test")
+        d, fixed = one_setting(d, {"dataset", "alpha_train", "alpha_test"})
         if d.empty:
             continue
+        dist, place = _only(d, "distribution_train"), _only(d, "placement_train")
         n = int(d["n"].max())
         c = _cells(d[d["n"] == n])
-        where = f"[{dataset}, {dist}, {place}, n={n}]"
-        presets = sorted(d["preset"].dropna().astype(str).unique()) if "preset" in d.columns else []
-        preset = ",".join(presets) or "?"
+        extra = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in fixed.items()
+                          if k not in ("distribution_train", "distribution_test", "placement_train", "placement_test"))
+        where = f"[{dataset}, {dist}, {place}, n={n}" + (f", {extra}" if extra else "") + "]"
         # (i) balanced noise vs none
         balanced = {k: v for k, v in c.items() if k[0] == k[1] and k[0] > 0}
         if (0.0, 0.0) in c and balanced:
@@ -299,8 +361,7 @@ def findings(df: pd.DataFrame) -> list[str]:
             a, b = c[(0.5, 0.0)][0], c[(0.0, 0.5)][0]
             out.append(f"{where} Asymmetry: acc(0.5, 0) = {_pct(a)} vs acc(0, 0.5) = {_pct(b)} "
                        f"({(a - b) * 100:+.2f} points; the paper expects the first well above).")
-        # anchors
-        comparable = protocol_matches(dataset, presets, "cifar10") and dist == "gaussian" and place == "full"
+        # anchors: comparable only where every protocol field has the paper's value
         for (at, ae, an), paper in ANCHORS.items():
             if an is None:
                 rows = d[(d["alpha_train"] == at) & (d["alpha_test"] == ae)]
@@ -314,12 +375,13 @@ def findings(df: pd.DataFrame) -> list[str]:
                     continue
             ours = _cells(rows[rows["n"] == an_used])[(at, ae)][0]
             label = f"acc({at:g}, {ae:g}) at n={an_used}"
-            if comparable:
+            differences = protocol_differences(rows, PAPER_PROTOCOL)
+            if not differences:
                 out.append(f"{where} {label}: ours {_pct(ours)}, paper {paper:.2f}% "
                            f"(difference {ours * 100 - paper:+.2f} points).")
             else:
                 out.append(f"{where} {label}: ours {_pct(ours)}; paper's {paper:.2f}% is not comparable "
-                           f"(dataset {dataset}, preset {preset}).")
+                           f"({'; '.join(differences)}).")
     return out
 
 
@@ -335,6 +397,8 @@ def section(df: pd.DataFrame, out) -> dict:
             continue
         plt.close(fig)
         made.append(name)
-    caption = f"Table 1 layout: accuracy % mean ± SEM over seeds, n={table.attrs.get('n', '?')}"
+    fixed = fixed_text(table.attrs.get("fixed", {}))
+    caption = (f"Table 1 layout: accuracy % mean ± SEM over seeds, n={table.attrs.get('n', '?')}, "
+               "train = test law and placement" + (f"; {fixed}" if fixed else ""))
     return {"title": "Activation noise in EBM classification (activation-noise-ebm)",
             "tables": [(caption, table)], "figures": made, "skipped": skipped, "findings": findings(df)}

@@ -43,7 +43,24 @@ def _norm(s) -> str:
     return str(s).lower().replace("-", "").replace("_", "")
 
 
-def protocol_matches(dataset, presets, paper_dataset: str) -> bool:
-    """The comparability rule: a published number sits beside ours only for a run of the paper's
-    data set (spelling aside) on the paper preset alone; anything else is "not comparable"."""
-    return _norm(dataset) == _norm(paper_dataset) and list(presets) == ["paper"]
+def protocol_differences(df: pd.DataFrame, protocol: dict) -> list[str]:
+    """The comparability rule: a published number sits beside ours only when every field that
+    matters has the paper's value in every row (data-set names compared without case, '-', '_').
+    Returns what differs or is not recorded ("image_size=8 (paper 32)"); empty means comparable."""
+    out = []
+    for field, want in protocol.items():
+        if field not in df.columns or df[field].isna().all():
+            out.append(f"{field} not recorded (paper {want})")
+            continue
+        have = sorted({str(v) for v in df[field].dropna().unique()})
+        ok = all(_norm(v) == _norm(want) if isinstance(want, str) else _close(v, want) for v in df[field].dropna())
+        if not ok or df[field].isna().any():
+            out.append(f"{field}={'/'.join(have)} (paper {want})")
+    return out
+
+
+def _close(value, want) -> bool:
+    try:
+        return abs(float(value) - float(want)) < 1e-9
+    except (TypeError, ValueError):
+        return False

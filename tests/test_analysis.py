@@ -139,13 +139,54 @@ def test_corrupt_part_reported_by_name(tmp_path):
         assert len(load(f"file://{folder}", experiment="grid_ebm")) == len(df)
 
 
-def test_findings_compare_only_when_protocol_matches():
+PAPER_FIELDS = dict(image_size=32, channels=1, epochs=100, steps=0, batch_size=256, noise_sharing="independent")
+
+
+def test_findings_compare_only_when_every_protocol_field_matches():
     text = "\n".join(findings(frame()))
-    assert "not comparable (dataset cifar10, preset smoke)" in text
+    assert "is not comparable (image_size not recorded (paper 32)" in text
     assert "Asymmetry: acc(0.5, 0)" in text and "gain of" in text
-    paper = frame(preset="paper")
-    text = "\n".join(findings(paper))
+    text = "\n".join(findings(frame(preset="paper").assign(**PAPER_FIELDS)))
     assert "paper 20.48%" in text and "not comparable" not in text
+    # The preset's name is not the protocol: an overridden image size under --preset paper is not comparable.
+    text = "\n".join(findings(frame(preset="paper").assign(**PAPER_FIELDS | {"image_size": 16})))
+    assert "paper 20.48%" not in text and "not comparable (image_size=16 (paper 32))" in text
+
+
+def _with(df: pd.DataFrame, **changes) -> pd.DataFrame:
+    """A copy of the frame's ok rows with other configuration values and other accuracies."""
+    other = df[df["status"] == "ok"].copy()
+    for col, value in changes.items():
+        other[col] = value
+    other["accuracy"] = 0.01
+    other["trial_key"] = other["trial_key"] + "-other"
+    return other
+
+
+@pytest.mark.parametrize("shape", ["dropout_ebm", "dist_ebm", "discriminative"])
+def test_a_second_configuration_is_never_pooled_into_the_grid(shape):
+    """Rows of another dropout rate, another law, or the classifiers, beside the Gaussian grid:
+    Table 1, the heatmap, accuracy vs n and the findings read the grid alone, and say what they fixed."""
+    base = frame().assign(dropout_rate=0.0, method="ebm")
+    extra = {"dropout_ebm": dict(dropout_rate=0.5), "dist_ebm": dict(distribution_train="cauchy", distribution_test="cauchy"),
+             "discriminative": dict(method="discriminative", arch="small_cnn")}[shape]
+    mixed = pd.concat([base, _with(base, **extra)], ignore_index=True)
+    for fn in (ebm.table1, lambda d: ebm.heatmap_alpha(d).plotted, lambda d: ebm.accuracy_vs_n(d).plotted):
+        alone, both = fn(base), fn(mixed)
+        if isinstance(alone, pd.DataFrame) and "mean" not in alone.columns:
+            pd.testing.assert_frame_equal(alone, both)
+            alone, both = alone.attrs["summary"], both.attrs["summary"]
+        pd.testing.assert_frame_equal(alone.reset_index(drop=True), both.reset_index(drop=True))
+    assert findings(base) == [f.replace(", dropout_rate=0", "") for f in findings(mixed)]
+    if shape == "dropout_ebm":
+        assert ebm.table1(mixed).attrs["fixed"] == {"dropout_rate": 0.0}
+        assert "fixed: dropout_rate=0" in ebm.heatmap_alpha(mixed).axes[0].get_title()
+
+
+def test_the_heatmap_can_be_drawn_in_the_papers_orientation():
+    fig = ebm.heatmap_alpha(frame(), n=10, rows="test")
+    assert fig.pivot.index.name == "alpha_test" and "rows: alpha_test" in fig.axes[0].get_title()
+    assert fig.pivot.loc[0.0, 0.5] == pytest.approx(ebm.heatmap_alpha(frame(), n=10).pivot.loc[0.5, 0.0])
 
 
 def test_notebook_executes_headless(tmp_path):
@@ -228,8 +269,8 @@ def test_law_and_placement_findings_come_from_the_data():
                          distribution_train="gaussian", distribution_test="gaussian", placement_train=tr,
                          placement_test=te, accuracy=acc, seed=0))
     text = "\n".join(findings(pd.DataFrame(rows)))
-    sym = pd.Series([0.6, 0.5, 0.7, 0.1, 0.5, 0.3]).mean()  # every gaussian/cauchy row, matched laws
+    sym = pd.Series([0.6, 0.5]).mean()  # matched laws, at the one placement they share (full): never pooled
     assert f"Symmetric laws (cauchy, gaussian) average {sym * 100:.2f}% vs asymmetric (exponential, lognormal) 25.00%" in text
-    matched = pd.Series([0.6, 0.5, 0.2, 0.3, 0.7, 0.5]).mean()
+    matched = pd.Series([0.6, 0.7, 0.5]).mean()  # matched placements, Gaussian only
     assert f"Matched placements average {matched * 100:.2f}% vs mismatched 20.00%" in text
     assert "best matched placement: odd (70.00%" in text

@@ -54,7 +54,9 @@ def run_trial(config: dict) -> None:
         return
     watch = TrialMetrics(exp.name, config["name"], meta["trial_id"])
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
-    base = config_row(cfg) | config_row(ecfg) | meta
+    fields = config_row(cfg) | config_row(ecfg)
+    # Which columns are configuration (analysis keeps every one that varies apart, never pooled).
+    base = fields | meta | {"config_columns": json.dumps(sorted(fields))}
     arrays = {}
     try:
         data = method.load_data(cfg)
