@@ -20,14 +20,18 @@ FAMILY = "ebm"
 # ---------------------------------------------------------------------------------------------
 # Never pool: every table, figure and finding keeps apart each configuration that varies.
 
+# Noise-law parameters at the paper's Table 3 values (the NoiseParams defaults).
+TABLE3 = {"gaussian_mu": 0.0, "gaussian_sigma": 1.0, "cauchy_loc": 0.0, "cauchy_scale": 1.0, "uniform_width": 4.0,
+          "chi_k": 1.0, "lognormal_mu": 0.0, "lognormal_sigma": 1.0, "student_t_nu": 2.0, "exponential_rate": 1.0}
 # Configuration columns of hand-made or older frames without a `config_columns` column.
-KNOWN_CONFIG = ("method", "dataset", "image_size", "channels", "classes", "train_limit", "test_limit",
+KNOWN_CONFIG = (*TABLE3, "method", "dataset", "image_size", "channels", "classes", "train_limit", "test_limit",
                 "distribution_train", "alpha_train", "placement_train", "dropout_rate", "distribution_test",
                 "alpha_test", "placement_test", "noise_sharing", "hidden_channels", "hidden_activation",
                 "output_activation", "lr", "batch_size", "epochs", "steps", "precision", "arch", "stem")
 # The value a figure fixes a column to when it varies and is not drawn (else the first value).
 PREFERRED = {"method": "ebm", "dropout_rate": 0.0, "distribution_train": "gaussian", "distribution_test": "gaussian",
-             "placement_train": "full", "placement_test": "full", "noise_sharing": "independent", "precision": "fp32"}
+             "placement_train": "full", "placement_test": "full", "noise_sharing": "independent", "precision": "fp32",
+             **TABLE3}
 NOT_SETTINGS = {"seed", "eval_seed", "data_root", "download", "device", "memory_mb", "block_images", "block_draws",
                 "noise_streams", "n_checkpoints", "eval_batch_size"}  # seeds, and fields that do not change results
 
@@ -174,6 +178,37 @@ def accuracy_vs_alpha(df: pd.DataFrame, n=None, dataset=None, out=None):
     return save(fig, out)
 
 
+def law_parameters(df: pd.DataFrame, n=None, dataset=None, out=None):
+    """Fig. 6: per law, accuracy against alpha (train = test) for each setting of its parameter."""
+    d, name = one_dataset(autoencoder_rows(df), dataset)
+    d = same(same(d, "distribution_train", "distribution_test"), "placement_train", "placement_test")
+    d, fixed = one_setting(d, {"alpha_train", "alpha_test", "dataset", "distribution_train", "distribution_test", *TABLE3})
+    d = need(d[d["alpha_train"] == d["alpha_test"]], "law_parameters")
+    d, n = largest_n(d, n)
+    panels = []
+    for law, rows in d.groupby("distribution_train"):
+        varied = [c for c in TABLE3 if c in rows.columns and rows[c].nunique() > 1]
+        if len(varied) == 1 and rows["alpha_train"].nunique() > 1:
+            panels.append((law, varied[0], summarize(rows, [varied[0], "alpha_train"])))
+    if not panels:
+        raise ValueError("no law with more than one parameter setting and alpha")
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), squeeze=False, sharey=True)
+    for ax, (law, param, s) in zip(axes[0], panels):
+        for value, g in s.groupby(param):
+            g = g.sort_values("alpha_train")
+            ax.errorbar(g["alpha_train"], g["mean"] * 100, yerr=g["sem"].fillna(0) * 100, marker="o", capsize=2,
+                        label=f"{param}={value:g}" + (" (Table 3)" if value == TABLE3[param] else ""))
+        ax.set_title(law)
+        ax.set_xlabel("alpha (train = test)")
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("accuracy (%)")
+    fig.suptitle(f"{name}: noise-law parameters, n={n}" + (f"; {fixed_text(fixed)}" if fixed else ""), fontsize=9)
+    fig.tight_layout()
+    fig.plotted = pd.concat([s.assign(distribution=law, parameter=param) for law, param, s in panels], ignore_index=True)
+    fig.fixed = fixed
+    return save(fig, out)
+
+
 def _train_test_heatmap(df, axis: str, held: str, alpha, n, dataset, out, title: str):
     """Train x test heatmap over `axis` (distribution or placement), `held` matched, at one alpha."""
     d, name = one_dataset(autoencoder_rows(df), dataset)
@@ -244,6 +279,7 @@ FIGURES = {
     "heatmap_alpha": heatmap_alpha,
     "accuracy_vs_n": accuracy_vs_n,
     "accuracy_vs_alpha": accuracy_vs_alpha,
+    "law_parameters": law_parameters,
     "heatmap_distributions": heatmap_distributions,
     "heatmap_placements": heatmap_placements,
     "noise_vs_dropout": noise_vs_dropout,

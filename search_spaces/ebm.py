@@ -7,13 +7,14 @@ Each function returns the Space of one preset. Cost notes are for the paper pres
     python -m tuner.run layers_ebm --preset paper     # Fig. 9: 5 placements
     python -m tuner.run dropout_ebm --preset paper    # Fig. 2: noise against dropout
     python -m tuner.run discriminative_ebm --preset paper   # Appendix E / Figs. 10-11
+    python -m tuner.run ablate_ebm --preset quick     # what the findings depend on: 12 trainings/seed
     python -m tuner.run tune_ebm --search optuna      # TPE over alpha_train, alpha_test, law
 """
 
 from __future__ import annotations
 
 from search_spaces.base import Experiment, Space, grid
-from trainables.noise import DISTRIBUTIONS
+from trainables.noise import DISTRIBUTIONS, NoiseParams
 
 PAPER_ALPHAS = [round(0.1 * i, 1) for i in range(20)]  # {0.0, 0.1, ..., 1.9}
 PAPER_PLACEMENTS = ["full", "odd", "even", "enc", "dec"]  # Fig. 9 (PLACEMENTS adds "hidden")
@@ -36,18 +37,46 @@ def grid_ebm(preset: str) -> Space:
     return Space(grid(alpha_train=alphas), lambda point: _tests(alphas), fixed)
 
 
+# Fig. 6: three settings of each law's parameter. The paper names the parameter it varies per law
+# (Sec. 4.4) but not the values; ours include Table 3's value (the NoiseParams default).
+LAW_PARAMETERS = {
+    "gaussian": ("gaussian_sigma", (0.5, 1.0, 2.0)),
+    "cauchy": ("cauchy_scale", (0.5, 1.0, 2.0)),
+    "uniform": ("uniform_width", (2.0, 4.0, 8.0)),
+    "chi": ("chi_k", (1.0, 2.0, 3.0)),
+    "lognormal": ("lognormal_sigma", (0.5, 1.0, 1.5)),
+    "student_t": ("student_t_nu", (1.5, 2.0, 5.0)),
+    "exponential": ("exponential_rate", (0.5, 1.0, 2.0)),
+}
+
+
+def _law_points(laws, alphas, with_parameters: bool) -> list[dict]:
+    """(law, alpha) points, plus the law's other two parameter settings when asked. A point at
+    Table 3's value leaves the parameter out, so its trial is the same as without the sweep."""
+    points = []
+    for law in laws:
+        name, values = LAW_PARAMETERS[law]
+        table3 = getattr(NoiseParams(), name)
+        for value in (values if with_parameters else (table3,)):
+            extra = {} if value == table3 else {name: value}
+            points += [{"distribution_train": law, **extra, "alpha_train": a} for a in alphas]
+    return points
+
+
 def dist_ebm(preset: str) -> Space:
-    """Each law with train = test alpha (Figs. 4, 6); at alpha 1 every test law (Fig. 8)."""
+    """Each law with train = test alpha (Fig. 4), at three settings of its parameter (Fig. 6);
+    at alpha 1 and Table 3's parameters, every test law (Fig. 8)."""
     alphas = {"paper": PAPER_ALPHAS[1:], "quick": [0.5, 1.0], "smoke": [1.0]}[preset]
     laws = DISTRIBUTIONS if preset != "smoke" else ("gaussian", "cauchy")
 
     def tests(point):
         same = _tests([point["alpha_train"]], point["distribution_train"])
-        if point["alpha_train"] != 1.0:
+        table3 = LAW_PARAMETERS[point["distribution_train"]][0] not in point
+        if point["alpha_train"] != 1.0 or not table3:
             return same
         return [{"distribution": d, "alpha": 1.0, "placement": "full"} for d in laws]
 
-    return Space(grid(distribution_train=list(laws), alpha_train=alphas), tests)
+    return Space(_law_points(laws, alphas, with_parameters=preset != "smoke"), tests)
 
 
 def layers_ebm(preset: str) -> Space:
@@ -77,6 +106,27 @@ def discriminative_ebm(preset: str) -> Space:
                  lambda point: [{"distribution": "gaussian", "alpha": a} for a in alphas])
 
 
+ABLATION_CELLS = [(0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5), (0.9, 0.9)]
+
+
+def ablate_ebm(preset: str) -> Space:
+    """The choices the paper leaves open, at the cells that carry its findings: train placement
+    (full, hidden) x output activation (sigmoid, identity) per training; test-noise sharing
+    (independent, common) at the matching test placement, n up to 1000, per test setting."""
+    cells = ABLATION_CELLS if preset != "smoke" else [(0.0, 0.0), (0.5, 0.5)]
+    trains = sorted({a for a, _ in cells})
+    places = ["full", "hidden"]
+    outputs = ["sigmoid", "identity"] if preset != "smoke" else ["sigmoid"]
+    fixed = {"n_checkpoints": (1, 10, 100, 1000)} if preset != "smoke" else {}
+
+    def tests(point):
+        return [{"distribution": "gaussian", "alpha": ae, "placement": point["placement_train"], "sharing": sharing}
+                for at, ae in cells if at == point["alpha_train"]
+                for sharing in (("independent",) if ae == 0 else ("independent", "common"))]
+
+    return Space(grid(alpha_train=trains, placement_train=places, output_activation=outputs), tests, fixed)
+
+
 def tune_ebm(preset: str) -> Space:
     """TPE over alpha_train, alpha_test and the law (train law = test law), maximising accuracy."""
     return Space([], lambda point: _tests([point["alpha_test"]], point["distribution_train"]),
@@ -92,6 +142,8 @@ EXPERIMENTS = [
     Experiment("dropout_ebm", "Fig. 2: activation noise against dropout", "ebm", dropout_ebm),
     Experiment("discriminative_ebm", "Appendix E: noise in discriminative classifiers", "discriminative",
                discriminative_ebm, gpu_per_trial=0.5),
+    Experiment("ablate_ebm", "Ablations: placement full/hidden x test-noise sharing x output activation", "ebm",
+               ablate_ebm),
     Experiment("tune_ebm", "Optuna TPE over alpha_train, alpha_test and the noise law", "ebm", tune_ebm,
                search="optuna"),
 ]

@@ -274,3 +274,25 @@ def test_law_and_placement_findings_come_from_the_data():
     matched = pd.Series([0.6, 0.7, 0.5]).mean()  # matched placements, Gaussian only
     assert f"Matched placements average {matched * 100:.2f}% vs mismatched 20.00%" in text
     assert "best matched placement: odd (70.00%" in text
+
+
+def test_law_parameters_draws_each_setting_and_accuracy_vs_alpha_keeps_table3():
+    rows = []
+    for law, name, values in (("gaussian", "gaussian_sigma", (0.5, 1.0, 2.0)), ("cauchy", "cauchy_scale", (0.5, 1.0, 2.0))):
+        for value in values:
+            for alpha in (0.5, 1.0):
+                for seed in (0, 1):
+                    rows.append(dict(family="ebm", method="ebm", dataset="d", status="ok", n=10, seed=seed,
+                                     distribution_train=law, distribution_test=law, placement_train="full",
+                                     placement_test="full", alpha_train=alpha, alpha_test=alpha,
+                                     gaussian_sigma=value if law == "gaussian" else 1.0,
+                                     cauchy_scale=value if law == "cauchy" else 1.0,
+                                     accuracy=0.1 * value + alpha / 10 + seed / 100))
+    df = pd.DataFrame(rows)
+    fig = ebm.law_parameters(df)
+    assert sorted(fig.plotted.groupby("distribution")["parameter"].first().items()) == [
+        ("cauchy", "cauchy_scale"), ("gaussian", "gaussian_sigma")]
+    assert len(fig.plotted) == 2 * 3 * 2 and set(fig.plotted["count"]) == {2}  # two seeds per point, nothing pooled
+    s = ebm.accuracy_vs_alpha(df).plotted  # one line per law, at Table 3's parameter only
+    assert set(s["count"]) == {2}
+    assert s.set_index(["distribution_train", "alpha_train"])["mean"][("gaussian", 1.0)] == pytest.approx(0.1 + 0.1 + 0.005)

@@ -89,7 +89,7 @@ def test_vgg16_hooks_every_relu_and_refuses_small_images():
     with torch.no_grad():
         assert model(torch.rand(1, 1, 32, 32)).shape == (1, 4)
     assert model.activation_noise.calls == 13 + 2  # 13 conv layers, 2 hidden linear layers
-    with pytest.raises(ConfigError, match="image_size=16.*vgg16.*>= 32"):
+    with pytest.raises(ConfigError, match="image_size=16 is too small for arch='vgg16'.*allowed: a larger image_size"):
         build_classifier("vgg16", 3, 10, 16)
 
 
@@ -216,7 +216,7 @@ def test_accuracy_at_n_equals_fresh_run_with_n_max_n(trained, tiny):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(arch="resnet101"), r"arch='resnet101'.*allowed: small_cnn, resnet18, resnet34, resnet50, vgg11, vgg16"),
+    (dict(arch="resnet1001"), r"arch='resnet1001'.*did you mean.*allowed: small_cnn, alexnet, .*resnet18, .*vgg16"),
     (dict(stem="tiny"), r"stem='tiny'.*allowed: imagenet, cifar, auto"),
     (dict(placement_train="odd"), r"placement_train='odd'.*allowed: full"),
     (dict(alpha_train=-0.1), r"alpha_train=-0.1.*allowed: \[0.0"),
@@ -281,3 +281,19 @@ def test_the_stem_defaults_to_cifar_up_to_64_px():
     model.layer1.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[-2:])))
     model.eval()(torch.rand(1, 3, 32, 32))
     assert seen == [(32, 32)]  # a cifar-stem ResNet18 keeps 32x32 after its stem
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "densenet121", "efficientnet_b0", "vit_b_32"])
+def test_any_torchvision_classifier_by_name_takes_grayscale_digits_with_noise_hooks(arch):
+    """The zoo is torchvision's: other families build, take 1-channel 32 px input, and get hooks."""
+    torch.manual_seed(0)
+    model = _noisy(build_classifier(arch, 1, 4, 32), 0.3).eval()
+    model.activation_noise.calls = 0
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, 32, 32)).shape == (2, 4)
+    assert model.activation_noise.calls > 0
+
+
+def test_a_model_that_cannot_take_the_image_size_is_refused_when_built():
+    with pytest.raises(ConfigError, match="arch='alexnet'"):
+        build_classifier("alexnet", 1, 4, 8)

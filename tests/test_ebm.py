@@ -363,12 +363,11 @@ def _twin_bank(seed=0) -> AutoencoderBank:
 def test_common_noise_gives_identical_autoencoders_equal_energies_draw_by_draw():
     from trainables.ebm import SamplingEvaluator
     bank, x = _twin_bank(), torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    spec = NoiseSpec("gaussian", 0.5)
     per_class = {}
     for sharing in ("common", "independent"):
-        ev = SamplingEvaluator(bank, NoiseParams(), EvalConfig(block_draws=5, noise_sharing=sharing), 8)
+        ev = SamplingEvaluator(bank, NoiseParams(), EvalConfig(block_draws=5), 8)
         with torch.no_grad():
-            per_class[sharing] = ev.energies(x, ev.clean(x), spec, 0, 0, 10)
+            per_class[sharing] = ev.energies(x, ev.clean(x), NoiseSpec("gaussian", 0.5, sharing=sharing), 0, 0, 10)
     assert torch.equal(per_class["common"][0], per_class["common"][1])
     assert not torch.allclose(per_class["independent"][0], per_class["independent"][1])
     # Class 0 draws from the same keys either way; only the other classes' draws change.
@@ -379,12 +378,11 @@ def test_common_and_independent_noise_agree_in_mean_energy_within_sampling_error
     from trainables.ebm import SamplingEvaluator
     bank, data, cfg = trained
     x, n = data.x_test[:20], 400
-    spec = NoiseSpec("gaussian", 0.7)
     draws = {}
     for sharing in ("common", "independent"):
-        ev = SamplingEvaluator(bank, cfg.noise_params, EvalConfig(block_draws=20, noise_sharing=sharing), 8, seed=3)
+        ev = SamplingEvaluator(bank, cfg.noise_params, EvalConfig(block_draws=20), 8, seed=3)
         with torch.no_grad():
-            draws[sharing] = ev.energies(x, ev.clean(x), spec, 0, 0, n).double()
+            draws[sharing] = ev.energies(x, ev.clean(x), NoiseSpec("gaussian", 0.7, sharing=sharing), 0, 0, n).double()
     a, b = draws["common"], draws["independent"]
     z = (a.mean(-1) - b.mean(-1)) / ((a.var(-1) + b.var(-1)) / n).sqrt()  # per (class, image)
     assert z.abs().max() < 5 and abs(float(z.mean())) < 0.5, z
@@ -415,3 +413,17 @@ def test_rows_carry_the_evidence_that_n_is_large_enough(trained):
     # The std of an n-draw mean shrinks like 1/sqrt(n): 4 -> 64 draws is a factor of about 4.
     assert 2.5 < r4["energy_mean_std_median"] / r64["energy_mean_std_median"] < 6
     assert r64["energy_gap_median"] > 0 and r64["noise_sharing"] == "independent"
+
+
+def test_dist_ebm_sweeps_three_settings_of_each_laws_parameter():
+    from search_spaces.ebm import LAW_PARAMETERS, dist_ebm
+    quick = dist_ebm("quick")
+    for law, (name, values) in LAW_PARAMETERS.items():
+        table3 = getattr(NoiseParams(), name)
+        points = [p for p in quick.train if p["distribution_train"] == law]
+        assert sorted({p.get(name, table3) for p in points}) == sorted(values) and table3 in values
+        assert all(name not in p for p in points if p.get(name, table3) == table3)  # Table 3 trials keep their keys
+        for p in points:  # Fig. 8's 7 x 7 only at Table 3's parameters
+            assert len(quick.tests(p)) == (7 if p["alpha_train"] == 1.0 and name not in p else 1)
+    assert dist_ebm("smoke").train == [{"distribution_train": "gaussian", "alpha_train": 1.0},
+                                       {"distribution_train": "cauchy", "alpha_train": 1.0}]

@@ -52,7 +52,7 @@ def test_every_experiment_is_listed_with_trial_counts(capsys):
     (["grid_ebm", "--preset", "paper"], 200),  # 20 alpha_train x 10 seeds: trains once per alpha_train
     (["grid_ebm", "--preset", "quick", "--seeds", "3"], 12),
     (["layers_ebm", "--preset", "quick", "--seeds", "0,5"], 10),
-    (["dist_ebm", "--preset", "quick"], 14),
+    (["dist_ebm", "--preset", "quick"], 42),
     (["discriminative_ebm", "--preset", "smoke"], 2),
 ])
 def test_dry_run_counts_trials_and_writes_nothing(tmp_path, capsys, args, trials):

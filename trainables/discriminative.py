@@ -23,7 +23,7 @@ from trainables.common import (Method, Progress, TrainResult, config_row, config
                                resolve_device)
 from trainables.data import DataConfig, load_dataset
 from trainables.injection import ActivationNoise, stream_seed
-from trainables.models import ARCHS, STEMS, build_model
+from trainables.models import STEMS, archs, build_model
 from trainables.noise import DISTRIBUTIONS, NoiseParams, make_generator
 from trainables.sampling import DrawTally, check_checkpoints, rows_at_checkpoints, rows_at_largest_n
 from trainables.supervised import SCHEDULERS, train_supervised
@@ -33,7 +33,7 @@ class ClassifierConfig:
     """One training run of a noisy discriminative classifier (Appendix E)."""
 
     data: DataConfig = DataConfig()
-    arch: str = "small_cnn"  # models.ARCHS: small_cnn, or a torchvision model (weights=None)
+    arch: str = "small_cnn"  # models.archs(): small_cnn, or any torchvision classifier by name (weights=None)
     # ResNet stem: cifar (3x3 stride 1, no max-pool: the CIFAR-style networks of the paper's ~93.6%
     # baselines) | imagenet (torchvision's 7x7 stride 2 + max-pool) | auto (cifar up to 64 px).
     stem: str = "auto"
@@ -50,7 +50,7 @@ class ClassifierConfig:
     steps: int = 0  # > 0: train exactly this many optimiser steps instead of `epochs`
 
     def __post_init__(self):
-        check_choice("arch", self.arch, ARCHS)
+        check_choice("arch", self.arch, archs())
         check_choice("stem", self.stem, (*STEMS, "auto"))
         if self.stem == "auto":  # resolved here, so rows record the stem that was built
             object.__setattr__(self, "stem", "cifar" if self.data.image_size <= 64 else "imagenet")

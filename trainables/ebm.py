@@ -48,6 +48,8 @@ from trainables.sampling import DrawTally, check_checkpoints, rows_at_checkpoint
 
 NUM_LAYERS = 6  # encoder conv 1-3, decoder conv-transpose 4-6 (output layer included)
 
+NOISE_SHARING = ("independent", "common")  # test noise across the class autoencoders (NoiseSpec.sharing)
+
 PLACEMENTS: dict[str, tuple[int, ...]] = {  # the layers a placement perturbs (paper Fig. 9)
     "full": (1, 2, 3, 4, 5, 6),
     "odd": (1, 3, 5),
@@ -60,16 +62,24 @@ PLACEMENTS: dict[str, tuple[int, ...]] = {  # the layers a placement perturbs (p
 @dataclass(frozen=True)
 class NoiseSpec:
     """One noise setting: z ~ distribution, scaled by alpha, after the layers of `placement`.
-    A test setting of this family is one of these (as a dict of its fields)."""
+    A test setting of this family is one of these (as a dict of its fields).
+
+    `sharing` (test noise only) is how draws relate across the class autoencoders within one
+    sample: "independent" (a fresh draw per class, as separate autoencoders would have) or
+    "common" (one draw shared by all classes: common random numbers, unbiased per class, lower
+    variance of the energy differences the argmin reads). The paper is silent (PROTOCOLS sec. 1).
+    """
 
     distribution: str = "gaussian"
     alpha: float = 0.0
     placement: str = "full"
+    sharing: str = "independent"
 
     def __post_init__(self):
         check_choice("distribution", self.distribution, DISTRIBUTIONS)
         check_range("alpha", self.alpha, 0.0)
         check_choice("placement", self.placement, tuple(PLACEMENTS))
+        check_choice("sharing", self.sharing, NOISE_SHARING)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -78,7 +88,8 @@ class NoiseSpec:
 
 
 # The row column each test-setting key is written to.
-SETTING_COLUMNS = {"distribution": "distribution_test", "alpha": "alpha_test", "placement": "placement_test"}
+SETTING_COLUMNS = {"distribution": "distribution_test", "alpha": "alpha_test", "placement": "placement_test",
+                   "sharing": "noise_sharing"}
 
 
 def check_setting(setting) -> NoiseSpec:
@@ -141,7 +152,6 @@ class EBMConfig:
 
 
 PRECISIONS = ("fp32", "bf16")
-NOISE_SHARING = ("independent", "common")
 
 
 @dataclass(frozen=True)
@@ -159,16 +169,10 @@ class EvalConfig:
     # stays, bench/README.md). Noise is drawn and energies summed in fp32, the same draws on the
     # same elements as fp32, so only rounding differs.
     precision: str = "fp32"
-    # Test noise across the class autoencoders within one sample: "independent" (a fresh draw per
-    # class, as separate autoencoders would have) or "common" (one draw shared by all classes:
-    # common random numbers, unbiased per class, lower variance of the energy differences that
-    # the argmin reads). The paper is silent (PROTOCOLS sec. 1).
-    noise_sharing: str = "independent"
 
     def __post_init__(self):
         object.__setattr__(self, "n_checkpoints", check_checkpoints(self.n_checkpoints))
         check_choice("precision", self.precision, PRECISIONS)
-        check_choice("noise_sharing", self.noise_sharing, NOISE_SHARING)
         check_optional_int("eval_seed", self.eval_seed, 0)
         check_int("block_images", self.block_images, 1)
         check_int("block_draws", self.block_draws, 1)
@@ -561,7 +565,7 @@ class SamplingEvaluator:
         start = spec.layers[0]
         out = []
         for c in range(self.bank.num_classes):
-            if c and self.ecfg.noise_sharing == "common":
+            if c and spec.sharing == "common":
                 gens = generators()  # the same keys again: every class sees the same draws
             a = self.memory_order(clean[c][start - 1])  # batch order below is (draw block, image, draw)
             h = a.unsqueeze(0).unsqueeze(2).expand(k, b, bd, *a.shape[1:]).reshape(k * b * bd, *a.shape[1:])

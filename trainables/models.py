@@ -1,21 +1,32 @@
-"""The model zoo: torchvision classifiers by name, plus a small CNN for laptop runs.
+"""The model zoo: every torchvision classifier by name, plus a small CNN for laptop runs.
 
-Any torchvision classification model is available through `torchvision.models.get_model`
-(weights=None: nothing is downloaded). `stem="cifar"` replaces an ImageNet stem (7x7 stride-2
-convolution and max-pool) by a 3x3 stride-1 convolution, the usual ResNet variant for 32 px
-images; `stem="imagenet"` keeps torchvision's layers and only adapts the input channels.
+Any classification model of `torchvision.models.list_models(module=torchvision.models)` is
+available through `torchvision.models.get_model` (weights=None: nothing is downloaded), so a
+sweep can cover the paper's many architectures, not a hand-picked few. Inputs other than RGB get
+their first convolution rebuilt for `channels`. `stem="cifar"` is the usual small-image variant:
+ResNet-style models (a `conv1` and a `maxpool`) get a 3x3 stride-1 first convolution and no
+max-pool; other models get their first convolution's stride set to 1; VGG is left as it is
+(3x3 stride 1 already). `stem="imagenet"` keeps torchvision's layers. A model that cannot take the
+image size is refused when it is built (one probe forward pass), not in the middle of a sweep.
 """
 
 from __future__ import annotations
 
+import functools
+
+import torch
 import torchvision
 from torch import nn
 
 from trainables.checks import ConfigError, check_choice
 
-ARCHS = ("small_cnn", "resnet18", "resnet34", "resnet50", "vgg11", "vgg16")
-MIN_IMAGE_SIZE = {"small_cnn": 4, "vgg11": 32, "vgg16": 32}  # vgg: 5 max-pools; ResNets pool adaptively
 STEMS = ("imagenet", "cifar")
+
+
+@functools.lru_cache(maxsize=1)
+def archs() -> tuple[str, ...]:
+    """small_cnn and every torchvision classification model."""
+    return ("small_cnn", *torchvision.models.list_models(module=torchvision.models))
 
 
 def small_cnn(channels: int, num_classes: int, image_size: int) -> nn.Module:
@@ -26,23 +37,65 @@ def small_cnn(channels: int, num_classes: int, image_size: int) -> nn.Module:
         nn.Flatten(), nn.Linear(64 * (image_size // 4) ** 2, num_classes))
 
 
+def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
+    """(parent, attribute name, module) of the model's first Conv2d in registration order."""
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                return parent, name, child
+    raise ConfigError("arch has no Conv2d to adapt; allowed: a convolutional model or a ViT")
+
+
+def _rebuild(conv: nn.Conv2d, channels: int, stride=None, kernel=None) -> nn.Conv2d:
+    kernel = kernel or conv.kernel_size
+    padding = tuple(k // 2 for k in kernel) if kernel != conv.kernel_size else conv.padding
+    return nn.Conv2d(channels, conv.out_channels, kernel, stride or conv.stride, padding,
+                     bias=conv.bias is not None, groups=1)
+
+
 def build_model(arch: str, channels: int, num_classes: int, image_size: int, stem: str = "imagenet") -> nn.Module:
     """A freshly initialised classifier (from the global RNG) for images (channels, size, size)."""
-    check_choice("arch", arch, ARCHS)
+    check_choice("arch", arch, archs())
     check_choice("stem", stem, STEMS)
-    if image_size < MIN_IMAGE_SIZE.get(arch, 1):
-        raise ConfigError(f"image_size={image_size} is too small for arch={arch!r}; "
-                          f"allowed: image_size >= {MIN_IMAGE_SIZE[arch]}")
     if arch == "small_cnn":
+        if image_size < 4:
+            raise ConfigError(f"image_size={image_size} is too small for arch='small_cnn'; allowed: image_size >= 4")
         return small_cnn(channels, num_classes, image_size)
-    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-    if arch.startswith("vgg"):
+    kwargs = {"image_size": image_size} if arch.startswith("vit_") else {}
+    try:
+        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"arch={arch!r} cannot be built for image_size={image_size}: {exc}") from exc
+    if arch.startswith("vit_"):
         if channels != 3:
-            model.features[0] = nn.Conv2d(channels, 64, 3, padding=1)
-        return model
-    if stem == "cifar":
-        model.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
-        model.maxpool = nn.Identity()
-    elif channels != 3:
-        model.conv1 = nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False)
+            model.conv_proj = nn.Conv2d(channels, model.conv_proj.out_channels, model.conv_proj.kernel_size,
+                                        model.conv_proj.stride)
+    elif hasattr(model, "conv1") and hasattr(model, "maxpool") and isinstance(model.conv1, nn.Conv2d):
+        if stem == "cifar":  # ResNet family
+            model.conv1 = _rebuild(model.conv1, channels, stride=(1, 1), kernel=(3, 3))
+            model.maxpool = nn.Identity()
+        elif channels != 3:
+            model.conv1 = _rebuild(model.conv1, channels)
+    else:
+        parent, name, conv = _first_conv(model)
+        is_vgg = arch.startswith("vgg")
+        if channels != 3 or (stem == "cifar" and not is_vgg):
+            setattr(parent, name, _rebuild(conv, channels, stride=(1, 1) if stem == "cifar" and not is_vgg else None))
+    _probe(model, arch, channels, image_size)
     return model
+
+
+def _probe(model: nn.Module, arch: str, channels: int, image_size: int) -> None:
+    """One eval-mode forward pass on zeros (no random numbers drawn): a size the model cannot take
+    is a ConfigError naming the arch and the size."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, channels, image_size, image_size))
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        raise ConfigError(f"image_size={image_size} is too small for arch={arch!r} "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); allowed: a larger image_size "
+                          "or another arch") from exc
+    finally:
+        model.train(was_training)
