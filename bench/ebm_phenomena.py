@@ -6,6 +6,12 @@ plus a verdict, with numbers, on each finding of PROTOCOLS.md section 1:
   (i)   balanced noise beats no noise (0, 0);
   (ii)  for each alpha_train the best alpha_test lies on or next to the diagonal;
   (iii) acc(0.5, 0) > acc(0, 0.5).
+Before any verdict it prints the two checks that say whether the miniature is fair:
+  (a) training converged: the residual loss ABOVE the noise floor (alpha^2 E[z^2] from noise on
+      the output layer, which no training can remove) changes by < 2% over the last 20% of steps;
+  (b) n is large enough: at the headline cell (0.9, 0.9) (else the largest balanced cell) the
+      median energy gap between the best and second-best class is >= 3x the median std of a
+      class's n-draw mean energy.
 The protocol is never tuned to make a finding appear: the verdicts report what the data say.
 
     python bench/ebm_phenomena.py                       # digits + textures, 3 seeds, CPU
@@ -31,12 +37,14 @@ from trainables.data import load_dataset  # noqa: E402
 from trainables.ebm import NoiseSpec, evaluate, preset_configs, train_bank  # noqa: E402
 
 
-def run(dataset: str, seeds: int, alphas: list[float], device: str, overrides: dict, log) -> dict:
-    """accuracy[(alpha_train, alpha_test)] -> list over seeds, at the largest n; plus loss tails."""
+def run(dataset: str, seeds: int, alphas: list[float], device: str, overrides: dict, log, preset="quick") -> dict:
+    """accuracy[(alpha_train, alpha_test)] -> list over seeds, at the largest n; plus loss tails
+    and the evidence columns (energy gap, n-draw mean std) per cell."""
     acc: dict[tuple[float, float], list[float]] = {}
+    evidence: dict[tuple[float, float], list[tuple[float, float]]] = {}
     tails: dict[float, list[list[float]]] = {}
     for seed, a_tr in itertools.product(range(seeds), alphas):
-        cfg, ecfg = preset_configs("quick", {"dataset": dataset, "seed": seed, "eval_seed": seed,
+        cfg, ecfg = preset_configs(preset, {"dataset": dataset, "seed": seed, "eval_seed": seed,
                                              "alpha_train": a_tr, "device": device, **overrides})
         data = load_dataset(cfg.data)
         t0 = time.perf_counter()
@@ -48,10 +56,12 @@ def run(dataset: str, seeds: int, alphas: list[float], device: str, overrides: d
         for r in rows:
             if r["n"] == n_max:
                 acc.setdefault((a_tr, r["alpha_test"]), []).append(r["accuracy"])
+                evidence.setdefault((a_tr, r["alpha_test"]), []).append(
+                    (r["energy_gap_median"], r["energy_mean_std_median"]))
         tails.setdefault(a_tr, []).append(res.history)
         log(f"  {dataset} seed={seed} alpha_train={a_tr}: train {t1 - t0:.0f}s "
             f"(loss {res.history[0]:.4f} -> {res.history[-1]:.4f}), eval {t2 - t1:.0f}s")
-    return {"acc": acc, "tails": tails, "cfg": cfg, "ecfg": ecfg, "data": data}
+    return {"acc": acc, "tails": tails, "cfg": cfg, "ecfg": ecfg, "data": data, "evidence": evidence}
 
 
 def mean_sem(values: list[float]) -> tuple[float, float]:
@@ -71,6 +81,25 @@ def report(dataset: str, out: dict, alphas: list[float], log) -> None:
     for a_tr in alphas:
         cells = [mean_sem(acc[(a_tr, a_te)]) for a_te in alphas]
         log(f"{a_tr:>24} | " + " | ".join(f"{100 * m:6.2f} +- {100 * s:4.2f}" for m, s in cells))
+
+    # (a) Convergence above the noise floor: Gaussian noise on the output layer adds alpha^2 * E[z^2]
+    # = alpha^2 to the per-pixel MSE whatever the weights are, so a plateau is judged on the rest.
+    log("")
+    converged = []
+    for a_tr, runs in out["tails"].items():
+        floor = a_tr ** 2 if cfg.placement_train in ("full", "dec", "even") else 0.0
+        fifth = max(1, len(runs[0]) // 5)
+        change = np.mean([((t[-fifth - 1] - floor) - (t[-1] - floor)) / (t[-fifth - 1] - floor) for t in runs])
+        converged.append(abs(change) < 0.02)
+        log(f"(a) alpha_train={a_tr}: noise floor {floor:.4f}; residual above it {np.mean([t[-1] for t in runs]) - floor:.5f}, "
+            f"changed {100 * change:+.1f}% over the last 20% of steps -> {'converged' if abs(change) < 0.02 else 'NOT converged'}")
+    headline = (0.9, 0.9) if (0.9, 0.9) in out["evidence"] else max(k for k in out["evidence"] if k[0] == k[1])
+    gap, spread = np.nanmean([g for g, _ in out["evidence"][headline]]), np.nanmean([s for _, s in out["evidence"][headline]])
+    ratio = gap / spread if spread > 0 else float("inf")
+    log(f"(b) cell {headline} at n = {n_max}: median energy gap {gap:.4f}, median std of a class's n-draw mean "
+        f"{spread:.4f}, ratio {ratio:.2f} -> {'n large enough' if ratio >= 3 else 'n TOO SMALL (needs >= 3)'}")
+    fair = all(converged) and ratio >= 3
+    log(f"fair miniature: {'yes' if fair else 'NO: the verdicts below are undecided whatever they say'}")
 
     # Loss curve tail per alpha_train: mean over seeds of the loss at the last 5 epochs, and how
     # much it still fell over the last 20% of the steps (a plateau shows as a small drop).
@@ -113,15 +142,25 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--alphas", default="0,0.5,1.0,1.5")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--steps", type=int, default=None, help="override the quick preset's steps")
+    p.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. image_size=16 or n_checkpoints=(1,10,100,1000)")
     p.add_argument("--out", default=None, help="also write the output to this file")
     args = p.parse_args()
     alphas = [float(a) for a in args.alphas.split(",")]
+    import ast
     overrides = {"steps": args.steps} if args.steps else {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
     dev = resolve_device(args.device)
-    log = Report("ebm_phenomena: quick protocol", f"{device_name(dev)}, torch {torch.__version__}")
+    log = Report(f"ebm_phenomena: {args.preset} protocol {overrides or ''}", f"{device_name(dev)}, torch {torch.__version__}")
     t0 = time.perf_counter()
-    results = {ds: run(ds, args.seeds, alphas, args.device, overrides, log) for ds in args.datasets.split(",")}
+    results = {ds: run(ds, args.seeds, alphas, args.device, overrides, log, args.preset) for ds in args.datasets.split(",")}
     for ds, out in results.items():
         report(ds, out, alphas, log)
     log(f"\ntotal wall time {time.perf_counter() - t0:.0f} s")

@@ -13,7 +13,7 @@ class Report:
     def __init__(self, title: str, machine: str):
         self.lines: list[str] = []
         self(f"# {title}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-        self(f"machine: {platform.node()} {platform.machine()}, {machine}")
+        self(f"machine: {platform.node()} {platform.machine()}, {cpu()}, {machine}")
 
     def __call__(self, line: str = "") -> None:
         print(line, flush=True)
@@ -23,3 +23,15 @@ class Report:
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text("\n".join(self.lines) + "\n")
+
+
+def cpu() -> str:
+    """The CPU model and the vector extensions that decide fast paths (AVX-512, bf16, AMX)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model} ({', '.join(have) or 'no AVX2'})"

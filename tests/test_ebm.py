@@ -427,3 +427,12 @@ def test_dist_ebm_sweeps_three_settings_of_each_laws_parameter():
             assert len(quick.tests(p)) == (7 if p["alpha_train"] == 1.0 and name not in p else 1)
     assert dist_ebm("smoke").train == [{"distribution_train": "gaussian", "alpha_train": 1.0},
                                        {"distribution_train": "cauchy", "alpha_train": 1.0}]
+
+
+def test_a_last_image_block_of_one_image_is_evaluated(trained):
+    """33 test images in blocks of 32: the last block holds one image (it once crashed the
+    in-place noise add, on a zero-stride view)."""
+    bank, data, cfg = trained
+    one_more = Data(data.name, data.x_train, data.y_train, data.x_test[:33], data.y_test[:33], data.class_names)
+    rows = evaluate(bank, one_more, [NoiseSpec("gaussian", 0.5)], cfg, EvalConfig(n_checkpoints=(1, 4), block_images=32))
+    assert {r["test_images"] for r in rows} == {33} and all(0 <= r["accuracy"] <= 1 for r in rows)

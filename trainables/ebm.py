@@ -568,7 +568,9 @@ class SamplingEvaluator:
             if c and spec.sharing == "common":
                 gens = generators()  # the same keys again: every class sees the same draws
             a = self.memory_order(clean[c][start - 1])  # batch order below is (draw block, image, draw)
-            h = a.unsqueeze(0).unsqueeze(2).expand(k, b, bd, *a.shape[1:]).reshape(k * b * bd, *a.shape[1:])
+            # contiguous(): with one image in the block, reshape keeps the expand's zero strides
+            # (a view), and the in-place noise add below would write one element many times.
+            h = a.unsqueeze(0).unsqueeze(2).expand(k, b, bd, *a.shape[1:]).reshape(k * b * bd, *a.shape[1:]).contiguous()
             h = h.permute(0, 3, 1, 2) if self.format == torch.channels_last else h
             for i in range(start, NUM_LAYERS + 1):
                 if i > start:

@@ -1,0 +1,140 @@
+"""The fused sampling inference against the slow reference written from the paper's equations
+(tests/reference_ebm.py): exactly, when both are fed the same noise tensors; in distribution, for
+every law and placement, when each draws its own noise; plus the independence of the noise streams
+and a direct check of the n-draw statistics."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from tests import reference_ebm as ref
+from trainables.data import Data
+from trainables.ebm import (PLACEMENTS, Autoencoder, AutoencoderBank, EBMConfig, EvalConfig, NoiseSpec,
+                            SamplingEvaluator, _noise_key, evaluate)
+from trainables.noise import DISTRIBUTIONS, NoiseParams
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SIDE = 8
+
+
+def autoencoders(classes=3, seed=0) -> list[Autoencoder]:
+    """Separately built autoencoders, weights spread a little past PyTorch's default init so the
+    reconstructions depend on the input (a fresh init is nearly constant)."""
+    torch.manual_seed(seed)
+    aes = [Autoencoder(1, (30, 73, 100)) for _ in range(classes)]
+    with torch.no_grad():
+        for p in (p for ae in aes for p in ae.parameters()):
+            p.mul_(2.0)
+    return aes
+
+
+def images(count=4, seed=1) -> torch.Tensor:
+    return torch.rand(count, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(seed))
+
+
+def recorded_noise(monkeypatch) -> list[torch.Tensor]:
+    """Every z tensor the fast path draws, in order (class by class, noisy layer by layer)."""
+    seen = []
+    real = SamplingEvaluator._fill
+
+    def fill(self, z, distribution, gens):
+        real(self, z, distribution, gens)
+        seen.append(z.detach().clone())
+
+    monkeypatch.setattr(SamplingEvaluator, "_fill", fill)
+    return seen
+
+
+@pytest.mark.parametrize("placement", ["full", "odd", "even", "enc", "dec", "hidden"])
+@pytest.mark.parametrize("sharing", ["independent", "common"])
+def test_fast_energies_equal_the_reference_fed_the_same_noise(monkeypatch, placement, sharing):
+    aes, x, draws = autoencoders(), images(), 6
+    bank = AutoencoderBank.from_autoencoders(aes)
+    spec = NoiseSpec("student_t", 0.4, placement, sharing)
+    ev = SamplingEvaluator(bank, NoiseParams(), EvalConfig(block_draws=draws), SIDE)
+    seen = recorded_noise(monkeypatch)
+    with torch.no_grad():
+        fast = ev.energies(x, ev.clean(x), spec, 0, 0, draws).double()
+    layers = ref.REFERENCE_PLACEMENTS[placement]
+    assert len(seen) == len(aes) * len(layers)  # one z per (class, noisy layer), no more
+
+    def shared(c, layer, b, d, shape):  # batch order of one draw block: (image, draw)
+        z = seen[c * len(layers) + layers.index(layer)]
+        return z.view(len(x) * draws, *shape)[b * draws + d]
+
+    slow = ref.energies(aes, x, placement, spec.alpha, draws, shared)
+    torch.testing.assert_close(fast, slow, rtol=2e-5, atol=1e-4)
+    if sharing == "common":
+        assert all(torch.equal(seen[c * len(layers)], seen[0]) for c in range(len(aes)))
+    else:
+        assert not torch.equal(seen[len(layers)], seen[0])
+
+
+@pytest.mark.parametrize("distribution, placement", list(itertools.product(DISTRIBUTIONS, PLACEMENTS)))
+def test_fast_energies_follow_the_reference_law_for_every_law_and_placement(distribution, placement):
+    """Each path with its own noise: the per-draw energies of one (class, image) must come from one
+    distribution (two-sample KS) with the same median; 300 draws each."""
+    aes, x, draws, alpha = autoencoders(classes=1), images(count=1), 300, 0.3
+    bank = AutoencoderBank.from_autoencoders(aes)
+    ev = SamplingEvaluator(bank, NoiseParams(), EvalConfig(block_draws=50), SIDE, seed=7)
+    with torch.no_grad():
+        fast = ev.energies(x, ev.clean(x), NoiseSpec(distribution, alpha, placement), 0, 0, draws)[0, 0].double().numpy()
+    slow = ref.energies(aes, x, placement, alpha, draws, ref.law_noise(distribution, seed=11))[0, 0].numpy()
+    assert np.std(fast) > 0 and np.std(slow) > 0
+    p = stats.ks_2samp(fast, slow).pvalue
+    assert p > 1e-4, (distribution, placement, p, np.median(fast), np.median(slow))
+
+
+def test_a_mis_scaled_alpha_is_caught_by_the_law_check():
+    """The check above has power: alpha 10% too large is rejected (the mutation it must catch)."""
+    aes, x, draws = autoencoders(classes=1), images(count=1), 300
+    ev = SamplingEvaluator(AutoencoderBank.from_autoencoders(aes), NoiseParams(), EvalConfig(block_draws=50), SIDE, seed=7)
+    with torch.no_grad():
+        fast = ev.energies(x, ev.clean(x), NoiseSpec("gaussian", 0.33, "full"), 0, 0, draws)[0, 0].double().numpy()
+    slow = ref.energies(aes, x, "full", 0.3, draws, ref.law_noise("gaussian", seed=11))[0, 0].numpy()
+    assert stats.ks_2samp(fast, slow).pvalue < 1e-4
+
+
+def test_every_noise_key_is_its_own_stream():
+    """Distinct (setting, image block, draw block, stream) keys give distinct seeds and distinct
+    draws: were any part of the key ignored, blocks would reuse noise and n-draw means would lie."""
+    specs = [NoiseSpec("gaussian", 0.5), NoiseSpec("gaussian", 0.7), NoiseSpec("cauchy", 0.5, "odd")]
+    keys = list(itertools.product(range(len(specs)), range(3), range(3), range(4)))
+    seeds = {k: _noise_key(0, specs[k[0]], *k[1:]) for k in keys}
+    assert len(set(seeds.values())) == len(keys)
+    first = {k: torch.empty(16).normal_(generator=torch.Generator().manual_seed(s)) for k, s in seeds.items()}
+    for a, b in itertools.combinations(keys, 2):
+        assert not torch.equal(first[a], first[b]), (a, b)
+    assert _noise_key(1, specs[0], 0, 0, 0) != _noise_key(0, specs[0], 0, 0, 0)  # the eval seed counts too
+
+
+def test_blocks_draw_fresh_noise_for_the_same_image():
+    """The same image in two image blocks, and two draw blocks of it, see different noise."""
+    bank = AutoencoderBank.from_autoencoders(autoencoders())
+    ev = SamplingEvaluator(bank, NoiseParams(), EvalConfig(block_draws=5), SIDE)
+    x, spec = images(count=1), NoiseSpec("gaussian", 0.5)
+    with torch.no_grad():
+        e = ev.energies(x, ev.clean(x), spec, 0, 0, 10)  # draw blocks 0 and 1
+        other_block = ev.energies(x, ev.clean(x), spec, 1, 0, 5)
+    assert not torch.allclose(e[..., :5], e[..., 5:])
+    assert not torch.allclose(e[..., :5], other_block)
+
+
+def test_energy_var_is_the_mean_across_draw_variance_of_the_energies():
+    aes, x = autoencoders(), images(count=6)
+    bank = AutoencoderBank.from_autoencoders(aes)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    data = Data("reference", x, labels, x, labels, ["a", "b", "c"])
+    ecfg = EvalConfig(n_checkpoints=(1, 20), block_images=100, block_draws=20, memory_mb=4096)
+    row = next(r for r in evaluate(bank, data, [NoiseSpec("gaussian", 0.5)], EBMConfig(), ecfg) if r["n"] == 20)
+    ev = SamplingEvaluator(bank, NoiseParams(), ecfg, SIDE)
+    with torch.no_grad():
+        e = ev.energies(x, ev.clean(x), NoiseSpec("gaussian", 0.5), 0, 0, 20).double()
+    assert row["energy_var"] == pytest.approx(float(e.var(-1, unbiased=True).mean(0).mean()), rel=1e-9)
+    assert row["energy_mean"] == pytest.approx(float(e.mean(-1).mean(0).mean()), rel=1e-9)
+    assert row["accuracy"] == float((e.mean(-1).argmin(0) == data.y_test).double().mean())
