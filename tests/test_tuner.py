@@ -213,3 +213,18 @@ def test_progress_pickles_and_reads_one_line_from_a_traceback():
     trace = 'Traceback (most recent call last):\n  File "x.py", line 1\n    raise DataError("gone")\ntrainables.data.DataError: data set \'mnist\': gone'
     assert error_line(trace) == ("DataError", "data set 'mnist': gone")
     assert error_line("ray.exceptions.RayTaskError(RuntimeError): boom") == ("RuntimeError", "boom")
+
+
+def test_the_readme_training_counts_are_the_registry_s():
+    """Every experiment row of the README table says trainings per seed as paper / quick / smoke:
+    they must be what the registry builds (or `--num-samples` for Optuna experiments)."""
+    import re
+    text = (REPO / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \|.*\| ([^|]+) \|$", text, re.M))
+    assert set(rows) >= set(registry.EXPERIMENTS), sorted(set(registry.EXPERIMENTS) - set(rows))
+    for name, exp in registry.EXPERIMENTS.items():
+        if exp.search == "optuna":
+            assert rows[name].strip() == "`--num-samples`", name
+            continue
+        counts = [len(exp.space(p).train) for p in registry.METHODS[exp.method].presets]
+        assert rows[name].strip() == " / ".join(map(str, counts)), (name, rows[name], counts)
