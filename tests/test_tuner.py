@@ -228,3 +228,21 @@ def test_the_readme_training_counts_are_the_registry_s():
             continue
         counts = [len(exp.space(p).train) for p in registry.METHODS[exp.method].presets]
         assert rows[name].strip() == " / ".join(map(str, counts)), (name, rows[name], counts)
+
+
+@pytest.mark.slow
+def test_resume_never_starts_tune_afresh_and_keeps_finished_parts(tmp_path):
+    args = ("grid_ebm", "--preset", "smoke", "--storage", str(tmp_path))
+    assert cli(*args).returncode == 0
+    store = ResultStore(str(tmp_path), "grid_ebm-smoke")
+    parts = {p: os.stat(p).st_mtime_ns for p in store.parts()}
+    tune_dir = tmp_path / "grid_ebm-smoke" / "tune"
+    marker = tune_dir / "from-the-first-run"
+    marker.write_text("x")
+    again = cli(*args, "--resume", "never")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming" not in again.stdout and not marker.exists()  # Tune's old state is gone, a new one written
+    assert any(tune_dir.glob("experiment_state-*.json"))
+    assert {p: os.stat(p).st_mtime_ns for p in store.parts()} == parts  # finished trials were not re-run
+    resumed = cli(*args)
+    assert "resuming" in resumed.stdout  # and the default resumes that new state
