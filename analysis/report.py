@@ -25,7 +25,7 @@ from analysis import generic
 from analysis.load import load
 from analysis.tables import to_markdown
 
-META = ["family", "method", "experiment", "preset", "git_commit", "noisetune_version", "torch_version",
+META = ["family", "method", "experiment", "preset", "git_commit", "git_dirty", "noisetune_version", "torch_version",
         "ray_version", "device_name", "host"]
 UNLABELLED = "(no family column)"
 

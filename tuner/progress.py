@@ -67,7 +67,10 @@ class Progress(tune.Callback, tune.Stopper):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("done") or result.get("skipped"):
-            self.finished[trial.trial_id] = dict(result) | {"point": _point(trial.config)}
+            # Only what the lines need: Tune pickles this stopper into its experiment state, and a
+            # whole result (with its config) per trial made the driver of a 500-trial sweep grow.
+            self.finished[trial.trial_id] = {k: result.get(k) for k in (self.metric, "status", "settings")} | {
+                "point": _point(trial.config)}
             if not result.get("skipped"):
                 self.seconds.append(float(result.get("time_total_s", 0.0)))
 
@@ -124,7 +127,7 @@ class Progress(tune.Callback, tune.Stopper):
         done = len(self.finished)
         pending = max(0, self.total - done - running - errored)
         diverged = sum(1 for r in self.finished.values() if r.get("status") == "diverged")
-        settings = sum(int(r.get("settings", 0)) for r in self.finished.values())
+        settings = sum(int(r.get("settings") or 0) for r in self.finished.values())
         parts = [f"[{self.label}] {done}/{self.total} trials done, {running} running, {pending} pending, "
                  f"{errored} failed" + (f", {diverged} diverged" if diverged else ""),
                  f"trained {done - diverged}, test settings evaluated {settings}"]
