@@ -11,9 +11,9 @@ import json
 
 import pandas as pd
 
-from analysis import tables
+from analysis import stats, tables
 from analysis.figures import has, heatmap, lines, need, one_dataset, plt, same, save
-from analysis.stats import ok_rows, protocol_differences, summarize
+from analysis.stats import fixed_text, ok_rows, protocol_differences, summarize
 
 FAMILY = "ebm"
 
@@ -32,37 +32,18 @@ KNOWN_CONFIG = (*TABLE3, "method", "dataset", "image_size", "channels", "classes
 PREFERRED = {"method": "ebm", "dropout_rate": 0.0, "distribution_train": "gaussian", "distribution_test": "gaussian",
              "placement_train": "full", "placement_test": "full", "noise_sharing": "independent", "precision": "fp32",
              **TABLE3}
-NOT_SETTINGS = {"seed", "eval_seed", "data_root", "download", "device", "memory_mb", "block_images", "block_draws",
-                "noise_streams", "n_checkpoints", "eval_batch_size"}  # seeds, and fields that do not change results
+# Fields that do not change results (besides stats.NOT_SETTINGS).
+IGNORED = {"memory_mb", "block_images", "block_draws", "noise_streams", "n_checkpoints", "eval_batch_size"}
 
 
 def config_columns(d: pd.DataFrame) -> list[str]:
-    """The configuration columns of the rows: named by the rows themselves, else the known ones."""
-    names = list(KNOWN_CONFIG)
-    if "config_columns" in d.columns:
-        for text in d["config_columns"].dropna().unique():
-            names += [n for n in json.loads(text) if n not in names]
-    return [n for n in names if n in d.columns and n not in NOT_SETTINGS]
+    """The configuration columns of the rows (stats.config_columns with this family's known ones)."""
+    return stats.config_columns(d, KNOWN_CONFIG, IGNORED)
 
 
 def one_setting(d: pd.DataFrame, keep) -> tuple[pd.DataFrame, dict]:
-    """Rows of one configuration apart from the columns in `keep`: each other configuration
-    column that varies is fixed to its preferred (or first) value. Returns (rows, what was fixed)
-    so that the figure or table can say so; the seeds are what remains to average over."""
-    fixed = {}
-    for col in sorted(config_columns(d), key=lambda c: (c not in PREFERRED, c)):
-        if col in keep or col not in d.columns or d[col].nunique(dropna=False) < 2:
-            continue
-        values = list(d[col].dropna().unique())
-        pick = PREFERRED[col] if PREFERRED.get(col) in values else sorted(values, key=str)[0]
-        d = d[d[col] == pick]
-        fixed[col] = pick
-    return d, fixed
-
-
-def fixed_text(fixed: dict) -> str:
-    return ("fixed: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in fixed.items())
-            if fixed else "")
+    """stats.one_setting with this family's preferred values."""
+    return stats.one_setting(d, keep, PREFERRED, KNOWN_CONFIG, IGNORED)
 
 
 def autoencoder_rows(df: pd.DataFrame) -> pd.DataFrame:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
+
+# Seeds, and fields that do not change results: never a reason to keep rows apart (a family
+# passes its own as `ignore`).
+NOT_SETTINGS = {"seed", "eval_seed", "data_root", "download", "device"}
 
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -64,3 +70,38 @@ def _close(value, want) -> bool:
         return abs(float(value) - float(want)) < 1e-9
     except (TypeError, ValueError):
         return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Never pool: a table, figure or finding keeps apart each configuration that varies.
+
+
+def config_columns(d: pd.DataFrame, known=(), ignore=()) -> list[str]:
+    """The configuration columns of the rows: named by the rows themselves (`config_columns`),
+    plus `known` ones for hand-made or older frames; seeds and NOT_SETTINGS excluded."""
+    names = list(known)
+    if "config_columns" in d.columns:
+        for text in d["config_columns"].dropna().unique():
+            names += [n for n in json.loads(text) if n not in names]
+    return [n for n in names if n in d.columns and n not in NOT_SETTINGS and n not in ignore]
+
+
+def one_setting(d: pd.DataFrame, keep, preferred: dict | None = None, known=(), ignore=()) -> tuple[pd.DataFrame, dict]:
+    """Rows of one configuration apart from the columns in `keep`: each other configuration
+    column that varies is fixed to its preferred (or first) value. Returns (rows, what was fixed)
+    so that the figure or table can say so; the seeds are what remains to average over."""
+    preferred = preferred or {}
+    fixed = {}
+    for col in sorted(config_columns(d, known, ignore), key=lambda c: (c not in preferred, c)):
+        if col in keep or col not in d.columns or d[col].nunique(dropna=False) < 2:
+            continue
+        values = list(d[col].dropna().unique())
+        pick = preferred[col] if preferred.get(col) in values else sorted(values, key=str)[0]
+        d = d[d[col] == pick]
+        fixed[col] = pick
+    return d, fixed
+
+
+def fixed_text(fixed: dict) -> str:
+    return ("fixed: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in fixed.items())
+            if fixed else "")

@@ -45,6 +45,7 @@ from trainables.common import (STATUS_DIVERGED, STATUS_OK, Method, Progress, Tra
 from trainables.data import Data, DataConfig, load_dataset
 from trainables.noise import DISTRIBUTIONS, NoiseParams, fill_, make_generator
 from trainables.sampling import DrawTally, check_checkpoints, rows_at_checkpoints, rows_at_largest_n
+from trainables.supervised import SCHEDULERS
 
 NUM_LAYERS = 6  # encoder conv 1-3, decoder conv-transpose 4-6 (output layer included)
 
@@ -123,6 +124,7 @@ class EBMConfig:
     hidden_activation: str = "relu"  # paper silent: ReLU on layers 1-5
     output_activation: str = "sigmoid"  # paper silent: sigmoid on layer 6 (inputs are in [0,1])
     lr: float = 1e-3  # Adam, default betas
+    scheduler: str = "none"  # none (constant lr: the paper names none) | cosine (annealed per step to 0)
     batch_size: int = 256  # images per class per optimiser step
     epochs: int = 100  # an epoch = ceil(largest class / batch_size) steps
     steps: int = 0  # > 0: train exactly this many optimiser steps instead of `epochs`
@@ -138,6 +140,7 @@ class EBMConfig:
                 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in self.hidden_channels)):
             raise ConfigError(f"hidden_channels={self.hidden_channels!r} is out of range; allowed: 3 positive integers")
         check_range("lr", self.lr, 0.0, low_open=True)
+        check_choice("scheduler", self.scheduler, SCHEDULERS)
         for name in ("batch_size", "epochs"):
             check_int(name, getattr(self, name), 1)
         check_int("steps", self.steps, 0)
@@ -407,11 +410,14 @@ def train_bank(cfg: EBMConfig, data: Data, callback: Callable[[Progress], object
     per_epoch = steps_per_epoch(data, cfg.batch_size)
     total_steps = cfg.steps or cfg.epochs * per_epoch
     epochs = math.ceil(total_steps / per_epoch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps) if cfg.scheduler == "cosine" else None
     history: list[float] = []
     first_epoch = 0
     if state is not None:
         bank.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
         history = list(state["history"])
         first_epoch = int(state["epoch"])
@@ -422,6 +428,7 @@ def train_bank(cfg: EBMConfig, data: Data, callback: Callable[[Progress], object
     def snapshot(epoch: int) -> Callable[[], dict]:
         # A deep copy: state_dict() holds live tensors that the next step would overwrite.
         return lambda: copy.deepcopy({"model": bank.state_dict(), "optimizer": opt.state_dict(),
+                                      "scheduler": sched.state_dict() if sched is not None else {},
                                       "generator": gen.get_state(), "history": history, "epoch": epoch})
 
     status = STATUS_OK
@@ -442,6 +449,8 @@ def train_bank(cfg: EBMConfig, data: Data, callback: Callable[[Progress], object
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             total += loss.detach()
         mean_loss = float(total) / steps / classes
         history.append(mean_loss)

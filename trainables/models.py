@@ -1,4 +1,9 @@
-"""The model zoo: every torchvision classifier by name, plus a small CNN for laptop runs.
+"""The model zoo: every torchvision classifier by name, plus small models for laptop runs.
+
+Besides torchvision's classifiers: `small_cnn`, `softmax_regression` (one linear layer on the
+flattened image), `dnn3` (the d-1024-1024-C MLP of the VPN paper) and `vit_small` (torchvision's
+VisionTransformer with a patch size to choose, 6 layers of width 192: the size the VPN paper's
+small-image ViT leaves open).
 
 Any classification model of `torchvision.models.list_models(module=torchvision.models)` is
 available through `torchvision.models.get_model` (weights=None: nothing is downloaded), so a
@@ -23,10 +28,35 @@ from trainables.checks import ConfigError, check_choice
 STEMS = ("imagenet", "cifar")
 
 
+LOCAL_ARCHS = ("small_cnn", "softmax_regression", "dnn3", "vit_small")
+
+
 @functools.lru_cache(maxsize=1)
 def archs() -> tuple[str, ...]:
-    """small_cnn and every torchvision classification model."""
-    return ("small_cnn", *torchvision.models.list_models(module=torchvision.models))
+    """The local models and every torchvision classification model."""
+    return (*LOCAL_ARCHS, *torchvision.models.list_models(module=torchvision.models))
+
+
+def mlp(in_features: int, out_features: int, hidden: tuple[int, ...] = ()) -> nn.Sequential:
+    """Flatten, then Linear-ReLU per hidden width, then a Linear to `out_features`."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    return nn.Sequential(*layers, nn.Linear(width, out_features))
+
+
+def vit_small(channels: int, num_classes: int, image_size: int, patch_size: int) -> nn.Module:
+    """torchvision's VisionTransformer sized for 28-64 px images."""
+    if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < 1 or image_size % patch_size:
+        raise ConfigError(f"patch_size={patch_size!r} does not divide image_size={image_size}; allowed: "
+                          f"{', '.join(str(p) for p in range(1, image_size + 1) if image_size % p == 0)}")
+    model = torchvision.models.VisionTransformer(image_size, patch_size, num_layers=6, num_heads=3,
+                                                 hidden_dim=192, mlp_dim=384, num_classes=num_classes)
+    if channels != 3:
+        model.conv_proj = nn.Conv2d(channels, 192, patch_size, patch_size)
+    return model
 
 
 def small_cnn(channels: int, num_classes: int, image_size: int) -> nn.Module:
@@ -53,10 +83,18 @@ def _rebuild(conv: nn.Conv2d, channels: int, stride=None, kernel=None) -> nn.Con
                      bias=conv.bias is not None, groups=1)
 
 
-def build_model(arch: str, channels: int, num_classes: int, image_size: int, stem: str = "imagenet") -> nn.Module:
-    """A freshly initialised classifier (from the global RNG) for images (channels, size, size)."""
+def build_model(arch: str, channels: int, num_classes: int, image_size: int, stem: str = "imagenet",
+                patch_size: int = 4) -> nn.Module:
+    """A freshly initialised classifier (from the global RNG) for images (channels, size, size);
+    `patch_size` is vit_small's."""
     check_choice("arch", arch, archs())
     check_choice("stem", stem, STEMS)
+    if arch in ("softmax_regression", "dnn3"):
+        return mlp(channels * image_size ** 2, num_classes, () if arch == "softmax_regression" else (1024, 1024))
+    if arch == "vit_small":
+        model = vit_small(channels, num_classes, image_size, patch_size)
+        _probe(model, arch, channels, image_size)
+        return model
     if arch == "small_cnn":
         if image_size < 4:
             raise ConfigError(f"image_size={image_size} is too small for arch='small_cnn'; allowed: image_size >= 4")

@@ -30,10 +30,13 @@ def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed
                      batch_size: int, epochs: int, steps: int = 0, scheduler: str = "cosine",
                      generators: dict[str, torch.Generator] | None = None,
                      loss_fn: Callable | None = None,
+                     batch_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                      callback: Callable[[Progress], object] | None = None,
                      state: dict | None = None) -> TrainResult:
     """Train `model` (already on x's device) on (x, y); `steps` > 0 replaces `epochs`.
 
+    `batch_loss(model, xb, yb)` replaces `loss_fn(model(xb), yb)` where a step needs more than a
+    forward pass (augmentation, noise drawn from the labels, several draws per example).
     The last incomplete batch of an epoch is dropped (no size-1 batches for BatchNorm).
     `generators` (e.g. a noise hook's) are saved in checkpoints and restored with the rest.
     Returning True from `callback` stops early. A non-finite loss ends training with status
@@ -80,7 +83,7 @@ def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed
         loss_sum, count = 0.0, 0
         for i in range(min(per_epoch, total_steps - step)):
             idx = perm[i * bs:(i + 1) * bs]
-            loss = loss_fn(model(x[idx]), y[idx])
+            loss = batch_loss(model, x[idx], y[idx]) if batch_loss else loss_fn(model(x[idx]), y[idx])
             value = loss.item()
             if not math.isfinite(value):
                 model.eval()

@@ -1,0 +1,361 @@
+"""VPN: the generator's noise, its gradients, Algorithm 2 against a slow reference, the baselines,
+joint and frozen training, resume, bad input and the analysis tables."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats as sps
+
+from analysis import vpn as avpn
+from tests.reference_vpn import algorithm2
+from trainables import vpn
+from trainables.augment import AUGMENTATIONS, AugmentConfig, augment
+from trainables.checks import ConfigError
+from trainables.data import load_dataset
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data():
+    cfg, _ = vpn.preset_configs("smoke")
+    return load_dataset(cfg.data)
+
+
+def trained(data, **over):
+    cfg, ecfg = vpn.preset_configs("smoke", over)
+    return vpn.train_vpn(cfg, data), cfg, ecfg
+
+
+def model_with_std(data, std_activation="abs", init_std=0.3, seed=0) -> vpn.VPNModel:
+    """An untrained model whose generator outputs stds of order 1 (not the near-0 authors' init)."""
+    torch.manual_seed(seed)
+    shape = tuple(data.x_test.shape[1:])
+    cfg, _ = vpn.preset_configs("smoke", {"generator": "dnn3", "std_activation": std_activation,
+                                          "generator_init_std": init_std})
+    return vpn.VPNModel(vpn._base(cfg, shape, data.num_classes), vpn._generator(cfg, shape, data.num_classes)).eval()
+
+
+class Spy(torch.nn.Module):
+    """Wraps the base model and keeps every input it is given."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.inner(x)
+
+
+def test_generated_noise_has_zero_mean_and_the_learned_std(data):
+    model = model_with_std(data)
+    model.base = Spy(model.base)
+    x = data.x_test[:4]
+    draws = 400
+    vpn.vpn_scores(model, x, data.num_classes, draws, torch.Generator().manual_seed(1), batch_images=64)
+    xs = x.repeat(data.num_classes, 1, 1, 1)
+    ys = torch.arange(data.num_classes).repeat_interleave(len(x))
+    with torch.no_grad():
+        sigma = model.generator(xs, ys)
+    eps = torch.stack(model.base.seen) - xs  # (draws, C*N, 1, 8, 8)
+    assert eps.shape[0] == draws
+    z = (eps / sigma).flatten()
+    assert sigma.min() > 0.05  # the check below is not about vanishing noise
+    assert abs(float(z.mean())) < 4 / np.sqrt(z.numel())
+    assert abs(float(z.std()) - 1) < 0.01
+    assert sps.kstest(z[::7].numpy(), "norm").pvalue > 1e-3
+    # per pixel, the empirical std over draws is the generator's std for that pixel and hypothesis
+    ratio = eps.std(0) / sigma
+    assert float((ratio - 1).abs().median()) < 0.05
+
+
+@pytest.mark.parametrize("activation", ["abs", "softplus", "exp"])
+def test_the_std_is_non_negative_and_capped(data, activation):
+    model = model_with_std(data, activation, init_std=1.0)
+    x, y = data.x_test[:8], data.y_test[:8]
+    with torch.no_grad():
+        sigma = model.generator(x, y)
+        assert sigma.min() >= 0 and sigma.max() > 0.2
+        model.generator.std_cap = 0.2
+        capped = model.generator(x, y)
+        assert capped.max() <= torch.tensor(0.2) and torch.equal(capped, sigma.clamp(max=0.2))
+
+
+def test_the_label_enters_as_a_shift_of_every_pixel(data):
+    model = model_with_std(data)
+    seen = []
+    model.generator.net.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    x = data.x_test[:3]
+    with torch.no_grad():
+        model.generator(x, torch.tensor([0, 4, 9]))
+    shift = seen[0] - x
+    for j, c in enumerate([0, 4, 9]):
+        assert torch.allclose(shift[j], torch.full_like(shift[j], 0.01 * c / 9), atol=1e-7)
+
+
+def test_reparameterised_gradients_reach_the_generator(data):
+    model = model_with_std(data).train()
+    x, y = data.x_train[:16], data.y_train[:16]
+    logits, _ = model.noisy(x, y, torch.randn(x.shape, generator=torch.Generator().manual_seed(0)))
+    torch.nn.functional.cross_entropy(logits, y).backward()
+    grads = [p.grad for p in model.generator.parameters()]
+    assert all(g is not None for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    # and a joint training run moves the generator away from its initialisation
+    res, cfg, _ = trained(data, generator="dnn3")
+    torch.manual_seed(cfg.seed)
+    shape = tuple(data.x_train.shape[1:])
+    vpn._base(cfg, shape, data.num_classes)
+    init = vpn._generator(cfg, shape, data.num_classes)
+    moved = [not torch.equal(a, b) for a, b in zip(init.state_dict().values(), res.model.generator.state_dict().values())]
+    assert any(moved)
+
+
+def test_batched_algorithm_2_equals_the_slow_per_class_reference(data):
+    model = model_with_std(data)
+    x = data.x_test[:5]
+    c, draws = data.num_classes, 3
+    fast = vpn.vpn_scores(model, x, c, draws, torch.Generator().manual_seed(7), batch_images=64)
+    gen = torch.Generator().manual_seed(7)
+    z = [torch.randn((c * len(x), *x.shape[1:]), generator=gen) for _ in range(draws)]
+    slow = algorithm2(model.generator.net, model.base, x, c, 0.01, z)
+    assert torch.allclose(fast["score"], slow["score"], atol=1e-5)
+    assert torch.equal(fast["score"].argmax(1), slow["prediction"])
+    assert torch.allclose(fast["leak"], slow["leak"], atol=1e-6)
+    assert torch.allclose(fast["sigma_mean"], slow["sigma_mean"], rtol=1e-5)
+    # the noise matters here: with it, the scores differ from the clean softmax
+    with torch.no_grad():
+        clean = model.base(x).softmax(1)
+    assert not torch.allclose(fast["score"], clean, atol=1e-3)
+
+
+def test_more_draws_average_the_score(data):
+    model = model_with_std(data)
+    x = data.x_test[:6]
+    one = [vpn.vpn_scores(model, x, data.num_classes, 1, torch.Generator().manual_seed(s))["score"] for s in range(8)]
+    many = vpn.vpn_scores(model, x, data.num_classes, 64, torch.Generator().manual_seed(99))["score"]
+    spread_one = torch.stack(one).std(0).mean()
+    assert float((many - torch.stack(one).mean(0)).abs().mean()) < float(spread_one)
+
+
+@pytest.mark.parametrize("name", AUGMENTATIONS)
+def test_each_baseline_changes_inputs_as_specified(data, name):
+    x = data.x_train[:64]
+    torch.manual_seed(0)
+    out = augment(AugmentConfig(augmentation=name), x)
+    assert out.shape == x.shape
+    if name == "none":
+        assert out is x
+        return
+    assert not torch.equal(out, x)
+    per_image = (out - x).flatten(1).abs().amax(1) > 1e-6
+    if name == "pixel_noise":  # N(0, 1) on about 10% of the pixels, the rest untouched
+        changed = (out != x).float().mean()
+        assert 0.05 < float(changed) < 0.15
+        delta = (out - x)[out != x]
+        assert abs(float(delta.std()) - 1) < 0.15
+    elif name == "blur":  # smoother: less energy in pixel-to-pixel differences
+        assert (out.diff(dim=-1).abs().mean() < x.diff(dim=-1).abs().mean())
+    elif name == "color_jitter":  # per-image brightness/contrast factors: the mean intensity moves
+        assert (out.mean((1, 2, 3)) - x.mean((1, 2, 3))).abs().max() > 0.01
+    else:  # rotation, translation: geometry moves, intensities stay in range
+        assert out.min() >= 0 and out.max() <= 1 + 1e-6
+    # each image gets its own parameters; at 8 px a shift of up to 0.8 px rounds to 0 for ~40%
+    assert per_image.float().mean() > (0.4 if name == "translation" else 0.8)
+    if name != "pixel_noise":
+        different = [not torch.allclose(out[i] - x[i], out[0] - x[0]) for i in range(1, 16)]
+        assert any(different)
+
+
+@pytest.mark.parametrize("name", ["rotation", "pixel_noise"])
+def test_baselines_act_only_during_training(data, name, monkeypatch):
+    res, cfg, ecfg = trained(data, augmentation=name)
+    calls = []
+    monkeypatch.setattr(vpn, "augment", lambda c, x: calls.append(1) or x)
+    spy = Spy(res.model.base)
+    res.model.base = spy
+    rows, _ = vpn.evaluate(res.model, data, ["clean"], cfg, ecfg, 0)
+    assert not calls
+    assert torch.equal(torch.cat(spy.seen), data.x_test)
+    assert rows[0]["augmentation"] == name
+
+
+def test_frozen_mode_leaves_the_base_model_bit_identical_to_the_baseline_trial(data):
+    baseline, _, _ = trained(data)
+    frozen, cfg, ecfg = trained(data, generator="dnn3", mode="frozen")
+    joint, _, _ = trained(data, generator="dnn3")
+    for name, tensor in baseline.model.base.state_dict().items():
+        assert torch.equal(tensor, frozen.model.base.state_dict()[name]), name
+    assert any(not torch.equal(t, joint.model.base.state_dict()[n]) for n, t in baseline.model.base.state_dict().items())
+    assert frozen.epochs_done == 2 * baseline.epochs_done  # base phase, then generator phase
+    assert len(frozen.artefacts["std_history"]) == baseline.epochs_done
+    rows, arrays = vpn.evaluate(frozen.model, data, ["vpn", "clean"], cfg, ecfg, 0)
+    assert {r["frozen_base"] for r in rows} == {"trained_in_trial"}
+    clean = next(r for r in rows if r["inference"] == "clean")
+    base_rows, _ = vpn.evaluate(baseline.model, data, ["clean"], *vpn.preset_configs("smoke"), 0)
+    assert clean["accuracy"] == base_rows[0]["accuracy"]
+    assert arrays["std_map"].shape == (2, *data.x_test.shape[1:])
+
+
+def test_frozen_mode_keeps_batchnorm_statistics(data):
+    res, _, _ = trained(data, base="resnet18", generator="dnn3", mode="frozen", steps=2)
+    base_only, _, _ = trained(data, base="resnet18", steps=2)
+    bn = {n: t for n, t in base_only.model.base.state_dict().items() if "running" in n}
+    assert bn and all(torch.equal(t, res.model.base.state_dict()[n]) for n, t in bn.items())
+
+
+@pytest.mark.parametrize("over", [{"generator": "dnn3"}, {"generator": "dnn3", "mode": "frozen"}])
+def test_resuming_mid_training_equals_an_uninterrupted_run(data, over):
+    full, cfg, _ = trained(data, steps=6, **over)
+    saved = []
+    vpn.train_vpn(cfg, data, callback=lambda p: saved.append(p.state()))
+    # the middle checkpoint: for frozen, inside the generator phase (epochs 1-3 base, 4-6 generator)
+    for state in saved[:-1]:
+        again = vpn.train_vpn(cfg, data, state=state)
+        for name, tensor in full.model.state_dict().items():
+            assert torch.equal(tensor, again.model.state_dict()[name]), (state.get("phase"), name)
+        assert np.array_equal(full.artefacts["std_history"], again.artefacts["std_history"])
+        assert full.history == again.history
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"base": "resnet1"}, "base='resnet1'"),
+    ({"generator": "vit"}, "generator='vit' is not allowed; allowed: none, dnn3, resnet18"),
+    ({"augmentation": "mixup"}, "augmentation='mixup' is not allowed; allowed: none, rotation"),
+    ({"noise_draws": 0}, "noise_draws=0"),
+    ({"base": "vit_small", "patch_size": 3}, "patch_size=3 does not divide image_size=8"),
+    ({"mode": "frozen"}, "mode='frozen' needs a generator"),
+    ({"generator": "dnn3", "augmentation": "blur"}, "augmentation='blur' is a baseline"),
+    ({"std_activation": "relu"}, "std_activation='relu' is not allowed; allowed: abs, softplus, exp"),
+    ({"mode": "both"}, "mode='both' is not allowed; allowed: joint, frozen"),
+])
+def test_bad_config_names_the_field_and_the_allowed_values(over, message):
+    with pytest.raises(ConfigError) as err:
+        vpn.preset_configs("smoke", over)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_input_is_refused_by_the_cli_before_ray_starts(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "tuner.run", "vpn_table", "--preset", "smoke", "--storage",
+                          str(tmp_path / "r"), "--set", "noise_draws=0"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2
+    assert "noise_draws=0" in out.stderr and "allowed" in out.stderr
+    assert "Ray" not in out.stderr and not (tmp_path / "r").exists()
+
+
+def test_bad_test_settings_are_one_line():
+    with pytest.raises(ConfigError, match="inference='noisy' is not allowed; allowed: vpn, clean"):
+        vpn.check_setting({"inference": "noisy"})
+    with pytest.raises(ConfigError, match="allowed: inference"):
+        vpn.check_setting({"alpha": 1})
+
+
+def test_learning_digits_quickly(data):
+    """DNN3 on the smoke subset at 40 steps learns well above chance (0.1), with and without a generator."""
+    for over in ({}, {"generator": "dnn3"}):
+        res, cfg, ecfg = trained(data, steps=40, **over)
+        rows, _ = vpn.evaluate(res.model, data, ["clean"], cfg, ecfg, 0)
+        assert rows[0]["accuracy"] > 0.5, over
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis
+
+
+def frame(rows):
+    base = {"family": "vpn", "method": "vpn", "status": "ok", "dataset": "fashion_mnist", "image_size": 28,
+            "channels": 1, "epochs": 40, "steps": 0, "batch_size": 256, "lr": 1e-3, "noise_draws": 1, "n_draws": 1,
+            "train_limit": None, "test_limit": None, "base": "softmax_regression", "mode": "joint",
+            "std_ratio": float("nan"), "label_leak_rate": float("nan"), "trial_key": "k"}
+    return pd.DataFrame([base | r for r in rows])
+
+
+def cells(seeds, **kw):
+    return [kw | {"seed": s, "accuracy": a} for s, a in enumerate(seeds)]
+
+
+def test_table_layout_and_paper_values_only_where_the_protocol_matches():
+    rows = (cells([0.70, 0.72, 0.74], generator="none", augmentation="none", inference="clean")
+            + cells([0.75, 0.76, 0.77], generator="dnn3", augmentation="none", inference="vpn", std_ratio=0.2,
+                    label_leak_rate=0.1)
+            + cells([0.74, 0.75, 0.76], generator="dnn3", augmentation="none", inference="clean"))
+    t = avpn.table(frame(rows))
+    assert list(t.index) == ["Baseline", "DNN3", "DNN3 (No Noise)"]
+    assert t.loc["Baseline", "fashion_mnist SR"] == "72.00 ± 1.15 (paper 74.97)"
+    assert t.loc["DNN3", "fashion_mnist SR"].endswith("(paper 76.34)")
+    small = frame(rows).assign(image_size=8)
+    assert "paper" not in avpn.table(small).loc["Baseline", "fashion_mnist SR"]
+
+
+def test_a_noise_size_sweep_is_not_pooled_into_one_cell():
+    rows = (cells([0.70, 0.70], generator="none", augmentation="none", inference="clean")
+            + cells([0.80, 0.80], generator="dnn3", augmentation="none", inference="vpn", noise_draws=1)
+            + cells([0.50, 0.50], generator="dnn3", augmentation="none", inference="vpn", noise_draws=8))
+    t = avpn.table(frame(rows))
+    assert t.loc["DNN3"].iloc[0].startswith("80.00")
+    assert t.attrs["fixed"] == {"noise_draws": 1}
+
+
+def test_findings_say_undecided_within_two_sem_and_flag_negligible_noise():
+    rows = (cells([0.70, 0.74, 0.72], generator="none", augmentation="none", inference="clean")
+            + cells([0.71, 0.75, 0.73], generator="dnn3", augmentation="none", inference="vpn", std_ratio=0.001,
+                    label_leak_rate=0.1)
+            + cells([0.60, 0.61, 0.62], generator="none", augmentation="pixel_noise", inference="clean"))
+    text = " ".join(avpn.findings(frame(rows)))
+    assert "undecided (within 2 SEM" in text
+    assert "negligible" in text
+    big = (cells([0.70, 0.71, 0.70], generator="none", augmentation="none", inference="clean")
+           + cells([0.80, 0.81, 0.80], generator="dnn3", augmentation="none", inference="vpn", std_ratio=0.3,
+                   label_leak_rate=0.1))
+    assert ": holds." in " ".join(avpn.findings(frame(big)))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """A real vpn_frozen smoke run (2 seeds) through the CLI: rows and artefacts on disk."""
+    root = tmp_path_factory.mktemp("vpnrun")
+    done = subprocess.run([sys.executable, "-m", "tuner.run", "vpn_frozen", "--preset", "smoke", "--seeds", "2",
+                           "--storage", str(root)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "vpn_frozen-smoke"
+
+
+@pytest.mark.slow
+def test_report_of_a_real_run_draws_std_maps_from_artefacts(smoke_run, tmp_path):
+    from analysis import load
+    from analysis.report import build
+
+    df = load(smoke_run)
+    assert set(df["mode"]) == {"joint", "frozen"} and set(df["frozen_base"].fillna("")) <= {"", "trained_in_trial"}
+    info = build(smoke_run, tmp_path / "out")
+    assert {"std_maps", "std_history"} <= set(info["figures"])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "Table IV layout" in md and "Learned std on background pixels" in md
+
+
+@pytest.mark.slow
+def test_notebook_executes_headless_on_a_real_run(smoke_run):
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(REPO / "analysis" / "notebooks" / "vpn.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "stored with outputs"
+    os.environ["NOISETUNE_RESULTS"] = str(smoke_run)
+    try:
+        NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    finally:
+        del os.environ["NOISETUNE_RESULTS"]
+    out = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "Generator DNN3 (frozen) vs Baseline" in out
