@@ -7,12 +7,10 @@ DataFrame from analysis.load.
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
 from analysis import stats, tables
-from analysis.figures import has, heatmap, lines, need, one_dataset, plt, same, save
+from analysis.figures import draw, has, heatmap, lines, need, one_dataset, plt, same, save
 from analysis.stats import fixed_text, ok_rows, protocol_differences, summarize
 
 FAMILY = "ebm"
@@ -405,15 +403,7 @@ def findings(df: pd.DataFrame) -> list[str]:
 def section(df: pd.DataFrame, out) -> dict:
     """The report section of this family's rows: Table 1, every figure with data, the findings."""
     table = table1(df)
-    made, skipped = [], []
-    for name, fn in FIGURES.items():
-        try:
-            fig = fn(df, out=out / name)
-        except (ValueError, KeyError) as exc:
-            skipped.append(f"{name} ({exc})")
-            continue
-        plt.close(fig)
-        made.append(name)
+    made, skipped = draw(FIGURES, df, out)
     fixed = fixed_text(table.attrs.get("fixed", {}))
     caption = (f"Table 1 layout: accuracy % mean ± SEM over seeds, n={table.attrs.get('n', '?')}, "
                "train = test law and placement" + (f"; {fixed}" if fixed else ""))

@@ -16,8 +16,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.stats import ok_rows, summarize  # noqa: E402
-
 
 def save(fig, out):
     if out is not None:
@@ -26,6 +24,20 @@ def save(fig, out):
         fig.savefig(out.with_suffix(".png"), dpi=100, bbox_inches="tight")
         fig.savefig(out.with_suffix(".svg"), bbox_inches="tight")
     return fig
+
+
+def draw(figures: dict, df: pd.DataFrame, out) -> tuple[list[str], list[str]]:
+    """Draw each of a family's figures into `out`; (names drawn, "name (why not)" for the rest)."""
+    made, skipped = [], []
+    for name, fn in figures.items():
+        try:
+            fig = fn(df, out=out / name)
+        except (ValueError, KeyError) as exc:
+            skipped.append(f"{name} ({exc})")
+            continue
+        plt.close(fig)
+        made.append(name)
+    return made, skipped
 
 
 def need(df: pd.DataFrame, what: str) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.figures import plt, save
+from analysis.figures import draw, plt, save
 from analysis.load import artefacts
 from analysis.stats import fixed_text, ok_rows, protocol_differences, summarize
 
@@ -298,14 +298,6 @@ def section(df: pd.DataFrame, out) -> dict:
     if not diag.empty:
         tables_.append(("Diagnostics of the VPN rows: learned std / input std, label-leak rate (chance 1/C)",
                         diag.reset_index()))
-    made, skipped = [], []
-    for name, fn in FIGURES.items():
-        try:
-            fig = fn(df, out=out / name)
-        except (ValueError, KeyError) as exc:
-            skipped.append(f"{name} ({exc})")
-            continue
-        plt.close(fig)
-        made.append(name)
+    made, skipped = draw(FIGURES, df, out)
     return {"title": "Variational positive-incentive noise (variational-pi-noise)", "tables": tables_,
             "figures": made, "skipped": skipped, "findings": findings(df)}

@@ -37,7 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.report import Report  # noqa: E402
 from tuner import registry  # noqa: E402
-from tuner import registry  # noqa: E402
 from tuner.trial import _reporter, trial_point  # noqa: E402
 
 EXPERIMENT, PRESET, SEED = "grid_ebm", "quick", 0

@@ -42,3 +42,4 @@ class Experiment:
     mode: str = "max"  # max | min
     gpu_per_trial: float = 0.25  # small banks share a GPU; used only where GPUs exist
     search: str = "grid"  # grid | optuna
+    default_seeds: dict = field(default_factory=dict)  # preset -> seeds when --seeds is not given (the paper's count)

@@ -114,3 +114,23 @@ def _space(preset: str) -> Space:
 
 
 EXPERIMENTS = [Experiment("faulty_grid", "fault injection (tests only)", "faulty", _space, metric="error", mode="min")]
+
+
+# Driver-side fault: with FAULTY_RESTORED_FIT_FAILS set, a Tune run restored from its saved state
+# fails in the middle of fit(), after one trial has started (what a state that restores but is
+# inconsistent does); the driver must fall back to a fresh run without losing finished parts.
+if os.environ.get("FAULTY_RESTORED_FIT_FAILS"):
+    from ray import tune as _tune
+
+    _restore = _tune.Tuner.restore.__func__
+
+    def _failing_restore(cls, *args, **kwargs):
+        tuner = _restore(cls, *args, **kwargs)
+
+        def fit():
+            raise RuntimeError("injected: the restored run fails mid-way")
+
+        tuner.fit = fit
+        return tuner
+
+    _tune.Tuner.restore = classmethod(_failing_restore)

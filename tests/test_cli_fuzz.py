@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -215,9 +217,84 @@ def run_main(argv: list[str]) -> tuple[str, str, str]:
     return "refused", out.getvalue(), err.getvalue()
 
 
+FLAGS = {"--dry-run", "--verbose", "--list", "-h", "--help"}  # options without a value
+
+
+def invalid_reasons(argv: list[str]) -> list[str] | None:
+    """The validity oracle, written from the README's rules rather than from tuner.run: why an
+    argv should have been refused ([] = valid), or None where it cannot say (`--`, --list/--help
+    or a prefix of an option: argparse rules the oracle does not re-implement)."""
+    opts: dict[str, str] = {}
+    sets: list[str] = []
+    positional: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--" or a in ("--list", "-h", "--help"):
+            return None
+        if a.startswith("-") and len(a) > 1:
+            key, eq, value = a.partition("=")
+            if key in FLAGS:
+                opts[key] = "1"
+            else:
+                if not eq:
+                    if i + 1 >= len(argv):
+                        return ["option without a value"]
+                    i, value = i + 1, argv[i + 1]
+                if key == "--set":
+                    sets.append(value)
+                else:
+                    opts[key] = value
+        else:
+            positional.append(a)
+        i += 1
+    known = {"--preset", "--dataset", "--seeds", "--storage", "--name", "--address", "--gpus-per-trial",
+             "--cpus-per-trial", "--max-concurrent", "--search", "--num-samples", "--resume", "--max-failures",
+             "--checkpoint-seconds", "--progress-seconds", *FLAGS}
+    if set(opts) - known:
+        return None  # an abbreviation argparse may expand
+    reasons = []
+    if len(positional) != 1 or positional[0] not in registry.EXPERIMENTS:
+        return ["experiment is not one registered name"]
+    exp = registry.EXPERIMENTS[positional[0]]
+    method = registry.METHODS[exp.method]
+    preset = opts.get("--preset", "paper")
+    if preset not in method.presets:
+        return ["preset"]
+    if opts.get("--search", exp.search) not in ("grid", "optuna") or opts.get("--resume", "auto") not in ("auto", "never"):
+        reasons.append("search or resume")
+    for flag, low, strict in (("--cpus-per-trial", 0, True), ("--gpus-per-trial", 0, False),
+                              ("--checkpoint-seconds", 0, True), ("--progress-seconds", 0, True)):
+        if flag in opts:
+            try:
+                v = float(opts[flag])
+            except ValueError:
+                reasons.append(flag)
+                continue
+            if not math.isfinite(v) or v < low or (strict and v == low):
+                reasons.append(flag)
+    for flag, low in (("--max-concurrent", 0), ("--num-samples", 1), ("--max-failures", 0)):
+        if flag in opts and not (re.fullmatch(r"[+-]?\d+", opts[flag].strip()) and int(opts[flag]) >= low):
+            reasons.append(flag)
+    if "--seeds" in opts:
+        text = opts["--seeds"].strip()
+        if not (re.fullmatch(r"\d+", text) and 1 <= int(text)) and not re.fullmatch(r"\(?\d+(,\s*\d+)*,?\)?", text):
+            reasons.append("seeds")
+    fields = set().union(*(all_field_names(c) for c in method.configs(preset, {})))
+    swept = {k for point in exp.space(preset).train for k in point} | set(exp.space(preset).optuna or {}) | {"seed"}
+    for item in sets:
+        key = item.partition("=")[0].strip()
+        if "=" not in item or key not in fields or key in swept:
+            reasons.append(f"--set {key!r}")
+    return reasons
+
+
 def check_outcome(argv: list[str], base: Path, before: dict) -> tuple[str, str]:
     outcome, out, err = run_main(argv)
     assert "Traceback" not in out + err, (argv, err)
+    if outcome in ("accepted", "dry-run"):
+        reasons = invalid_reasons([a for a in argv])
+        assert not reasons, f"{argv} was accepted but the oracle finds it invalid: {reasons}"
     if outcome == "refused":
         lines = err.splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and err.endswith("\n"), (argv, err)

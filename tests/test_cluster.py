@@ -194,7 +194,7 @@ def test_job_submission_on_two_node_cluster_with_token_auth():
                      "--ray-client-server-port", str(client_port),
                      "--dashboard-agent-listen-port", str(head_agent),
                      "--metrics-export-port", str(head_metrics),
-                     "--num-cpus", "2",
+                     "--num-cpus", "1",  # one trial slot per node: the two smoke trials run one on each
                      "--temp-dir", str(tmp / "ray"),
                      "--disable-usage-stats"], env, timeout=120)
         assert head.returncode == 0, head.stdout + head.stderr
@@ -221,13 +221,16 @@ def test_job_submission_on_two_node_cluster_with_token_auth():
         assert status == 401, (status, body)
         assert _get(f"{dash}/api/jobs/", "0" * 64)[0] == 403
         # ...and both nodes are alive.
+        alive: list[dict] = []
+
         def two_alive():
             code, text = _get(f"{dash}/api/v0/nodes?detail=false&limit=100", token)
             if code != 200:
                 return False
-            nodes = json.loads(text)["data"]["result"]["result"]
-            return len([n for n in nodes if n.get("state") == "ALIVE"]) == 2
+            alive[:] = [n for n in json.loads(text)["data"]["result"]["result"] if n.get("state") == "ALIVE"]
+            return len(alive) == 2
         _wait_for("2 alive nodes", two_alive, 60)
+        worker_node = next(n["node_id"] for n in alive if not n.get("is_head_node"))
 
         # `ray job submit` reads RAY_AUTH_MODE / RAY_AUTH_TOKEN from its environment and
         # sends "Authorization: Bearer <token>"; it blocks until the job ends.
@@ -266,6 +269,9 @@ def test_job_submission_on_two_node_cluster_with_token_auth():
         assert {r["preset"] for r in rows} == {"smoke"}
         assert sorted({r["n"] for r in rows}) == [1, 4]
         assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+        # A trial really ran on the worker node (rows name the Ray node that trained them).
+        assert {r["node_id"] for r in rows} == {n["node_id"] for n in alive}, (rows, alive)
+        assert worker_node in {r["node_id"] for r in rows}
 
         # The dashboard's jobs endpoint lists the job as SUCCEEDED.
         code, text = _get(f"{dash}/api/jobs/", token)

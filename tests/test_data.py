@@ -328,8 +328,11 @@ def test_unknown_name_suggests_near_match():
 
 
 @pytest.mark.parametrize("field, value, allowed", [
-    ("image_size", 3, "integer >= 4"),
-    ("image_size", 32.0, "integer >= 4"),
+    ("image_size", 3, r"integer in \[4, 1024\]"),
+    ("image_size", 32.0, r"integer in \[4, 1024\]"),
+    ("image_size", 1025, r"integer in \[4, 1024\]"),
+    ("data_root", 5, r"None or a folder path"),
+    ("download", "yes", r"True or False"),
     ("channels", 2, r"1 \(grayscale\) or 3 \(RGB\)"),
     ("channels", True, r"1 \(grayscale\) or 3 \(RGB\)"),
     ("classes", (0, 10), r"\[0, 9\]"),

@@ -244,19 +244,72 @@ def test_bad_evaluation_inputs(trained, tiny, settings, n_checkpoints, message):
         evaluate_classifier(model, tiny, settings, n_checkpoints=n_checkpoints, cfg=cfg)
 
 
-def test_training_noise_uses_its_own_law(monkeypatch, tiny):
-    """The train spec reaches the hooks: distribution_train and alpha_train as configured."""
-    used = []
-    real = injection.fill_
+def test_training_noise_uses_its_own_law_and_scale(monkeypatch, tiny):
+    """The train spec reaches the hooks: each hook call adds exactly alpha_train * z, with z drawn
+    from distribution_train."""
+    draws, added = [], []
+    real_fill, real_hook = injection.fill_, injection.ActivationNoise._hook
 
-    def spy(out, distribution, params, generator):
-        used.append(distribution)
-        return real(out, distribution, params, generator)
+    def fill_spy(out, distribution, params, generator):
+        z = real_fill(out, distribution, params, generator)
+        draws.append((distribution, z.clone()))
+        return z
 
-    monkeypatch.setattr(injection, "fill_", spy)
+    def hook_spy(self, module, inputs, output):
+        raw = output.detach().clone()
+        result = real_hook(self, module, inputs, output)
+        added.append((self.alpha, result.detach() - raw))
+        return result
+
+    monkeypatch.setattr(injection, "fill_", fill_spy)
+    monkeypatch.setattr(injection.ActivationNoise, "_hook", hook_spy)
     train_classifier(ClassifierConfig(steps=1, batch_size=16, distribution_train="lognormal",
                                       alpha_train=0.2, device="cpu"), tiny)
-    assert used == ["lognormal", "lognormal"]  # small_cnn: two ReLUs, one step
+    assert [d for d, _ in draws] == ["lognormal", "lognormal"]  # small_cnn: two ReLUs, one step
+    for (alpha, delta), (_, z) in zip(added, draws):
+        assert alpha == 0.2 and torch.allclose(delta, 0.2 * z, atol=1e-6)
+    assert all(float(z.min()) > 0 for _, z in draws)  # lognormal draws are positive
+
+
+def _reference_small_cnn(model, x, alpha, noises):
+    """small_cnn written out layer by layer from the paper's t = f(.) + alpha z after every
+    activation, taking the noise tensors as given."""
+    conv1, _, pool1, conv2, _, pool2, _, linear = model
+    h = torch.relu(F.conv2d(x, conv1.weight, conv1.bias, padding=1)) + alpha * noises[0]
+    h = F.max_pool2d(h, 2)
+    h = torch.relu(F.conv2d(h, conv2.weight, conv2.bias, padding=1)) + alpha * noises[1]
+    h = F.max_pool2d(h, 2)
+    return F.linear(h.flatten(1), linear.weight, linear.bias)
+
+
+def test_sampled_prediction_equals_a_slow_reference_fed_the_same_noise(monkeypatch, digits):
+    """Accuracy at each n from evaluate_classifier equals a reference that averages the softmax
+    of n noisy passes image by image in Python loops, with the same noise tensors."""
+    data = _data(digits.x_train[:1500], digits.y_train[:1500], 10, 1460)  # 40 test images
+    model = train_classifier(ClassifierConfig(steps=80, batch_size=64, device="cpu"), data).model.eval()
+    draws = []
+    real_fill = injection.fill_
+    monkeypatch.setattr(injection, "fill_", lambda out, d, p, g: draws.append(real_fill(out, d, p, g).clone()) or draws[-1])
+    alpha, n_max = 0.8, 6
+    rows = evaluate_classifier(model, data, [("gaussian", alpha)], (1, 3, 6), seed=5, batch_size=16)
+    assert len(draws) == 2 * n_max * 3  # 2 activations x 6 passes x 3 batches of 16, 16, 8
+    x, y = data.x_test, data.y_test
+    probs_sum = torch.zeros(len(x), 10)
+    want = {}
+    with torch.no_grad():
+        for k in range(n_max):
+            batches = [draws[2 * (3 * k + b):2 * (3 * k + b) + 2] for b in range(3)]
+            for j in range(len(x)):
+                b, r = divmod(j, 16)
+                noises = [batches[b][0][r:r + 1], batches[b][1][r:r + 1]]
+                probs_sum[j] += torch.softmax(_reference_small_cnn(model, x[j:j + 1], alpha, noises), 1)[0]
+            if k + 1 in (1, 3, 6):
+                want[k + 1] = int((probs_sum.argmax(1) == y).sum()) / len(x)
+    got = {r["n"]: r["accuracy"] for r in rows}
+    assert got == want
+    with torch.no_grad():
+        clean = int((model(x).argmax(1) == y).sum()) / len(x)
+    assert want[6] > 0.5 and want[1] != clean  # a trained model, and the noise is felt
 
 
 def test_cifar_stem_keeps_resolution_where_the_imagenet_stem_quarters_it():

@@ -138,3 +138,87 @@ def test_energy_var_is_the_mean_across_draw_variance_of_the_energies():
     assert row["energy_var"] == pytest.approx(float(e.var(-1, unbiased=True).mean(0).mean()), rel=1e-9)
     assert row["energy_mean"] == pytest.approx(float(e.mean(-1).mean(0).mean()), rel=1e-9)
     assert row["accuracy"] == float((e.mean(-1).argmin(0) == data.y_test).double().mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Training noise and dropout against closed forms
+#
+# With the output layer's weights zeroed, its output is act(b) whatever reaches it, so the noise
+# or dropout put on layers 1-5 cannot matter and the per-pixel training loss has a closed form:
+#   noise at alpha on layer 6:    E[(b + alpha z - x)^2] = (b - x)^2 + alpha^2 E[z^2]
+#   dropout at rate c on layer 6: E[(b k / (1 - c) - x)^2] = (b - x)^2 + b^2 c / (1 - c)
+#   nothing on layer 6 (hidden):  exactly (b - x)^2
+
+
+def _constant_output_bank(b: float, channels: int = 1):
+    from trainables.ebm import NUM_LAYERS, AutoencoderBank
+
+    bank = AutoencoderBank.initialised(2, channels, (4, 5, 6), seed=0, hidden_activation="relu",
+                                       output_activation="identity")
+    with torch.no_grad():
+        bank.weights[NUM_LAYERS - 1].zero_()
+        bank.biases[NUM_LAYERS - 1].fill_(b)
+    return bank
+
+
+def _training_loss(cfg_over: dict, b: float, draws: int) -> tuple[float, float]:
+    """(mean over draws of the training forward's per-pixel MSE, the clean (b - x)^2 term)."""
+    from trainables.ebm import _to_nhwc, _train_noise, preset_configs
+    from trainables.noise import make_generator
+
+    cfg, _ = preset_configs("smoke", cfg_over | {"output_activation": "identity"})
+    bank = _constant_output_bank(b)
+    x = torch.stack([_to_nhwc(torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(3 + g)))
+                     for g in range(2)])  # (classes, N, H, W, C): the bank's channels-last layout
+    perturb = _train_noise(cfg, make_generator(11, "cpu"))
+    with torch.no_grad():
+        losses = [float(((bank(x, perturb) - x) ** 2).mean()) for _ in range(draws)]
+    return float(np.mean(losses)), float(((b - x) ** 2).mean())
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_training_noise_adds_the_analytical_floor_to_the_loss(alpha):
+    draws = 200
+    loss, residual = _training_loss({"alpha_train": alpha, "placement_train": "full"}, 0.3, draws)
+    # the per-draw loss has std about alpha^2 sqrt(2 / pixels); its mean over draws much less
+    pixels = 2 * 16 * 64
+    tol = 6 * alpha ** 2 * np.sqrt(2 / pixels) / np.sqrt(draws) + 6 * alpha * 0.5 / np.sqrt(pixels * draws)
+    assert loss == pytest.approx(residual + alpha ** 2, abs=tol)
+    hidden, residual_h = _training_loss({"alpha_train": alpha, "placement_train": "hidden"}, 0.3, 3)
+    assert hidden == pytest.approx(residual_h, rel=1e-6)  # no noise reaches the reconstruction
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.5])
+def test_dropout_keeps_the_expected_activation_on_the_layers_it_covers(rate):
+    b, draws = 0.6, 200
+    loss, residual = _training_loss({"dropout_rate": rate, "placement_train": "full"}, b, draws)
+    # inverted scaling: E[b k / (1 - c)] = b, so only the variance b^2 c / (1 - c) is added
+    extra = b ** 2 * rate / (1 - rate)
+    pixels = 2 * 16 * 64
+    assert loss == pytest.approx(residual + extra, abs=6 * extra * np.sqrt(2 / (pixels * draws)) + 1e-3)
+    assert abs(loss - residual) > 0.5 * extra  # the term is measurable at this tolerance
+    hidden, residual_h = _training_loss({"dropout_rate": rate, "placement_train": "hidden"}, b, 3)
+    assert hidden == pytest.approx(residual_h, rel=1e-6)
+
+
+@pytest.mark.parametrize("placement", ["full", "odd", "even", "enc", "dec", "hidden"])
+def test_training_perturbation_touches_exactly_its_placement(placement):
+    from trainables.ebm import NUM_LAYERS, PLACEMENTS, _train_noise, preset_configs
+    from trainables.noise import make_generator
+
+    for over in ({"alpha_train": 0.7}, {"dropout_rate": 0.3}):
+        cfg, _ = preset_configs("smoke", over | {"placement_train": placement})
+        perturb = _train_noise(cfg, make_generator(5, "cpu"))
+        for layer in range(1, NUM_LAYERS + 1):
+            h = torch.full((2, 4000), 0.5)
+            out = perturb(layer, h)
+            if layer not in PLACEMENTS[placement]:
+                assert torch.equal(out, h), (placement, layer)
+                continue
+            if "alpha_train" in over:  # h + alpha z: mean h, std alpha
+                assert float((out - h).mean()) == pytest.approx(0, abs=0.05)
+                assert float((out - h).std()) == pytest.approx(0.7, rel=0.05)
+            else:  # inverted dropout: a share c zeroed, the rest scaled by 1/(1-c), mean kept
+                assert float((out == 0).float().mean()) == pytest.approx(0.3, abs=0.03)
+                assert torch.allclose(out[out != 0], torch.tensor(0.5 / 0.7))
+                assert float(out.mean()) == pytest.approx(0.5, abs=0.03)

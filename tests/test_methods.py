@@ -23,7 +23,7 @@ EXTRA_METHODS, EXTRA_EXPERIMENTS = registry.load(list(TEST_FAMILIES))
 METHODS = registry.METHODS | EXTRA_METHODS
 EXPERIMENTS = registry.EXPERIMENTS | EXTRA_EXPERIMENTS
 # Columns that differ between two runs of the same trial by design (ids, hosts, clocks).
-VOLATILE = {"trial_id", "host", "train_seconds", "eval_seconds", "traceback"}
+VOLATILE = {"trial_id", "host", "node_id", "train_seconds", "eval_seconds", "traceback"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -221,7 +221,13 @@ def test_corrupt_parts_are_named_set_aside_and_rerun(tmp_path):
     cols = ["trial_key", "shift_test", "error", "status"]
     was = pd.concat([pq.read_table(io.BytesIO(b)).to_pandas() for b in original.values()])
     now = frame(tmp_path, "faulty_grid-smoke")
+    # The metric of the fault method is a seeded function of its config, so equal values only show
+    # that the re-run wrote the right rows; new trial ids show they were really written again.
     assert now[cols].sort_values(cols).reset_index(drop=True).equals(was[cols].sort_values(cols).reset_index(drop=True))
+    damaged = {n[len("part-"):-len(".parquet")] for n in (truncated, garbage)}
+    old_ids = set(was.loc[was["trial_key"].isin(damaged), "trial_id"])
+    new_ids = set(now.loc[now["trial_key"].isin(damaged), "trial_id"])
+    assert new_ids and not new_ids & old_ids, (old_ids, new_ids)
     corrupt = tmp_path / "faulty_grid-smoke" / "corrupt"
     kept = sorted(corrupt.glob("*.parquet.*"))
     # Each damaged part's arrays went to corrupt/ with it, and the re-run wrote fresh ones.
@@ -285,3 +291,48 @@ def test_five_hundred_tiny_trials_complete_with_bounded_driver_memory_and_files(
     assert parts == 500
     assert rss < 2048, rss  # measured ~1 GiB; Tune's per-trial state must not balloon
     assert files < 500 * 8, files  # parts plus Tune's few files per trial
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. A restored run that fails mid-way, and a driver killed while a trial trains
+
+
+def test_a_restored_run_that_fails_mid_way_falls_back_to_a_fresh_run(tmp_path):
+    log = tmp_path / "log"
+    log.mkdir()
+    args = ("faulty_grid", "--preset", "smoke", "--storage", str(tmp_path), "--seeds", "2", "--set", f"log_dir={log}")
+    assert cli(*args, env=PLUGIN_ENV).returncode == 0
+    store = ResultStore(str(tmp_path), "faulty_grid-smoke")
+    parts = {Path(p).name: Path(p).read_bytes() for p in store.parts()}
+    missing = sorted(parts)[0]
+    Path(store.results, missing).unlink()  # one trial's result lost: the resumed run has work to do
+    before = len(trainings(log))
+    done = cli(*args, env={**PLUGIN_ENV, "FAULTY_RESTORED_FIT_FAILS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming" in done.stdout and "resumed Tune run failed (RuntimeError: injected" in done.stdout
+    assert len(trainings(log)) - before == 1  # only the trial without a part trained again
+    now = {Path(p).name: Path(p).read_bytes() for p in store.parts()}
+    assert set(now) == set(parts)
+    assert all(now[n] == b for n, b in parts.items() if n != missing)  # finished parts untouched
+
+
+def test_a_killed_drivers_running_trial_resumes_from_its_checkpoint(tmp_path):
+    log = tmp_path / "log"
+    log.mkdir()
+    args = ("faulty_grid", "--preset", "smoke", "--storage", str(tmp_path), "--max-concurrent", "1",
+            "--checkpoint-seconds", "0.5", "--set", f"log_dir={log}", "--set", "epochs=16",
+            "--set", "epoch_seconds=0.25")
+    proc = start(*args, env=PLUGIN_ENV)
+    try:
+        tune_dir = tmp_path / "faulty_grid-smoke" / "tune"
+        wait_for(lambda: any(tune_dir.glob("*/checkpoint_000001")), what="a trial's second checkpoint")
+        running = trainings(log)[-1]
+        time.sleep(1.0)  # Tune's own state is saved every --checkpoint-seconds too; let one save land
+    finally:
+        kill_group(proc)  # the driver, its local Ray and the trial's worker
+    done = cli(*args, env=PLUGIN_ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [t for t in trainings(log) if (t["seed"], t["level"]) == (running["seed"], running["level"])]
+    assert len(runs) == 2 and int(runs[0]["start"]) == 0 and int(runs[1]["start"]) > 0, runs
+    df = frame(tmp_path, "faulty_grid-smoke")
+    assert set(df["status"]) == {"ok"} and set(df["epochs_done"]) == {16} and len(df) == 4

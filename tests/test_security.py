@@ -12,7 +12,6 @@ not face the internet.
 from __future__ import annotations
 
 import ast
-import inspect
 import os
 import pickle
 import re
@@ -179,17 +178,24 @@ def test_the_scan_passes_safe_loaders(tmp_path, source):
     assert scan(path) == []
 
 
-def test_the_cifar_pickles_are_read_only_after_torchvision_checked_them():
-    """The one allowlisted unpickling reads files that torchvision's CIFAR100 constructor has just
-    verified against their MD5 sums (it raises on a mismatch), never anything else."""
-    import torchvision.datasets as tvd
+@pytest.mark.parametrize("dataset", ["cifar100", "cifar20", "cifar20_coarse"])
+@pytest.mark.parametrize("file", ["train", "meta"])
+def test_a_corrupted_cifar_batch_is_refused_before_anything_is_unpickled(tmp_path, dataset, file):
+    """A CIFAR-100 folder in the real on-disk layout whose `file` is a pickle that runs code when
+    loaded, with torchvision's MD5 check ON (as for every user): loading refuses the folder and
+    the payload never runs, for the fine loaders and for the coarse-label one that unpickles the
+    batch files itself."""
+    from tests.test_data import write_cifar100
+    from trainables.data import DataConfig, DataError, load_dataset
 
-    from trainables import data
-    source = inspect.getsource(data._load_cifar20_coarse)
-    assert source.index('_cifar(cfg, root, "CIFAR100")') < source.index("pickle.load")
-    assert "_check_integrity()" in inspect.getsource(tvd.CIFAR10.__init__)
-    names = {name for name, _ in tvd.CIFAR100.train_list + tvd.CIFAR100.test_list} | {tvd.CIFAR100.meta["filename"]}
-    assert re.findall(r'unpickle\("(\w+)"\)', source) and set(re.findall(r'unpickle\("(\w+)"\)', source)) <= names
+    write_cifar100(tmp_path)
+    marker = tmp_path / "pwned"
+    (tmp_path / "cifar-100-python" / file).write_bytes(pickle.dumps({"data": _Payload(str(marker))}, protocol=2))
+    with pytest.raises((DataError, RuntimeError)):
+        load_dataset(DataConfig(dataset=dataset, data_root=str(tmp_path), download=False))
+    assert not marker.exists(), "the corrupted batch file was unpickled"
+    pickle.loads((tmp_path / "cifar-100-python" / file).read_bytes())  # control: the payload is live
+    assert marker.exists()
 
 
 # --------------------------------------------------------------------------------------
@@ -319,18 +325,48 @@ def test_ray_init_calls_keep_the_dashboard_on_localhost():
     assert calls >= 1, "tuner.run starts Ray somewhere"
 
 
-def test_the_pinned_ray_starts_local_clusters_with_token_auth_on_the_dashboard_on_localhost():
-    """`tuner.run` leaves both to ray.init's defaults; this fails if a Ray upgrade changes them."""
-    ray = pytest.importorskip("ray")
-    from ray._private import worker
-    from ray._private.authentication import authentication_token_setup as auth
-    from ray._private.services import get_localhost_ip
-    assert inspect.signature(ray.init).parameters["dashboard_host"].default == get_localhost_ip()
-    assert get_localhost_ip() in ("127.0.0.1", "::1", "localhost")
-    assert "enable_token_auth_by_default()" in inspect.getsource(worker.init)
-    # RAY_AUTH_MODE unset means token mode for a new local cluster; only an explicit value opts out.
-    source = inspect.getsource(auth.enable_token_auth_by_default)
-    assert "_enable_token_auth()" in source and "AUTH_MODE_ENV_VAR" in source
+_LOCAL_CLUSTER = r"""
+import json, os, urllib.error, urllib.request
+from pathlib import Path
+import ray
+
+ctx = ray.init(include_dashboard=True, num_cpus=1, log_to_driver=False)  # as tuner.run does: defaults
+url = "http://" + ctx.dashboard_url
+
+def status(token):
+    req = urllib.request.Request(url + "/api/jobs/", headers={"Authorization": "Bearer " + token} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+token = (Path(os.environ["HOME"]) / ".ray" / "auth_token").read_text().strip()
+out = {"host": ctx.dashboard_url.rsplit(":", 1)[0], "none": status(None), "wrong": status("0" * 64),
+       "right": status(token)}
+ray.shutdown()  # stops exactly the processes this init started
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_a_local_cluster_started_like_tuner_run_refuses_unauthenticated_requests(tmp_path):
+    """Behaviour, not source: ray.init() with tuner.run's arguments and RAY_AUTH_MODE unset starts
+    a cluster whose dashboard is on localhost and answers 401 without the token, 403 with a
+    wrong one and 200 with the token it wrote to ~/.ray/auth_token (HOME is a fresh folder)."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+    env |= {"HOME": str(tmp_path), "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run([sys.executable, "-c", _LOCAL_CLUSTER], capture_output=True, text=True, timeout=240,
+                          env=env, cwd=tmp_path)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, done.stdout[-2000:] + done.stderr[-3000:]
+    got = json.loads(line[len("RESULT "):])
+    assert got["host"] in ("127.0.0.1", "localhost", "[::1]"), got
+    assert (got["none"], got["wrong"], got["right"]) == (401, 403, 200), got
 
 
 def test_tuner_run_starts_ray_without_weakening_auth_or_the_dashboard(tmp_path, monkeypatch):

@@ -246,3 +246,34 @@ def test_resume_never_starts_tune_afresh_and_keeps_finished_parts(tmp_path):
     assert {p: os.stat(p).st_mtime_ns for p in store.parts()} == parts  # finished trials were not re-run
     resumed = cli(*args)
     assert "resuming" in resumed.stdout  # and the default resumes that new state
+
+
+@pytest.mark.slow
+def test_optuna_resume_continues_the_same_study_with_the_earlier_trials(tmp_path):
+    """A second run of an Optuna experiment keeps the study: the earlier trials stay with their
+    values (TPE sees them), and only the trials --num-samples still lacks run; --resume never
+    starts a new study and keeps the old one aside."""
+    import optuna
+
+    args = ("tune_ebm", "--preset", "smoke", "--storage", str(tmp_path))
+    db = tmp_path / "tune_ebm-smoke" / "optuna.db"
+
+    def study():
+        s = optuna.load_study(study_name="tune_ebm-smoke", storage=f"sqlite:///{db}")
+        return [(t.number, t.value, t.params) for t in s.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+    first = cli(*args, "--num-samples", "2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = study()
+    assert len(before) == 2
+    again = cli(*args, "--num-samples", "3")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "2 complete trials kept, 1 to run" in again.stdout
+    after = study()
+    assert after[:2] == before and len(after) == 3
+    assert len(ResultStore(str(tmp_path), "tune_ebm-smoke").parts()) == 3
+    same = cli(*args, "--num-samples", "3")
+    assert same.returncode == 0 and "3 complete trials kept, 0 to run" in same.stdout and study() == after
+    fresh = cli(*args, "--num-samples", "1", "--resume", "never")
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert len(study()) == 1 and list(db.parent.glob("optuna.db.replaced-*"))

@@ -76,6 +76,15 @@ def all_field_names(cfg) -> set[str]:
     return names
 
 
+def check_device(device) -> None:
+    """Refuse a device string torch cannot parse; availability is checked where training runs."""
+    if device != "auto":
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(f"device={device!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from exc
+
+
 def resolve_device(device: str) -> torch.device:
     """'auto' picks CUDA when present; an unavailable explicit device is refused up front."""
     if device == "auto":

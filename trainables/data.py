@@ -409,6 +409,9 @@ def dataset_names() -> list[str]:
 # ---------------------------------------------------------------------------- loading
 
 
+MAX_IMAGE_SIZE = 1024  # the largest side any loader resizes to (ImageNet-style models take 224)
+
+
 def _is_int(value) -> bool:
     """True for Python/numpy integers but not bools, which would silently pass as 0/1."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
@@ -420,8 +423,12 @@ def _validate(cfg: DataConfig) -> tuple[int, ...]:
         near = difflib.get_close_matches(str(cfg.dataset), DATASETS, n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         raise DataError(f"dataset: unknown data set {cfg.dataset!r}{hint}; allowed: {', '.join(DATASETS)}")
-    if not _is_int(cfg.image_size) or cfg.image_size < 4:
-        raise DataError(f"image_size: must be an integer >= 4, got {cfg.image_size!r}")
+    if not _is_int(cfg.image_size) or not 4 <= cfg.image_size <= MAX_IMAGE_SIZE:
+        raise DataError(f"image_size: must be an integer in [4, {MAX_IMAGE_SIZE}], got {cfg.image_size!r}")
+    if cfg.data_root is not None and not isinstance(cfg.data_root, str):
+        raise DataError(f"data_root: must be None or a folder path (text), got {cfg.data_root!r}")
+    if not isinstance(cfg.download, bool):
+        raise DataError(f"download: must be True or False, got {cfg.download!r}")
     if cfg.channels not in (1, 3) or not _is_int(cfg.channels):
         raise DataError(f"channels: must be 1 (grayscale) or 3 (RGB), got {cfg.channels!r}")
     for field in ("train_limit", "test_limit"):

@@ -19,7 +19,7 @@ from torch import nn
 
 from trainables.checks import (ConfigError, check_choice, check_int, check_keys, check_optional_int,
                                check_range)
-from trainables.common import (Method, Progress, TrainResult, config_row, configs_from_preset, device_name,
+from trainables.common import (Method, Progress, TrainResult, check_device, config_row, configs_from_preset, device_name,
                                resolve_device)
 from trainables.data import DataConfig, load_dataset
 from trainables.injection import ActivationNoise, stream_seed
@@ -65,11 +65,7 @@ class ClassifierConfig:
             raise ConfigError(f"noise_params={self.noise_params!r} is not allowed; allowed: a NoiseParams")
         check_int("seed", self.seed, 0)
         check_int("steps", self.steps, 0)
-        if self.device != "auto":  # availability is checked where training runs, not here
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError) as exc:
-                raise ConfigError(f"device={self.device!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from exc
+        check_device(self.device)
 
 
 def build_classifier(arch: str, channels: int, num_classes: int, image_size: int,

@@ -10,8 +10,9 @@ dimension, so a forward pass yields all C reconstructions and one Adam step upda
 autoencoders, each on its own class's images. How a layer is computed is chosen by measurement
 (bench/): at 8 px im2col plus ONE batched matrix product over classes (channels-last tensors of
 shape (classes, batch, H, W, channels)); from 16 px up, per-class oneDNN convolutions on the
-stacked weights, because im2col copies cost more there; one grouped convolution is slower than
-both on CPU (shared/MEASUREMENTS.md). `Autoencoder` is the plain reference module;
+stacked weights, because im2col copies cost more there (bench/results/ebm_training_cpu.txt, and
+the same file at commit 8515994 for the im2col path); one grouped convolution was slower than
+both on CPU in a workplace measurement that bench/ does not repeat. `Autoencoder` is the plain reference module;
 `AutoencoderBank.from_autoencoders` stacks C of them exactly.
 
 Sampling inference is "train once, evaluate many": one pass over the test set evaluates a list of
@@ -168,8 +169,8 @@ class EvalConfig:
     noise_streams: int = 4  # generators per noise block, filled in parallel on CPU (part of the key)
     memory_mb: int = 0  # working memory per call, 0 = auto (64 MB on CPU: cache-sized; 1/4 of free GPU memory)
     # Layer arithmetic of sampling inference: "bf16" runs the convolutions in bfloat16, channels-last
-    # (bf16 matmul is 2.5x fp32 on CPUs with avx512_bf16; end to end 1.1-1.6x, as drawing the noise
-    # stays, bench/README.md). Noise is drawn and energies summed in fp32, the same draws on the
+    # (bf16 matmul 4.1x fp32 on an avx512_bf16 CPU, end to end only 1.08-1.12x fused fp32, as drawing
+    # the noise stays: bench/results/ebm_sampling_cpu.txt; on AVX2-only CPUs bf16 is emulated, slower). Noise is drawn and energies summed in fp32, the same draws on the
     # same elements as fp32, so only rounding differs.
     precision: str = "fp32"
 
@@ -350,8 +351,8 @@ class AutoencoderBank(nn.Module):
 
 
 # Image side from which training runs class by class (AutoencoderBank.forward_per_class): on this
-# project's 2-core CPU the im2col + bmm step trains 1.3x faster than separate modules at 8 px but
-# 0.74x at 16 px and 0.36x at 32 px (bench/ebm_training.py).
+# project's 2-core CPU the im2col + bmm step trained 1.31x faster than separate modules at 8 px but
+# 0.74x at 16 px and 0.36x at 32 px (bench/results/ebm_training_cpu.txt at commit 8515994).
 PER_CLASS_TRAINING_FROM = 16
 
 
@@ -546,8 +547,8 @@ class SamplingEvaluator:
 
     def _fill(self, z: torch.Tensor, distribution: str, gens: list[list[torch.Generator]]) -> None:
         """Row j of z from draw block j's generators, one contiguous chunk per stream. On CPU the
-        chunks run on a thread pool: PyTorch's samplers are single-threaded, and they are a third
-        of the work (shared/MEASUREMENTS.md)."""
+        chunks run on a thread pool: PyTorch's samplers are single-threaded, and drawing alone takes
+        19-28% of the fused fp32 time (noise-only rows of bench/results/ebm_sampling_cpu.txt)."""
         jobs = [(chunk, gen) for row, row_gens in zip(z, gens)
                 for chunk, gen in zip(row.chunk(len(row_gens)), row_gens)]
         if z.device.type == "cpu" and torch.get_num_threads() > 1:

@@ -1,6 +1,7 @@
 """A supervised training loop with exact checkpoint/resume, for any family's classifier.
 
-Adam + a loss (cross-entropy by default) on tensors that stay on the device, an optional cosine
+Adam or plain SGD (the optimiser whose dynamics NINR's theory describes) + a loss (cross-entropy
+by default) on tensors that stay on the device, an optional cosine
 schedule annealed per step over the whole run, and a callback after every epoch that can save a
 checkpoint: passing Progress.state() back as `state` resumes to the same final weights as an
 uninterrupted run (bit-identical per seed on CPU for a fixed thread count; on CUDA only with
@@ -24,6 +25,7 @@ from trainables.injection import stream_seed
 from trainables.noise import make_generator
 
 SCHEDULERS = ("cosine", "none")
+OPTIMIZERS = ("adam", "sgd")
 
 
 def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int, lr: float,
@@ -32,7 +34,8 @@ def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed
                      loss_fn: Callable | None = None,
                      batch_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                      callback: Callable[[Progress], object] | None = None,
-                     state: dict | None = None) -> TrainResult:
+                     state: dict | None = None, optimizer: str = "adam", weight_decay: float = 0.0,
+                     momentum: float = 0.0, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train `model` (already on x's device) on (x, y); `steps` > 0 replaces `epochs`.
 
     `batch_loss(model, xb, yb)` replaces `loss_fn(model(xb), yb)` where a step needs more than a
@@ -40,15 +43,22 @@ def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed
     The last incomplete batch of an epoch is dropped (no size-1 batches for BatchNorm).
     `generators` (e.g. a noise hook's) are saved in checkpoints and restored with the rest.
     Returning True from `callback` stops early. A non-finite loss ends training with status
-    "diverged" (the model keeps its last finite weights) instead of raising.
+    "diverged" (the model keeps its last finite weights) instead of raising. `on_step(step, loss)`
+    runs after every optimiser step (per-step measurements such as a weight-norm trajectory; what
+    it records must go into the checkpoint through the callback to survive a resume).
+    `weight_decay` is the optimiser's L2 penalty; `momentum` is SGD's.
     """
     check_choice("scheduler", scheduler, SCHEDULERS)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
     loss_fn = loss_fn or F.cross_entropy  # looked up per call, so a patched F.cross_entropy is seen
     start = time.perf_counter()
     device = x.device
     generators = dict(generators or {})
     shuffle_gen = make_generator(stream_seed(seed, "shuffle"), "cpu")  # same order on every device
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     bs = min(batch_size, len(x))
     per_epoch = len(x) // bs
     total_steps = steps or epochs * per_epoch
@@ -95,6 +105,8 @@ def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed
             if sched is not None:
                 sched.step()
             step, loss_sum, count = step + 1, loss_sum + value, count + 1
+            if on_step is not None:
+                on_step(step, value)
         epoch += 1
         history.append(loss_sum / count)
         if callback is not None and callback(Progress(epoch, history[-1], state_fn)) is True:

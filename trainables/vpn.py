@@ -34,7 +34,7 @@ from torch import nn
 
 from trainables.augment import AugmentConfig, augment
 from trainables.checks import ConfigError, check_choice, check_int, check_keys, check_optional_int, check_range
-from trainables.common import (STATUS_OK, Method, Progress, TrainResult, config_row, configs_from_preset,
+from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, config_row, configs_from_preset,
                                device_name, resolve_device)
 from trainables.data import DataConfig, load_dataset
 from trainables.injection import stream_seed
@@ -102,11 +102,7 @@ class VPNConfig:
         check_choice("scheduler", self.scheduler, SCHEDULERS)
         check_int("seed", self.seed, 0)
         check_int("steps", self.steps, 0)
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError) as exc:
-                raise ConfigError(f"device={self.device!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from exc
+        check_device(self.device)
 
 
 @dataclass(frozen=True)

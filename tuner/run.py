@@ -88,9 +88,10 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def parse_seeds(text: str | None, preset: str) -> list[int]:
+def parse_seeds(text: str | None, preset: str, defaults: dict | None = None) -> list[int]:
+    """--seeds as a list; without it, the experiment's default count for the preset (else the service's)."""
     if text is None:
-        return list(range(DEFAULT_SEEDS.get(preset, 1)))
+        return list(range((DEFAULT_SEEDS | (defaults or {})).get(preset, 1)))
     value = parse_value(text)
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SEEDS:
         return list(range(value))
@@ -142,7 +143,7 @@ class Plan:
         clash = sorted(swept & set(self.overrides))
         if clash:
             raise ConfigError(f"{', '.join(clash)} is swept by {self.exp.name}; allowed: --set of other fields")
-        self.seeds = parse_seeds(args.seeds, args.preset)
+        self.seeds = parse_seeds(args.seeds, args.preset, self.exp.default_seeds)
         self.points = self._points()
         for point in self.points:  # every trial's configs, so a bad value fails here
             self.configs(point)
@@ -258,6 +259,8 @@ def build_tuner(plan: Plan, meta: dict, cells: list[dict] | None = None, fresh: 
     trainable = tune.with_resources(run_trial, {"cpu": plan.args.cpus_per_trial, "gpu": gpus})
     stamp = time.strftime("%Y%m%dT%H%M%S")
     name = "tune" if cells is None else f"tune-rerun-{stamp}"
+    if plan.search == "optuna":  # the study, not Tune's state, carries an Optuna run on (optuna_remaining)
+        name, fresh = f"tune-optuna-{stamp}", True
     local = "://" not in plan.args.storage
     if fresh and not local:
         name = f"tune-{stamp}"  # object stores cannot move a folder aside
@@ -297,15 +300,33 @@ def build_tuner(plan: Plan, meta: dict, cells: list[dict] | None = None, fresh: 
                     super().on_trial_result(trial_id, result)
 
         study = optuna.storages.RDBStorage(f"sqlite:///{plan.store.root}/optuna.db")
+        done, remaining = optuna_remaining(plan)
+        # Seeded by the trials already done: a continued study's sampler must not re-propose them.
         search_alg = FinalOnlyOptuna(metric=plan.exp.metric, mode=plan.exp.mode, study_name=plan.name,
-                                     storage=study, seed=0)
-        kwargs = {"num_samples": plan.args.num_samples}
+                                     storage=study, seed=done)
+        kwargs = {"num_samples": remaining}
     # reuse_actors: a trial reuses a finished trial's worker instead of starting a Python process
     # and importing torch again (seconds per trial on a small machine).
     tune_config = tune.TuneConfig(search_alg=search_alg, max_concurrent_trials=plan.args.max_concurrent or None,
                                   reuse_actors=True, **kwargs)
     space = param_space(plan, meta, plan.args.cpus_per_trial, cells)
     return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config), False
+
+
+def optuna_remaining(plan: Plan) -> tuple[int, int]:
+    """(complete trials already in the run's study, trials still to run for --num-samples).
+    A second run of the same command continues the same study: TPE sees the earlier trials'
+    values, and only the missing trials run (a larger --num-samples adds trials)."""
+    import optuna
+    path = f"{plan.store.root}/optuna.db"
+    if not os.path.exists(path):
+        return 0, plan.args.num_samples
+    try:
+        study = optuna.load_study(study_name=plan.name, storage=f"sqlite:///{path}")
+    except KeyError:  # the database exists but holds no study of this name yet
+        return 0, plan.args.num_samples
+    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    return done, max(0, plan.args.num_samples - done)
 
 
 def summarize(plan: Plan) -> str:
@@ -348,10 +369,10 @@ def main(argv=None) -> int:
                     if plan.search == "grid" else "search space midpoint (checked)"
                 print(f"  {label}: {point}")
             print(f"work: {plan.work()}")
-            print(f"results would go to {plan.store.results}")
+            print(f"results would go to {plan.store.results_location}")
             return 0
         print(f"{plan.exp.name} --preset {plan.preset}: run folder {plan.store.root}, "
-              f"Parquet parts in {plan.store.results}", flush=True)
+              f"Parquet parts in {plan.store.results_location}", flush=True)
         plan.check_data()  # a missing data set is refused here, once, before anything is written
         with contextlib.ExitStack() as held:
             plan.store.check()
@@ -388,6 +409,10 @@ def sweep(plan: Plan) -> int:
     import ray
     from tuner.progress import Progress
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    if plan.args.checkpoint_seconds < 10:
+        # Tune saves its own state (which checkpoint each trial has) every 10 s or more ("auto"): a
+        # driver killed in between would restart a trial from an older checkpoint than it has.
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(plan.args.checkpoint_seconds))
     if not plan.args.verbose:  # our progress lines instead of Tune's tables, boxes and tracebacks
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
@@ -395,12 +420,20 @@ def sweep(plan: Plan) -> int:
     ray.init(address=plan.args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=False,
              runtime_env={"env_vars": {registry.PLUGINS_ENV: plugins}} if plugins else None)
     meta = run_metadata()
-    total = len(plan.points) if plan.search == "grid" else plan.args.num_samples
+    total = len(plan.points)
+    if plan.search == "optuna":
+        db = f"{plan.store.root}/optuna.db"
+        if plan.args.resume == "never" and os.path.exists(db):  # a new study; the old one kept aside
+            os.replace(db, f"{db}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+        done, total = optuna_remaining(plan)
+        print(f"Optuna study {plan.name}: {done} complete trials kept, {total} to run for --num-samples "
+              f"{plan.args.num_samples}", flush=True)
     progress = Progress(plan.name, total, plan.exp.metric, plan.exp.mode, plan.args.progress_seconds,
                         explain=plan.error_message)
-    tuner, restored = build_tuner(plan, meta, progress=progress)
+    tuner, restored = build_tuner(plan, meta, progress=progress) if total else (None, False)
     try:
-        tuner.fit()
+        if tuner is not None:
+            tuner.fit()
     except Exception as exc:  # noqa: BLE001 - a restored state that breaks mid-run: start afresh
         if not restored:
             raise
@@ -414,7 +447,7 @@ def sweep(plan: Plan) -> int:
     if missing:  # Tune saw them finish, but their part files are gone or unreadable
         print(f"{len(missing)} finished trials have no readable part file; running them again", flush=True)
         build_tuner(plan, meta, cells=missing, progress=progress)[0].fit()
-    print(f"\nresults: {plan.store.results}")
+    print(f"\nresults: {plan.store.results_location}")
     print(summarize(plan))
     print(f"driver peak RSS: {peak_rss_mib():.0f} MiB")
     return 0

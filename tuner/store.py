@@ -58,6 +58,13 @@ class ResultStore:
         self.results = f"{self.root}/results"
 
     @property
+    def results_location(self) -> str:
+        """The results folder as the user named it (a URI stays a URI), for messages."""
+        if "://" in self.storage:
+            return f"{self.storage.split('://', 1)[0]}://{self.results}"
+        return self.results
+
+    @property
     def tune_path(self) -> str:
         """Where Ray Tune keeps this run's state, as a path or URI Tune understands."""
         if "://" in self.storage:
@@ -166,8 +173,9 @@ class ResultStore:
         """Hold this run folder for one driver; a second one is refused with who holds it.
 
         Local folders use an OS lock, released by the kernel when the holder dies (even by SIGKILL).
-        Object stores have no locks: there a lock object names its holder and is deleted at exit; a
-        driver killed on another host leaves it behind, to be deleted by hand.
+        Object stores have no locks: there a lock object names its holder and is deleted at exit. A
+        lock left by a killed driver on this host (its pid is gone) is taken over; one left by a
+        driver on another host cannot be told from a live one, and is deleted by hand.
         """
         path = f"{self.root}/run.lock"
         me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
@@ -187,7 +195,10 @@ class ResultStore:
             return
         if self.fs.get_file_info(path).type == pafs.FileType.File:
             with self.fs.open_input_stream(path) as f:
-                raise ConfigError(self._held(f.read().decode(errors="replace"), path))
+                holder = f.read().decode(errors="replace")
+            if not _dead_here(holder):
+                raise ConfigError(self._held(holder, path))
+            print(f"taking over {path}: its holder ({holder}) is no longer running on this host", flush=True)
         self._write_atomic(path, me.encode())
         try:
             yield
@@ -200,11 +211,26 @@ class ResultStore:
             who = f"pid {h['pid']} on {h['host']} since {h['since']}"
         except (ValueError, KeyError, TypeError):
             who = "another process"
+        gone = "" if isinstance(self.fs, pafs.LocalFileSystem) else ", or delete the lock if that driver is gone"
         return (f"name={self.name!r} under storage={self.storage!r} is in use by another tuner.run ({who}; "
-                f"lock {path}); allowed: wait for it to finish, or another --name")
+                f"lock {path}); allowed: wait for it to finish{gone}, or another --name")
 
     def _write_atomic(self, path: str, data: bytes) -> None:
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         with self.fs.open_output_stream(tmp) as f:
             f.write(data)
         self.fs.move(tmp, path)
+
+
+def _dead_here(holder: str) -> bool:
+    """True when a lock object names a process on this host that no longer exists."""
+    try:
+        h = json.loads(holder)
+        if h["host"] != socket.gethostname():
+            return False
+        os.kill(int(h["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, KeyError, TypeError, PermissionError):
+        return False
+    return False

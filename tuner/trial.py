@@ -33,6 +33,12 @@ def trial_point(config: dict, space) -> dict:
     return point
 
 
+def node_id() -> str:
+    """The Ray node this trial runs on (hosts can share a name; node ids cannot), "" outside Ray."""
+    import ray
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
 def run_trial(config: dict) -> None:
     """The Tune function trainable (`config` is one point of the service's param_space)."""
     config = config | (config.get("cell") or {})  # a re-run of chosen (seed, point) pairs
@@ -45,6 +51,7 @@ def run_trial(config: dict) -> None:
     meta = config["meta"] | {
         "family": method.family, "method": method.name, "experiment": exp.name, "preset": config["preset"],
         "trial_key": key, "trial_id": tune.get_context().get_trial_id(), "host": os.uname().nodename,
+        "node_id": node_id(),
         "tune_metric": exp.metric, "tune_mode": exp.mode, "summary_by": json.dumps(list(method.summary_columns)),
         "overrides": json.dumps(config["overrides"], sort_keys=True, default=str)}  # the run's --set, readable
     table = store.read_part(key)

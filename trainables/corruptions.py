@@ -1,0 +1,84 @@
+"""Test-time input corruptions at a stated strength, for any family's robustness rows.
+
+Images are float (N, C, H, W) in [0, 1] and stay there. Strength 0 is the identity for every
+corruption. Noise, blur, contrast and rotation are torchvision `transforms.v2` functionals;
+impulse noise (salt and pepper) has no v2 op and is written here; FGSM is the Adversarial
+Robustness Toolbox's `FastGradientMethod` (L-inf, clipped to [0, 1]), imported only when used.
+
+| corruption | strength means | allowed |
+|---|---|---|
+| clean | (none) | 0 |
+| gaussian_noise | std of additive N(0, s^2) noise, then clipped | >= 0 |
+| impulse_noise | share of pixels set to 0 or 1 (half each) | [0, 1] |
+| blur | std in pixels of a Gaussian kernel (side 2*ceil(3s)+1, at most the image side) | >= 0 |
+| contrast | 1 - contrast factor: 0 keeps the image, 1 makes it its mean grey | [0, 1] |
+| rotation | degrees, bilinear, zero fill | >= 0 |
+| fgsm | L-inf budget eps of one signed-gradient step on the model's cross-entropy | >= 0 |
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms import v2
+
+from trainables.checks import ConfigError, check_choice, check_range
+
+CORRUPTIONS = ("clean", "gaussian_noise", "impulse_noise", "blur", "contrast", "rotation", "fgsm")
+UNIT_STRENGTH = ("impulse_noise", "contrast")  # strength is a share, at most 1
+
+
+def check_corruption(name, strength) -> tuple[str, float]:
+    """(name, strength) if allowed, else one ConfigError naming the field and the allowed values."""
+    check_choice("corruption", name, CORRUPTIONS)
+    check_range("strength", strength, 0.0, 1.0 if name in UNIT_STRENGTH else math.inf)
+    if name == "clean" and strength != 0:
+        raise ConfigError(f"strength={strength!r} with corruption='clean'; allowed: 0")
+    return name, float(strength)
+
+
+def corrupt(x: torch.Tensor, name: str, strength: float, seed: int, model: nn.Module | None = None,
+            y: torch.Tensor | None = None) -> torch.Tensor:
+    """x under corruption `name` at `strength`; random corruptions are seeded by `seed`. FGSM
+    needs the model (ART runs it in eval mode; noise a family switches on itself, such as NINR's
+    test-time noise, stays as the caller set it) and the true labels."""
+    name, strength = check_corruption(name, strength)
+    if strength == 0:
+        return x
+    if name == "gaussian_noise":
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(seed)  # v2's noise draws from the global RNG: forked, so it is seeded here only
+            return v2.functional.gaussian_noise(x, mean=0.0, sigma=strength, clip=True)
+    if name == "impulse_noise":
+        gen = torch.Generator(x.device).manual_seed(seed)
+        u = torch.rand(x.shape[0], 1, *x.shape[2:], generator=gen, device=x.device).expand_as(x)
+        salt = torch.rand(x.shape[0], 1, *x.shape[2:], generator=gen, device=x.device).expand_as(x) < 0.5
+        return torch.where(u < strength, salt.to(x.dtype), x)
+    if name == "blur":
+        side = min(2 * math.ceil(3 * strength) + 1, x.shape[-1] if x.shape[-1] % 2 else x.shape[-1] - 1)
+        return v2.functional.gaussian_blur(x, kernel_size=[side, side], sigma=[strength, strength])
+    if name == "contrast":
+        return v2.functional.adjust_contrast(x, 1.0 - strength).clamp(0, 1)
+    if name == "rotation":
+        return v2.functional.rotate(x, strength, interpolation=v2.InterpolationMode.BILINEAR)
+    if model is None or y is None:
+        raise ConfigError("corruption='fgsm' needs the model and the labels")
+    return fgsm(model, x, y, strength)
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """ART's FastGradientMethod on a PyTorch model (L-inf, one step, inputs clipped to [0, 1])."""
+    import numpy as np
+    from art.attacks.evasion import FastGradientMethod
+    from art.estimators.classification import PyTorchClassifier
+
+    with torch.no_grad():
+        classes = model(x[:1]).shape[1]
+    clf = PyTorchClassifier(model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=classes,
+                            clip_values=(0.0, 1.0), device_type="gpu" if x.device.type == "cuda" else "cpu")
+    adv = FastGradientMethod(clf, eps=eps, norm=np.inf, batch_size=len(x)).generate(
+        x.detach().cpu().numpy(), y=F.one_hot(y.cpu(), classes).numpy())
+    return torch.from_numpy(adv).to(x.device, x.dtype)
