@@ -89,7 +89,7 @@ class NINRConfig:
     steps: int = 0  # > 0: exactly this many optimiser steps instead of `epochs`
     scheduler: str = "none"  # none | cosine (the phase prediction assumes a constant lr)
     trajectory_points: int = 200  # NIW-norm points kept in the artefacts (evenly spaced steps, peak included)
-    hessian_points: int = 3  # steps at which lambda is estimated: 0, the middle, the end (0 = none)
+    hessian_points: int = 3  # evenly spaced steps, first and last included, at which lambda is estimated (0 = none)
     hessian_iters: int = 20  # power iterations per estimate
     hessian_batch: int = 256  # training examples of the batch the Hessian is taken on
     phase_growth: float = 2.0
@@ -392,7 +392,8 @@ def train_ninr(cfg: NINRConfig, data: Data, callback: Callable[[Progress], objec
     loss_fn = _loss_fn(cfg)
     per_epoch = len(x) // min(cfg.batch_size, len(x))
     total = cfg.steps or cfg.epochs * per_epoch
-    at = sorted({0, total // 2, total}) if cfg.hessian_points >= 3 else [0, total][:cfg.hessian_points]
+    at = sorted({int(round(v)) for v in np.linspace(0, total, cfg.hessian_points)}) if cfg.hessian_points > 1 \
+        else [0][:cfg.hessian_points]
     hb = torch.randperm(len(x), generator=torch.Generator().manual_seed(stream_seed(cfg.seed, "hessian_batch")))
     hx, hy = x[hb[:cfg.hessian_batch].to(device)], y[hb[:cfg.hessian_batch].to(device)]
     track = model.nodes is not None
