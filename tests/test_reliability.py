@@ -140,12 +140,18 @@ def test_driver_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_
 # 2. A trial's worker is killed
 
 
-def test_worker_killed_mid_training_resumes_from_its_checkpoint(tmp_path):
+def slow_checkpointed(tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
+    """(log folder, args) of a faulty_grid run whose trials train 16 epochs of 0.25 s, saving
+    every 0.5 s: long enough to kill something mid-training, after a checkpoint."""
     log = tmp_path / "log"
     log.mkdir()
-    args = ("faulty_grid", "--preset", "smoke", "--storage", str(tmp_path), "--max-concurrent", "1",
-            "--checkpoint-seconds", "0.5", "--set", f"log_dir={log}", "--set", "epochs=16",
-            "--set", "epoch_seconds=0.25")
+    return log, ("faulty_grid", "--preset", "smoke", "--storage", str(tmp_path), "--max-concurrent", "1",
+                 "--checkpoint-seconds", "0.5", "--set", f"log_dir={log}", "--set", "epochs=16",
+                 "--set", "epoch_seconds=0.25")
+
+
+def test_worker_killed_mid_training_resumes_from_its_checkpoint(tmp_path):
+    log, args = slow_checkpointed(tmp_path)
     proc = start(*args, env=PLUGIN_ENV)
     try:
         tune_dir = tmp_path / "faulty_grid-smoke" / "tune"
@@ -317,11 +323,7 @@ def test_a_restored_run_that_fails_mid_way_falls_back_to_a_fresh_run(tmp_path):
 
 
 def test_a_killed_drivers_running_trial_resumes_from_its_checkpoint(tmp_path):
-    log = tmp_path / "log"
-    log.mkdir()
-    args = ("faulty_grid", "--preset", "smoke", "--storage", str(tmp_path), "--max-concurrent", "1",
-            "--checkpoint-seconds", "0.5", "--set", f"log_dir={log}", "--set", "epochs=16",
-            "--set", "epoch_seconds=0.25")
+    log, args = slow_checkpointed(tmp_path)
     proc = start(*args, env=PLUGIN_ENV)
     try:
         tune_dir = tmp_path / "faulty_grid-smoke" / "tune"

@@ -459,7 +459,7 @@ def phase_summary(cfg: NINRConfig, artefacts: dict, status: str, steps: int) -> 
     hs, hv = artefacts["hessian_steps"], artefacts["hessian_top"]
     lam0 = float(hv[0]) if len(hv) and hs[0] == 0 else nan
     losses_for_rule = losses if status == STATUS_OK else np.r_[losses, nan]
-    smooth = _ends(losses_for_rule)
+    smooth = loss_ends(losses_for_rule)
     out |= {"measured_phase": phase_of(norms, smooth, cfg.phase_growth, cfg.phase_shrink, cfg.phase_divergence),
             "predicted_phase": predicted_phase(cfg.lr, lam0, steps, cfg.optimizer),
             "eta_lambda": cfg.lr * lam0, "hessian_top_init": lam0,
@@ -470,10 +470,12 @@ def phase_summary(cfg: NINRConfig, artefacts: dict, status: str, steps: int) -> 
     return out
 
 
-def _ends(losses: np.ndarray) -> np.ndarray:
-    """The mean loss over the first and the last 10% of steps (single steps are noisy under NINs)."""
-    if len(losses) < 10 or not np.isfinite(losses).all():
-        return losses
+def loss_ends(losses) -> np.ndarray:
+    """The mean loss over the first and the last 10% of steps (at least one step each; single
+    steps are noisy under NINs); NaN for a run without steps."""
+    losses = np.asarray(losses, float)
+    if not len(losses):
+        return np.array([np.nan, np.nan])
     k = max(1, len(losses) // 10)
     return np.array([losses[:k].mean(), losses[-k:].mean()])
 
@@ -499,11 +501,10 @@ def evaluate(model: NINModel, data: Data, settings, cfg: NINRConfig, ecfg: NINRE
     x, y = data.x_test.to(device), data.y_test.to(device)
     artefacts = getattr(model, "artefacts", None) or {}
     steps = len(artefacts.get("loss_steps", []))
-    losses = artefacts.get("loss_steps", np.array([]))
+    first, last = loss_ends(artefacts.get("loss_steps", []))
     base = config_row(cfg, ecfg) | {"eval_seed": used, "device_name": device_name(device), "test_images": len(x),
                                     "num_classes": data.num_classes, "train_steps": steps,
-                                    "final_loss": float(np.mean(losses[-max(1, len(losses) // 10):])) if len(losses) else float("nan"),
-                                    "initial_loss": float(np.mean(losses[:max(1, len(losses) // 10)])) if len(losses) else float("nan")}
+                                    "final_loss": float(last), "initial_loss": float(first)}
     if cfg.arch == "linear_toy":
         base["dataset"] = TOY_DATASET
     base |= phase_summary(cfg, artefacts, getattr(model, "status", STATUS_OK), steps)
