@@ -26,14 +26,14 @@ COMMON = {"family", "method", "experiment", "preset", "seed", "status", "trial_k
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(registry.EXPERIMENTS))
-def test_smoke_run_writes_the_expected_rows(tmp_path, name):
+def test_smoke_run_writes_the_expected_rows(tmp_path, name, shared_ray):
     exp = registry.EXPERIMENTS[name]
     method = registry.METHODS[exp.method]
     args = [name, "--preset", "smoke", "--storage", str(tmp_path)]
     if exp.search == "optuna":
         args += ["--num-samples", "2"]
     done = subprocess.run([sys.executable, "-m", "tuner.run", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=shared_ray)
     assert done.returncode == 0, done.stderr[-3000:]
     plan = Plan(parse_args(args))
     parts = ResultStore(str(tmp_path), plan.name).parts()

@@ -29,7 +29,13 @@ from tuner import registry
 pytestmark = pytest.mark.slow  # end to end: real Ray clusters and tuner.run subprocesses
 
 REPO = Path(__file__).resolve().parents[1]
-PLUGIN_ENV = {**os.environ, "NOISETUNE_PLUGINS": "tests.faulty"}
+PLUGIN_ENV = {**os.environ, "NOISETUNE_PLUGINS": "tests.faulty"}  # each run starts its own local Ray
+
+
+@pytest.fixture
+def env(shared_ray):
+    """The fault plugin's runs on the session's Ray cluster (tests/conftest.py, `shared_ray`)."""
+    return {**shared_ray, "NOISETUNE_PLUGINS": "tests.faulty"}
 
 
 def command(*args: str) -> list[str]:
@@ -84,7 +90,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 # 1. The driver is killed at random points, again and again
 
 
-def test_driver_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_path, one_thread):
+def test_driver_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_path, one_thread, shared_ray):
+    """The driver alone dies, as a `ray job submit` driver would: the cluster lives on (and kills
+    the dead job's trials). A laptop's local Ray dying with its driver is the checkpoint test's case."""
     args = ("grid_ebm", "--preset", "smoke", "--seeds", "3", "--max-concurrent", "1", "--storage", str(tmp_path))
     results = tmp_path / "grid_ebm-smoke" / "results"
     rng = random.Random(6)
@@ -92,7 +100,7 @@ def test_driver_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_
     parts_after = []
     # Four kills: one during start-up, then each after 1-2 more trials have finished, plus 0-1 s.
     for round_ in range(4):
-        proc = start(*args)
+        proc = start(*args, env=shared_ray)
         try:
             if round_ == 0:
                 time.sleep(rng.uniform(1.0, 6.0))
@@ -109,7 +117,7 @@ def test_driver_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_
         final |= parts
         parts_after.append(len(parts))
     assert len(set(parts_after)) >= 3, parts_after  # the kills landed at different points of the sweep
-    done = cli(*args)
+    done = cli(*args, env=shared_ray)
     assert done.returncode == 0, done.stderr[-3000:]
 
     store = ResultStore(str(tmp_path), "grid_ebm-smoke")
@@ -150,9 +158,9 @@ def slow_checkpointed(tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
                  "--set", "epoch_seconds=0.25")
 
 
-def test_worker_killed_mid_training_resumes_from_its_checkpoint(tmp_path):
+def test_worker_killed_mid_training_resumes_from_its_checkpoint(tmp_path, env):
     log, args = slow_checkpointed(tmp_path)
-    proc = start(*args, env=PLUGIN_ENV)
+    proc = start(*args, env=env)
     try:
         tune_dir = tmp_path / "faulty_grid-smoke" / "tune"
         wait_for(lambda: any(tune_dir.glob("*/checkpoint_000001")), what="a trial's second checkpoint")
@@ -178,11 +186,11 @@ def test_worker_killed_mid_training_resumes_from_its_checkpoint(tmp_path):
 # 3. Trials that fail once, fail always, or diverge
 
 
-def test_failing_and_diverging_trials_leave_the_right_rows_and_others_complete(tmp_path):
+def test_failing_and_diverging_trials_leave_the_right_rows_and_others_complete(tmp_path, env):
     log = tmp_path / "log"
     log.mkdir()
     done = cli("faulty_grid", "--preset", "smoke", "--storage", str(tmp_path), "--seeds", "4",
-               "--max-failures", "1", "--set", "fault=by_seed", "--set", f"log_dir={log}", env=PLUGIN_ENV)
+               "--max-failures", "1", "--set", "fault=by_seed", "--set", f"log_dir={log}", env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     df = frame(tmp_path, "faulty_grid-smoke")
     status = df.groupby("seed")["status"].agg(set).to_dict()
@@ -199,13 +207,13 @@ def test_failing_and_diverging_trials_leave_the_right_rows_and_others_complete(t
 # 4. Corrupt storage, and two drivers on one run folder
 
 
-def test_corrupt_parts_are_named_set_aside_and_rerun(tmp_path):
+def test_corrupt_parts_are_named_set_aside_and_rerun(tmp_path, env):
     import analysis
 
     log = tmp_path / "log"
     log.mkdir()
     args = ("faulty_grid", "--preset", "smoke", "--storage", str(tmp_path), "--seeds", "2", "--set", f"log_dir={log}")
-    assert cli(*args, env=PLUGIN_ENV).returncode == 0
+    assert cli(*args, env=env).returncode == 0
     store = ResultStore(str(tmp_path), "faulty_grid-smoke")
     original = {Path(p).name: Path(p).read_bytes() for p in store.parts()}
     truncated, garbage, *_ = sorted(original)
@@ -219,7 +227,7 @@ def test_corrupt_parts_are_named_set_aside_and_rerun(tmp_path):
         assert any(name in str(w.message) for w in caught), name
 
     before = len(trainings(log))
-    done = cli(*args, env=PLUGIN_ENV)
+    done = cli(*args, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("unreadable part file") == 2
     assert len(trainings(log)) - before == 2  # exactly the two damaged trials ran again
@@ -244,18 +252,25 @@ def test_corrupt_parts_are_named_set_aside_and_rerun(tmp_path):
     assert [p.read_bytes() for p in kept] in ([original[truncated][:100], b"not parquet at all"],
                                               [b"not parquet at all", original[truncated][:100]])
 
-    # Tune's own state half-written (a driver killed while Tune saves): set aside, nothing re-trained.
+    # Tune's own state half-written (a driver killed while Tune saves) and one part lost: the state
+    # is set aside and only the trial without a part trains again.
     tune_dir = tmp_path / "faulty_grid-smoke" / "tune"
     for path in [tune_dir / "tuner.pkl", *tune_dir.glob("experiment_state-*.json")]:
         path.write_bytes(path.read_bytes()[:50])
+    lost = store_dir / sorted(original)[-1]
+    lost.unlink()
     parts = snapshot(Path(store.results))
-    done = cli(*args, env=PLUGIN_ENV)
+    done = cli(*args, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "cannot be restored" in done.stdout and len(list(tmp_path.glob("faulty_grid-smoke/tune.broken-*"))) == 1
-    assert len(trainings(log)) - before == 2 and snapshot(Path(store.results)) == parts
+    assert len(trainings(log)) - before == 3 and lost.exists()
+
+    def others(snap):
+        return {k: v for k, v in snap.items() if not k.startswith(lost.stem)}
+    assert others(snapshot(Path(store.results))) == others(parts)
 
 
-def test_a_second_driver_on_the_same_run_is_refused_until_the_first_dies(tmp_path):
+def test_a_second_driver_on_the_same_run_is_refused_until_the_first_dies(tmp_path, env):
     args = ("faulty_grid", "--preset", "smoke", "--storage", str(tmp_path))
     store = ResultStore(str(tmp_path), "faulty_grid-smoke")
     store.check()
@@ -266,7 +281,7 @@ def test_a_second_driver_on_the_same_run_is_refused_until_the_first_dies(tmp_pat
     try:
         assert holder.stdout.readline().strip() == "held"
         before = snapshot(tmp_path)
-        refused = cli(*args, env=PLUGIN_ENV)
+        refused = cli(*args, env=env)
         assert refused.returncode == 2
         err = refused.stderr.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err, err
@@ -283,9 +298,9 @@ def test_a_second_driver_on_the_same_run_is_refused_until_the_first_dies(tmp_pat
 # 6. Load: 500 tiny trials
 
 
-def test_five_hundred_tiny_trials_complete_with_bounded_driver_memory_and_files(tmp_path):
+def test_five_hundred_tiny_trials_complete_with_bounded_driver_memory_and_files(tmp_path, env):
     done = cli("faulty_grid", "--preset", "smoke", "--storage", str(tmp_path), "--seeds", "250",
-               "--cpus-per-trial", "0.5", "--set", "epochs=1", env=PLUGIN_ENV, timeout=900)
+               "--cpus-per-trial", "0.5", "--set", "epochs=1", env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     df = frame(tmp_path, "faulty_grid-smoke")
     assert len(df) == 1000 and set(df["status"]) == {"ok"}
@@ -303,17 +318,17 @@ def test_five_hundred_tiny_trials_complete_with_bounded_driver_memory_and_files(
 # 6. A restored run that fails mid-way, and a driver killed while a trial trains
 
 
-def test_a_restored_run_that_fails_mid_way_falls_back_to_a_fresh_run(tmp_path):
+def test_a_restored_run_that_fails_mid_way_falls_back_to_a_fresh_run(tmp_path, env):
     log = tmp_path / "log"
     log.mkdir()
     args = ("faulty_grid", "--preset", "smoke", "--storage", str(tmp_path), "--seeds", "2", "--set", f"log_dir={log}")
-    assert cli(*args, env=PLUGIN_ENV).returncode == 0
+    assert cli(*args, env=env).returncode == 0
     store = ResultStore(str(tmp_path), "faulty_grid-smoke")
     parts = {Path(p).name: Path(p).read_bytes() for p in store.parts()}
     missing = sorted(parts)[0]
     Path(store.results, missing).unlink()  # one trial's result lost: the resumed run has work to do
     before = len(trainings(log))
-    done = cli(*args, env={**PLUGIN_ENV, "FAULTY_RESTORED_FIT_FAILS": "1"})
+    done = cli(*args, env={**env, "FAULTY_RESTORED_FIT_FAILS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming" in done.stdout and "resumed Tune run failed (RuntimeError: injected" in done.stdout
     assert len(trainings(log)) - before == 1  # only the trial without a part trained again

@@ -133,8 +133,8 @@ def test_a_changed_override_under_the_same_name_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_smoke_sweep_end_to_end_then_resume_reruns_nothing(tmp_path):
-    done = cli("grid_ebm", "--preset", "smoke", "--storage", str(tmp_path))
+def test_smoke_sweep_end_to_end_then_resume_reruns_nothing(tmp_path, shared_ray):
+    done = cli("grid_ebm", "--preset", "smoke", "--storage", str(tmp_path), env=shared_ray)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"results: {tmp_path}/grid_ebm-smoke/results" in done.stdout
     assert "status: ok=2" in done.stdout
@@ -155,8 +155,10 @@ def test_smoke_sweep_end_to_end_then_resume_reruns_nothing(tmp_path):
         assert len(frame) == 4 and frame["accuracy"].between(0, 1).all()
 
     mtimes = {p: os.stat(p).st_mtime_ns for p in ResultStore(str(tmp_path), "grid_ebm-smoke").parts()}
-    again = cli("grid_ebm", "--preset", "smoke", "--storage", str(tmp_path))
+    again = cli("grid_ebm", "--preset", "smoke", "--storage", str(tmp_path), env=shared_ray)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "all 2 trials have part files" in again.stdout and "Ray not started" in again.stdout
+    assert "status: ok=2" in again.stdout  # the summary still comes
     assert {p: os.stat(p).st_mtime_ns for p in ResultStore(str(tmp_path), "grid_ebm-smoke").parts()} == mtimes
 
 
@@ -176,10 +178,10 @@ def test_a_missing_data_set_is_one_line_before_any_trial(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_default_output_is_progress_lines_and_an_unfixable_fault_stops_the_sweep(tmp_path):
+def test_the_default_output_is_progress_lines_and_an_unfixable_fault_stops_the_sweep(tmp_path, shared_ray):
     log = tmp_path / "log"
     log.mkdir()
-    env = {**os.environ, "NOISETUNE_PLUGINS": "tests.faulty"}
+    env = {**shared_ray, "NOISETUNE_PLUGINS": "tests.faulty"}
     done = cli("faulty_grid", "--preset", "smoke", "--storage", str(tmp_path), "--seeds", "3", "--max-concurrent", "1",
                "--set", "fault=unfixable_seed2", "--set", f"log_dir={log}", env=env)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
@@ -231,25 +233,30 @@ def test_the_readme_training_counts_are_the_registry_s():
 
 
 @pytest.mark.slow
-def test_resume_never_starts_tune_afresh_and_keeps_finished_parts(tmp_path):
+def test_resume_never_starts_tune_afresh_and_keeps_finished_parts(tmp_path, shared_ray):
     args = ("grid_ebm", "--preset", "smoke", "--storage", str(tmp_path))
-    assert cli(*args).returncode == 0
+    assert cli(*args, env=shared_ray).returncode == 0
     store = ResultStore(str(tmp_path), "grid_ebm-smoke")
     parts = {p: os.stat(p).st_mtime_ns for p in store.parts()}
     tune_dir = tmp_path / "grid_ebm-smoke" / "tune"
     marker = tune_dir / "from-the-first-run"
     marker.write_text("x")
-    again = cli(*args, "--resume", "never")
+    again = cli(*args, "--resume", "never", env=shared_ray)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming" not in again.stdout and not marker.exists()  # Tune's old state is gone, a new one written
     assert any(tune_dir.glob("experiment_state-*.json"))
     assert {p: os.stat(p).st_mtime_ns for p in store.parts()} == parts  # finished trials were not re-run
-    resumed = cli(*args)
-    assert "resuming" in resumed.stdout  # and the default resumes that new state
+    lost = sorted(parts)[0]
+    os.unlink(lost)  # one trial's result lost, so the next run has work to do
+    resumed = cli(*args, env=shared_ray)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout  # the default resumes that new state
+    assert {p: os.stat(p).st_mtime_ns for p in store.parts() if p != lost} == {p: t for p, t in parts.items() if p != lost}
+    assert os.path.exists(lost)
 
 
 @pytest.mark.slow
-def test_optuna_resume_continues_the_same_study_with_the_earlier_trials(tmp_path):
+def test_optuna_resume_continues_the_same_study_with_the_earlier_trials(tmp_path, shared_ray):
     """A second run of an Optuna experiment keeps the study: the earlier trials stay with their
     values (TPE sees them), and only the trials --num-samples still lacks run; --resume never
     starts a new study and keeps the old one aside."""
@@ -262,18 +269,19 @@ def test_optuna_resume_continues_the_same_study_with_the_earlier_trials(tmp_path
         s = optuna.load_study(study_name="tune_ebm-smoke", storage=f"sqlite:///{db}")
         return [(t.number, t.value, t.params) for t in s.trials if t.state == optuna.trial.TrialState.COMPLETE]
 
-    first = cli(*args, "--num-samples", "2")
+    first = cli(*args, "--num-samples", "2", env=shared_ray)
     assert first.returncode == 0, first.stderr[-2000:]
     before = study()
     assert len(before) == 2
-    again = cli(*args, "--num-samples", "3")
+    again = cli(*args, "--num-samples", "3", env=shared_ray)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "2 complete trials kept, 1 to run" in again.stdout
     after = study()
     assert after[:2] == before and len(after) == 3
     assert len(ResultStore(str(tmp_path), "tune_ebm-smoke").parts()) == 3
-    same = cli(*args, "--num-samples", "3")
+    same = cli(*args, "--num-samples", "3", env=shared_ray)
     assert same.returncode == 0 and "3 complete trials kept, 0 to run" in same.stdout and study() == after
-    fresh = cli(*args, "--num-samples", "1", "--resume", "never")
+    assert "Ray not started" in same.stdout
+    fresh = cli(*args, "--num-samples", "1", "--resume", "never", env=shared_ray)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert len(study()) == 1 and list(db.parent.glob("optuna.db.replaced-*"))

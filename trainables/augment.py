@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torchvision.transforms import v2
 
 from trainables.checks import check_choice, check_int, check_range
 
@@ -43,8 +42,9 @@ class AugmentConfig:
         check_range("pixel_noise_fraction", self.pixel_noise_fraction, 0.0, 1.0)
 
 
-def transform(cfg: AugmentConfig, channels: int) -> v2.Transform | None:
+def transform(cfg: AugmentConfig, channels: int):
     """The per-image v2 transform of `cfg`, or None for none/pixel_noise."""
+    from torchvision.transforms import v2  # imported when used: torchvision costs ~2 s per process
     a = cfg.augmentation
     if a == "rotation":
         return v2.RandomRotation(cfg.rotation_degrees, interpolation=v2.InterpolationMode.BILINEAR)

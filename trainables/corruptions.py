@@ -23,7 +23,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms import v2
 
 from trainables.checks import ConfigError, check_choice, check_range
 
@@ -48,6 +47,7 @@ def corrupt(x: torch.Tensor, name: str, strength: float, seed: int, model: nn.Mo
     name, strength = check_corruption(name, strength)
     if strength == 0:
         return x
+    from torchvision.transforms import v2  # imported when used: torchvision costs ~2 s per process
     if name == "gaussian_noise":
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             torch.manual_seed(seed)  # v2's noise draws from the global RNG: forked, so it is seeded here only

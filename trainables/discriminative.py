@@ -23,7 +23,7 @@ from trainables.common import (Method, Progress, TrainResult, check_device, conf
                                resolve_device)
 from trainables.data import DataConfig, load_dataset
 from trainables.injection import ActivationNoise, stream_seed
-from trainables.models import STEMS, archs, build_model
+from trainables.models import STEMS, build_model, check_arch
 from trainables.noise import DISTRIBUTIONS, NoiseParams, make_generator
 from trainables.sampling import DrawTally, check_checkpoints, rows_at_checkpoints, rows_at_largest_n
 from trainables.supervised import SCHEDULERS, train_supervised
@@ -50,7 +50,7 @@ class ClassifierConfig:
     steps: int = 0  # > 0: train exactly this many optimiser steps instead of `epochs`
 
     def __post_init__(self):
-        check_choice("arch", self.arch, archs())
+        check_arch(self.arch)
         check_choice("stem", self.stem, (*STEMS, "auto"))
         if self.stem == "auto":  # resolved here, so rows record the stem that was built
             object.__setattr__(self, "stem", "cifar" if self.data.image_size <= 64 else "imagenet")

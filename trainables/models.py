@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import torchvision
 from torch import nn
 
 from trainables.checks import ConfigError, check_choice
@@ -34,7 +33,14 @@ LOCAL_ARCHS = ("small_cnn", "softmax_regression", "dnn3", "vit_small")
 @functools.lru_cache(maxsize=1)
 def archs() -> tuple[str, ...]:
     """The local models and every torchvision classification model."""
+    import torchvision  # here, not at the top: it imports torch._dynamo, ~2 s per process
     return (*LOCAL_ARCHS, *torchvision.models.list_models(module=torchvision.models))
+
+
+def check_arch(arch: str, field: str = "arch") -> None:
+    """A local model is checked without importing torchvision (the drivers of most sweeps never need it)."""
+    if arch not in LOCAL_ARCHS:
+        check_choice(field, arch, archs())
 
 
 def mlp(in_features: int, out_features: int, hidden: tuple[int, ...] = ()) -> nn.Sequential:
@@ -52,6 +58,7 @@ def vit_small(channels: int, num_classes: int, image_size: int, patch_size: int)
     if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < 1 or image_size % patch_size:
         raise ConfigError(f"patch_size={patch_size!r} does not divide image_size={image_size}; allowed: "
                           f"{', '.join(str(p) for p in range(1, image_size + 1) if image_size % p == 0)}")
+    import torchvision
     model = torchvision.models.VisionTransformer(image_size, patch_size, num_layers=6, num_heads=3,
                                                  hidden_dim=192, mlp_dim=384, num_classes=num_classes)
     if channels != 3:
@@ -87,7 +94,7 @@ def build_model(arch: str, channels: int, num_classes: int, image_size: int, ste
                 patch_size: int = 4) -> nn.Module:
     """A freshly initialised classifier (from the global RNG) for images (channels, size, size);
     `patch_size` is vit_small's."""
-    check_choice("arch", arch, archs())
+    check_arch(arch)
     check_choice("stem", stem, STEMS)
     if arch in ("softmax_regression", "dnn3"):
         return mlp(channels * image_size ** 2, num_classes, () if arch == "softmax_regression" else (1024, 1024))
@@ -101,6 +108,7 @@ def build_model(arch: str, channels: int, num_classes: int, image_size: int, ste
         return small_cnn(channels, num_classes, image_size)
     kwargs = {"image_size": image_size} if arch.startswith("vit_") else {}
     try:
+        import torchvision
         model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"arch={arch!r} cannot be built for image_size={image_size}: {exc}") from exc

@@ -38,7 +38,7 @@ from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_d
                                device_name, resolve_device)
 from trainables.data import DataConfig, load_dataset
 from trainables.injection import stream_seed
-from trainables.models import STEMS, archs, build_model
+from trainables.models import STEMS, build_model, check_arch
 from trainables.noise import make_generator
 from trainables.supervised import SCHEDULERS, train_supervised
 
@@ -74,7 +74,7 @@ class VPNConfig:
     steps: int = 0  # > 0: exactly this many optimiser steps per phase instead of `epochs`
 
     def __post_init__(self):
-        check_choice("base", self.base, archs())
+        check_arch(self.base, "base")
         check_choice("stem", self.stem, (*STEMS, "auto"))
         if self.stem == "auto":  # resolved here, so rows record the stem that was built
             object.__setattr__(self, "stem", "cifar" if self.data.image_size <= 64 else "imagenet")

@@ -406,6 +406,20 @@ def sweep(plan: Plan) -> int:
         moved = plan.store.quarantine(path)
         print(f"warning: unreadable part file {path.rsplit('/', 1)[-1]} moved to {moved}; its trial runs again",
               flush=True)
+    total = len(plan.points)
+    if plan.search == "optuna":
+        db = f"{plan.store.root}/optuna.db"
+        if plan.args.resume == "never" and os.path.exists(db):  # a new study; the old one kept aside
+            os.replace(db, f"{db}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+        done, total = optuna_remaining(plan)
+        print(f"Optuna study {plan.name}: {done} complete trials kept, {total} to run for --num-samples "
+              f"{plan.args.num_samples}", flush=True)
+    elif plan.args.resume == "auto" and not plan.missing():
+        total = 0
+        print(f"all {len(plan.points)} trials have part files", flush=True)
+    if not total:  # a finished sweep run again: no cluster to start, nothing to wait for
+        print("nothing to run; Ray not started", flush=True)
+        return finish(plan)
     import ray
     from tuner.progress import Progress
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -420,20 +434,11 @@ def sweep(plan: Plan) -> int:
     ray.init(address=plan.args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=False,
              runtime_env={"env_vars": {registry.PLUGINS_ENV: plugins}} if plugins else None)
     meta = run_metadata()
-    total = len(plan.points)
-    if plan.search == "optuna":
-        db = f"{plan.store.root}/optuna.db"
-        if plan.args.resume == "never" and os.path.exists(db):  # a new study; the old one kept aside
-            os.replace(db, f"{db}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
-        done, total = optuna_remaining(plan)
-        print(f"Optuna study {plan.name}: {done} complete trials kept, {total} to run for --num-samples "
-              f"{plan.args.num_samples}", flush=True)
     progress = Progress(plan.name, total, plan.exp.metric, plan.exp.mode, plan.args.progress_seconds,
                         explain=plan.error_message)
-    tuner, restored = build_tuner(plan, meta, progress=progress) if total else (None, False)
+    tuner, restored = build_tuner(plan, meta, progress=progress)
     try:
-        if tuner is not None:
-            tuner.fit()
+        tuner.fit()
     except Exception as exc:  # noqa: BLE001 - a restored state that breaks mid-run: start afresh
         if not restored:
             raise
@@ -447,6 +452,10 @@ def sweep(plan: Plan) -> int:
     if missing:  # Tune saw them finish, but their part files are gone or unreadable
         print(f"{len(missing)} finished trials have no readable part file; running them again", flush=True)
         build_tuner(plan, meta, cells=missing, progress=progress)[0].fit()
+    return finish(plan)
+
+
+def finish(plan: Plan) -> int:
     print(f"\nresults: {plan.store.results_location}")
     print(summarize(plan))
     print(f"driver peak RSS: {peak_rss_mib():.0f} MiB")
