@@ -83,3 +83,40 @@ def shared_ray():
         except ProcessLookupError:
             pass
         holder.wait()
+
+
+# Seeds a family's report tests need of a smoke run (an SEM needs two); the others run their default.
+SMOKE_SEEDS = {"vpn_frozen": "2", "ninr_compare": "2"}
+
+
+def smoke_args(name: str) -> list[str]:
+    """The command line of the session's smoke run of `name` (without --storage)."""
+    from tuner import registry
+    args = [name, "--preset", "smoke"]
+    if name in SMOKE_SEEDS:
+        args += ["--seeds", SMOKE_SEEDS[name]]
+    if registry.EXPERIMENTS[name].search == "optuna":
+        args += ["--num-samples", "2"]
+    return args
+
+
+@pytest.fixture(scope="session")
+def shared_smoke(shared_ray, tmp_path_factory):
+    """shared_smoke(name) -> (run folder, finished process, its arguments) of `tuner.run
+    <smoke_args(name)> --storage <a session folder>`, run
+    at most once a session on the shared cluster: tests that read a smoke run read this one; a
+    test that changes a run works on a copy."""
+    import subprocess
+    import sys
+
+    storage, done = tmp_path_factory.mktemp("smoke"), {}
+
+    def run(name: str):
+        if name not in done:
+            args = [*smoke_args(name), "--storage", str(storage)]
+            proc = subprocess.run([sys.executable, "-m", "tuner.run", *args], cwd=Path(__file__).resolve().parents[1],
+                                  capture_output=True, text=True, timeout=600, env=shared_ray)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            done[name] = (storage / f"{name}-smoke", proc, args)
+        return done[name]
+    return run

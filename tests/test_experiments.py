@@ -7,8 +7,6 @@ own test's business (tests/test_<family>.py, tests/test_methods.py).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -26,17 +24,12 @@ COMMON = {"family", "method", "experiment", "preset", "seed", "status", "trial_k
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(registry.EXPERIMENTS))
-def test_smoke_run_writes_the_expected_rows(tmp_path, name, shared_ray):
+def test_smoke_run_writes_the_expected_rows(name, shared_smoke):
     exp = registry.EXPERIMENTS[name]
     method = registry.METHODS[exp.method]
-    args = [name, "--preset", "smoke", "--storage", str(tmp_path)]
-    if exp.search == "optuna":
-        args += ["--num-samples", "2"]
-    done = subprocess.run([sys.executable, "-m", "tuner.run", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env=shared_ray)
-    assert done.returncode == 0, done.stderr[-3000:]
+    folder, done, args = shared_smoke(name)  # tests/conftest.py: --num-samples 2 for an Optuna experiment
     plan = Plan(parse_args(args))
-    parts = ResultStore(str(tmp_path), plan.name).parts()
+    parts = ResultStore(str(folder.parent), plan.name).parts()
     df = pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
     assert COMMON <= set(df.columns)
     assert set(df["status"]) == {"ok"}, df["message"].unique()
@@ -51,5 +44,5 @@ def test_smoke_run_writes_the_expected_rows(tmp_path, name, shared_ray):
         settings = df[["trial_key", *method.setting_columns.values()]].drop_duplicates()
         assert len(settings) == sum(len(plan.configs(p)[2]) for p in plan.points)
     if plan.search == "optuna":
-        assert (tmp_path / plan.name / "optuna.db").exists()  # the study persists for inspection
+        assert (folder / "optuna.db").exists()  # the study persists for inspection
     assert exp.metric in done.stdout  # the end-of-run summary names the experiment's metric

@@ -8,7 +8,6 @@ per family present (a generic one for a family without an analysis module).
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys

@@ -333,15 +333,12 @@ def test_the_experiments_cover_the_posters_table_and_the_phase_grid():
 
 
 @pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory, shared_ray):
-    """Real ninr_phases (1 seed) and ninr_compare (2 seeds: an SEM) smoke runs through the CLI."""
-    root = tmp_path_factory.mktemp("ninrrun")
-    for exp, seeds in (("ninr_phases", "1"), ("ninr_compare", "2")):
-        done = subprocess.run([sys.executable, "-m", "tuner.run", exp, "--preset", "smoke", "--seeds", seeds,
-                               "--storage", str(root)], cwd=REPO, capture_output=True, text=True, timeout=600,
-                              env=shared_ray)
-        assert done.returncode == 0, done.stderr[-3000:]
-    return root
+def smoke_runs(shared_smoke):
+    """Real ninr_phases (1 seed) and ninr_compare (2 seeds: an SEM) smoke runs through the CLI, in
+    one storage folder (tests/conftest.py)."""
+    phases, compare = shared_smoke("ninr_phases")[0], shared_smoke("ninr_compare")[0]
+    assert phases.parent == compare.parent
+    return phases.parent
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -133,11 +134,11 @@ def test_a_changed_override_under_the_same_name_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_smoke_sweep_end_to_end_then_resume_reruns_nothing(tmp_path, shared_ray):
-    done = cli("grid_ebm", "--preset", "smoke", "--storage", str(tmp_path), env=shared_ray)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"results: {tmp_path}/grid_ebm-smoke/results" in done.stdout
+def test_smoke_sweep_end_to_end_then_resume_reruns_nothing(tmp_path, shared_smoke, shared_ray):
+    first, done, _ = shared_smoke("grid_ebm")
+    assert f"results: {first}/results" in done.stdout
     assert "status: ok=2" in done.stdout
+    shutil.copytree(first, tmp_path / first.name)  # the re-run below changes the copy only
     tables = rows(tmp_path, "grid_ebm-smoke")
     assert len(tables) == 2  # one part per training: alpha_train in {0, 0.5}
     for table in tables:
@@ -233,9 +234,9 @@ def test_the_readme_training_counts_are_the_registry_s():
 
 
 @pytest.mark.slow
-def test_resume_never_starts_tune_afresh_and_keeps_finished_parts(tmp_path, shared_ray):
+def test_resume_never_starts_tune_afresh_and_keeps_finished_parts(tmp_path, shared_smoke, shared_ray):
     args = ("grid_ebm", "--preset", "smoke", "--storage", str(tmp_path))
-    assert cli(*args, env=shared_ray).returncode == 0
+    shutil.copytree(shared_smoke("grid_ebm")[0], tmp_path / "grid_ebm-smoke")  # a finished run of these arguments
     store = ResultStore(str(tmp_path), "grid_ebm-smoke")
     parts = {p: os.stat(p).st_mtime_ns for p in store.parts()}
     tune_dir = tmp_path / "grid_ebm-smoke" / "tune"
@@ -256,7 +257,7 @@ def test_resume_never_starts_tune_afresh_and_keeps_finished_parts(tmp_path, shar
 
 
 @pytest.mark.slow
-def test_optuna_resume_continues_the_same_study_with_the_earlier_trials(tmp_path, shared_ray):
+def test_optuna_resume_continues_the_same_study_with_the_earlier_trials(tmp_path, shared_smoke, shared_ray):
     """A second run of an Optuna experiment keeps the study: the earlier trials stay with their
     values (TPE sees them), and only the trials --num-samples still lacks run; --resume never
     starts a new study and keeps the old one aside."""
@@ -269,8 +270,7 @@ def test_optuna_resume_continues_the_same_study_with_the_earlier_trials(tmp_path
         s = optuna.load_study(study_name="tune_ebm-smoke", storage=f"sqlite:///{db}")
         return [(t.number, t.value, t.params) for t in s.trials if t.state == optuna.trial.TrialState.COMPLETE]
 
-    first = cli(*args, "--num-samples", "2", env=shared_ray)
-    assert first.returncode == 0, first.stderr[-2000:]
+    shutil.copytree(shared_smoke("tune_ebm")[0], tmp_path / "tune_ebm-smoke")  # finished with --num-samples 2
     before = study()
     assert len(before) == 2
     again = cli(*args, "--num-samples", "3", env=shared_ray)

@@ -323,14 +323,9 @@ def test_findings_say_undecided_within_two_sem_and_flag_negligible_noise():
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, shared_ray):
-    """A real vpn_frozen smoke run (2 seeds) through the CLI: rows and artefacts on disk."""
-    root = tmp_path_factory.mktemp("vpnrun")
-    done = subprocess.run([sys.executable, "-m", "tuner.run", "vpn_frozen", "--preset", "smoke", "--seeds", "2",
-                           "--storage", str(root)], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env=shared_ray)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return root / "vpn_frozen-smoke"
+def smoke_run(shared_smoke):
+    """A real vpn_frozen smoke run (2 seeds, tests/conftest.py) through the CLI: rows and artefacts on disk."""
+    return shared_smoke("vpn_frozen")[0]
 
 
 @pytest.mark.slow
