@@ -181,12 +181,18 @@ class Plan:
             return None
         return next((m for m in table.column("message").to_pylist() if m), None)
 
-    def missing(self) -> list[dict]:
-        """Grid trials ({"seed", "point"}) without a readable part file (any status)."""
+    def missing(self, readable: set[str] | None = None) -> list[dict]:
+        """Grid trials ({"seed", "point"}) without a readable part file (any status). `readable`:
+        the part paths already known to read, so that they are not read again."""
         if self.search != "grid":
             return []
+
+        def has_part(key: str) -> bool:
+            if readable is not None:
+                return self.store.part_path(key) in readable
+            return self.store.read_part(key) is not None
         return [{"seed": p["seed"], "point": {k: v for k, v in p.items() if k != "seed"}} for p in self.points
-                if self.store.read_part(trial_key(self.exp.name, self.preset, p, self.overrides)) is None]
+                if not has_part(trial_key(self.exp.name, self.preset, p, self.overrides))]
 
     def work(self) -> str:
         """A one-line estimate of the work: trainings, test-setting evaluations, the method's words."""
@@ -415,7 +421,7 @@ def sweep(plan: Plan) -> int:
         done, total = optuna_remaining(plan)
         print(f"Optuna study {plan.name}: {done} complete trials kept, {total} to run for --num-samples "
               f"{plan.args.num_samples}", flush=True)
-    elif plan.args.resume == "auto" and not plan.missing():
+    elif plan.args.resume == "auto" and not plan.missing(readable=set(plan.store.parts())):  # the rest read above
         total = 0
         print(f"all {len(plan.points)} trials have part files", flush=True)
     if not total:  # a finished sweep run again: no cluster to start, nothing to wait for
