@@ -44,7 +44,7 @@ class AugmentConfig:
 
 def transform(cfg: AugmentConfig, channels: int):
     """The per-image v2 transform of `cfg`, or None for none/pixel_noise."""
-    from torchvision.transforms import v2  # imported when used: torchvision costs ~2 s per process
+    from torchvision.transforms import v2  # imported when used: see models.archs()
     a = cfg.augmentation
     if a == "rotation":
         return v2.RandomRotation(cfg.rotation_degrees, interpolation=v2.InterpolationMode.BILINEAR)

@@ -47,7 +47,7 @@ def corrupt(x: torch.Tensor, name: str, strength: float, seed: int, model: nn.Mo
     name, strength = check_corruption(name, strength)
     if strength == 0:
         return x
-    from torchvision.transforms import v2  # imported when used: torchvision costs ~2 s per process
+    from torchvision.transforms import v2  # imported when used: see models.archs()
     if name == "gaussian_noise":
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             torch.manual_seed(seed)  # v2's noise draws from the global RNG: forked, so it is seeded here only

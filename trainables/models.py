@@ -33,7 +33,7 @@ LOCAL_ARCHS = ("small_cnn", "softmax_regression", "dnn3", "vit_small")
 @functools.lru_cache(maxsize=1)
 def archs() -> tuple[str, ...]:
     """The local models and every torchvision classification model."""
-    import torchvision  # here, not at the top: it imports torch._dynamo, ~2 s per process
+    import torchvision  # here, not at the top: it imports torch._dynamo (bench/results/startup_cpu.txt)
     return (*LOCAL_ARCHS, *torchvision.models.list_models(module=torchvision.models))
 
 

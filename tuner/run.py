@@ -471,7 +471,7 @@ def finish(plan: Plan) -> int:
 
 if __name__ == "__main__":
     code = main()
-    # Python's exit would collect the ~360k objects that torch, Ray and Tune made (about 1 s on 2
-    # cores); everything is written and closed by now, so leave them to the process's end.
+    # Python's exit would run a last collection over every object torch, Ray and Tune made;
+    # everything is written and closed by now, so leave them to the process's end.
     gc.freeze()
     sys.exit(code)
