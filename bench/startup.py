@@ -3,7 +3,8 @@
     python bench/startup.py --out bench/results/startup_cpu.txt
 
 Each figure is the wall time of fresh processes (median of --reps). The test suite's shared
-cluster (tests/conftest.py) and the lazy torchvision imports (trainables/models.py) rest on these.
+cluster (tests/conftest.py), the lazy torchvision imports (trainables/models.py) and reading digits
+without sklearn (trainables/digits_split.py) rest on these.
 """
 
 from __future__ import annotations
@@ -52,7 +53,12 @@ def main() -> None:
     lines = [f"machine: {cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}; median of {args.reps}"]
     for label, code in (("python -c pass", "pass"), ("import torch", "import torch"),
                         ("import torch, torchvision", "import torch, torchvision"),
-                        ("import tuner.run", "import tuner.run")):
+                        ("import tuner.run", "import tuner.run"),
+                        ("import tuner.trial (a worker)", "import tuner.trial"),
+                        ("+ load digits (embedded set)",
+                         "import tuner.trial; from trainables.data import *; load_dataset(DataConfig())"),
+                        ("+ import sklearn.model_selection",
+                         "import tuner.trial, sklearn.datasets, sklearn.model_selection")):
         lines.append(f"{label:32s} {median(code, args.reps, env):6.2f} s")
     lines.append(f"{'ray.init() local start + stop':32s} "
                  f"{median('import ray; ray.init(log_to_driver=False); ray.shutdown()', args.reps, env):6.2f} s")

@@ -184,7 +184,8 @@ def workspace():
         (base / "cwd").mkdir()
         mp.chdir(base / "cwd")
         mp.setattr(ray, "init", _refuse_to_start)
-        mp.setenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # main sets it; keep the environment as it was
+        for name in ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"):
+            mp.setenv(name, "1")  # main sets them; keep the environment as it was
         yield base
 
 

@@ -143,6 +143,30 @@ def test_registry_lists_every_data_set():
     assert DATASETS["caltech101_20"].default_classes == tuple(range(20))
 
 
+def test_digits_are_sklearns_images_and_split_read_without_importing_sklearn():
+    """The frozen split (trainables/digits_split.py) is sklearn's stratified split, image for image
+    and in its order; loading it in a fresh process imports neither sklearn nor scipy."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    train, test = train_test_split(np.arange(len(digits.target)), test_size=450, stratify=digits.target,
+                                   random_state=0)
+    data = load_dataset(DataConfig(image_size=8))
+    assert torch.equal(data.x_train[:, 0], torch.from_numpy(digits.images[train] / 16.0).float())
+    assert torch.equal(data.x_test[:, 0], torch.from_numpy(digits.images[test] / 16.0).float())
+    assert torch.equal(data.y_train, torch.from_numpy(digits.target[train]))
+    assert torch.equal(data.y_test, torch.from_numpy(digits.target[test]))
+    code = ("import sys; from trainables.data import load_dataset, DataConfig; load_dataset(DataConfig()); "
+            "print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_digits_split_is_fixed_and_stratified():
     a, b = load_dataset(DataConfig()), load_dataset(DataConfig())
     check_shapes(a, 10, 1, 32)

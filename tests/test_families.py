@@ -161,7 +161,8 @@ def test_column_types_come_from_the_data(tmp_path):
 
 @pytest.mark.slow
 def test_the_test_only_family_runs_through_tuner_run_and_the_report(tmp_path, shared_ray):
-    env = {**shared_ray, "NOISETUNE_PLUGINS": "tests.faulty"}
+    # Tune's per-trial result.json, off by default (README "Results"), shows what Tune was told.
+    env = {**shared_ray, "NOISETUNE_PLUGINS": "tests.faulty", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0"}
     done = subprocess.run([sys.executable, "-m", "tuner.run", "faulty_grid", "--preset", "smoke",
                            "--storage", str(tmp_path), "--seeds", "2"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)

@@ -385,7 +385,8 @@ def test_tuner_run_starts_ray_without_weakening_auth_or_the_dashboard(tmp_path, 
     monkeypatch.setattr(ray, "init", fake_init)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    monkeypatch.setenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    monkeypatch.setenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # main sets these two; undone after
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     with pytest.raises(Stop):
         main(["grid_ebm", "--preset", "smoke", "--storage", str(tmp_path)])
     assert seen["address"] is None  # a new local cluster: Ray's defaults apply

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import os
 import pickle
 from dataclasses import dataclass
@@ -115,15 +116,19 @@ class DatasetSpec(NamedTuple):
 
 
 def _load_digits(cfg: DataConfig, root: Path) -> tuple[_Split, _Split, list[str]]:
-    """scikit-learn's bundled 8x8 digits with a fixed split, so every run sees the same test set."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """scikit-learn's bundled 8x8 digits with a fixed split, so every run sees the same test set.
+    Read from the package's CSV and split by frozen indices (trainables/digits_split.py): the same
+    images and split as `load_digits` and `train_test_split`, without importing sklearn and scipy
+    in every driver and trial worker (bench/results/startup_cpu.txt)."""
+    from trainables.digits_split import TEST, TRAIN
 
-    digits = load_digits()
-    images, y = digits.images / 16.0, digits.target
-    tr, te = train_test_split(np.arange(len(y)), test_size=450, stratify=y, random_state=0)
-    names = [str(d) for d in digits.target_names]
-    return _Split(y[tr], images[tr]), _Split(y[te], images[te]), names
+    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("dataset 'digits' needs scikit-learn installed (pip install scikit-learn)")
+    table = np.loadtxt(Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz"), delimiter=",")
+    images, y = table[:, :-1].reshape(-1, 8, 8) / 16.0, table[:, -1].astype(np.int64)
+    tr, te = np.array(TRAIN), np.array(TEST)
+    return _Split(y[tr], images[tr]), _Split(y[te], images[te]), [str(d) for d in range(10)]
 
 
 TEXTURE_IMAGES = (
