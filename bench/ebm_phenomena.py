@@ -9,6 +9,9 @@ plus a verdict, with numbers, on each finding of PROTOCOLS.md section 1:
 Before any verdict it prints the two checks that say whether the miniature is fair:
   (a) training converged: the residual loss ABOVE the noise floor (alpha^2 E[z^2] from noise on
       the output layer, which no training can remove) changes by < 2% over the last 20% of steps;
+  (a') the same, measured without sampling noise: the residual under fixed draws of the training
+      noise on every layer but the output (whose noise only adds the floor) at 80% of the steps and
+      at the end; this one decides, since the per-epoch noisy losses of (a) jitter by percents;
   (b) n is large enough: at the headline cell (0.9, 0.9) (else the largest balanced cell) the
       median energy gap between the best and second-best class is >= 3x the median std of a
       class's n-draw mean energy.
@@ -21,6 +24,7 @@ The protocol is never tuned to make a finding appear: the verdicts report what t
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import math
 import sys
@@ -34,7 +38,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import Report  # noqa: E402
 from trainables.common import device_name, resolve_device  # noqa: E402
 from trainables.data import load_dataset  # noqa: E402
-from trainables.ebm import NoiseSpec, evaluate, preset_configs, train_bank  # noqa: E402
+from trainables.ebm import (PLACEMENTS, NoiseSpec, _to_nhwc, _train_noise, evaluate, preset_configs,  # noqa: E402
+                            steps_per_epoch, train_bank)
+
+RESIDUAL_DRAWS, RESIDUAL_SEED = 4, 2024  # the fixed noise of check (a'), the same for every snapshot
+
+
+def fixed_noise_residual(bank, cfg, data) -> float:
+    """Per-pixel MSE of the bank on its training images under the training noise of every layer in
+    the placement except the output layer, with the same draws each call (common random numbers).
+    Output noise alpha*z is independent of the rest and has mean 0, so E||x - f - alpha z||^2 =
+    E||x - f||^2 + alpha^2 E[z^2]: this is the residual above the floor without the floor's sampling
+    noise, and two snapshots compared with it differ by their weights alone."""
+    if cfg.dropout_rate > 0:
+        raise ValueError("fixed_noise_residual: dropout would also act on the output layer; use dropout_rate=0")
+    output_layer = max(PLACEMENTS["full"])
+    x = _to_nhwc(data.x_train)
+    by_class = [x[data.y_train == c] for c in range(data.num_classes)]
+    batch = torch.stack([ix[: min(len(i) for i in by_class)] for ix in by_class])  # (C, m, H, W, ch)
+    forward = bank.forward_per_class if batch.shape[2] >= 16 else bank
+    gen = torch.Generator().manual_seed(RESIDUAL_SEED)
+    perturb = _train_noise(cfg, gen)
+    hidden_only = None if perturb is None else (lambda i, h: h if i == output_layer else perturb(i, h))
+    with torch.no_grad():
+        return float(np.mean([float(((forward(batch, hidden_only) - batch) ** 2).mean())
+                              for _ in range(RESIDUAL_DRAWS if hidden_only else 1)]))
 
 
 def run(dataset: str, seeds: int, alphas: list[float], device: str, overrides: dict, log, preset="quick") -> dict:
@@ -43,13 +71,27 @@ def run(dataset: str, seeds: int, alphas: list[float], device: str, overrides: d
     acc: dict[tuple[float, float], list[float]] = {}
     evidence: dict[tuple[float, float], list[tuple[float, float]]] = {}
     tails: dict[float, list[list[float]]] = {}
+    residuals: dict[float, list[tuple[float, float]]] = {}  # (at 80% of steps, at the end) per seed
     for seed, a_tr in itertools.product(range(seeds), alphas):
         cfg, ecfg = preset_configs(preset, {"dataset": dataset, "seed": seed, "eval_seed": seed,
                                              "alpha_train": a_tr, "device": device, **overrides})
         data = load_dataset(cfg.data)
+        per_epoch = steps_per_epoch(data, cfg.batch_size)
+        epochs = math.ceil((cfg.steps or cfg.epochs * per_epoch) / per_epoch)
+        at_80 = max(1, round(0.8 * epochs))  # the snapshot that starts the last 20% of steps
+        saved = {}
+
+        def keep_80(progress, at_80=at_80, saved=saved):
+            if progress.epoch == at_80:
+                saved["model"] = progress.state()["model"]
+
         t0 = time.perf_counter()
-        res = train_bank(cfg, data)
+        res = train_bank(cfg, data, keep_80)
         t1 = time.perf_counter()
+        before = copy.deepcopy(res.model)
+        before.load_state_dict(saved["model"])
+        residuals.setdefault(a_tr, []).append((fixed_noise_residual(before, cfg, data),
+                                               fixed_noise_residual(res.model, cfg, data)))
         rows = evaluate(res.model, data, [NoiseSpec("gaussian", a) for a in alphas], cfg, ecfg)
         t2 = time.perf_counter()
         n_max = ecfg.n_checkpoints[-1]
@@ -61,7 +103,7 @@ def run(dataset: str, seeds: int, alphas: list[float], device: str, overrides: d
         tails.setdefault(a_tr, []).append(res.history)
         log(f"  {dataset} seed={seed} alpha_train={a_tr}: train {t1 - t0:.0f}s "
             f"(loss {res.history[0]:.4f} -> {res.history[-1]:.4f}), eval {t2 - t1:.0f}s")
-    return {"acc": acc, "tails": tails, "cfg": cfg, "ecfg": ecfg, "data": data, "evidence": evidence}
+    return {"acc": acc, "tails": tails, "residuals": residuals, "cfg": cfg, "ecfg": ecfg, "data": data, "evidence": evidence}
 
 
 def residual_change(history: list[float], floor: float) -> float:
@@ -103,12 +145,21 @@ def report(dataset: str, out: dict, alphas: list[float], log) -> None:
         converged.append(abs(change) < 0.02)
         log(f"(a) alpha_train={a_tr}: noise floor {floor:.4f}; residual above it {np.mean([t[-1] for t in runs]) - floor:.5f}, "
             f"changed {100 * change:+.1f}% over the last 20% of steps -> {'converged' if abs(change) < 0.02 else 'NOT converged'}")
+    # (a') The same question asked without sampling noise: the residual of check (a') at the step
+    # that starts the last 20% and at the end, under the same fixed draws (fixed_noise_residual).
+    steady = []
+    for a_tr, pairs in out["residuals"].items():
+        r80, r100 = np.mean([p[0] for p in pairs]), np.mean([p[1] for p in pairs])
+        change = (r80 - r100) / r100
+        steady.append(abs(change) < 0.02)
+        log(f"(a') alpha_train={a_tr}: fixed-noise residual {r80:.5f} at 80% of steps, {r100:.5f} at the end: "
+            f"fell {100 * change:+.1f}% -> {'converged' if abs(change) < 0.02 else 'NOT converged'}")
     headline = (0.9, 0.9) if (0.9, 0.9) in out["evidence"] else max(k for k in out["evidence"] if k[0] == k[1])
     gap, spread = np.nanmean([g for g, _ in out["evidence"][headline]]), np.nanmean([s for _, s in out["evidence"][headline]])
     ratio = gap / spread if spread > 0 else float("inf")
     log(f"(b) cell {headline} at n = {n_max}: median energy gap {gap:.4f}, median std of a class's n-draw mean "
         f"{spread:.4f}, ratio {ratio:.2f} -> {'n large enough' if ratio >= 3 else 'n TOO SMALL (needs >= 3)'}")
-    fair = all(converged) and ratio >= 3
+    fair = all(steady) and ratio >= 3  # (a'): (a) on the noisy epoch losses jitters by more than 2%
     log(f"fair miniature: {'yes' if fair else 'NO: the verdicts below are undecided whatever they say'}")
 
     # Loss curve tail per alpha_train: mean over seeds of the loss at the last 5 epochs, and how

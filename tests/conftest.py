@@ -57,7 +57,7 @@ ray.shutdown()
 @pytest.fixture(scope="session")
 def shared_ray():
     """The environment for `tuner.run` subprocesses that only need a running Ray: they connect to
-    one local cluster started once for the session (1.1 s a connection against 14 s a start,
+    one local cluster started once for the session (1.1 s a connection against 7.6 s a start,
     bench/results/startup_cpu.txt). Tests that kill drivers, need their own environment in the trial
     workers (object-store credentials) or check how a cluster starts keep starting their own.
     The cluster's processes are the holder's session group, stopped by that group at the end."""
