@@ -10,6 +10,7 @@ without sklearn (trainables/digits_split.py) rest on these.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -24,6 +25,26 @@ print(ray.get_runtime_context().gcs_address, flush=True)
 sys.stdin.read()
 ray.shutdown()
 """
+
+
+@contextlib.contextmanager
+def running_cluster(env: dict):
+    """The address of a local Ray cluster kept up by a holder process for the with-block."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=env, start_new_session=True)
+    try:
+        yield holder.stdout.readline().strip()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def save(lines: list[str], out: str | None) -> None:
+    text = "\n".join(lines)
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
 
 
 def wall(code: str, env=None) -> float:
@@ -62,21 +83,11 @@ def main() -> None:
         lines.append(f"{label:32s} {median(code, args.reps, env):6.2f} s")
     lines.append(f"{'ray.init() local start + stop':32s} "
                  f"{median('import ray; ray.init(log_to_driver=False); ray.shutdown()', args.reps, env):6.2f} s")
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, env=env, start_new_session=True)
-    try:
-        address = holder.stdout.readline().strip()
+    with running_cluster(env) as address:
         connect = f"import ray; ray.init(address={address!r}, log_to_driver=False); ray.shutdown()"
         lines.append(f"{'ray.init(address) connect':32s} "
                      f"{median(connect, args.reps, env | {'RAY_AUTH_MODE': 'token'}):6.2f} s")
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=60)
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    save(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from startup import HOLDER, cpu_name  # noqa: E402
+from startup import cpu_name, running_cluster, save  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,26 +52,17 @@ def main() -> None:
     args = p.parse_args()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_USAGE_STATS_ENABLED": "0",
                                                                          "NOISETUNE_PLUGINS": "tests.faulty"}
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, env=env, start_new_session=True)
     lines = [f"machine: {cpu_name()}, {os.cpu_count()} cores; {2 * args.seeds} tiny trials per run "
              f"(tests/faulty.py), one shared local cluster; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              f"{'Tune loggers':18s} {'wall s':>8s} {'driver CPU s':>13s} {'files':>7s}"]
-    try:
-        env |= {"RAY_ADDRESS": holder.stdout.readline().strip(), "RAY_AUTH_MODE": "token"}
+    with running_cluster(env) as address:
+        env |= {"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token"}
         for _ in range(args.reps):
             for loggers, label in (("0", "on (Tune default)"), ("1", "off (tuner.run)")):
                 wall, cpu, files = one_run(env, loggers, args.seeds)
                 lines.append(f"{label:18s} {wall:8.1f} {cpu:13.1f} {files:7d}")
                 print(lines[-1], flush=True)
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=60)
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    save(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import pandas as pd
 
 from tuner import registry
 from tuner.store import ResultStore, trial_key
-from trainables.checks import ConfigError
+from trainables.checks import ConfigError, check_choice
 
 DEFAULT_SEEDS = {"paper": 10}  # seeds of a preset when --seeds is not given; other presets 1
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")  # \Z: "$" would let "name\n" through
@@ -103,21 +103,16 @@ def parse_seeds(text: str | None, preset: str, defaults: dict | None = None) -> 
                       "in [0, 2**63) like 0,1,2")
 
 
-def choice(field: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{field}={value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
-
-
 class Plan:
     """Everything a run needs, validated: built before Ray starts, so bad input costs nothing."""
 
     def __init__(self, args: argparse.Namespace):
         self.exp = registry.get(args.experiment)
         self.method = registry.method_of(self.exp)
-        choice("preset", args.preset, self.method.presets)
-        choice("resume", args.resume, ("auto", "never"))
+        check_choice("preset", args.preset, self.method.presets)
+        check_choice("resume", args.resume, ("auto", "never"))
         self.search = args.search or self.exp.search
-        choice("search", self.search, ("grid", "optuna"))
+        check_choice("search", self.search, ("grid", "optuna"))
         self.preset = args.preset
         self.space = self.exp.space(args.preset)
         if self.search == "optuna" and not self.space.optuna:
