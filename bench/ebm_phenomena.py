@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import Report  # noqa: E402
 from trainables.common import device_name, resolve_device  # noqa: E402
 from trainables.data import load_dataset  # noqa: E402
-from trainables.ebm import (PLACEMENTS, NoiseSpec, _to_nhwc, _train_noise, evaluate, preset_configs,  # noqa: E402
-                            steps_per_epoch, train_bank)
+from trainables.ebm import (PER_CLASS_TRAINING_FROM, PLACEMENTS, NoiseSpec, _to_nhwc, _train_noise,  # noqa: E402
+                            evaluate, preset_configs, steps_per_epoch, train_bank)
 
 RESIDUAL_DRAWS, RESIDUAL_SEED = 4, 2024  # the fixed noise of check (a'), the same for every snapshot
 
@@ -56,7 +56,7 @@ def fixed_noise_residual(bank, cfg, data) -> float:
     x = _to_nhwc(data.x_train)
     by_class = [x[data.y_train == c] for c in range(data.num_classes)]
     batch = torch.stack([ix[: min(len(i) for i in by_class)] for ix in by_class])  # (C, m, H, W, ch)
-    forward = bank.forward_per_class if batch.shape[2] >= 16 else bank
+    forward = bank.forward_per_class if batch.shape[2] >= PER_CLASS_TRAINING_FROM else bank  # as train_bank
     gen = torch.Generator().manual_seed(RESIDUAL_SEED)
     perturb = _train_noise(cfg, gen)
     hidden_only = None if perturb is None else (lambda i, h: h if i == output_layer else perturb(i, h))
