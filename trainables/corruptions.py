@@ -14,6 +14,10 @@ Robustness Toolbox's `FastGradientMethod` (L-inf, clipped to [0, 1]), imported o
 | contrast | 1 - contrast factor: 0 keeps the image, 1 makes it its mean grey | [0, 1] |
 | rotation | degrees, bilinear, zero fill | >= 0 |
 | fgsm | L-inf budget eps of one signed-gradient step on the model's cross-entropy | >= 0 |
+
+`eot_fgsm` is the same step along the expected gradient over several forward passes of a model
+whose forward is random (Athalye et al. 2018's expectation over transformation): ART's FGSM
+takes the gradient of one pass, which understates the attack on a stochastic network.
 """
 
 from __future__ import annotations
@@ -67,6 +71,18 @@ def corrupt(x: torch.Tensor, name: str, strength: float, seed: int, model: nn.Mo
     if model is None or y is None:
         raise ConfigError("corruption='fgsm' needs the model and the labels")
     return fgsm(model, x, y, strength)
+
+
+def eot_fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, draws: int = 1) -> torch.Tensor:
+    """x + eps * sign(mean over `draws` forward passes of d CE / dx), clipped to [0, 1]. Only the
+    input's gradient is taken (the model's .grad fields are left alone); each pass draws the
+    model's own noise, whatever mode the caller left it in."""
+    x0 = x.detach().requires_grad_(True)
+    grad = torch.zeros_like(x0)
+    for _ in range(draws):
+        (g,) = torch.autograd.grad(F.cross_entropy(model(x0), y, reduction="sum"), x0)
+        grad += g
+    return (x.detach() + eps * torch.sign(grad / draws)).clamp(0, 1)
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:

@@ -17,7 +17,7 @@ from search_spaces.base import Experiment
 from trainables.checks import ConfigError
 from trainables.common import Method
 
-FAMILIES = ("ebm", "vpn", "ninr")  # built-in families; a new one is added here once
+FAMILIES = ("ebm", "vpn", "ninr", "sesnn")  # built-in families; a new one is added here once
 PLUGINS_ENV = "NOISETUNE_PLUGINS"
 
 
