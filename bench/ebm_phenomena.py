@@ -14,7 +14,8 @@ Before any verdict it prints the two checks that say whether the miniature is fa
       at the end; this one decides, since the per-epoch noisy losses of (a) jitter by percents;
   (b) n is large enough: at the headline cell (0.9, 0.9) (else the largest balanced cell) the
       median energy gap between the best and second-best class is >= 3x the median std of a
-      class's n-draw mean energy.
+      class's n-draw mean energy; printed beside it, the std of the gap itself, which is what
+      common noise (noise_sharing=common) shrinks.
 The protocol is never tuned to make a finding appear: the verdicts report what the data say.
 
     python bench/ebm_phenomena.py                       # digits + textures, 3 seeds, CPU
@@ -65,7 +66,8 @@ def fixed_noise_residual(bank, cfg, data) -> float:
                               for _ in range(RESIDUAL_DRAWS if hidden_only else 1)]))
 
 
-def run(dataset: str, seeds: int, alphas: list[float], device: str, overrides: dict, log, preset="quick") -> dict:
+def run(dataset: str, seeds: int, alphas: list[float], device: str, overrides: dict, log, preset="quick",
+        sharing: str = "independent") -> dict:
     """accuracy[(alpha_train, alpha_test)] -> list over seeds, at the largest n; plus loss tails
     and the evidence columns (energy gap, n-draw mean std) per cell."""
     acc: dict[tuple[float, float], list[float]] = {}
@@ -92,14 +94,14 @@ def run(dataset: str, seeds: int, alphas: list[float], device: str, overrides: d
         before.load_state_dict(saved["model"])
         residuals.setdefault(a_tr, []).append((fixed_noise_residual(before, cfg, data),
                                                fixed_noise_residual(res.model, cfg, data)))
-        rows = evaluate(res.model, data, [NoiseSpec("gaussian", a) for a in alphas], cfg, ecfg)
+        rows = evaluate(res.model, data, [NoiseSpec("gaussian", a, "full", sharing) for a in alphas], cfg, ecfg)
         t2 = time.perf_counter()
         n_max = ecfg.n_checkpoints[-1]
         for r in rows:
             if r["n"] == n_max:
                 acc.setdefault((a_tr, r["alpha_test"]), []).append(r["accuracy"])
                 evidence.setdefault((a_tr, r["alpha_test"]), []).append(
-                    (r["energy_gap_median"], r["energy_mean_std_median"]))
+                    (r["energy_gap_median"], r["energy_mean_std_median"], r["energy_gap_std_median"]))
         tails.setdefault(a_tr, []).append(res.history)
         log(f"  {dataset} seed={seed} alpha_train={a_tr}: train {t1 - t0:.0f}s "
             f"(loss {res.history[0]:.4f} -> {res.history[-1]:.4f}), eval {t2 - t1:.0f}s")
@@ -155,10 +157,12 @@ def report(dataset: str, out: dict, alphas: list[float], log) -> None:
         log(f"(a') alpha_train={a_tr}: fixed-noise residual {r80:.5f} at 80% of steps, {r100:.5f} at the end: "
             f"fell {100 * change:+.1f}% -> {'converged' if abs(change) < 0.02 else 'NOT converged'}")
     headline = (0.9, 0.9) if (0.9, 0.9) in out["evidence"] else max(k for k in out["evidence"] if k[0] == k[1])
-    gap, spread = np.nanmean([g for g, _ in out["evidence"][headline]]), np.nanmean([s for _, s in out["evidence"][headline]])
+    gap, spread, gap_std = (np.nanmean([e[i] for e in out["evidence"][headline]]) for i in range(3))
     ratio = gap / spread if spread > 0 else float("inf")
     log(f"(b) cell {headline} at n = {n_max}: median energy gap {gap:.4f}, median std of a class's n-draw mean "
         f"{spread:.4f}, ratio {ratio:.2f} -> {'n large enough' if ratio >= 3 else 'n TOO SMALL (needs >= 3)'}")
+    log(f"    and the std of the gap itself (the two best classes' n-draw mean difference; below sqrt(2) x the "
+        f"class std when classes share draws): {gap_std:.4f}, gap / its std {gap / gap_std:.2f}")
     fair = all(steady) and ratio >= 3  # (a'): (a) on the noisy epoch losses jitters by more than 2%
     log(f"fair miniature: {'yes' if fair else 'NO: the verdicts below are undecided whatever they say'}")
 
@@ -207,6 +211,8 @@ def main() -> None:
     p.add_argument("--preset", default="quick")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. image_size=16 or n_checkpoints=(1,10,100,1000)")
+    p.add_argument("--sharing", default="independent", choices=("independent", "common"),
+                   help="test-time noise_sharing: a fresh draw per class, or one draw shared by every class")
     p.add_argument("--out", default=None, help="also write the output to this file")
     args = p.parse_args()
     alphas = [float(a) for a in args.alphas.split(",")]
@@ -219,9 +225,11 @@ def main() -> None:
         except (ValueError, SyntaxError):
             overrides[key] = value
     dev = resolve_device(args.device)
-    log = Report(f"ebm_phenomena: {args.preset} protocol {overrides or ''}", f"{device_name(dev)}, torch {torch.__version__}")
+    log = Report(f"ebm_phenomena: {args.preset} protocol {overrides or ''}, test noise_sharing {args.sharing}",
+                 f"{device_name(dev)}, torch {torch.__version__}")
     t0 = time.perf_counter()
-    results = {ds: run(ds, args.seeds, alphas, args.device, overrides, log, args.preset) for ds in args.datasets.split(",")}
+    results = {ds: run(ds, args.seeds, alphas, args.device, overrides, log, args.preset, args.sharing)
+               for ds in args.datasets.split(",")}
     for ds, out in results.items():
         report(ds, out, alphas, log)
     log(f"\ntotal wall time {time.perf_counter() - t0:.0f} s")

@@ -6,6 +6,7 @@ and a direct check of the n-draw statistics."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -138,6 +139,52 @@ def test_energy_var_is_the_mean_across_draw_variance_of_the_energies():
     assert row["energy_var"] == pytest.approx(float(e.var(-1, unbiased=True).mean(0).mean()), rel=1e-9)
     assert row["energy_mean"] == pytest.approx(float(e.mean(-1).mean(0).mean()), rel=1e-9)
     assert row["accuracy"] == float((e.mean(-1).argmin(0) == data.y_test).double().mean())
+
+
+def _gap_stds(e: torch.Tensor) -> list[float]:
+    """Per image, written out: the two classes with the lowest mean energy over the n draws, the
+    n differences of their energies, and the std of the mean of those differences."""
+    stds = []
+    for i in range(e.shape[1]):
+        means = [float(e[c, i].mean()) for c in range(e.shape[0])]
+        best, second = sorted(range(len(means)), key=lambda c: means[c])[:2]
+        d = [float(e[best, i, k] - e[second, i, k]) for k in range(e.shape[2])]
+        m = sum(d) / len(d)
+        stds.append(math.sqrt(sum((v - m) ** 2 for v in d) / (len(d) - 1) / len(d)))
+    return stds
+
+
+@pytest.mark.parametrize("sharing", ["independent", "common"])
+def test_the_gap_std_is_the_std_of_the_two_best_classes_mean_difference(sharing):
+    aes, x = autoencoders(), images(count=7)
+    bank = AutoencoderBank.from_autoencoders(aes)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    data = Data("reference", x, labels, x, labels, ["a", "b", "c"])
+    spec = NoiseSpec("gaussian", 0.5, "full", sharing)
+    ecfg = EvalConfig(n_checkpoints=(1, 12, 30), block_images=100, block_draws=6, memory_mb=4096)
+    rows = {r["n"]: r for r in evaluate(bank, data, [spec], EBMConfig(), ecfg)}
+    ev = SamplingEvaluator(bank, NoiseParams(), ecfg, SIDE)
+    with torch.no_grad():
+        e = ev.energies(x, ev.clean(x), spec, 0, 0, 30).double()
+    for n in (12, 30):  # 12 ends inside a draw block of 6 x k, 30 at a call's end: both paths of the sums
+        assert rows[n]["energy_gap_std_median"] == pytest.approx(float(np.median(_gap_stds(e[..., :n]))), rel=1e-9)
+    assert math.isnan(rows[1]["energy_gap_std_median"])
+
+
+def test_common_noise_shrinks_the_gap_std_below_the_independent_one():
+    """Common random numbers: the classes' energies covary, so their difference varies less than
+    two independent draws' (whose gap std is about sqrt(2) x a class's mean std)."""
+    aes, x = autoencoders(), images(count=40)
+    bank = AutoencoderBank.from_autoencoders(aes)
+    labels = torch.arange(40) % 3
+    data = Data("reference", x, labels, x, labels, ["a", "b", "c"])
+    ecfg = EvalConfig(n_checkpoints=(200,), block_images=100, block_draws=50, memory_mb=4096)
+    out = {}
+    for sharing in ("independent", "common"):
+        (row,) = evaluate(bank, data, [NoiseSpec("gaussian", 0.5, "full", sharing)], EBMConfig(), ecfg)
+        out[sharing] = row["energy_gap_std_median"] / row["energy_mean_std_median"]
+    assert 1.2 < out["independent"] < 1.7, out  # sqrt(2) = 1.41
+    assert out["common"] < 0.8 * out["independent"], out
 
 
 # ---------------------------------------------------------------------------------------------

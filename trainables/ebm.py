@@ -647,9 +647,11 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
         rows += [base | setting | r for r in rows_at_checkpoints(ecfg.n_checkpoints, spec.alpha > 0, lambda m, t=tally: {
             "accuracy": t.correct[m] / total, "energy_mean": t.mean[m] / total,
             "energy_var": t.var[m] / total if m > 1 else float("nan"),
-            # Per image: best vs second-best class mean energy, and the std of a class's n-draw
-            # mean; a gap well above that std means n was large enough for the argmin.
+            # Per image: best vs second-best class mean energy, the std of a class's n-draw mean,
+            # and the std of the gap itself (smaller under common noise); a gap well above its
+            # std means n was large enough for the argmin.
             "energy_gap_median": t.median_gap(m), "energy_mean_std_median": t.median_mean_std(m),
+            "energy_gap_std_median": t.median_gap_std(m),
             "test_images": total, "eval_seconds": secs})]
     return rows
 

@@ -38,9 +38,13 @@ class DrawTally:
     `pick` is "argmin" (energies: the lowest wins) or "argmax" (probabilities). With
     `moments`, the mean score and its across-draw variance are tallied too, and per image the
     evidence that says whether n is large enough: the gap between the best and the second-best
-    class's n-draw mean score, and the std of a class's n-draw mean (sqrt(var / n)); their
-    medians over images are `median_gap(n)` and `median_mean_std(n)`. `seconds[n]` is the time
-    spent in add_block up to checkpoint n, summed over blocks.
+    class's n-draw mean score, the std of a class's n-draw mean (sqrt(var / n)), and the std of
+    the gap itself, sqrt(var(s_best - s_second) / n), which the per-class std cannot give when
+    classes share their draws (common random numbers make the two scores covary, so the gap
+    varies less than either score). Their medians over images are `median_gap(n)`,
+    `median_mean_std(n)` and `median_gap_std(n)`; the gap std needs the per-image class cross
+    sums (C x C per image, summed draw block by draw block without a per-draw outer product).
+    `seconds[n]` is the time spent in add_block up to checkpoint n, summed over blocks.
     """
 
     def __init__(self, checkpoints, pick: str = "argmin", moments: bool = True):
@@ -51,11 +55,12 @@ class DrawTally:
         self.seconds = {n: 0.0 for n in self.checkpoints}
         self.gaps = {n: [] for n in self.checkpoints}
         self.mean_stds = {n: [] for n in self.checkpoints}
+        self.gap_stds = {n: [] for n in self.checkpoints}
 
     def add_block(self, per_draw: Callable[[int, int], torch.Tensor], labels, n_total: int, step: int,
                   clock: Callable[[], float] | None = None) -> None:
         """per_draw(d0, d1) -> scores (G, B, d1 - d0) for draws d0..d1-1 of one image block."""
-        s1 = s2 = 0.0
+        s1 = s2 = s12 = 0.0
         done = 0
         t0 = clock() if clock else 0.0
         while done < n_total:
@@ -81,9 +86,24 @@ class DrawTally:
                             var = (sum2 - sum1 * sum1 / n) / (n - 1)
                             self.var[n] += float(var.mean(0).sum())
                             self.mean_stds[n].append((var.clamp_min(0) / n).sqrt().flatten().cpu())
+                            if mean.shape[0] > 1:
+                                cross = s12 + torch.einsum("gbd,hbd->ghb", e[..., :n - done], e[..., :n - done])
+                                self.gap_stds[n].append(self._gap_std(mean, sum1, sum2, cross, n).cpu())
+            if self.moments and e.shape[0] > 1:
+                s12 = s12 + torch.einsum("gbd,hbd->ghb", e, e)
             s1 = c1[..., -1:]
             s2 = c2[..., -1:] if self.moments else 0.0
             done = upto
+
+    def _gap_std(self, mean, sum1, sum2, cross, n: int) -> torch.Tensor:
+        """Per image, the std of (best - second-best) class's n-draw mean score, from the sums of
+        the scores (G, B), their squares (G, B) and their cross products (G, G, B)."""
+        (a, b) = mean.topk(2, dim=0, largest=self.pick == "argmax").indices
+        img = torch.arange(mean.shape[1], device=mean.device)
+        sum_d = sum1[a, img] - sum1[b, img]
+        sum_d2 = sum2[a, img] + sum2[b, img] - 2 * cross[a, b, img]
+        var = (sum_d2 - sum_d * sum_d / n) / (n - 1)
+        return (var.clamp_min(0) / n).sqrt()
 
 
     def median_gap(self, n: int) -> float:
@@ -91,6 +111,9 @@ class DrawTally:
 
     def median_mean_std(self, n: int) -> float:
         return float(torch.cat(self.mean_stds[n]).median()) if self.mean_stds[n] else float("nan")
+
+    def median_gap_std(self, n: int) -> float:
+        return float(torch.cat(self.gap_stds[n]).median()) if self.gap_stds[n] else float("nan")
 
 
 def rows_at_checkpoints(points, noisy: bool, at: Callable[[int], dict]) -> list[dict]:
