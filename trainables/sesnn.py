@@ -91,7 +91,7 @@ class SESNNConfig:
     batch_size: int = 128
     epochs: int = 20  # per stage (forward trains two stages)
     steps: int = 0  # > 0: exactly this many optimiser steps per stage instead of `epochs`
-    scheduler: str = "none"
+    scheduler: str = "cosine"  # annealed to 0: a constant lr on noisy labels keeps memorising them (no plateau)
     seed: int = 0
     device: str = "auto"
 
