@@ -120,3 +120,32 @@ def shared_smoke(shared_ray, tmp_path_factory):
             done[name] = (storage / f"{name}-smoke", proc, args)
         return done[name]
     return run
+
+
+def notebook_output(name: str, results) -> str:
+    """Execute analysis/notebooks/<name>.ipynb headless on `results` (it must be stored without
+    outputs) and return the text its cells printed."""
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    repo = Path(__file__).resolve().parents[1]
+    nb = nbformat.read(repo / "analysis" / "notebooks" / f"{name}.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "stored with outputs"
+    os.environ["NOISETUNE_RESULTS"] = str(results)
+    try:
+        NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(repo)}}).execute()
+    finally:
+        del os.environ["NOISETUNE_RESULTS"]
+    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+
+
+def refusal(*args: str) -> str:
+    """`python -m tuner.run ARGS --dry-run` must fail with one error line and no traceback;
+    returns that line."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tuner.run", *args, "--dry-run"], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    return done.stderr.strip().splitlines()[-1]

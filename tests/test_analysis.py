@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import notebook_output
 from analysis import ebm, load, summarize, tables
 from analysis.ebm import findings
 from analysis.report import build
@@ -190,19 +190,8 @@ def test_the_heatmap_can_be_drawn_in_the_papers_orientation():
 
 
 def test_notebook_executes_headless(tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    from nbclient import NotebookClient
-
     folder = write_parts(frame(), tmp_path / "exp")
-    nb = nbformat.read(REPO / "analysis" / "notebooks" / "ebm.ipynb", as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "stored with outputs"
-    os.environ["NOISETUNE_RESULTS"] = str(folder)
-    try:
-        NotebookClient(nb, timeout=120, kernel_name="python3",
-                       resources={"metadata": {"path": str(REPO)}}).execute()
-    finally:
-        del os.environ["NOISETUNE_RESULTS"]
-    out = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    out = notebook_output("ebm", folder)
     assert "Best balanced cell" in out
 
 

@@ -3,7 +3,6 @@ joint and frozen training, resume, bad input and the analysis tables."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from scipy import stats as sps
 
 from analysis import vpn as avpn
 from tests.reference_vpn import algorithm2
+from tests.conftest import notebook_output
 from trainables import vpn
 from trainables.augment import AUGMENTATIONS, AugmentConfig, augment
 from trainables.checks import ConfigError
@@ -343,15 +343,5 @@ def test_report_of_a_real_run_draws_std_maps_from_artefacts(smoke_run, tmp_path)
 
 @pytest.mark.slow
 def test_notebook_executes_headless_on_a_real_run(smoke_run):
-    nbformat = pytest.importorskip("nbformat")
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(REPO / "analysis" / "notebooks" / "vpn.ipynb", as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "stored with outputs"
-    os.environ["NOISETUNE_RESULTS"] = str(smoke_run)
-    try:
-        NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
-    finally:
-        del os.environ["NOISETUNE_RESULTS"]
-    out = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    out = notebook_output("vpn", smoke_run)
     assert "Generator DNN3 (frozen) vs Baseline" in out
