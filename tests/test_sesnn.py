@@ -156,6 +156,24 @@ def test_bootstrap_losses_equal_reeds_equations(hard):
     assert got == pytest.approx(want, rel=1e-9)
 
 
+def test_the_soft_bootstraps_gradient_flows_through_its_target_as_in_patrinis_code():
+    """Keras differentiates the whole expression -sum (beta t + (1 - beta) q) log q, so the
+    gradient is the reference's, taken by central differences over every logit."""
+    gen = torch.Generator().manual_seed(9)
+    logits, y = torch.randn(3, 4, generator=gen, dtype=torch.float64), torch.randint(0, 4, (3,), generator=gen)
+    cfg, _ = sesnn.preset_configs("smoke", {"loss": "bootstrap_soft"})
+    x = logits.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(sesnn.task_loss(cfg, x, y, None), x)
+    h, want = 1e-6, torch.zeros_like(logits)
+    for i in range(logits.shape[0]):
+        for j in range(logits.shape[1]):
+            up, down = logits.clone(), logits.clone()
+            up[i, j] += h
+            down[i, j] -= h
+            want[i, j] = (ref.bootstrap(up, y, cfg.soft_beta, False) - ref.bootstrap(down, y, cfg.soft_beta, False)) / (2 * h)
+    torch.testing.assert_close(grad, want, rtol=1e-5, atol=1e-7)
+
+
 def test_the_forward_loss_equals_patrinis_and_is_cross_entropy_under_the_identity():
     gen = torch.Generator().manual_seed(6)
     logits, y = torch.randn(6, 4, generator=gen, dtype=torch.float64), torch.randint(0, 4, (6,), generator=gen)
