@@ -69,11 +69,13 @@ def _select(df: pd.DataFrame, drawn: set, preferred: dict) -> tuple[pd.DataFrame
     d = sesnn_rows(df)
     if d.empty or "model" not in d.columns:
         return d.iloc[0:0], {}
+    sliced = {}
     for col, want in preferred.items():  # the view's own slice first (attacked rows are not label-noise rows)
-        if col in d.columns and col not in drawn and (d[col] == want).any():
+        if col in d.columns and col not in drawn and d[col].nunique(dropna=False) > 1 and (d[col] == want).any():
             d = d[d[col] == want]
+            sliced[col] = want
     d, fixed = stats.one_setting(d, drawn, preferred, KNOWN_CONFIG, IGNORED)
-    return _labelled(d), fixed
+    return _labelled(d), sliced | fixed
 
 
 def label_noise_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:

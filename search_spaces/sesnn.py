@@ -82,5 +82,6 @@ EXPERIMENTS = [
                labelnoise_sesnn, default_seeds={"paper": 5, "quick": 3}),
     Experiment("adversarial_sesnn", "SE-SNN Fig. 2a: baseline / Deep VIB / SE-SNN under FGS, normal and FGS training",
                "sesnn", adversarial_sesnn, default_seeds={"paper": 20, "quick": 3}),
-    Experiment("margin_sesnn", "SE-SNN App. B.1: omega x margin at 40% label noise", "sesnn", margin_sesnn),
+    Experiment("margin_sesnn", "SE-SNN App. B.1: omega x margin at 40% label noise", "sesnn", margin_sesnn,
+               default_seeds={"paper": 5, "quick": 3}),
 ]
