@@ -296,6 +296,12 @@ def label_noise_findings(df: pd.DataFrame) -> list[str]:
             v = "holds (not worse beyond 2 SEM)"
         out.append(f"[label noise{note}] SE-SNN matches or beats Forward at {100 * p:g}% (not above 20%)? SE-SNN - "
                    f"Forward = {_diff_text(diff, se, n)}: {v}.")
+    f = d[(d["loss"] == "forward") & (d["label_noise"] > 0)]
+    for label, g in f.groupby("label"):
+        per = ", ".join(f"{100 * p:g}%: {_msem(h['transition_error'])[0]:.3f} ± {_msem(h['transition_error'])[1]:.3f}"
+                        for p, h in g.groupby("label_noise"))
+        out.append(f"[label noise{note}] {label}: error of the estimated corruption matrix, mean |T_est - T| over its "
+                   f"entries (mean ± SEM over seeds): {per}.")
     s = d[(d["model"] == "sesnn") & (d["label_noise"] > 0)]
     for (label, p), g in s.groupby(["label", "label_noise"]):
         diffs = (g["log_sigma_flipped"] - g["log_sigma_kept"]).groupby(g["seed"]).mean()
