@@ -345,8 +345,8 @@ def test_the_experiments_cover_the_papers_figures():
 
 @pytest.fixture(scope="module")
 def smoke_runs(shared_smoke):
-    """Real labelnoise_sesnn and adversarial_sesnn smoke runs (2 seeds each: an SEM) through the
-    CLI, in one storage folder (tests/conftest.py)."""
+    """Real labelnoise_sesnn (2 seeds: an SEM) and adversarial_sesnn (1 seed) smoke runs through
+    the CLI, in one storage folder (tests/conftest.py)."""
     label, adv = shared_smoke("labelnoise_sesnn")[0], shared_smoke("adversarial_sesnn")[0]
     assert label.parent == adv.parent
     return label.parent
