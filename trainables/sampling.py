@@ -68,6 +68,8 @@ class DrawTally:
             e = per_draw(done, upto).double()
             c1 = s1 + e.cumsum(-1)
             c2 = s2 + (e * e).cumsum(-1) if self.moments else None
+            crosses = self.moments and e.shape[0] > 1 and self.checkpoints[-1] > 1  # only the gap std reads them
+            s12_next = s12 + torch.einsum("gbd,hbd->ghb", e, e) if crosses else 0.0
             for n in self.checkpoints:
                 if done < n <= upto:
                     sum1 = c1[..., n - done - 1]
@@ -80,26 +82,28 @@ class DrawTally:
                         mean = sum1 / n
                         self.mean[n] += float(mean.mean(0).sum())
                         if mean.shape[0] > 1:
-                            two = mean.topk(2, dim=0, largest=self.pick == "argmax").values
-                            self.gaps[n].append((two[0] - two[1]).abs().cpu())
+                            two = mean.topk(2, dim=0, largest=self.pick == "argmax")
+                            self.gaps[n].append((two.values[0] - two.values[1]).abs().cpu())
                         if n > 1:
                             var = (sum2 - sum1 * sum1 / n) / (n - 1)
                             self.var[n] += float(var.mean(0).sum())
                             self.mean_stds[n].append((var.clamp_min(0) / n).sqrt().flatten().cpu())
-                            if mean.shape[0] > 1:
-                                cross = s12 + torch.einsum("gbd,hbd->ghb", e[..., :n - done], e[..., :n - done])
-                                self.gap_stds[n].append(self._gap_std(mean, sum1, sum2, cross, n).cpu())
-            if self.moments and e.shape[0] > 1:
-                s12 = s12 + torch.einsum("gbd,hbd->ghb", e, e)
+                            if crosses:
+                                cross = s12_next if n == upto else \
+                                    s12 + torch.einsum("gbd,hbd->ghb", e[..., :n - done], e[..., :n - done])
+                                self.gap_stds[n].append(self._gap_std(two.indices, sum1, sum2, cross, n).cpu())
+            s12 = s12_next
             s1 = c1[..., -1:]
             s2 = c2[..., -1:] if self.moments else 0.0
             done = upto
 
-    def _gap_std(self, mean, sum1, sum2, cross, n: int) -> torch.Tensor:
-        """Per image, the std of (best - second-best) class's n-draw mean score, from the sums of
-        the scores (G, B), their squares (G, B) and their cross products (G, G, B)."""
-        (a, b) = mean.topk(2, dim=0, largest=self.pick == "argmax").indices
-        img = torch.arange(mean.shape[1], device=mean.device)
+    @staticmethod
+    def _gap_std(top2, sum1, sum2, cross, n: int) -> torch.Tensor:
+        """Per image, the std of (best - second-best) class's n-draw mean score, from the two
+        classes' indices (2, B), the sums of the scores (G, B), their squares (G, B) and their
+        cross products (G, G, B)."""
+        a, b = top2
+        img = torch.arange(sum1.shape[1], device=sum1.device)
         sum_d = sum1[a, img] - sum1[b, img]
         sum_d2 = sum2[a, img] + sum2[b, img] - 2 * cross[a, b, img]
         var = (sum_d2 - sum_d * sum_d / n) / (n - 1)

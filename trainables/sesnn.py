@@ -355,13 +355,11 @@ def train_sesnn(cfg: SESNNConfig, data: Data, callback: Callable[[Progress], obj
     y, flipped = y.to(device), flipped.to(device)
     stage = int(state.get("stage", 1)) if state else 1
     transition, history, epochs1 = None, [], 0
-    if stage == 2:
-        transition = state["transition"].to(device, torch.float32)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data, device)
-    gen = make_generator(stream_seed(cfg.seed, "snn_train"), device)
-    model.set_noise(True, gen)
     if stage == 1:
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, data, device)
+        gen = make_generator(stream_seed(cfg.seed, "snn_train"), device)
+        model.set_noise(True, gen)
         stopped = []
 
         def stage1(p: Progress):  # a True from the caller (Tune stopping the trial) skips stage 2 too
@@ -377,15 +375,13 @@ def train_sesnn(cfg: SESNNConfig, data: Data, callback: Callable[[Progress], obj
         transition = torch.as_tensor(estimate_transition(probs, cfg.anchor_percentile), dtype=torch.float32,
                                      device=device)
         state = None
-        torch.manual_seed(stream_seed(cfg.seed, "stage2_init"))
-        model = build_model(cfg, data, device)
-        gen = make_generator(stream_seed(cfg.seed, "snn_train_stage2"), device)
-        model.set_noise(True, gen)
     else:
+        transition = state["transition"].to(device, torch.float32)
         epochs1 = int(state["stage1_epochs"])
-        torch.manual_seed(stream_seed(cfg.seed, "stage2_init"))
-        model = build_model(cfg, data, device)
-        model.set_noise(True, gen)
+    torch.manual_seed(stream_seed(cfg.seed, "stage2_init"))  # a fresh network; a resumed one loads its state
+    model = build_model(cfg, data, device)
+    gen = make_generator(stream_seed(cfg.seed, "snn_train_stage2"), device)
+    model.set_noise(True, gen)
 
     def with_stage1(p: Progress):
         if callback is None:
