@@ -25,7 +25,6 @@ The protocol is never tuned to make a finding appear: the verdicts report what t
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import math
 import sys
@@ -39,31 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import Report  # noqa: E402
 from trainables.common import device_name, resolve_device  # noqa: E402
 from trainables.data import load_dataset  # noqa: E402
-from trainables.ebm import (PER_CLASS_TRAINING_FROM, PLACEMENTS, NoiseSpec, _to_nhwc, _train_noise,  # noqa: E402
-                            evaluate, preset_configs, steps_per_epoch, train_bank)
-
-RESIDUAL_DRAWS, RESIDUAL_SEED = 4, 2024  # the fixed noise of check (a'), the same for every snapshot
-
-
-def fixed_noise_residual(bank, cfg, data) -> float:
-    """Per-pixel MSE of the bank on its training images under the training noise of every layer in
-    the placement except the output layer, with the same draws each call (common random numbers).
-    Output noise alpha*z is independent of the rest and has mean 0, so E||x - f - alpha z||^2 =
-    E||x - f||^2 + alpha^2 E[z^2]: this is the residual above the floor without the floor's sampling
-    noise, and two snapshots compared with it differ by their weights alone."""
-    if cfg.dropout_rate > 0:
-        raise ValueError("fixed_noise_residual: dropout would also act on the output layer; use dropout_rate=0")
-    output_layer = max(PLACEMENTS["full"])
-    x = _to_nhwc(data.x_train)
-    by_class = [x[data.y_train == c] for c in range(data.num_classes)]
-    batch = torch.stack([ix[: min(len(i) for i in by_class)] for ix in by_class])  # (C, m, H, W, ch)
-    forward = bank.forward_per_class if batch.shape[2] >= PER_CLASS_TRAINING_FROM else bank  # as train_bank
-    gen = torch.Generator().manual_seed(RESIDUAL_SEED)
-    perturb = _train_noise(cfg, gen)
-    hidden_only = None if perturb is None else (lambda i, h: h if i == output_layer else perturb(i, h))
-    with torch.no_grad():
-        return float(np.mean([float(((forward(batch, hidden_only) - batch) ** 2).mean())
-                              for _ in range(RESIDUAL_DRAWS if hidden_only else 1)]))
+from trainables.ebm import NoiseSpec, evaluate, preset_configs, train_bank  # noqa: E402
 
 
 def run(dataset: str, seeds: int, alphas: list[float], device: str, overrides: dict, log, preset="quick",
@@ -78,22 +53,11 @@ def run(dataset: str, seeds: int, alphas: list[float], device: str, overrides: d
         cfg, ecfg = preset_configs(preset, {"dataset": dataset, "seed": seed, "eval_seed": seed,
                                              "alpha_train": a_tr, "device": device, **overrides})
         data = load_dataset(cfg.data)
-        per_epoch = steps_per_epoch(data, cfg.batch_size)
-        epochs = math.ceil((cfg.steps or cfg.epochs * per_epoch) / per_epoch)
-        at_80 = max(1, round(0.8 * epochs))  # the snapshot that starts the last 20% of steps
-        saved = {}
-
-        def keep_80(progress, at_80=at_80, saved=saved):
-            if progress.epoch == at_80:
-                saved["model"] = progress.state()["model"]
-
         t0 = time.perf_counter()
-        res = train_bank(cfg, data, keep_80)
+        res = train_bank(cfg, data)
         t1 = time.perf_counter()
-        before = copy.deepcopy(res.model)
-        before.load_state_dict(saved["model"])
-        residuals.setdefault(a_tr, []).append((fixed_noise_residual(before, cfg, data),
-                                               fixed_noise_residual(res.model, cfg, data)))
+        info = res.model.train_info  # the fixed-noise residuals of check (a'), as every row has them
+        residuals.setdefault(a_tr, []).append((info["residual_at_80"], info["residual_final"]))
         rows = evaluate(res.model, data, [NoiseSpec("gaussian", a, "full", sharing) for a in alphas], cfg, ecfg)
         t2 = time.perf_counter()
         n_max = ecfg.n_checkpoints[-1]

@@ -40,7 +40,7 @@ def _cfg(**kw) -> EBMConfig:
 # fused bank == separate autoencoders
 
 
-@pytest.mark.parametrize("path", ["bmm", "per_class"])
+@pytest.mark.parametrize("path", ["bmm", "per_class", "grouped"])
 def test_fused_bank_equals_separate_autoencoders_outputs_and_gradients(path):
     torch.manual_seed(0)
     aes = [Autoencoder(3, (5, 7, 9)) for _ in range(4)]
@@ -56,7 +56,7 @@ def test_fused_bank_equals_separate_autoencoders_outputs_and_gradients(path):
 
     xb = x.permute(0, 1, 3, 4, 2)
     # the bmm path hands after_layer channels-last tensors, the per-class path NCHW ones
-    out = bank(xb, shared_noise) if path == "bmm" else bank.forward_per_class(xb, shared_noise)
+    out = {"bmm": bank, "per_class": bank.forward_per_class, "grouped": bank.forward_grouped}[path](xb, shared_noise)
     as_nchw = (lambda z: z.permute(0, 3, 1, 2)) if path == "bmm" else (lambda z: z)
     ref = torch.stack([ae(x[c], lambda i, h, c=c: h + 0.3 * as_nchw(zs[i][c]))
                        for c, ae in enumerate(aes)])
@@ -109,10 +109,11 @@ def test_both_training_paths_learn_the_same_weights(monkeypatch):
     real = AutoencoderBank.forward_per_class
     monkeypatch.setattr(AutoencoderBank, "forward_per_class", lambda *a: calls.append(1) or real(*a))
     per_class = train_bank(cfg, data).model
-    assert len(calls) == 4  # one per step: 16 px took the per-class path
+    assert len(calls) >= 4  # one per step (and the convergence probes): 16 px took the per-class path
+    taken = len(calls)
     monkeypatch.setattr(ebm, "PER_CLASS_TRAINING_FROM", 10**9)
     bmm = train_bank(cfg, data).model
-    assert len(calls) == 4
+    assert len(calls) == taken
     for a, b in zip(per_class.parameters(), bmm.parameters()):
         assert torch.allclose(a, b, atol=1e-5)
 
@@ -133,6 +134,8 @@ def test_training_is_deterministic_and_resume_matches_uninterrupted():
     for a, b, c in zip(full.model.parameters(), again.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b) and torch.equal(a, c)
     assert full.history == resumed.history
+    for key in ("residual_initial", "residual_at_80", "residual_final"):  # carried through the saved state
+        assert full.model.train_info[key] == resumed.model.train_info[key]
     other = train_bank(dataclasses.replace(cfg, seed=1), data)
     assert not torch.equal(full.model.weights[0], other.model.weights[0])
 
@@ -313,7 +316,7 @@ def test_rows_carry_every_config_field(trained):
 
 
 def test_presets_build_valid_configs():
-    for name in ("paper", "quick", "smoke"):
+    for name in ("paper", "fair", "quick", "smoke"):
         cfg, ecfg = preset_configs(name)
         assert isinstance(cfg, EBMConfig) and isinstance(ecfg, EvalConfig)
     paper, paper_eval = preset_configs("paper")
@@ -324,7 +327,7 @@ def test_presets_build_valid_configs():
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda: preset_configs("fast"), r"preset='fast'.*allowed: paper, quick, smoke"),
+    (lambda: preset_configs("fast"), r"preset='fast'.*allowed: paper, quick, fair, smoke"),
     (lambda: preset_configs("smoke", {"alpha_tr": 1}), r"unknown config field 'alpha_tr'.*alpha_train"),
     (lambda: _cfg(alpha_train=-1.0), r"alpha=-1.0 is out of range"),
     (lambda: _cfg(placement_train="all"), r"placement='all'.*allowed: full, odd, even, enc, dec"),

@@ -269,3 +269,65 @@ def test_training_perturbation_touches_exactly_its_placement(placement):
                 assert float((out == 0).float().mean()) == pytest.approx(0.3, abs=0.03)
                 assert torch.allclose(out[out != 0], torch.tensor(0.5 / 0.7))
                 assert float(out.mean()) == pytest.approx(0.5, abs=0.03)
+
+
+# ---------------------------------------------------------------------------------------------
+# The convergence columns of every row (fairness check (a')): the fixed-noise residual before
+# training, at the epoch that starts the last 20% and at the end, written out per class with
+# separate modules: the per-pixel MSE of class c's autoencoder on class c's first m training
+# images (m = the smallest class), averaged over classes.
+
+
+def _modules_of(bank) -> list[Autoencoder]:
+    aes = []
+    for c in range(bank.num_classes):
+        ae = Autoencoder(bank.in_channels, bank.hidden)
+        with torch.no_grad():
+            for layer, (w, b) in zip([*ae.encoder, *ae.decoder], bank.nchw_layers(c)):
+                layer.weight.copy_(w)
+                layer.bias.copy_(b)
+        aes.append(ae)
+    return aes
+
+
+def _residual_by_hand(aes, data: Data) -> float:
+    m = min(int((data.y_train == c).sum()) for c in range(len(aes)))
+    per_class = []
+    for c, ae in enumerate(aes):
+        x = data.x_train[data.y_train == c][:m]
+        with torch.no_grad():
+            per_class.append(float(((ae(x) - x) ** 2).mean()))
+    return sum(per_class) / len(per_class)
+
+
+def test_the_convergence_residuals_are_each_class_mse_at_init_at_80_percent_and_at_the_end():
+    from trainables.data import DataConfig
+    from trainables.ebm import train_bank
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0] * 20 + [1] * 14 + [2] * 17)  # unequal classes: m = 14
+    x = (0.2 * torch.rand(len(y), 1, SIDE, SIDE, generator=g) + 0.3 * y.view(-1, 1, 1, 1)).clamp(0, 1)
+    data = Data("blobs", x, y, x[:6], y[:6], ["a", "b", "c"])
+    cfg = EBMConfig(data=DataConfig(image_size=SIDE), epochs=10, batch_size=8, hidden_channels=(4, 5, 6),
+                    device="cpu")
+    snapshots = {}
+
+    def keep(progress):
+        if progress.epoch == 8:  # round(0.8 * 10): the epoch that starts the last 20%
+            bank = AutoencoderBank(3, 1, (4, 5, 6))
+            bank.load_state_dict(progress.state()["model"])
+            snapshots["at_80"] = _modules_of(bank)
+
+    res = train_bank(cfg, data, keep)
+    info = res.model.train_info
+    first = _residual_by_hand(_modules_of(AutoencoderBank.initialised(3, 1, (4, 5, 6), seed=0)), data)
+    at_80 = _residual_by_hand(snapshots["at_80"], data)
+    end = _residual_by_hand(_modules_of(res.model), data)
+    assert info["residual_initial"] == pytest.approx(first, rel=1e-5)
+    assert info["residual_at_80"] == pytest.approx(at_80, rel=1e-5)
+    assert info["residual_final"] == pytest.approx(end, rel=1e-5)
+    assert first > at_80 > end  # it trained, so the three readings differ and the check can fail
+    assert info["residual_fall_last20"] == pytest.approx((at_80 - end) / end, rel=1e-4)
+    assert info["residual_share_last20"] == pytest.approx((at_80 - end) / (first - end), rel=1e-4)
+    rows = evaluate(res.model, data, [NoiseSpec("gaussian", 0.0, "full")], cfg, EvalConfig(n_checkpoints=(1,)))
+    assert rows[0]["residual_final"] == info["residual_final"]  # every row carries them

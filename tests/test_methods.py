@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import pandas as pd
 import pytest
+from ray import tune as ray_tune  # run_trial imports Tune when it runs; its calls are replaced here
 
 from tests.conftest import TEST_FAMILIES, FakeSession
 from trainables.checks import ConfigError
@@ -45,7 +46,7 @@ def run(tmp_path, monkeypatch):
         exp = experiment_of(method)
         session = FakeSession(tmp_path, restore_from)
         for attr in ("report", "get_checkpoint", "get_context"):
-            monkeypatch.setattr(trial.tune, attr, getattr(session, attr))
+            monkeypatch.setattr(ray_tune, attr, getattr(session, attr))
         config = {"experiment": exp.name, "preset": "smoke", "seed": 0,
                   "point": point if point is not None else exp.space("smoke").train[0],
                   "overrides": overrides or {}, "storage": str(tmp_path), "name": name, "meta": {},

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from ray import tune as ray_tune  # run_trial imports Tune when it runs; its calls are replaced here
 
 from tests.conftest import FakeSession
 from tuner import trial
@@ -23,7 +24,7 @@ def _config(storage: Path, name: str) -> dict:
 
 def _run(monkeypatch, session: FakeSession, config: dict) -> None:
     for attr in ("report", "get_checkpoint", "get_context"):
-        monkeypatch.setattr(trial.tune, attr, getattr(session, attr))
+        monkeypatch.setattr(ray_tune, attr, getattr(session, attr))
     trial.run_trial(config)
 
 

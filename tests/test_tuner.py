@@ -79,7 +79,7 @@ def bad_experiment(monkeypatch):
 
 @pytest.mark.parametrize("args,message", [
     (["grid_ebn"], r"experiment='grid_ebn' is not registered \(did you mean 'grid_ebm'\?\); allowed: grid_ebm"),
-    (["grid_ebm", "--preset", "fast"], r"preset='fast' is not allowed; allowed: paper, quick, smoke"),
+    (["grid_ebm", "--preset", "fast"], r"preset='fast' is not allowed; allowed: paper, fair, quick, smoke"),
     (["grid_ebm", "--dataset", "cifar11"], r"dataset: unknown data set 'cifar11'.*allowed: digits, textures"),
     (["grid_ebm", "--set", "distribution_train=normal"], r"distribution='normal'.*allowed: gaussian, cauchy"),
     (["grid_ebm", "--set", "placement_train=middle"], r"placement='middle'.*allowed: full, odd, even, enc, dec"),

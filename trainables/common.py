@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from trainables.checks import ConfigError, check_choice
@@ -190,3 +191,19 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
 def load_checkpoint(path: str | os.PathLike, device="cpu") -> dict:
     """Load with weights_only=True: tensors and plain containers only, never arbitrary pickles."""
     return torch.load(os.fspath(path), map_location=device, weights_only=True)
+
+
+def loss_tail(history) -> tuple[float, float]:
+    """(relative change, share of the run's decrease) of the training loss over the last 20% of
+    epochs: L80 is the mean over the 10% of epochs that end at 80%, L_end over the last 10%;
+    change = (L_end - L80) / L80, share = (L80 - L_end) / (L_first - L_end). A loss that falls
+    towards 0 (memorised labels) keeps a large relative change; the share says whether the curve
+    has flattened on the scale of the run. NaN for fewer than 10 epochs."""
+    h = np.asarray(history, float)
+    k = len(h) // 10
+    if k < 1:
+        return float("nan"), float("nan")
+    at80, end = h[int(0.8 * len(h)) - k:int(0.8 * len(h))].mean(), h[-k:].mean()
+    change = float((end - at80) / abs(at80)) if at80 else float("nan")
+    share = float((at80 - end) / (h[0] - end)) if h[0] != end else float("nan")
+    return change, share

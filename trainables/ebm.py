@@ -41,7 +41,7 @@ from torch import nn
 from trainables import discriminative
 from trainables.checks import (ConfigError, check_choice, check_int, check_keys, check_optional_int,
                                check_range)
-from trainables.common import (STATUS_DIVERGED, STATUS_OK, Method, Progress, TrainResult, config_row,
+from trainables.common import (STATUS_DIVERGED, STATUS_OK, Method, Progress, TrainResult, config_row, loss_tail,
                                configs_from_preset, device_name, resolve_device)
 from trainables.data import Data, DataConfig, load_dataset
 from trainables.noise import DISTRIBUTIONS, NoiseParams, fill_, make_generator
@@ -192,6 +192,11 @@ PRESETS: dict[str, dict] = {
     # 2 CPU cores (bench/ebm_phenomena.py shows the loss tail).
     "quick": {"dataset": "digits", "image_size": 8, "steps": 1500, "batch_size": 64,
               "n_checkpoints": (1, 10, 100)},
+    # The fairness checks' candidate (issue 13; bench/README.md): digits upsampled to 16 px, so the
+    # bottleneck is spatial (2x2x100), 4000 cosine-annealed steps of 64 and n up to 1000. Sized for a
+    # GPU (`--backend local --workers 5`); on 2 CPU cores a training takes about 20 min.
+    "fair": {"dataset": "digits", "image_size": 16, "steps": 4000, "batch_size": 64, "scheduler": "cosine",
+             "n_checkpoints": (1, 10, 100, 1000)},
     # Seconds: for tests and for checking that a pipeline runs end to end.
     "smoke": {"dataset": "digits", "image_size": 8, "steps": 3, "batch_size": 16, "train_limit": 20,
               "test_limit": 30, "n_checkpoints": (1, 4), "block_draws": 2},
@@ -325,6 +330,31 @@ class AutoencoderBank(nn.Module):
                 h = after_layer(i, h)
         return h.permute(0, 1, 3, 4, 2)
 
+    def forward_grouped(self, x: torch.Tensor, after_layer: Callable | None = None) -> torch.Tensor:
+        """forward() for G == classes as one grouped convolution per layer (classes are groups).
+
+        Same math and layouts in and out as forward_per_class (after_layer sees (G, N, C, H, W), a
+        view); 6 convolutions a pass whatever G is, so on a GPU, where a training step is bound by
+        kernel launches, a step costs a few dozen launches instead of a few hundred.
+        """
+        g, n = x.shape[:2]
+        widths = (self.in_channels, *self.hidden)
+        h = x.permute(1, 0, 4, 2, 3).reshape(n, g * widths[0], *x.shape[2:4])
+        for i in range(1, NUM_LAYERS + 1):
+            if i <= 3:
+                cin, cout = widths[i - 1], widths[i]
+                w = self.weights[i - 1].view(g, cin, 16, cout).permute(0, 3, 1, 2).reshape(g * cout, cin, 4, 4)
+                h = F.conv2d(h, w, self.biases[i - 1].reshape(-1), 2, 1, groups=g)
+            else:
+                cin, cout = widths[7 - i], widths[6 - i]
+                w = self.weights[i - 1].view(g, cin, 4, 4, cout).permute(0, 1, 4, 2, 3).reshape(g * cin, cout, 4, 4)
+                h = F.conv_transpose2d(h, w, self.biases[i - 1].reshape(-1), 2, 1, groups=g)
+            h = self.acts[i - 1](h)
+            if after_layer is not None:
+                per_class = after_layer(i, h.view(n, g, -1, *h.shape[2:]).transpose(0, 1))
+                h = per_class.transpose(0, 1).reshape(n, -1, *h.shape[2:])
+        return h.view(n, g, widths[0], *h.shape[2:]).permute(1, 0, 3, 4, 2)
+
     def nchw_layers(self, c: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Class c's (weight, bias) per layer in the layout of F.conv2d / F.conv_transpose2d."""
         widths = (self.in_channels, *self.hidden)
@@ -356,6 +386,15 @@ class AutoencoderBank(nn.Module):
 PER_CLASS_TRAINING_FROM = 16
 
 
+def training_forward(bank: "AutoencoderBank", side: int, device: torch.device) -> Callable:
+    """The bank's training pass for this device and image side: on CUDA one grouped convolution
+    per layer (launch-bound small kernels); on CPU per-class oneDNN convolutions from
+    PER_CLASS_TRAINING_FROM px, im2col + bmm below. All three are the same math (tests/test_ebm.py)."""
+    if device.type == "cuda":
+        return bank.forward_grouped
+    return bank.forward_per_class if side >= PER_CLASS_TRAINING_FROM else bank
+
+
 def _to_nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).contiguous()
 
@@ -378,6 +417,40 @@ def _train_noise(cfg: EBMConfig, generator: torch.Generator) -> Callable | None:
         return h
 
     return after_layer
+
+
+RESIDUAL_DRAWS, RESIDUAL_SEED = 4, 2024  # the fixed training noise of the convergence check, every snapshot
+
+
+def fixed_noise_residual(forward: Callable, cfg: EBMConfig, batch: torch.Tensor) -> float:
+    """Per-pixel MSE on `batch` (C, m, H, W, ch) under the training perturbation of every layer in
+    the placement but the output layer, with the same draws at every call (common random numbers).
+
+    Why: output noise alpha*z has mean 0 and is independent of the rest, so it only adds the floor
+    alpha^2 E[z^2] to the loss; without it and with fixed draws, two snapshots differ by their
+    weights alone, which a 2% convergence bar needs (the per-epoch noisy loss jitters by more).
+    """
+    gen = make_generator(RESIDUAL_SEED, batch.device)
+    perturb = _train_noise(cfg, gen)
+    hidden_only = None if perturb is None else (lambda i, h: h if i == NUM_LAYERS else perturb(i, h))
+    with torch.no_grad():
+        return float(np.mean([float(((forward(batch, hidden_only) - batch) ** 2).mean())
+                              for _ in range(RESIDUAL_DRAWS if hidden_only else 1)]))
+
+
+def convergence_columns(history: list[float], residual_0: float, residual_80: float, residual_end: float) -> dict:
+    """Row columns that say whether training converged, from the fixed-noise residual before
+    training, at the epoch that starts the last 20% and at the end: its relative fall over the last
+    20% (the fairness check (a') of bench/ebm_phenomena.py, < 2% to pass), the share of the whole
+    run's fall that came in the last 20% (the scale-free reading: a residual that keeps falling on a
+    log scale can fail the first and pass this), and the loss curve's tail (common.loss_tail)."""
+    change, share = loss_tail(history)
+    fall = (residual_80 - residual_end) / residual_end if residual_end > 0 else float("nan")
+    whole = residual_0 - residual_end
+    return {"residual_initial": residual_0, "residual_at_80": residual_80, "residual_final": residual_end,
+            "residual_fall_last20": fall,
+            "residual_share_last20": (residual_80 - residual_end) / whole if whole > 0 else float("nan"),
+            "loss_tail_change": change, "loss_tail_share": share}
 
 
 def steps_per_epoch(data: Data, batch_size: int) -> int:
@@ -414,6 +487,8 @@ def train_bank(cfg: EBMConfig, data: Data, callback: Callable[[Progress], object
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps) if cfg.scheduler == "cosine" else None
     history: list[float] = []
     first_epoch = 0
+    at_80 = round(0.8 * epochs)  # the epoch that starts the last 20% of steps
+    residual_0 = residual_80 = float("nan")
     if state is not None:
         bank.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -422,15 +497,20 @@ def train_bank(cfg: EBMConfig, data: Data, callback: Callable[[Progress], object
         gen.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
         history = list(state["history"])
         first_epoch = int(state["epoch"])
+        residual_0, residual_80 = (float(state.get(k, float("nan"))) for k in ("residual_0", "residual_80"))
     perturb = _train_noise(cfg, gen)
     bs = cfg.batch_size
-    forward = bank.forward_per_class if x.shape[1] >= PER_CLASS_TRAINING_FROM else bank
+    forward = training_forward(bank, x.shape[1], device)
+    probe = torch.stack([x[ix[:min(len(i) for i in by_class)]] for ix in by_class])  # (C, m, H, W, ch)
+    if state is None:
+        residual_0 = fixed_noise_residual(forward, cfg, probe)
 
     def snapshot(epoch: int) -> Callable[[], dict]:
         # A deep copy: state_dict() holds live tensors that the next step would overwrite.
         return lambda: copy.deepcopy({"model": bank.state_dict(), "optimizer": opt.state_dict(),
                                       "scheduler": sched.state_dict() if sched is not None else {},
-                                      "generator": gen.get_state(), "history": history, "epoch": epoch})
+                                      "generator": gen.get_state(), "history": history, "epoch": epoch,
+                                      "residual_0": residual_0, "residual_80": residual_80})
 
     status = STATUS_OK
     epoch = first_epoch
@@ -458,8 +538,12 @@ def train_bank(cfg: EBMConfig, data: Data, callback: Callable[[Progress], object
         if not math.isfinite(mean_loss):
             status = STATUS_DIVERGED
             break
+        if epoch == at_80 and 0 < at_80 < epochs:
+            residual_80 = fixed_noise_residual(forward, cfg, probe)
         if callback is not None and callback(Progress(epoch, mean_loss, snapshot(epoch))) is True:
             break
+    residual_end = fixed_noise_residual(forward, cfg, probe) if status == STATUS_OK else float("nan")
+    bank.train_info = convergence_columns(history, residual_0, residual_80, residual_end)  # read into evaluate's rows
     return TrainResult(bank, status, epoch, history, time.perf_counter() - start,
                        "" if status == STATUS_OK else f"non-finite loss at epoch {epoch}")
 
@@ -640,7 +724,8 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
                 tallies[si].add_block(per_draw, labels, n_max, step)
             seconds[si] += time.perf_counter() - t0 + t_clean / len(settings)
 
-    base = config_row(cfg) | config_row(ecfg) | {"eval_seed": ev.seed, "device_name": device_name(device)}
+    base = (config_row(cfg) | config_row(ecfg) | {"eval_seed": ev.seed, "device_name": device_name(device)}
+            | getattr(bank, "train_info", convergence_columns([], *[float("nan")] * 3)))
     rows, total = [], len(x_all)
     for spec, tally, secs in zip(settings, tallies, seconds):
         setting = {column: getattr(spec, key) for key, column in SETTING_COLUMNS.items()}
@@ -667,7 +752,7 @@ METHOD = Method(
     setting_columns=SETTING_COLUMNS,
     summary_columns=("distribution_train", "alpha_train", "placement_train", "dropout_rate",
                      "distribution_test", "placement_test", "alpha_test"),
-    final_rows=rows_at_largest_n, describe=describe,
+    final_rows=rows_at_largest_n, describe=describe, presets=("paper", "fair", "quick", "smoke"),
     diverging={"lr": 1e30})
 
 METHODS = [METHOD, discriminative.METHOD]  # Appendix E's classifiers belong to this paper's family

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.checks import ConfigError, check_choice, check_int, check_keys, check_optional_int, check_range
-from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, config_row,
+from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, config_row, loss_tail,
                                configs_from_preset, device_name, resolve_device)
 from trainables.corruptions import eot_fgsm
 from trainables.data import Data, DataConfig, load_dataset
@@ -393,22 +393,6 @@ def train_sesnn(cfg: SESNNConfig, data: Data, callback: Callable[[Progress], obj
     res.history = history + res.history if stage == 1 else res.history
     res.epochs_done += epochs1
     return _finish(cfg, res, last_stage, model, x, flipped, pattern, transition, start)
-
-
-def loss_tail(history) -> tuple[float, float]:
-    """(relative change, share of the run's decrease) of the training loss over the last 20% of
-    epochs: L80 is the mean over the 10% of epochs that end at 80%, L_end over the last 10%;
-    change = (L_end - L80) / L80, share = (L80 - L_end) / (L_first - L_end). A loss that falls
-    towards 0 (memorised labels) keeps a large relative change; the share says whether the curve
-    has flattened on the scale of the run. NaN for fewer than 10 epochs."""
-    h = np.asarray(history, float)
-    k = len(h) // 10
-    if k < 1:
-        return float("nan"), float("nan")
-    at80, end = h[int(0.8 * len(h)) - k:int(0.8 * len(h))].mean(), h[-k:].mean()
-    change = float((end - at80) / abs(at80)) if at80 else float("nan")
-    share = float((at80 - end) / (h[0] - end)) if h[0] != end else float("nan")
-    return change, share
 
 
 def _finish(cfg, res, last_stage, model, x, flipped, pattern, transition, start) -> TrainResult:

@@ -67,6 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--progress-seconds", type=float, default=30.0,
                    help="seconds between progress lines (also printed at each trial's end)")
     p.add_argument("--verbose", action="store_true", help="Tune's own status and trial tables as well")
+    p.add_argument("--backend", default="ray", help="ray (a Tune sweep) | local (grid trials in a pool of "
+                   "plain processes, no Ray needed: one GPU box, or a machine without Ray)")
+    p.add_argument("--workers", type=int, default=1, help="trials at once with --backend local")
     return p.parse_args(argv)
 
 
@@ -111,8 +114,13 @@ class Plan:
         self.method = registry.method_of(self.exp)
         check_choice("preset", args.preset, self.method.presets)
         check_choice("resume", args.resume, ("auto", "never"))
+        check_choice("backend", args.backend, ("ray", "local"))
         self.search = args.search or self.exp.search
         check_choice("search", self.search, ("grid", "optuna"))
+        if args.backend == "local" and self.search != "grid":
+            raise ConfigError(f"search={self.search!r} needs Tune; allowed with --backend local: grid")
+        if isinstance(args.workers, bool) or args.workers < 1:
+            raise ConfigError(f"workers={args.workers} is out of range; allowed: integers >= 1")
         self.preset = args.preset
         self.space = self.exp.space(args.preset)
         if self.search == "optuna" and not self.space.optuna:
@@ -202,8 +210,12 @@ class Plan:
 
 def run_metadata() -> dict:
     """Provenance written into every row."""
-    import ray
     import torch
+    try:
+        import ray
+        ray_version = ray.__version__
+    except ImportError:  # --backend local runs where Ray is not installed
+        ray_version = "not installed"
     try:
         version = metadata.version("noisetune")
     except metadata.PackageNotFoundError:
@@ -215,11 +227,15 @@ def run_metadata() -> dict:
             return None
         return done.stdout if done.returncode == 0 else None
 
-    commit = (git("rev-parse", "--short", "HEAD") or "").strip() or "unknown"
+    # A copy of the tree without .git (a GPU box the tree was sent to) names its commit and state in
+    # NOISETUNE_GIT_COMMIT and NOISETUNE_GIT_DIRTY.
+    commit = (git("rev-parse", "--short", "HEAD") or "").strip() or os.environ.get("NOISETUNE_GIT_COMMIT", "unknown")
     status = git("status", "--porcelain", "--untracked-files=no")  # uncommitted edits to tracked files
+    if status is None and "NOISETUNE_GIT_DIRTY" in os.environ:
+        status = "dirty" if os.environ["NOISETUNE_GIT_DIRTY"] == "true" else ""
     return {"noisetune_version": version, "git_commit": commit,
             "git_dirty": "unknown" if status is None else str(bool(status.strip())).lower(),
-            "torch_version": torch.__version__, "ray_version": ray.__version__, "driver_host": socket.gethostname()}
+            "torch_version": torch.__version__, "ray_version": ray_version, "driver_host": socket.gethostname()}
 
 
 def list_experiments() -> str:
@@ -422,6 +438,8 @@ def sweep(plan: Plan) -> int:
     if not total:  # a finished sweep run again: no cluster to start, nothing to wait for
         print("nothing to run; Ray not started", flush=True)
         return finish(plan)
+    if plan.args.backend == "local":
+        return run_local(plan)
     import ray
     from tuner.progress import Progress
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -458,6 +476,42 @@ def sweep(plan: Plan) -> int:
     if missing:  # Tune saw them finish, but their part files are gone or unreadable
         print(f"{len(missing)} finished trials have no readable part file; running them again", flush=True)
         build_tuner(plan, meta, cells=missing, progress=progress)[0].fit()
+    return finish(plan)
+
+
+def run_local(plan: Plan) -> int:
+    """Every grid trial in a pool of `--workers` spawned processes (spawn: CUDA works in each), no Ray.
+
+    The trials, rows and part files are Tune's (tuner.trial.run_trial with local=True); a trial
+    whose part is finished is skipped, one that fails is tried again up to --max-failures times,
+    and a stopped run started again trains its unfinished trials from the start (no checkpoints).
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from tuner.trial import run_trial
+    base = {"experiment": plan.exp.name, "preset": plan.preset, "overrides": plan.overrides,
+            "storage": plan.args.storage, "name": plan.name, "meta": run_metadata(),
+            "threads": max(1, int(plan.args.cpus_per_trial)), "checkpoint_seconds": plan.args.checkpoint_seconds}
+    todo = [base | {"seed": p["seed"], "point": {k: v for k, v in p.items() if k != "seed"}} for p in plan.points]
+    print(f"{len(todo)} trials on {plan.args.workers} local worker(s), no Ray", flush=True)
+    failures, done, start = {}, 0, time.monotonic()
+    with ProcessPoolExecutor(plan.args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running = {pool.submit(run_trial, c, True): c for c in todo}
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                config = running.pop(future)
+                label = f"seed={config['seed']} {config['point']}"
+                if future.exception() is None:
+                    done += 1
+                    print(f"[{time.monotonic() - start:6.0f} s] {done}/{len(todo)} done: {label}", flush=True)
+                    continue
+                failures[label] = failures.get(label, 0) + 1
+                print(f"trial {label} failed ({type(future.exception()).__name__}: {future.exception()}); "
+                      f"attempt {failures[label]} of {plan.args.max_failures + 1}", flush=True)
+                if failures[label] <= plan.args.max_failures:
+                    running[pool.submit(run_trial, config, True)] = config
     return finish(plan)
 
 

@@ -5,6 +5,8 @@ on the one trained model. Progress goes to Tune after each epoch (at most once a
 checkpoint every `checkpoint_seconds`, so a retried trial resumes from its last checkpoint.
 A part file already holding final rows means the trial is done: it is not trained again.
 Nothing here knows a family: the method's interface (trainables.common.Method) says the rest.
+`run_trial(config, local=True)` is the same trial without Ray (`tuner.run --backend local`): no
+progress reports, checkpoints or metrics, the same rows and part file.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import time
 import traceback
 
 import torch
-from ray import tune
 
 from trainables.common import (STATUS_ERROR, STATUS_OK, config_row, load_checkpoint,
                                save_checkpoint)
@@ -39,8 +40,13 @@ def node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
-def run_trial(config: dict) -> None:
-    """The Tune function trainable (`config` is one point of the service's param_space)."""
+def run_trial(config: dict, local: bool = False) -> None:
+    """The Tune function trainable (`config` is one point of the service's param_space); with
+    `local`, the same trial in a plain process (Ray is imported only when it is not local)."""
+    if local:
+        tune = _NO_TUNE
+    else:
+        from ray import tune
     config = config | (config.get("cell") or {})  # a re-run of chosen (seed, point) pairs
     exp = registry.get(config["experiment"])
     method = registry.method_of(exp)
@@ -50,8 +56,8 @@ def run_trial(config: dict) -> None:
     key = trial_key(exp.name, config["preset"], point, config["overrides"])
     meta = config["meta"] | {
         "family": method.family, "method": method.name, "experiment": exp.name, "preset": config["preset"],
-        "trial_key": key, "trial_id": tune.get_context().get_trial_id(), "host": os.uname().nodename,
-        "node_id": node_id(),
+        "trial_key": key, "trial_id": f"local-{key}" if local else tune.get_context().get_trial_id(),
+        "host": os.uname().nodename, "node_id": "" if local else node_id(),
         "tune_metric": exp.metric, "tune_mode": exp.mode, "summary_by": json.dumps(list(method.summary_columns)),
         "overrides": json.dumps(config["overrides"], sort_keys=True, default=str)}  # the run's --set, readable
     table = store.read_part(key)
@@ -59,7 +65,7 @@ def run_trial(config: dict) -> None:
         tune.report({exp.metric: headline(method, table.to_pylist(), exp.metric, exp.mode), "skipped": True,
                      "settings": len(settings), "status": table.column("status")[0].as_py()})
         return
-    watch = TrialMetrics(exp.name, config["name"], meta["trial_id"])
+    watch = None if local else TrialMetrics(exp.name, config["name"], meta["trial_id"])
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     fields = config_row(cfg) | config_row(ecfg)
     # Which columns are configuration (analysis keeps every one that varies apart, never pooled).
@@ -73,7 +79,8 @@ def run_trial(config: dict) -> None:
             with checkpoint.as_directory() as folder:
                 state = load_checkpoint(os.path.join(folder, "state.pt"))
         t0 = time.perf_counter()
-        result = method.train(cfg, data, _reporter(config.get("checkpoint_seconds", 30.0), watch), state)
+        callback = None if local else _reporter(config.get("checkpoint_seconds", 30.0), watch)
+        result = method.train(cfg, data, callback, state)
         train_seconds = time.perf_counter() - t0
         arrays = dict(result.artefacts)
         if result.status == STATUS_OK:
@@ -92,13 +99,30 @@ def run_trial(config: dict) -> None:
         # Left behind if every retry fails; a later successful attempt replaces it.
         store.write_part(key, [base | {"status": STATUS_ERROR, "message": f"{type(exc).__name__}: {exc}",
                                        "traceback": traceback.format_exc()[-4000:]}])
-        watch.finished(STATUS_ERROR, 1, exp.metric, float("nan"))
+        if watch is not None:
+            watch.finished(STATUS_ERROR, 1, exp.metric, float("nan"))
         raise
     store.write_part(key, rows, arrays)
     best = headline(method, rows, exp.metric, exp.mode)
-    watch.finished(rows[0]["status"], len(rows), exp.metric, best)
+    if watch is not None:
+        watch.finished(rows[0]["status"], len(rows), exp.metric, best)
     tune.report({exp.metric: best, "status": rows[0]["status"], "done": True,
                  "settings": len(settings) if rows[0]["status"] == STATUS_OK else 0, "rows": len(rows)})
+
+
+class _NoTune:
+    """The three calls a local trial makes of Tune, answered without Ray."""
+
+    @staticmethod
+    def get_checkpoint():
+        return None  # a local trial that was stopped trains again from the start
+
+    @staticmethod
+    def report(metrics: dict, checkpoint=None) -> None:
+        pass
+
+
+_NO_TUNE = _NoTune()
 
 
 def headline(method, rows: list[dict], metric: str, mode: str) -> float:
@@ -112,6 +136,7 @@ def headline(method, rows: list[dict], metric: str, mode: str) -> float:
 
 def _reporter(checkpoint_seconds: float, watch: TrialMetrics | None = None):
     """A training callback that reports progress and checkpoints every `checkpoint_seconds`."""
+    from ray import tune
     last = {"report": 0.0, "checkpoint": time.monotonic()}
 
     def callback(progress) -> None:

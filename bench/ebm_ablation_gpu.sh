@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Issue 13's ablation on one GPU box, without Ray (`tuner.run --backend local`): ablate_ebm at the
+# `fair` preset on digits (16 px) and textures (native 32 px), 3 seeds each, the two runs side by
+# side on one GPU, each under a time limit, so whatever trials finish are kept (parts are written
+# whole). First the training-path timings that back trainables.ebm.training_forward's choice.
+#
+#   OUT=/some/folder LIMIT_S=480 NOISETUNE_GIT_COMMIT=$(git rev-parse --short HEAD) bash bench/ebm_ablation_gpu.sh
+#
+# Writes to $OUT: gpu.txt, ebm_training_paths.txt, digits.log, textures.log, results.tgz (both runs'
+# Parquet folders; `python -m analysis.report` reads them).
+set -u
+OUT=${OUT:-bench/results/gpu}
+LIMIT_S=${LIMIT_S:-480}
+WORKERS=${WORKERS:-6}
+STORE=${STORE:-/tmp/noisetune-results}
+SEEDS=${SEEDS:-3}
+read -r -a EXTRA <<< "${EXTRA:-}"  # more tuner.run arguments, e.g. "--set steps=6" for a dry run on a CPU
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$STORE"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0], torch.cuda.get_device_name())"
+  nproc; } > "$OUT/gpu.txt" 2>&1
+timeout 90 python3 bench/ebm_training_paths.py --device cuda --out "$OUT/ebm_training_paths.txt" > /dev/null 2>&1 \
+  || echo "training-path bench failed or ran out of time" >> "$OUT/gpu.txt"
+start=$(date +%s)
+common=(--preset fair --backend local --workers "$WORKERS" --seeds "$SEEDS" --storage "$STORE" --set memory_mb=4096
+        "${EXTRA[@]}")
+timeout -k 5 "$LIMIT_S" python3 -m tuner.run ablate_ebm "${common[@]}" --name ablate_ebm-fair-digits16 \
+  > "$OUT/digits.log" 2>&1 &
+timeout -k 5 "$LIMIT_S" python3 -m tuner.run ablate_ebm "${common[@]}" --name ablate_ebm-fair-textures32 \
+  --dataset textures --set image_size=32 --set test_limit=300 > "$OUT/textures.log" 2>&1 &
+wait
+pkill -9 -f "multiprocessing.spawn" 2>/dev/null  # workers of a driver stopped by its time limit
+echo "ablation wall time $(( $(date +%s) - start )) s (limit ${LIMIT_S} s per run)" >> "$OUT/gpu.txt"
+nvidia-smi --query-gpu=memory.used --format=csv >> "$OUT/gpu.txt" 2>&1
+tar czf "$OUT/results.tgz" -C "$STORE" .
