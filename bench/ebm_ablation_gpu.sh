@@ -20,7 +20,7 @@ mkdir -p "$OUT" "$STORE"
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0], torch.cuda.get_device_name())"
   nproc; } > "$OUT/gpu.txt" 2>&1
-timeout 90 python3 bench/ebm_training_paths.py --device cuda --out "$OUT/ebm_training_paths.txt" > /dev/null 2>&1 \
+timeout 60 python3 bench/ebm_training_paths.py --device cuda --out "$OUT/ebm_training_paths.txt" > /dev/null 2>&1 \
   || echo "training-path bench failed or ran out of time" >> "$OUT/gpu.txt"
 start=$(date +%s)
 common=(--preset fair --backend local --workers "$WORKERS" --seeds "$SEEDS" --storage "$STORE" --set memory_mb=4096
