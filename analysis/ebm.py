@@ -29,7 +29,7 @@ KNOWN_CONFIG = (*TABLE3, "method", "dataset", "image_size", "channels", "classes
 # The value a figure fixes a column to when it varies and is not drawn (else the first value).
 PREFERRED = {"method": "ebm", "dropout_rate": 0.0, "distribution_train": "gaussian", "distribution_test": "gaussian",
              "placement_train": "full", "placement_test": "full", "noise_sharing": "independent", "precision": "fp32",
-             **TABLE3}
+             "output_activation": "sigmoid", **TABLE3}
 # Fields that do not change results (besides stats.NOT_SETTINGS).
 IGNORED = {"memory_mb", "block_images", "block_draws", "noise_streams", "n_checkpoints", "eval_batch_size"}
 
@@ -90,6 +90,99 @@ def table1(df: pd.DataFrame, n=None, cells=None) -> pd.DataFrame:
     table.attrs["fixed"] = fixed
     return table
 
+
+
+# ---------------------------------------------------------------------------------------------
+# The ablation (ablate_ebm): accuracy and the two fairness checks per choice the paper leaves open
+
+ABLATED = ("placement_train", "output_activation", "noise_sharing")
+
+
+def _with_inert_copies(d: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose setting cannot change them, copied under every value of it in the data, so that
+    each ablation setting has its noise-free cells: without test noise `noise_sharing` does
+    nothing, and without any noise neither does the placement (train = test here)."""
+    parts = [d]
+    if "noise_sharing" in d.columns:
+        quiet = d[d["alpha_test"] == 0]
+        for v in d["noise_sharing"].dropna().unique():
+            parts.append(quiet[quiet["noise_sharing"] != v].assign(noise_sharing=v))
+    d = pd.concat(parts, ignore_index=True)
+    silent = d[(d["alpha_train"] == 0) & (d["alpha_test"] == 0)]
+    for v in d["placement_train"].dropna().unique():
+        d = pd.concat([d, silent[silent["placement_train"] != v].assign(placement_train=v, placement_test=v)],
+                      ignore_index=True)
+    return d
+
+
+def _ablation_rows(df: pd.DataFrame, n=None, copies=True) -> tuple[pd.DataFrame, list[str], dict, int]:
+    """Autoencoder rows at n (default: the largest), train = test law and placement, with inert
+    copies (unless `copies` is false); the ablated columns that vary; what else was fixed; n."""
+    d = same(same(autoencoder_rows(df), "distribution_train", "distribution_test"), "placement_train", "placement_test")
+    if d.empty:
+        return d, [], {}, 0
+    d, n = largest_n(d, n)
+    d = _with_inert_copies(d) if copies else d
+    varying = [c for c in ABLATED if c in d.columns and d[c].nunique() > 1]
+    d, fixed = one_setting(d, {"alpha_train", "alpha_test", "dataset", "placement_test", *varying})
+    return d, varying, fixed, n
+
+
+def ablation_table(df: pd.DataFrame, n=None) -> pd.DataFrame:
+    """Accuracy % (mean ± SEM over seeds) per data set and ablation setting (rows) and
+    (alpha_train, alpha_test) cell (columns); empty when no ablated column varies. A cell that was
+    not run is blank. Noise-free cells repeat under settings that cannot change them."""
+    d, varying, fixed, n = _ablation_rows(df, n)
+    if not varying:
+        return pd.DataFrame()
+    by = ["dataset", *varying]
+    s = summarize(d, [*by, "alpha_train", "alpha_test"])
+    cells = sorted({(float(a), float(b)) for a, b in zip(s["alpha_train"], s["alpha_test"])})
+    settings = sorted({tuple(str(r[c]) for c in by) for _, r in s.iterrows()})
+    table = pd.DataFrame(index=[", ".join(k) for k in settings], columns=[cell_label(*c) for c in cells], dtype=object)
+    table.index.name = ", ".join(by)
+    for _, r in s.iterrows():
+        table.loc[", ".join(str(r[c]) for c in by), cell_label(r["alpha_train"], r["alpha_test"])] = \
+            tables.fmt(r["mean"], r["sem"])
+    table = table.fillna("")
+    table.attrs.update(summary=s, n=n, fixed=fixed, varying=varying)
+    return table
+
+
+def _mean(values) -> str:
+    values = pd.Series(values, dtype=float).dropna()
+    return "" if values.empty else f"{values.mean():.2f}" + (f" ± {values.sem():.2f}" if len(values) > 1 else "")
+
+
+def fairness_table(df: pd.DataFrame, n=None) -> pd.DataFrame:
+    """The two fairness checks per training setting (mean ± SEM over seeds): (a') the fixed-noise
+    residual's fall over the last 20% of steps, relative to its end value (< 2% to pass), and the
+    share of the run's whole fall that came in that last 20%; (b) at the balanced cell
+    (alpha_train, alpha_train), the median energy gap over the median std of a class's n-draw mean,
+    per noise_sharing (>= 3 to pass), and over the std of the gap itself (what common noise
+    shrinks). Empty when the rows carry no residual columns."""
+    d, varying, fixed, n = _ablation_rows(df, n, copies=False)
+    if d.empty or "residual_fall_last20" not in d.columns:
+        return pd.DataFrame()
+    train = ["dataset", "alpha_train", *[c for c in varying if c != "noise_sharing"]]
+    sharing = sorted(d["noise_sharing"].dropna().unique()) if "noise_sharing" in d.columns else []
+    out = {}
+    for key, g in d.groupby(train):
+        label = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in key)
+        per_trial = g.drop_duplicates("trial_key") if "trial_key" in g.columns else g
+        row = {"(a') fall, last 20% (%)": _mean(per_trial["residual_fall_last20"] * 100),
+               "share of whole fall in last 20% (%)": _mean(per_trial["residual_share_last20"] * 100)}
+        balanced = g[(g["alpha_test"] == g["alpha_train"]) & (g["alpha_test"] > 0)]
+        for v in sharing:
+            b = balanced[balanced["noise_sharing"] == v]
+            row[f"(b) gap / class-mean std, {v}"] = _mean(b["energy_gap_median"] / b["energy_mean_std_median"])
+            if "energy_gap_std_median" in b.columns:
+                row[f"gap / gap std, {v}"] = _mean(b["energy_gap_median"] / b["energy_gap_std_median"])
+        out[label] = row
+    table = pd.DataFrame.from_dict(out, orient="index")
+    table.index.name = ", ".join(train)
+    table.attrs.update(n=n, fixed=fixed)
+    return table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,6 +421,24 @@ PAPER_PROTOCOL = {"dataset": "cifar10", "image_size": 32, "channels": 1, "epochs
                   "placement_test": "full", "dropout_rate": 0.0, "noise_sharing": "independent"}
 
 
+# Presets that fail both fairness checks by design (sized for minutes on a laptop).
+DEMONSTRATION_PRESETS = {"quick", "smoke"}
+
+
+def _convergence_findings(d: pd.DataFrame) -> list[str]:
+    """Per data set: how many trainings pass check (a'), the fixed-noise residual falling by less
+    than 2% over the last 20% of steps; only for rows that carry the convergence columns."""
+    if "residual_fall_last20" not in d.columns or d["residual_fall_last20"].isna().all():
+        return []
+    out = []
+    for dataset, g in d.groupby("dataset"):
+        per_trial = g.drop_duplicates("trial_key") if "trial_key" in g.columns else g
+        fall = per_trial["residual_fall_last20"].dropna()
+        out.append(f"[{dataset}] Convergence (a'): {int((fall < 0.02).sum())} of {len(fall)} trainings' fixed-noise "
+                   f"residual fell by less than 2% over the last 20% of steps (largest fall {fall.max() * 100:.2f}%).")
+    return out
+
+
 def findings(df: pd.DataFrame) -> list[str]:
     """Sentences, one per finding, per data set; empty when there are no ok rows. Each finding
     reads one configuration (what it fixes is in its brackets), never a pool of several."""
@@ -335,6 +446,12 @@ def findings(df: pd.DataFrame) -> list[str]:
     d0 = autoencoder_rows(df)
     if d0.empty or "alpha_train" not in d0.columns:
         return out
+    demo = sorted(set(d0["preset"].dropna().astype(str)) & DEMONSTRATION_PRESETS) if "preset" in d0.columns else []
+    if demo:
+        out.append(f"Preset {'/'.join(demo)} is a demonstration of the service, not a test of the paper: its trainings "
+                   "have not converged and its n is too small for the energy gaps (docs/ebm-findings.md). "
+                   "Nothing below is a verdict.")
+    out += _convergence_findings(d0)
     for dataset in sorted(d0["dataset"].dropna().astype(str).unique()):
         d = d0[(d0["dataset"] == dataset)]
         d = d[d["n"] == d["n"].max()]
@@ -407,5 +524,16 @@ def section(df: pd.DataFrame, out) -> dict:
     fixed = fixed_text(table.attrs.get("fixed", {}))
     caption = (f"Table 1 layout: accuracy % mean ± SEM over seeds, n={table.attrs.get('n', '?')}, "
                "train = test law and placement" + (f"; {fixed}" if fixed else ""))
+    tabs = [(caption, table)]
+    ablation = ablation_table(df)
+    if not ablation.empty:
+        fixed = fixed_text(ablation.attrs["fixed"])
+        tabs.append((f"Ablation: accuracy % mean ± SEM over seeds, n={ablation.attrs['n']}, train = test placement; "
+                     "noise-free cells repeat under the settings that cannot change them" + (f"; {fixed}" if fixed else ""),
+                     ablation))
+    fairness = fairness_table(df)
+    if not fairness.empty:
+        tabs.append((f"Fairness checks, mean ± SEM over seeds: (a') passes below 2%, (b) at or above 3 "
+                     f"(n={fairness.attrs['n']})", fairness))
     return {"title": "Activation noise in EBM classification (activation-noise-ebm)",
-            "tables": [(caption, table)], "figures": made, "skipped": skipped, "findings": findings(df)}
+            "tables": tabs, "figures": made, "skipped": skipped, "findings": findings(df)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 import subprocess
@@ -285,3 +286,64 @@ def test_law_parameters_draws_each_setting_and_accuracy_vs_alpha_keeps_table3():
     s = ebm.accuracy_vs_alpha(df).plotted  # one line per law, at Table 3's parameter only
     assert set(s["count"]) == {2}
     assert s.set_index(["distribution_train", "alpha_train"])["mean"][("gaussian", 1.0)] == pytest.approx(0.1 + 0.1 + 0.005)
+
+
+def ablation_frame(seeds=(0, 1)) -> pd.DataFrame:
+    """Rows shaped like ablate_ebm's: alpha_train 0 trained at placement full only, noise-free
+    tests under independent sharing only; each setting's accuracy is distinct and known."""
+    rows = []
+    cells = [(0.0, 0.0), (0.0, 0.5), (0.5, 0.0), (0.5, 0.5)]
+    for seed, (at, ae), place, out, sharing in itertools.product(
+            seeds, cells, ("full", "hidden"), ("sigmoid", "identity"), ("independent", "common")):
+        if (at == 0 and place == "hidden") or (ae == 0 and sharing == "common"):
+            continue
+        acc = (0.5 + 0.1 * at + 0.05 * ae + 0.02 * (place == "hidden") + 0.01 * (out == "identity")
+               + 0.004 * (sharing == "common") + 0.001 * seed)
+        rows.append(dict(family="ebm", method="ebm", experiment="ablate_ebm", dataset="digits", seed=seed,
+                         distribution_train="gaussian", distribution_test="gaussian", alpha_train=at, alpha_test=ae,
+                         placement_train=place, placement_test=place, output_activation=out, noise_sharing=sharing,
+                         dropout_rate=0.0, n=100, accuracy=acc, status="ok", trial_key=f"{seed}-{at}-{place}-{out}",
+                         residual_fall_last20=0.01 * (1 + seed) + at, residual_share_last20=0.001,
+                         energy_gap_median=3.0 + seed, energy_mean_std_median=1.0, energy_gap_std_median=0.5))
+    return pd.DataFrame(rows)
+
+
+def test_ablation_table_keeps_every_setting_apart_and_repeats_only_inert_cells():
+    df = ablation_frame()
+    t = ebm.ablation_table(df)
+    assert t.attrs["varying"] == ["placement_train", "output_activation", "noise_sharing"]
+    assert len(t) == 8 and list(t.columns) == ["(0, 0)", "(0, 0.5)", "(0.5, 0)", "(0.5, 0.5)"]
+    s = t.attrs["summary"].set_index(["placement_train", "output_activation", "noise_sharing", "alpha_train",
+                                      "alpha_test"])
+    # a noisy cell: the mean of exactly its own two seeds
+    want = df[(df.placement_train == "hidden") & (df.output_activation == "identity") & (df.noise_sharing == "common")
+              & (df.alpha_train == 0.5) & (df.alpha_test == 0.5)]["accuracy"]
+    assert len(want) == 2 and s.loc[("hidden", "identity", "common", 0.5, 0.5), "mean"] == pytest.approx(want.mean())
+    assert t.loc["digits, hidden, identity, common", "(0.5, 0.5)"] == tables.fmt(want.mean(), want.sem())
+    # noise-free test: the independent rows stand for common too; no noise at all: full stands for hidden
+    assert t.loc["digits, full, sigmoid, common", "(0.5, 0)"] == t.loc["digits, full, sigmoid, independent", "(0.5, 0)"]
+    assert t.loc["digits, hidden, sigmoid, common", "(0, 0)"] == t.loc["digits, full, sigmoid, independent", "(0, 0)"]
+    # a cell never run stays blank rather than borrowed: (0, 0.5) was not tested at placement hidden
+    assert t.loc["digits, hidden, sigmoid, independent", "(0, 0.5)"] == ""
+    assert t.loc["digits, full, sigmoid, common", "(0, 0.5)"] != t.loc["digits, full, sigmoid, independent", "(0, 0.5)"]
+
+
+def test_fairness_table_reads_the_residual_and_gap_columns_per_training():
+    f = ebm.fairness_table(ablation_frame())
+    row = f.loc["digits, 0.5, hidden, identity"]
+    # (a') over two seeds: 0.51 and 0.52 -> 51.50 ± SEM 0.50 (in %); (b): gap 3 and 4 over std 1
+    assert row["(a') fall, last 20% (%)"] == "51.50 ± 0.50"
+    assert row["(b) gap / class-mean std, independent"] == "3.50 ± 0.50"
+    assert row["gap / gap std, common"] == "7.00 ± 1.00"
+    assert "digits, 0, hidden, sigmoid" not in f.index  # no copies of the alpha 0 training
+    assert row.name in f.index and f.loc["digits, 0, full, sigmoid", "(b) gap / class-mean std, common"] == ""
+
+
+def test_findings_say_a_demonstration_preset_decides_nothing_and_count_converged_trainings():
+    quick = findings(frame(preset="quick"))
+    assert quick[0].startswith("Preset quick is a demonstration") and "not a test of the paper" in quick[0]
+    assert not any("demonstration" in line for line in findings(frame(preset="paper")))
+    lines = [line for line in findings(ablation_frame()) if "Convergence (a')" in line]
+    # alpha 0 falls 1% on seed 0 and 2% on seed 1 (not below 2%), alpha 0.5 falls 51-52%: 2 of 12 pass
+    assert lines == ["[digits] Convergence (a'): 2 of 12 trainings' fixed-noise residual fell by less than 2% "
+                     "over the last 20% of steps (largest fall 52.00%)."]

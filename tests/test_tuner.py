@@ -96,6 +96,9 @@ def bad_experiment(monkeypatch):
     (["grid_ebm", "--name", "../escape"], r"name='../escape' is not allowed"),
     (["grid_ebm", "--storage", "nosuchscheme://bucket/x"], r"storage='nosuchscheme://bucket/x' is not reachable"),
     ([], r"experiment is missing; allowed: grid_ebm"),
+    (["grid_ebm", "--backend", "dask"], r"backend='dask' is not allowed; allowed: ray, local"),
+    (["grid_ebm", "--backend", "local", "--workers", "0"], r"workers=0 is out of range; allowed: integers >= 1"),
+    (["tune_ebm", "--backend", "local"], r"search='optuna' needs Tune; allowed with --backend local: grid"),
 ])
 def test_bad_input_is_refused_before_ray_with_field_and_choices(tmp_path, capsys, bad_experiment, args, message):
     import re
@@ -285,3 +288,22 @@ def test_optuna_resume_continues_the_same_study_with_the_earlier_trials(tmp_path
     fresh = cli(*args, "--num-samples", "1", "--resume", "never", env=shared_ray)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert len(study()) == 1 and list(db.parent.glob("optuna.db.replaced-*"))
+
+
+def test_local_backend_writes_the_rows_resumes_and_says_a_demo_is_a_demo(tmp_path, capsys):
+    """--backend local: grid trials in spawned processes, no Ray; the same parts as a Tune run,
+    and the same command again runs nothing."""
+    import ray
+
+    args = ["grid_ebm", "--preset", "smoke", "--backend", "local", "--workers", "2", "--storage", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 trials on 2 local worker(s), no Ray" in out
+    assert out.count("--preset smoke is a demonstration of the service, not a test of the paper") == 2  # start, end
+    assert not ray.is_initialized()
+    from analysis.load import load
+    rows = load(tmp_path / "grid_ebm-smoke")
+    assert sorted(rows["alpha_train"].unique()) == [0.0, 0.5] and (rows["status"] == "ok").all()
+    assert rows["ray_version"].notna().all() and rows["residual_initial"].notna().all()
+    assert main(args) == 0
+    assert "all 2 trials have part files" in capsys.readouterr().out

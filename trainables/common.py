@@ -155,7 +155,9 @@ class Method:
     - summary_columns: the columns of the end-of-run table (those that vary are shown);
     - final_rows(rows) -> the rows the trial's headline metric comes from (e.g. at the largest n);
     - describe(cfg, ecfg, settings) -> a few words on one trial's work, for --dry-run;
-    - diverging: overrides under which training diverges (the contract test checks the status).
+    - diverging: overrides under which training diverges (the contract test checks the status);
+    - preset_notes: preset -> a line the CLI prints before and after such a run (what the preset
+      can and cannot show).
     """
 
     name: str
@@ -171,6 +173,7 @@ class Method:
     describe: Callable[[Any, Any, list], str] = _describe
     presets: tuple[str, ...] = ("paper", "quick", "smoke")
     diverging: dict = field(default_factory=dict)
+    preset_notes: dict[str, str] = field(default_factory=dict)
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:

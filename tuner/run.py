@@ -391,6 +391,7 @@ def main(argv=None) -> int:
             return 0
         print(f"{plan.exp.name} --preset {plan.preset}: run folder {plan.store.root}, "
               f"Parquet parts in {plan.store.results_location}", flush=True)
+        note(plan)
         plan.check_data()  # a missing data set is refused here, once, before anything is written
         with contextlib.ExitStack() as held:
             plan.store.check()
@@ -515,10 +516,17 @@ def run_local(plan: Plan) -> int:
     return finish(plan)
 
 
+def note(plan: Plan) -> None:
+    """The method's line on what this preset can show, if it has one."""
+    if plan.preset in plan.method.preset_notes:
+        print(plan.method.preset_notes[plan.preset], flush=True)
+
+
 def finish(plan: Plan) -> int:
     print(f"\nresults: {plan.store.results_location}")
     print(summarize(plan))
     print(f"driver peak RSS: {peak_rss_mib():.0f} MiB")
+    note(plan)
     return 0
 
 
