@@ -20,6 +20,7 @@ The protocol is never tuned to make a finding appear: the verdicts report what t
 
     python bench/ebm_phenomena.py                       # digits + textures, 3 seeds, CPU
     python bench/ebm_phenomena.py --device cuda --out bench/results/ebm_phenomena_gpu.txt
+    python bench/ebm_phenomena.py --preset fair --datasets digits --alphas 0,0.5,0.9 --seeds 1 --first-seed 1
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from trainables.data import load_dataset  # noqa: E402
 from trainables.ebm import NoiseSpec, evaluate, preset_configs, train_bank  # noqa: E402
 
 
-def run(dataset: str, seeds: int, alphas: list[float], device: str, overrides: dict, log, preset="quick",
+def run(dataset: str, seeds: range, alphas: list[float], device: str, overrides: dict, log, preset="quick",
         sharing: str = "independent") -> dict:
     """accuracy[(alpha_train, alpha_test)] -> list over seeds, at the largest n; plus loss tails
     and the evidence columns (energy gap, n-draw mean std) per cell."""
@@ -49,7 +50,7 @@ def run(dataset: str, seeds: int, alphas: list[float], device: str, overrides: d
     evidence: dict[tuple[float, float], list[tuple[float, float]]] = {}
     tails: dict[float, list[list[float]]] = {}
     residuals: dict[float, list[tuple[float, float]]] = {}  # (at 80% of steps, at the end) per seed
-    for seed, a_tr in itertools.product(range(seeds), alphas):
+    for seed, a_tr in itertools.product(seeds, alphas):
         cfg, ecfg = preset_configs(preset, {"dataset": dataset, "seed": seed, "eval_seed": seed,
                                              "alpha_train": a_tr, "device": device, **overrides})
         data = load_dataset(cfg.data)
@@ -169,6 +170,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", default="digits,textures")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run from here: --first-seed 1 --seeds 2 is 1, 2")
     p.add_argument("--alphas", default="0,0.5,1.0,1.5")
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=None, help="override the preset's steps")
@@ -192,7 +194,7 @@ def main() -> None:
     log = Report(f"ebm_phenomena: {args.preset} protocol {overrides or ''}, test noise_sharing {args.sharing}",
                  f"{device_name(dev)}, torch {torch.__version__}")
     t0 = time.perf_counter()
-    results = {ds: run(ds, args.seeds, alphas, args.device, overrides, log, args.preset, args.sharing)
+    results = {ds: run(ds, range(args.first_seed, args.first_seed + args.seeds), alphas, args.device, overrides, log, args.preset, args.sharing)
                for ds in args.datasets.split(",")}
     for ds, out in results.items():
         report(ds, out, alphas, log)

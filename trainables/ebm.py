@@ -194,7 +194,7 @@ PRESETS: dict[str, dict] = {
               "n_checkpoints": (1, 10, 100)},
     # The fairness checks' candidate (issue 13; bench/README.md): digits upsampled to 16 px, so the
     # bottleneck is spatial (2x2x100), 4000 cosine-annealed steps of 64 and n up to 1000. Sized for a
-    # GPU (`--backend local --workers 5`); on 2 CPU cores a training takes about 20 min.
+    # GPU (`--backend local`, one worker per GPU); on 2 CPU cores a training takes about 8 min (25 at 32 px).
     "fair": {"dataset": "digits", "image_size": 16, "steps": 4000, "batch_size": 64, "scheduler": "cosine",
              "n_checkpoints": (1, 10, 100, 1000)},
     # Seconds: for tests and for checking that a pipeline runs end to end.
