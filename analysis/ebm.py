@@ -101,7 +101,7 @@ ABLATED = ("placement_train", "output_activation", "noise_sharing")
 def _with_inert_copies(d: pd.DataFrame) -> pd.DataFrame:
     """Rows whose setting cannot change them, copied under every value of it in the data, so that
     each ablation setting has its noise-free cells: without test noise `noise_sharing` does
-    nothing, and without any noise neither does the placement (train = test here)."""
+    nothing, and without any noise or dropout neither does the placement (train = test here)."""
     parts = [d]
     if "noise_sharing" in d.columns:
         quiet = d[d["alpha_test"] == 0]
@@ -109,6 +109,8 @@ def _with_inert_copies(d: pd.DataFrame) -> pd.DataFrame:
             parts.append(quiet[quiet["noise_sharing"] != v].assign(noise_sharing=v))
     d = pd.concat(parts, ignore_index=True)
     silent = d[(d["alpha_train"] == 0) & (d["alpha_test"] == 0)]
+    if "dropout_rate" in d.columns:  # dropout is placed too
+        silent = silent[silent["dropout_rate"].fillna(0) == 0]
     for v in d["placement_train"].dropna().unique():
         d = pd.concat([d, silent[silent["placement_train"] != v].assign(placement_train=v, placement_test=v)],
                       ignore_index=True)

@@ -328,6 +328,18 @@ def test_ablation_table_keeps_every_setting_apart_and_repeats_only_inert_cells()
     assert t.loc["digits, full, sigmoid, common", "(0, 0.5)"] != t.loc["digits, full, sigmoid, independent", "(0, 0.5)"]
 
 
+
+def test_ablation_table_never_moves_a_dropout_training_to_another_placement():
+    df = ablation_frame(seeds=(0,))
+    dropout = df[(df.alpha_train == 0) & (df.alpha_test == 0)].assign(dropout_rate=0.3, accuracy=0.1)
+    t = ebm.ablation_table(pd.concat([df[df.dropout_rate == 0], dropout], ignore_index=True))
+    assert t.attrs["fixed"] == {"dropout_rate": 0.0}
+    assert t.loc["digits, hidden, sigmoid, independent", "(0, 0)"] == t.loc["digits, full, sigmoid, independent", "(0, 0)"]
+    all_dropout = ebm.ablation_table(df.assign(dropout_rate=0.3))  # every training dropped units
+    assert all_dropout.loc["digits, full, sigmoid, independent", "(0, 0)"] != ""
+    assert all_dropout.loc["digits, hidden, sigmoid, independent", "(0, 0)"] == ""  # not copied there
+
+
 def test_fairness_table_reads_the_residual_and_gap_columns_per_training():
     f = ebm.fairness_table(ablation_frame())
     row = f.loc["digits, 0.5, hidden, identity"]
