@@ -102,19 +102,15 @@ def _with_inert_copies(d: pd.DataFrame) -> pd.DataFrame:
     """Rows whose setting cannot change them, copied under every value of it in the data, so that
     each ablation setting has its noise-free cells: without test noise `noise_sharing` does
     nothing, and without any noise or dropout neither does the placement (train = test here)."""
-    parts = [d]
     if "noise_sharing" in d.columns:
         quiet = d[d["alpha_test"] == 0]
-        for v in d["noise_sharing"].dropna().unique():
-            parts.append(quiet[quiet["noise_sharing"] != v].assign(noise_sharing=v))
-    d = pd.concat(parts, ignore_index=True)
+        d = pd.concat([d, *(quiet[quiet["noise_sharing"] != v].assign(noise_sharing=v)
+                            for v in d["noise_sharing"].dropna().unique())], ignore_index=True)
     silent = d[(d["alpha_train"] == 0) & (d["alpha_test"] == 0)]
     if "dropout_rate" in d.columns:  # dropout is placed too
         silent = silent[silent["dropout_rate"].fillna(0) == 0]
-    for v in d["placement_train"].dropna().unique():
-        d = pd.concat([d, silent[silent["placement_train"] != v].assign(placement_train=v, placement_test=v)],
-                      ignore_index=True)
-    return d
+    return pd.concat([d, *(silent[silent["placement_train"] != v].assign(placement_train=v, placement_test=v)
+                           for v in d["placement_train"].dropna().unique())], ignore_index=True)
 
 
 def _ablation_rows(df: pd.DataFrame, n=None, copies=True) -> tuple[pd.DataFrame, list[str], dict, int]:
@@ -140,15 +136,19 @@ def ablation_table(df: pd.DataFrame, n=None) -> pd.DataFrame:
     by = ["dataset", *varying]
     s = summarize(d, [*by, "alpha_train", "alpha_test"])
     cells = sorted({(float(a), float(b)) for a, b in zip(s["alpha_train"], s["alpha_test"])})
-    settings = sorted({tuple(str(r[c]) for c in by) for _, r in s.iterrows()})
-    table = pd.DataFrame(index=[", ".join(k) for k in settings], columns=[cell_label(*c) for c in cells], dtype=object)
+    long = pd.DataFrame({"setting": s[by].astype(str).agg(", ".join, axis=1),
+                         "cell": [cell_label(a, b) for a, b in zip(s["alpha_train"], s["alpha_test"])],
+                         "text": [tables.fmt(m, e) for m, e in zip(s["mean"], s["sem"])]})
+    table = long.pivot(index="setting", columns="cell", values="text")[[cell_label(*c) for c in cells]].fillna("")
+    table.columns.name = None
     table.index.name = ", ".join(by)
-    for _, r in s.iterrows():
-        table.loc[", ".join(str(r[c]) for c in by), cell_label(r["alpha_train"], r["alpha_test"])] = \
-            tables.fmt(r["mean"], r["sem"])
-    table = table.fillna("")
     table.attrs.update(summary=s, n=n, fixed=fixed, varying=varying)
     return table
+
+
+def _per_training(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial: a training's columns repeat on each of its test-setting rows."""
+    return rows.drop_duplicates("trial_key") if "trial_key" in rows.columns else rows
 
 
 def _mean(values) -> str:
@@ -171,7 +171,7 @@ def fairness_table(df: pd.DataFrame, n=None) -> pd.DataFrame:
     out = {}
     for key, g in d.groupby(train):
         label = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in key)
-        per_trial = g.drop_duplicates("trial_key") if "trial_key" in g.columns else g
+        per_trial = _per_training(g)
         row = {"(a') fall, last 20% (%)": _mean(per_trial["residual_fall_last20"] * 100),
                "share of whole fall in last 20% (%)": _mean(per_trial["residual_share_last20"] * 100)}
         balanced = g[(g["alpha_test"] == g["alpha_train"]) & (g["alpha_test"] > 0)]
@@ -434,8 +434,7 @@ def _convergence_findings(d: pd.DataFrame) -> list[str]:
         return []
     out = []
     for dataset, g in d.groupby("dataset"):
-        per_trial = g.drop_duplicates("trial_key") if "trial_key" in g.columns else g
-        fall = per_trial["residual_fall_last20"].dropna()
+        fall = _per_training(g)["residual_fall_last20"].dropna()
         out.append(f"[{dataset}] Convergence (a'): {int((fall < 0.02).sum())} of {len(fall)} trainings' fixed-noise "
                    f"residual fell by less than 2% over the last 20% of steps (largest fall {fall.max() * 100:.2f}%).")
     return out
@@ -529,9 +528,9 @@ def section(df: pd.DataFrame, out) -> dict:
     tabs = [(caption, table)]
     ablation = ablation_table(df)
     if not ablation.empty:
-        fixed = fixed_text(ablation.attrs["fixed"])
+        held = fixed_text(ablation.attrs["fixed"])
         tabs.append((f"Ablation: accuracy % mean ± SEM over seeds, n={ablation.attrs['n']}, train = test placement; "
-                     "noise-free cells repeat under the settings that cannot change them" + (f"; {fixed}" if fixed else ""),
+                     "noise-free cells repeat under the settings that cannot change them" + (f"; {held}" if held else ""),
                      ablation))
     fairness = fairness_table(df)
     if not fairness.empty:

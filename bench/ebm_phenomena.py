@@ -194,7 +194,8 @@ def main() -> None:
     log = Report(f"ebm_phenomena: {args.preset} protocol {overrides or ''}, test noise_sharing {args.sharing}",
                  f"{device_name(dev)}, torch {torch.__version__}")
     t0 = time.perf_counter()
-    results = {ds: run(ds, range(args.first_seed, args.first_seed + args.seeds), alphas, args.device, overrides, log, args.preset, args.sharing)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    results = {ds: run(ds, seeds, alphas, args.device, overrides, log, args.preset, args.sharing)
                for ds in args.datasets.split(",")}
     for ds, out in results.items():
         report(ds, out, alphas, log)
