@@ -129,20 +129,23 @@ def _ablation_rows(df: pd.DataFrame, n=None, copies=True) -> tuple[pd.DataFrame,
 def ablation_table(df: pd.DataFrame, n=None) -> pd.DataFrame:
     """Accuracy % (mean ± SEM over seeds) per data set and ablation setting (rows) and
     (alpha_train, alpha_test) cell (columns); empty when no ablated column varies. A cell that was
-    not run is blank. Noise-free cells repeat under settings that cannot change them."""
+    not run is blank, and one with fewer seeds than the most says how many. Noise-free cells
+    repeat under settings that cannot change them."""
     d, varying, fixed, n = _ablation_rows(df, n)
     if not varying:
         return pd.DataFrame()
     by = ["dataset", *varying]
     s = summarize(d, [*by, "alpha_train", "alpha_test"])
     cells = sorted({(float(a), float(b)) for a, b in zip(s["alpha_train"], s["alpha_test"])})
+    most = int(s["count"].max())  # a cell with fewer seeds (a run stopped part-way) says how many
     long = pd.DataFrame({"setting": s[by].astype(str).agg(", ".join, axis=1),
                          "cell": [cell_label(a, b) for a, b in zip(s["alpha_train"], s["alpha_test"])],
-                         "text": [tables.fmt(m, e) for m, e in zip(s["mean"], s["sem"])]})
+                         "text": [tables.fmt(m, e) + (f" ({k} seed{'s' * (k > 1)})" if k < most else "")
+                                  for m, e, k in zip(s["mean"], s["sem"], s["count"])]})
     table = long.pivot(index="setting", columns="cell", values="text")[[cell_label(*c) for c in cells]].fillna("")
     table.columns.name = None
     table.index.name = ", ".join(by)
-    table.attrs.update(summary=s, n=n, fixed=fixed, varying=varying)
+    table.attrs.update(summary=s, n=n, fixed=fixed, varying=varying, seeds=(int(s["count"].min()), most))
     return table
 
 
@@ -172,7 +175,8 @@ def fairness_table(df: pd.DataFrame, n=None) -> pd.DataFrame:
     for key, g in d.groupby(train):
         label = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in key)
         per_trial = _per_training(g)
-        row = {"(a') fall, last 20% (%)": _mean(per_trial["residual_fall_last20"] * 100),
+        row = {"seeds": per_trial["seed"].nunique() if "seed" in per_trial.columns else len(per_trial),
+               "(a') fall, last 20% (%)": _mean(per_trial["residual_fall_last20"] * 100),
                "share of whole fall in last 20% (%)": _mean(per_trial["residual_share_last20"] * 100)}
         balanced = g[(g["alpha_test"] == g["alpha_train"]) & (g["alpha_test"] > 0)]
         for v in sharing:
@@ -529,7 +533,9 @@ def section(df: pd.DataFrame, out) -> dict:
     ablation = ablation_table(df)
     if not ablation.empty:
         held = fixed_text(ablation.attrs["fixed"])
-        tabs.append((f"Ablation: accuracy % mean ± SEM over seeds, n={ablation.attrs['n']}, train = test placement; "
+        low, most = ablation.attrs["seeds"]
+        seeds = f"{most} seed{'s' * (most > 1)}" if low == most else f"up to {most} seeds (fewer where a cell says)"
+        tabs.append((f"Ablation: accuracy % mean ± SEM over {seeds}, n={ablation.attrs['n']}, train = test placement; "
                      "noise-free cells repeat under the settings that cannot change them" + (f"; {held}" if held else ""),
                      ablation))
     fairness = fairness_table(df)

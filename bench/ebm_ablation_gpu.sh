@@ -5,15 +5,19 @@
 # whole). First the training-path timings that back trainables.ebm.training_forward's choice.
 #
 #   OUT=/some/folder LIMIT_S=480 NOISETUNE_GIT_COMMIT=$(git rev-parse --short HEAD) bash bench/ebm_ablation_gpu.sh
+#   DATASETS=textures WORKERS=2 STORE=/copy/of/docs/ebm-ablation-fair ... bash bench/ebm_ablation_gpu.sh
 #
 # Writes to $OUT: gpu.txt, ebm_training_paths.txt, digits.log, textures.log, results.tgz (both runs'
 # Parquet folders; `python -m analysis.report` reads them).
 set -u
 OUT=${OUT:-bench/results/gpu}
 LIMIT_S=${LIMIT_S:-480}
-WORKERS=${WORKERS:-6}
+WORKERS=${WORKERS:-1}
 STORE=${STORE:-/tmp/noisetune-results}
 SEEDS=${SEEDS:-3}
+# Which runs: "digits textures" (side by side), or one of them. On an H200 two processes are as fast
+# in aggregate as twelve (about 25 s per trial, bench/README.md), so one run uses WORKERS=2.
+DATASETS=${DATASETS:-digits textures}
 read -r -a EXTRA <<< "${EXTRA:-}"  # more tuner.run arguments, e.g. "--set steps=6" for a dry run on a CPU
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$STORE"
@@ -25,12 +29,17 @@ timeout 60 python3 bench/ebm_training_paths.py --device cuda --out "$OUT/ebm_tra
 start=$(date +%s)
 common=(--preset fair --backend local --workers "$WORKERS" --seeds "$SEEDS" --storage "$STORE" --set memory_mb=4096
         "${EXTRA[@]}")
-timeout -k 5 "$LIMIT_S" python3 -m tuner.run ablate_ebm "${common[@]}" --name ablate_ebm-fair-digits16 \
-  > "$OUT/digits.log" 2>&1 &
-timeout -k 5 "$LIMIT_S" python3 -m tuner.run ablate_ebm "${common[@]}" --name ablate_ebm-fair-textures32 \
-  --dataset textures --set image_size=32 --set test_limit=300 > "$OUT/textures.log" 2>&1 &
+groups=()  # timeout leads a process group of its own, so the group holds exactly this run's processes
+case " $DATASETS " in *" digits "*)
+  timeout -k 5 "$LIMIT_S" python3 -m tuner.run ablate_ebm "${common[@]}" --name ablate_ebm-fair-digits16 \
+    > "$OUT/digits.log" 2>&1 &
+  groups+=($!) ;; esac
+case " $DATASETS " in *" textures "*)
+  timeout -k 5 "$LIMIT_S" python3 -m tuner.run ablate_ebm "${common[@]}" --name ablate_ebm-fair-textures32 \
+    --dataset textures --set image_size=32 --set test_limit=300 > "$OUT/textures.log" 2>&1 &
+  groups+=($!) ;; esac
 wait
-pkill -9 -f "multiprocessing.spawn" 2>/dev/null  # workers of a driver stopped by its time limit
+for g in "${groups[@]}"; do kill -9 -- "-$g" 2>/dev/null; done  # workers left by a driver stopped at its limit
 echo "ablation wall time $(( $(date +%s) - start )) s (limit ${LIMIT_S} s per run)" >> "$OUT/gpu.txt"
 nvidia-smi --query-gpu=memory.used --format=csv >> "$OUT/gpu.txt" 2>&1
 tar czf "$OUT/results.tgz" -C "$STORE" .

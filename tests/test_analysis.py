@@ -340,6 +340,20 @@ def test_ablation_table_never_moves_a_dropout_training_to_another_placement():
     assert all_dropout.loc["digits, hidden, sigmoid, independent", "(0, 0)"] == ""  # not copied there
 
 
+def test_ablation_table_says_which_cells_have_fewer_seeds():
+    df = ablation_frame(seeds=(0, 1))
+    stopped = (df.seed == 1) & (df.placement_train == "hidden") & (df.output_activation == "identity")
+    t = ebm.ablation_table(df[~stopped])  # a run stopped before seed 1's hidden identity training
+    assert t.attrs["seeds"] == (1, 2)
+    one = df[(df.seed == 0) & (df.placement_train == "hidden") & (df.output_activation == "identity")
+             & (df.noise_sharing == "common") & (df.alpha_train == 0.5) & (df.alpha_test == 0.5)]["accuracy"]
+    assert t.loc["digits, hidden, identity, common", "(0.5, 0.5)"] == tables.fmt(one.mean(), float("nan")) + " (1 seed)"
+    assert "seed" not in t.loc["digits, full, identity, common", "(0.5, 0.5)"]  # both seeds: no count
+    assert ebm.ablation_table(df).attrs["seeds"] == (2, 2)
+    f = ebm.fairness_table(df[~stopped])
+    assert f.loc["digits, 0.5, hidden, identity", "seeds"] == 1 and f.loc["digits, 0.5, full, identity", "seeds"] == 2
+
+
 def test_fairness_table_reads_the_residual_and_gap_columns_per_training():
     f = ebm.fairness_table(ablation_frame())
     row = f.loc["digits, 0.5, hidden, identity"]
