@@ -140,13 +140,17 @@ def ablation_table(df: pd.DataFrame, n=None) -> pd.DataFrame:
     most = int(s["count"].max())  # a cell with fewer seeds (a run stopped part-way) says how many
     long = pd.DataFrame({"setting": s[by].astype(str).agg(", ".join, axis=1),
                          "cell": [cell_label(a, b) for a, b in zip(s["alpha_train"], s["alpha_test"])],
-                         "text": [tables.fmt(m, e) + (f" ({k} seed{'s' * (k > 1)})" if k < most else "")
+                         "text": [tables.fmt(m, e) + (f" ({seed_count(k)})" if k < most else "")
                                   for m, e, k in zip(s["mean"], s["sem"], s["count"])]})
     table = long.pivot(index="setting", columns="cell", values="text")[[cell_label(*c) for c in cells]].fillna("")
     table.columns.name = None
     table.index.name = ", ".join(by)
     table.attrs.update(summary=s, n=n, fixed=fixed, varying=varying, seeds=(int(s["count"].min()), most))
     return table
+
+
+def seed_count(k: int) -> str:
+    return f"{k} seed" + "s" * (k != 1)
 
 
 def _per_training(rows: pd.DataFrame) -> pd.DataFrame:
@@ -534,7 +538,7 @@ def section(df: pd.DataFrame, out) -> dict:
     if not ablation.empty:
         held = fixed_text(ablation.attrs["fixed"])
         low, most = ablation.attrs["seeds"]
-        seeds = f"{most} seed{'s' * (most > 1)}" if low == most else f"up to {most} seeds (fewer where a cell says)"
+        seeds = seed_count(most) if low == most else f"up to {seed_count(most)} (fewer where a cell says)"
         tabs.append((f"Ablation: accuracy % mean ± SEM over {seeds}, n={ablation.attrs['n']}, train = test placement; "
                      "noise-free cells repeat under the settings that cannot change them" + (f"; {held}" if held else ""),
                      ablation))

@@ -30,14 +30,13 @@ start=$(date +%s)
 common=(--preset fair --backend local --workers "$WORKERS" --seeds "$SEEDS" --storage "$STORE" --set memory_mb=4096
         "${EXTRA[@]}")
 groups=()  # timeout leads a process group of its own, so the group holds exactly this run's processes
-case " $DATASETS " in *" digits "*)
-  timeout -k 5 "$LIMIT_S" python3 -m tuner.run ablate_ebm "${common[@]}" --name ablate_ebm-fair-digits16 \
-    > "$OUT/digits.log" 2>&1 &
-  groups+=($!) ;; esac
-case " $DATASETS " in *" textures "*)
-  timeout -k 5 "$LIMIT_S" python3 -m tuner.run ablate_ebm "${common[@]}" --name ablate_ebm-fair-textures32 \
-    --dataset textures --set image_size=32 --set test_limit=300 > "$OUT/textures.log" 2>&1 &
-  groups+=($!) ;; esac
+launch() {  # launch DATASET NAME [tuner.run arguments]: one run in the background, if DATASETS names it
+  case " $DATASETS " in *" $1 "*) ;; *) return ;; esac
+  timeout -k 5 "$LIMIT_S" python3 -m tuner.run ablate_ebm "${common[@]}" --name "$2" "${@:3}" > "$OUT/$1.log" 2>&1 &
+  groups+=($!)
+}
+launch digits ablate_ebm-fair-digits16
+launch textures ablate_ebm-fair-textures32 --dataset textures --set image_size=32 --set test_limit=300
 wait
 for g in "${groups[@]}"; do kill -9 -- "-$g" 2>/dev/null; done  # workers left by a driver stopped at its limit
 echo "ablation wall time $(( $(date +%s) - start )) s (limit ${LIMIT_S} s per run)" >> "$OUT/gpu.txt"
