@@ -66,14 +66,24 @@ def s3_env():
                 os.environ[k] = v
 
 
-def _objects(fs, prefix: str) -> dict[str, bytes]:
+def _paths(fs, prefix: str) -> list[str]:
     infos = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+    return [info.path for info in infos if info.type == pafs.FileType.File]
+
+
+def _objects(fs, prefix: str) -> dict[str, bytes]:
+    """Every object under prefix with its bytes; call it only while no driver is writing there."""
     out = {}
-    for info in infos:
-        if info.type == pafs.FileType.File:
-            with fs.open_input_stream(info.path) as f:
-                out[info.path] = f.read()
+    for path in _paths(fs, prefix):
+        with fs.open_input_stream(path) as f:
+            out[path] = f.read()
     return out
+
+
+def _parts(fs, prefix: str) -> dict[str, bytes]:
+    """The committed part files only: a write's `.tmp-*` object is not a part, even if left by a kill."""
+    return {p: b for p, b in _objects(fs, prefix).items() if p.rsplit("/", 1)[-1].startswith("part-")
+            and p.endswith(".parquet")}
 
 
 def cli(*args, env, timeout=600) -> subprocess.CompletedProcess:
@@ -155,13 +165,15 @@ def test_a_driver_killed_mid_run_on_a_bucket_keeps_finished_parts_and_the_rerun_
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while not any(p.endswith(".parquet") for p in _objects(store.fs, store.results)):
+        # Paths only: a temporary object listed here may be renamed away before it could be read.
+        while not any(p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet")
+                      for p in _paths(store.fs, store.results)):
             assert proc.poll() is None and time.monotonic() < deadline, "no part was written"
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, 9)  # the driver, its local Ray and the running trial
         proc.wait()
-    before = {p: b for p, b in _objects(store.fs, store.results).items() if p.endswith(".parquet")}
+    before = _parts(store.fs, store.results)
     assert len(before) == 1  # of the sweep's two trials (two levels, one seed)
     with store.fs.open_input_stream(f"{store.root}/run.lock") as f:  # SIGKILL ran no clean-up
         assert json.loads(f.read())["pid"] == proc.pid
@@ -169,7 +181,7 @@ def test_a_driver_killed_mid_run_on_a_bucket_keeps_finished_parts_and_the_rerun_
     done = cli(*args, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "taking over" in done.stdout
-    after = {p: b for p, b in _objects(store.fs, store.results).items() if p.endswith(".parquet")}
+    after = _parts(store.fs, store.results)
     assert len(after) == 2 and all(after[p] == b for p, b in before.items()), "a finished part was rewritten"
     from analysis.load import load
     df = load(f"{storage}/faulty_grid-smoke/results")
