@@ -70,6 +70,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", default="ray", help="ray (a Tune sweep) | local (grid trials in a pool of "
                    "plain processes, no Ray needed: one GPU box, or a machine without Ray)")
     p.add_argument("--workers", type=int, default=1, help="trials at once with --backend local")
+    p.add_argument("--only", action="append", default=[], metavar="FIELD=VALUE[,FIELD=VALUE]",
+                   help="run only the grid trials that match: the fields of one --only must all match, and "
+                   "a trial runs if any --only matches (e.g. --only alpha_train=0.5,placement_train=hidden); "
+                   "trial keys stay those of the whole sweep, so a later run without --only skips them")
     return p.parse_args(argv)
 
 
@@ -104,6 +108,36 @@ def parse_seeds(text: str | None, preset: str, defaults: dict | None = None) -> 
         return sorted(set(value))
     raise ConfigError(f"seeds={text!r} is out of range; allowed: a count in [1, {MAX_SEEDS}] or a list of seeds "
                       "in [0, 2**63) like 0,1,2")
+
+
+def select(points: list[dict], only: list[str]) -> list[dict]:
+    """The points that match any of the --only conjunctions (all of them when there is none).
+    Refuses a field that is not swept and a value no point takes, naming the allowed ones."""
+    if not only:
+        return points
+    wanted = []
+    for item in only:
+        conj = {}
+        for pair in item.split(","):
+            key, sep, value = pair.partition("=")
+            key = key.strip()
+            if not sep or not key:
+                raise ConfigError(f"--only {item!r} is not FIELD=VALUE[,FIELD=VALUE]; allowed: e.g. "
+                                  "--only alpha_train=0.5,seed=1")
+            taken = sorted({p[key] for p in points if key in p}, key=repr)
+            if not taken:
+                swept = sorted({k for p in points for k in p})
+                raise ConfigError(f"only={key!r} is not swept here; allowed: {', '.join(swept)}")
+            value = parse_value(value.strip())
+            if value not in taken:
+                raise ConfigError(f"only {key}={value!r} matches no trial; allowed: {', '.join(map(repr, taken))}")
+            conj[key] = value
+        wanted.append(conj)
+    chosen = [p for p in points if any(all(p.get(k) == v for k, v in conj.items()) for conj in wanted)]
+    if not chosen:
+        raise ConfigError(f"only={only!r} matches no trial together; allowed: field values that some trial "
+                          "takes at once (see --dry-run)")
+    return chosen
 
 
 class Plan:
@@ -148,7 +182,10 @@ class Plan:
         if clash:
             raise ConfigError(f"{', '.join(clash)} is swept by {self.exp.name}; allowed: --set of other fields")
         self.seeds = parse_seeds(args.seeds, args.preset, self.exp.default_seeds)
-        self.points = self._points()
+        self.points = select(self._points(), args.only)
+        if args.only and args.backend != "local":
+            raise ConfigError("only= needs a backend that runs a chosen list of trials; allowed with --only: "
+                              "--backend local")
         for point in self.points:  # every trial's configs, so a bad value fails here
             self.configs(point)
         self.name = args.name or f"{self.exp.name}-{args.preset}"
