@@ -48,6 +48,27 @@ def test_every_experiment_is_listed_with_trial_counts(capsys):
                 f"{p}={len(exp.space(p).train)}" for p in presets]
 
 
+@pytest.mark.parametrize("only,trials", [
+    (["--only", "alpha_train=1.0"], 3),  # one per seed
+    (["--only", "alpha_train=0.5,seed=1", "--only", "seed=2"], 5),  # any --only; all fields of one
+])
+def test_only_picks_the_matching_trials_with_the_whole_sweeps_keys(tmp_path, capsys, only, trials):
+    args = ["grid_ebm", "--preset", "quick", "--seeds", "3", "--backend", "local", "--dry-run",
+            "--storage", str(tmp_path)]
+    assert main(args) == 0
+    every = {line.split(":", 1)[1].strip(): line.split()[1] for line in capsys.readouterr().out.splitlines()
+             if line.lstrip().startswith("trial ")}
+    assert main([*args, *only]) == 0
+    chosen = {line.split(":", 1)[1].strip(): line.split()[1] for line in capsys.readouterr().out.splitlines()
+              if line.lstrip().startswith("trial ")}
+    assert len(chosen) == trials and all(every[point] == key for point, key in chosen.items())
+    conjunctions = [dict(pair.split("=") for pair in item.split(",")) for item in only[1::2]]
+    for point in every:
+        values = eval(point)  # noqa: S307 - the dry run prints each point as a dict literal
+        wanted = any(all(str(values[k]) == v for k, v in c.items()) for c in conjunctions)
+        assert (point in chosen) == wanted, point
+
+
 @pytest.mark.parametrize("args,trials", [
     (["grid_ebm", "--preset", "quick"], 4),
     (["grid_ebm", "--preset", "paper"], 200),  # 20 alpha_train x 10 seeds: trains once per alpha_train
@@ -99,6 +120,14 @@ def bad_experiment(monkeypatch):
     (["grid_ebm", "--backend", "dask"], r"backend='dask' is not allowed; allowed: ray, local"),
     (["grid_ebm", "--backend", "local", "--workers", "0"], r"workers=0 is out of range; allowed: integers >= 1"),
     (["tune_ebm", "--backend", "local"], r"search='optuna' needs Tune; allowed with --backend local: grid"),
+    (["grid_ebm", "--backend", "local", "--only", "alpha_test=0.5"], r"only='alpha_test' is not swept here; "
+     r"allowed: alpha_train, seed"),
+    (["grid_ebm", "--backend", "local", "--only", "alpha_train=0.7"], r"only alpha_train=0.7 matches no trial; "
+     r"allowed: 0.0, 0.5"),
+    (["grid_ebm", "--backend", "local", "--only", "alpha_train"], r"--only 'alpha_train' is not FIELD=VALUE"),
+    (["ablate_ebm", "--backend", "local", "--only", "alpha_train=0.0,placement_train=hidden"],
+     r"matches no trial together"),
+    (["tune_ebm", "--only", "alpha_train=0.5"], r"only= picks grid trials; allowed with --only: --search grid"),
 ])
 def test_bad_input_is_refused_before_ray_with_field_and_choices(tmp_path, capsys, bad_experiment, args, message):
     import re
@@ -307,3 +336,34 @@ def test_local_backend_writes_the_rows_resumes_and_says_a_demo_is_a_demo(tmp_pat
     assert rows["ray_version"].notna().all() and rows["residual_initial"].notna().all()
     assert main(args) == 0
     assert "all 2 trials have part files" in capsys.readouterr().out
+
+
+def test_only_runs_a_slice_and_the_whole_sweep_later_keeps_it(tmp_path, capsys):
+    """A slice run with --only writes the parts the whole sweep would; the sweep then trains the rest only."""
+    args = ["grid_ebm", "--preset", "smoke", "--backend", "local", "--storage", str(tmp_path)]
+    assert main([*args, "--only", "alpha_train=0.5"]) == 0
+    capsys.readouterr()
+    from analysis.load import load
+    results = tmp_path / "grid_ebm-smoke" / "results"
+    assert sorted(load(tmp_path / "grid_ebm-smoke")["alpha_train"].unique()) == [0.5]
+    (sliced,) = results.glob("part-*.parquet")
+    before = sliced.read_bytes()
+    assert main(args) == 0
+    rows = load(tmp_path / "grid_ebm-smoke")
+    assert sorted(rows["alpha_train"].unique()) == [0.0, 0.5] and len(list(results.glob("part-*.parquet"))) == 2
+    assert sliced.read_bytes() == before, "the sliced trial was trained again"
+
+
+@pytest.mark.slow
+def test_only_on_ray_runs_just_the_slice_under_its_own_tune_name(tmp_path, shared_ray):
+    args = ["grid_ebm", "--preset", "smoke", "--storage", str(tmp_path)]
+    sliced = cli(*args, "--only", "alpha_train=0.0", env=shared_ray)
+    assert sliced.returncode == 0, sliced.stderr[-3000:]
+    results = tmp_path / "grid_ebm-smoke" / "results"
+    (part,) = results.glob("part-*.parquet")
+    assert set(pq.read_table(part).column("alpha_train").to_pylist()) == {0.0}
+    before = part.read_bytes()
+    whole = cli(*args, env=shared_ray)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert "status: ok=2" in whole.stdout and len(list(results.glob("part-*.parquet"))) == 2
+    assert part.read_bytes() == before, "the sliced trial was trained again"

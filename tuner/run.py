@@ -182,10 +182,9 @@ class Plan:
         if clash:
             raise ConfigError(f"{', '.join(clash)} is swept by {self.exp.name}; allowed: --set of other fields")
         self.seeds = parse_seeds(args.seeds, args.preset, self.exp.default_seeds)
+        if args.only and self.search != "grid":
+            raise ConfigError("only= picks grid trials; allowed with --only: --search grid")
         self.points = select(self._points(), args.only)
-        if args.only and args.backend != "local":
-            raise ConfigError("only= needs a backend that runs a chosen list of trials; allowed with --only: "
-                              "--backend local")
         for point in self.points:  # every trial's configs, so a bad value fails here
             self.configs(point)
         self.name = args.name or f"{self.exp.name}-{args.preset}"
@@ -498,7 +497,10 @@ def sweep(plan: Plan) -> int:
     meta = run_metadata()
     progress = Progress(plan.name, total, plan.exp.metric, plan.exp.mode, plan.args.progress_seconds,
                         explain=plan.error_message)
-    tuner, restored = build_tuner(plan, meta, progress=progress)
+    # A slice (--only) runs just its trials under a Tune name of its own, never the whole sweep's state.
+    cells = [{"seed": p["seed"], "point": {k: v for k, v in p.items() if k != "seed"}}
+             for p in plan.points] if plan.args.only else None
+    tuner, restored = build_tuner(plan, meta, cells=cells, progress=progress)
     try:
         tuner.fit()
     except Exception as exc:  # noqa: BLE001 - a restored state that breaks mid-run: start afresh
