@@ -388,6 +388,19 @@ def _cells(d: pd.DataFrame) -> dict:
     return {(float(r.alpha_train), float(r.alpha_test)): (r.mean, r.sem, int(r.count)) for r in s.itertuples()}
 
 
+def _on_shared_seeds(d: pd.DataFrame, keys) -> tuple[dict, int]:
+    """The cells `keys` over only the seeds that have every one of them, and how many seeds that is:
+    a run stopped part-way must not set one seed's cell against another seed set's mean."""
+    seeds = set(d["seed"])
+    for at, ae in keys:
+        seeds &= set(d.loc[(d["alpha_train"] == at) & (d["alpha_test"] == ae), "seed"])
+    return _cells(d[d["seed"].isin(seeds)]), len(seeds)
+
+
+def _seeds_text(k: int) -> str:
+    return f"on the {k} seed{'s' if k != 1 else ''} both cells have"
+
+
 def _only(d: pd.DataFrame, col: str) -> str:
     vals = sorted(d[col].dropna().astype(str).unique()) if col in d.columns else []
     return "/".join(vals)
@@ -485,10 +498,14 @@ def findings(df: pd.DataFrame) -> list[str]:
         balanced = {k: v for k, v in c.items() if k[0] == k[1] and k[0] > 0}
         if (0.0, 0.0) in c and balanced:
             best = max(balanced, key=lambda k: balanced[k][0])
-            gain = (balanced[best][0] - c[(0.0, 0.0)][0]) * 100
-            out.append(f"{where} Best balanced cell ({best[0]:g}, {best[1]:g}) reaches "
-                       f"{_pct(balanced[best][0])} vs {_pct(c[(0.0, 0.0)][0])} without noise: "
-                       f"a gain of {gain:+.2f} points.")
+            pair, k = _on_shared_seeds(d[d["n"] == n], [(0.0, 0.0), best])
+            label = f"{where} Best balanced cell ({best[0]:g}, {best[1]:g})"
+            if not k:
+                out.append(f"{label} and (0, 0): no seed has both, not compared.")
+            else:
+                gain = (pair[best][0] - pair[(0.0, 0.0)][0]) * 100
+                out.append(f"{label} reaches {_pct(pair[best][0])} vs {_pct(pair[(0.0, 0.0)][0])} without noise, "
+                           f"{_seeds_text(k)}: a gain of {gain:+.2f} points.")
         # (ii) best alpha_test per alpha_train
         for at in sorted({k[0] for k in c}):
             row = {k[1]: v[0] for k, v in c.items() if k[0] == at}
@@ -499,9 +516,13 @@ def findings(df: pd.DataFrame) -> list[str]:
                        f"{abs(be - at):.2f} from the diagonal.")
         # (iii) asymmetry
         if (0.5, 0.0) in c and (0.0, 0.5) in c:
-            a, b = c[(0.5, 0.0)][0], c[(0.0, 0.5)][0]
-            out.append(f"{where} Asymmetry: acc(0.5, 0) = {_pct(a)} vs acc(0, 0.5) = {_pct(b)} "
-                       f"({(a - b) * 100:+.2f} points; the paper expects the first well above).")
+            pair, k = _on_shared_seeds(d[d["n"] == n], [(0.5, 0.0), (0.0, 0.5)])
+            if not k:
+                out.append(f"{where} Asymmetry: acc(0.5, 0) and acc(0, 0.5): no seed has both, not compared.")
+            else:
+                a, b = pair[(0.5, 0.0)][0], pair[(0.0, 0.5)][0]
+                out.append(f"{where} Asymmetry: acc(0.5, 0) = {_pct(a)} vs acc(0, 0.5) = {_pct(b)} {_seeds_text(k)} "
+                           f"({(a - b) * 100:+.2f} points; the paper expects the first well above).")
         # anchors: comparable only where every protocol field has the paper's value
         for (at, ae, an), paper in ANCHORS.items():
             if an is None:

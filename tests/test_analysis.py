@@ -373,3 +373,20 @@ def test_findings_say_a_demonstration_preset_decides_nothing_and_count_converged
     # alpha 0 falls 1% on seed 0 and 2% on seed 1 (not below 2%), alpha 0.5 falls 51-52%: 2 of 12 pass
     assert lines == ["[digits] Convergence (a'): 2 of 12 trainings' fixed-noise residual fell by less than 2% "
                      "over the last 20% of steps (largest fall 52.00%)."]
+
+
+def test_findings_compare_two_cells_on_the_seeds_both_have():
+    """A run stopped part-way (alpha_train 0.5 and 0.9 trained for seed 0 only): the gain and the
+    asymmetry are read on seed 0 alone, not one seed's cell against the three-seed (0, 0) mean."""
+    df = frame()
+    df = df[(df["alpha_train"] == 0.0) | (df["seed"] == 0)]
+    text = "\n".join(findings(df))
+
+    def acc(at, ae, seed, n=max(NS)):
+        return 0.2 + 0.3 * at + 0.1 * ae - 0.2 * abs(at - ae) + 0.01 * math.log10(n) + 0.01 * seed
+    gain = (acc(0.9, 0.9, 0) - acc(0.0, 0.0, 0)) * 100
+    assert f"reaches {acc(0.9, 0.9, 0) * 100:.2f}% vs {acc(0.0, 0.0, 0) * 100:.2f}% without noise, " \
+           f"on the 1 seed both cells have: a gain of {gain:+.2f} points" in text
+    assert f"acc(0, 0.5) = {acc(0.0, 0.5, 0) * 100:.2f}% on the 1 seed both cells have" in text
+    text = "\n".join(findings(frame()))
+    assert "on the 3 seeds both cells have" in text
