@@ -72,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="trials at once with --backend local")
     p.add_argument("--only", action="append", default=[], metavar="FIELD=VALUE[,FIELD=VALUE]",
                    help="run only the grid trials that match: the fields of one --only must all match, and "
-                   "a trial runs if any --only matches (e.g. --only alpha_train=0.5,placement_train=hidden); "
+                   "a trial runs if any --only matches (e.g. --only seed=1 --only seed=2,FIELD=VALUE); "
                    "trial keys stay those of the whole sweep, so a later run without --only skips them")
     return p.parse_args(argv)
 
@@ -123,7 +123,7 @@ def select(points: list[dict], only: list[str]) -> list[dict]:
             key = key.strip()
             if not sep or not key:
                 raise ConfigError(f"--only {item!r} is not FIELD=VALUE[,FIELD=VALUE]; allowed: e.g. "
-                                  "--only alpha_train=0.5,seed=1")
+                                  "--only seed=1,FIELD=VALUE with swept fields (see --dry-run)")
             taken = sorted({p[key] for p in points if key in p}, key=repr)
             if not taken:
                 swept = sorted({k for p in points for k in p})
