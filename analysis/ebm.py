@@ -490,7 +490,8 @@ def findings(df: pd.DataFrame) -> list[str]:
             continue
         dist, place = _only(d, "distribution_train"), _only(d, "placement_train")
         n = int(d["n"].max())
-        c = _cells(d[d["n"] == n])
+        at_n = d[d["n"] == n]
+        c = _cells(at_n)
         extra = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in fixed.items()
                           if k not in ("distribution_train", "distribution_test", "placement_train", "placement_test"))
         where = f"[{dataset}, {dist}, {place}, n={n}" + (f", {extra}" if extra else "") + "]"
@@ -498,7 +499,7 @@ def findings(df: pd.DataFrame) -> list[str]:
         balanced = {k: v for k, v in c.items() if k[0] == k[1] and k[0] > 0}
         if (0.0, 0.0) in c and balanced:
             best = max(balanced, key=lambda k: balanced[k][0])
-            pair, k = _on_shared_seeds(d[d["n"] == n], [(0.0, 0.0), best])
+            pair, k = _on_shared_seeds(at_n, [(0.0, 0.0), best])
             label = f"{where} Best balanced cell ({best[0]:g}, {best[1]:g})"
             if not k:
                 out.append(f"{label} and (0, 0): no seed has both, not compared.")
@@ -516,7 +517,7 @@ def findings(df: pd.DataFrame) -> list[str]:
                        f"{abs(be - at):.2f} from the diagonal.")
         # (iii) asymmetry
         if (0.5, 0.0) in c and (0.0, 0.5) in c:
-            pair, k = _on_shared_seeds(d[d["n"] == n], [(0.5, 0.0), (0.0, 0.5)])
+            pair, k = _on_shared_seeds(at_n, [(0.5, 0.0), (0.0, 0.5)])
             if not k:
                 out.append(f"{where} Asymmetry: acc(0.5, 0) and acc(0, 0.5): no seed has both, not compared.")
             else:

@@ -80,10 +80,13 @@ def _objects(fs, prefix: str) -> dict[str, bytes]:
     return out
 
 
+def _is_part(path: str) -> bool:
+    """A committed part file: a write's `.tmp-*` object is not a part, even if left by a kill."""
+    return path.rsplit("/", 1)[-1].startswith("part-") and path.endswith(".parquet")
+
+
 def _parts(fs, prefix: str) -> dict[str, bytes]:
-    """The committed part files only: a write's `.tmp-*` object is not a part, even if left by a kill."""
-    return {p: b for p, b in _objects(fs, prefix).items() if p.rsplit("/", 1)[-1].startswith("part-")
-            and p.endswith(".parquet")}
+    return {p: b for p, b in _objects(fs, prefix).items() if _is_part(p)}
 
 
 def cli(*args, env, timeout=600) -> subprocess.CompletedProcess:
@@ -166,8 +169,7 @@ def test_a_driver_killed_mid_run_on_a_bucket_keeps_finished_parts_and_the_rerun_
     try:
         deadline = time.monotonic() + 300
         # Paths only: a temporary object listed here may be renamed away before it could be read.
-        while not any(p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet")
-                      for p in _paths(store.fs, store.results)):
+        while not any(_is_part(p) for p in _paths(store.fs, store.results)):
             assert proc.poll() is None and time.monotonic() < deadline, "no part was written"
             time.sleep(0.2)
     finally:

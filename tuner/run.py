@@ -202,6 +202,11 @@ class Plan:
         mid = {k: (v[1] + v[2]) / 2 if v[0] == "uniform" else v[1][0] for k, v in self.space.optuna.items()}
         return [mid | {"seed": self.seeds[0]}]  # a representative point, validated only
 
+    def cells(self, points: list[dict] | None = None) -> list[dict]:
+        """Points as trial cells ({"seed", "point"}), the form run_trial and Tune's cell list take."""
+        return [{"seed": p["seed"], "point": {k: v for k, v in p.items() if k != "seed"}}
+                for p in (self.points if points is None else points)]
+
     def configs(self, point: dict):
         """(train config, eval config, test settings) of one trial, refusing bad values."""
         return registry.trial_configs(self.exp, self.preset, point, self.overrides)
@@ -230,8 +235,8 @@ class Plan:
             if readable is not None:
                 return self.store.part_path(key) in readable
             return self.store.read_part(key) is not None
-        return [{"seed": p["seed"], "point": {k: v for k, v in p.items() if k != "seed"}} for p in self.points
-                if not has_part(trial_key(self.exp.name, self.preset, p, self.overrides))]
+        return self.cells([p for p in self.points
+                           if not has_part(trial_key(self.exp.name, self.preset, p, self.overrides))])
 
     def work(self) -> str:
         """A one-line estimate of the work: trainings, test-setting evaluations, the method's words."""
@@ -498,9 +503,7 @@ def sweep(plan: Plan) -> int:
     progress = Progress(plan.name, total, plan.exp.metric, plan.exp.mode, plan.args.progress_seconds,
                         explain=plan.error_message)
     # A slice (--only) runs just its trials under a Tune name of its own, never the whole sweep's state.
-    cells = [{"seed": p["seed"], "point": {k: v for k, v in p.items() if k != "seed"}}
-             for p in plan.points] if plan.args.only else None
-    tuner, restored = build_tuner(plan, meta, cells=cells, progress=progress)
+    tuner, restored = build_tuner(plan, meta, cells=plan.cells() if plan.args.only else None, progress=progress)
     try:
         tuner.fit()
     except Exception as exc:  # noqa: BLE001 - a restored state that breaks mid-run: start afresh
@@ -533,7 +536,7 @@ def run_local(plan: Plan) -> int:
     base = {"experiment": plan.exp.name, "preset": plan.preset, "overrides": plan.overrides,
             "storage": plan.args.storage, "name": plan.name, "meta": run_metadata(),
             "threads": max(1, int(plan.args.cpus_per_trial)), "checkpoint_seconds": plan.args.checkpoint_seconds}
-    todo = [base | {"seed": p["seed"], "point": {k: v for k, v in p.items() if k != "seed"}} for p in plan.points]
+    todo = [base | cell for cell in plan.cells()]
     print(f"{len(todo)} trials on {plan.args.workers} local worker(s), no Ray", flush=True)
     failures, done, start = {}, 0, time.monotonic()
     with ProcessPoolExecutor(plan.args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
