@@ -7,6 +7,7 @@ DataFrame from analysis.load.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from analysis import stats, tables
@@ -191,6 +192,88 @@ def fairness_table(df: pd.DataFrame, n=None) -> pd.DataFrame:
         out[label] = row
     table = pd.DataFrame.from_dict(out, orient="index")
     table.index.name = ", ".join(train)
+    table.attrs.update(n=n, fixed=fixed)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts: each of the paper's comparisons per ablation setting, gated on the fairness checks
+
+# What a verdict needs (docs/ebm-findings.md): the issue's three seeds, (a') below 2% for every
+# training involved and (b) at least 3 at every noisy test cell involved, on every seed, and an
+# effect at least Z times its standard error.
+MIN_SEEDS, FALL_BAR, GAP_BAR, Z = 3, 0.02, 3.0, 2.0
+
+
+def _comparisons(cells) -> list[tuple[str, tuple, tuple]]:
+    """The paper's claims that two cells of one setting can test, as (claim, cell, baseline): a
+    positive difference is what the paper says (PROTOCOLS sec. 1, test alpha on Fig. 3's rows)."""
+    out = []
+    for a in sorted({at for at, ae in cells if at > 0 and at == ae}):
+        out.append((f"(i) balanced noise beats none: ({a:g}, {a:g}) - (0, 0)", (a, a), (0.0, 0.0)))
+        out.append((f"(ii) at alpha_train {a:g} the diagonal beats a clean test: ({a:g}, {a:g}) - ({a:g}, 0)",
+                    (a, a), (a, 0.0)))
+    for a in sorted({ae for at, ae in cells if at == 0 and ae > 0}):
+        out.append((f"(ii) at alpha_train 0 the diagonal beats test noise: (0, 0) - (0, {a:g})", (0.0, 0.0), (0.0, a)))
+        out.append((f"(iii) asymmetry: ({a:g}, 0) - (0, {a:g})", (a, 0.0), (0.0, a)))
+    for a in sorted({at for at, ae in cells if at > 0 and ae == 0}):
+        out.append((f"Sec. 4.3 training noise raises clean accuracy: ({a:g}, 0) - (0, 0)", (a, 0.0), (0.0, 0.0)))
+    return [c for c in out if c[1] in cells and c[2] in cells]
+
+
+def _test_set_se(p, q, images) -> float:
+    """The binomial standard error of a difference of two accuracies on `images` test images,
+    as if unpaired: an upper bound, since both models see the same images."""
+    return float(np.sqrt((p * (1 - p) + q * (1 - q)) / images))
+
+
+def _verdict(diff: pd.Series, se: float, worst_fall: float, worst_gap: float) -> str:
+    if len(diff) < MIN_SEEDS:
+        return f"undecided: {seed_count(len(diff))} (needs {MIN_SEEDS})"
+    if not worst_fall < FALL_BAR:
+        return f"undecided: (a') fails (fall up to {worst_fall * 100:.2f}%, bar {FALL_BAR * 100:g}%)"
+    if not worst_gap >= GAP_BAR:
+        return f"undecided: (b) fails (gap / class-mean std down to {worst_gap:.2f}, bar {GAP_BAR:g})"
+    if np.isnan(se):
+        return "undecided: the test set's size is not recorded"
+    if not abs(diff.mean()) >= Z * se:
+        return f"undecided: the effect is within {Z:g} standard errors"
+    return "holds" if diff.mean() > 0 else "does not hold (the opposite shows)"
+
+
+def verdict_table(df: pd.DataFrame, n=None) -> pd.DataFrame:
+    """Per data set and ablation setting, each claim its cells can test: the paired difference in
+    points per seed (on the seeds both cells have), mean ± SEM over seeds, the test set's error of
+    a difference, and the verdict. The standard error a verdict uses is the seeds' SEM and the
+    test set's error in quadrature. A cell never run in a setting is never borrowed from another."""
+    d, varying, fixed, n = _ablation_rows(df, n)
+    if d.empty or "residual_fall_last20" not in d.columns:
+        return pd.DataFrame()
+    out = []
+    for key, g in d.groupby(["dataset", *varying]):
+        key = key if isinstance(key, tuple) else (key,)
+        cell_rows = {c: r.set_index("seed") for c, r in g.groupby(["alpha_train", "alpha_test"])}
+        for claim, a, b in _comparisons(set(cell_rows)):
+            ra, rb = cell_rows[a], cell_rows[b]
+            seeds = sorted(set(ra.index) & set(rb.index))
+            ra, rb = ra.loc[seeds], rb.loc[seeds]
+            diff = (ra["accuracy"] - rb["accuracy"]) * 100
+            images = min(ra["test_images"].min(), rb["test_images"].min()) if "test_images" in g else np.nan
+            test_se = 100 * _test_set_se(ra["accuracy"].mean(), rb["accuracy"].mean(), images)
+            seed_sem = diff.sem() if len(diff) > 1 else float("nan")
+            gaps = [r["energy_gap_median"] / r["energy_mean_std_median"] for (_, ae), r in ((a, ra), (b, rb)) if ae > 0]
+            gap = min((x.min() for x in gaps), default=np.inf)  # a noise-free test needs no draws
+            fall = pd.concat([ra, rb])["residual_fall_last20"].max()
+            out.append({"setting": ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in key),
+                        "claim": claim,
+                        "per seed (points)": " / ".join(f"{s}: {v:+.2f}" for s, v in diff.items()),
+                        "mean ± SEM (points)": f"{diff.mean():+.2f}" + (f" ± {seed_sem:.2f}" if len(diff) > 1 else ""),
+                        "test-set SE (points)": f"{test_se:.2f}",
+                        "verdict": _verdict(diff, float(np.hypot(seed_sem, test_se)), fall, gap)})
+    table = pd.DataFrame(out)
+    if not table.empty:
+        table = table.set_index("setting")
+        table.index.name = ", ".join(["dataset", *varying])
     table.attrs.update(n=n, fixed=fixed)
     return table
 
@@ -568,5 +651,12 @@ def section(df: pd.DataFrame, out) -> dict:
     if not fairness.empty:
         tabs.append((f"Fairness checks, mean ± SEM over seeds: (a') passes below 2%, (b) at or above 3 "
                      f"(n={fairness.attrs['n']})", fairness))
+    verdicts = verdict_table(df)
+    if not verdicts.empty:
+        held = fixed_text(verdicts.attrs["fixed"])
+        tabs.append((f"Verdicts per setting (n={verdicts.attrs['n']}): a paired difference decides only with "
+                     f"{MIN_SEEDS} seeds, (a') below {FALL_BAR * 100:g}% and (b) at least {GAP_BAR:g} on every seed, "
+                     f"and a mean at least {Z:g} standard errors from 0 (the seeds' SEM and the test set's error "
+                     "in quadrature)" + (f"; {held}" if held else ""), verdicts))
     return {"title": "Activation noise in EBM classification (activation-noise-ebm)",
             "tables": tabs, "figures": made, "skipped": skipped, "findings": findings(df)}

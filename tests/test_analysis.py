@@ -365,6 +365,64 @@ def test_fairness_table_reads_the_residual_and_gap_columns_per_training():
     assert row.name in f.index and f.loc["digits, 0, full, sigmoid", "(b) gap / class-mean std, common"] == ""
 
 
+def verdicts(df) -> pd.DataFrame:
+    """The verdict table keyed by (setting, claim) for the tests to read."""
+    return ebm.verdict_table(df).reset_index().set_index(["dataset, placement_train, output_activation, "
+                                                           "noise_sharing", "claim"])
+
+
+GAIN = "(i) balanced noise beats none: (0.5, 0.5) - (0, 0)"
+CLEAN = "Sec. 4.3 training noise raises clean accuracy: (0.5, 0) - (0, 0)"
+TEST_NOISE = "(ii) at alpha_train 0 the diagonal beats test noise: (0, 0) - (0, 0.5)"
+FULL = "digits, full, sigmoid, independent"
+
+
+def test_a_verdict_needs_three_seeds_both_fairness_checks_and_an_effect_two_standard_errors_from_zero():
+    fair = ablation_frame(seeds=(0, 1, 2)).assign(residual_fall_last20=0.01, test_images=10_000)
+    v = verdicts(fair)
+    # (0.5, 0.5) - (0, 0) is 0.1 * 0.5 + 0.05 * 0.5 = 7.5 points on every seed; the test set's
+    # error of a difference, written out: sqrt((p(1-p) + q(1-q)) / N) at the two cells' means
+    p, q = 0.5 + 0.075 + 0.001, 0.5 + 0.001
+    assert v.loc[(FULL, GAIN), "mean ± SEM (points)"] == "+7.50 ± 0.00"
+    assert v.loc[(FULL, GAIN), "test-set SE (points)"] == f"{100 * ((p * (1 - p) + q * (1 - q)) / 10_000) ** 0.5:.2f}"
+    assert v.loc[(FULL, GAIN), "per seed (points)"] == "0: +7.50 / 1: +7.50 / 2: +7.50"
+    assert v.loc[(FULL, GAIN), "verdict"] == "holds"
+    # a cell never run in a setting is not borrowed: hidden has no (0, 0.5)
+    assert (FULL, TEST_NOISE) in v.index and ("digits, hidden, sigmoid, independent", TEST_NOISE) not in v.index
+    # two seeds decide nothing
+    assert verdicts(fair[fair.seed < 2]).loc[(FULL, GAIN), "verdict"] == "undecided: 2 seeds (needs 3)"
+    # (a') fails on one seed of the alpha 0.5 training: every claim that reads it is undecided, not the others
+    slow = fair.assign(residual_fall_last20=np.where((fair.seed == 2) & (fair.alpha_train == 0.5), 0.025, 0.01))
+    v = verdicts(slow)
+    assert v.loc[(FULL, GAIN), "verdict"].startswith("undecided: (a') fails (fall up to 2.50%")
+    # this frame's test noise helps (+0.05 * alpha_test), so the claim that it hurts is decided against
+    assert v.loc[(FULL, TEST_NOISE), "verdict"] == "does not hold (the opposite shows)"
+    # (b) fails at one noisy cell on one seed: claims with that cell only
+    few = (fair.seed == 1) & (fair.alpha_train == 0) & (fair.alpha_test == 0.5)
+    v = verdicts(fair.assign(energy_gap_median=np.where(few, 2.5, fair.energy_gap_median)))
+    assert v.loc[(FULL, TEST_NOISE), "verdict"].startswith("undecided: (b) fails (gap / class-mean std down to 2.50")
+    assert v.loc[(FULL, GAIN), "verdict"] == "holds"
+    # on 30 test images the same 7.5 points is within two standard errors (about 12.8 points each)
+    assert verdicts(fair.assign(test_images=30)).loc[(FULL, GAIN), "verdict"] == (
+        "undecided: the effect is within 2 standard errors")
+    # the opposite of the claim, well outside its error
+    worse = fair.assign(accuracy=np.where((fair.alpha_train == 0.5) & (fair.alpha_test == 0), 0.3, fair.accuracy))
+    assert verdicts(worse).loc[(FULL, CLEAN), "verdict"] == "does not hold (the opposite shows)"
+
+
+def test_a_verdict_counts_the_spread_over_seeds():
+    """Per-seed gains +1 / +5 / +9 points (SEM 2.31) pass at mean 5; +1 / +5 / +15 (mean 7, SEM
+    4.16) do not: the seeds' SEM enters the standard error, not only the test set's."""
+    fair = ablation_frame(seeds=(0, 1, 2)).assign(residual_fall_last20=0.01, test_images=10**7)
+    cell = (fair.alpha_train == 0.5) & (fair.alpha_test == 0.5)
+    base = fair.accuracy.where(~cell, fair.accuracy - 0.075)  # (0.5, 0.5) now equals (0, 0) on each seed
+    for gains, verdict in [((1, 5, 9), "holds"), ((1, 5, 15), "undecided: the effect is within 2 standard errors")]:
+        acc = base + np.where(cell, fair.seed.map(dict(enumerate(gains))) / 100, 0)
+        v = verdicts(fair.assign(accuracy=acc)).loc[(FULL, GAIN)]
+        assert v["per seed (points)"] == " / ".join(f"{s}: {g:+.2f}" for s, g in enumerate(gains))
+        assert v["verdict"] == verdict
+
+
 def test_findings_say_a_demonstration_preset_decides_nothing_and_count_converged_trainings():
     quick = findings(frame(preset="quick"))
     assert quick[0].startswith("Preset quick is a demonstration") and "not a test of the paper" in quick[0]
