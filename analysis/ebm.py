@@ -223,8 +223,28 @@ def _comparisons(cells) -> list[tuple[str, tuple, tuple]]:
 
 def _test_set_se(p, q, images) -> float:
     """The binomial standard error of a difference of two accuracies on `images` test images,
-    as if unpaired: an upper bound, since both models see the same images."""
+    as if unpaired: an upper bound on the paired error unless the two models tend to fail on
+    different images (models of one family tend to fail on the same ones)."""
     return float(np.sqrt((p * (1 - p) + q * (1 - q)) / images))
+
+
+def _paired_test_set_se(ra: pd.DataFrame, rb: pd.DataFrame) -> float | None:
+    """The test set's error of the mean paired difference, from every image's prediction: per
+    image, the mean over seeds of (a right) - (b right); its std over images / sqrt(images). None
+    where a row lacks predictions or the two cells were tested on different labels."""
+    correct = []
+    for rows in (ra, rb):
+        if "predictions" not in rows.columns or "labels" not in rows.columns:
+            return None
+        pairs = [(p, y) for p, y in zip(rows["predictions"], rows["labels"])]
+        if any(p is None or y is None or np.ndim(p) != 1 or len(p) != len(y) for p, y in pairs):
+            return None  # a row from before predictions were kept, or a malformed one
+        correct.append(np.stack([np.asarray(p) == np.asarray(y) for p, y in pairs]).astype(float))
+    labels = {tuple(np.asarray(y).tolist()) for y in [*ra["labels"], *rb["labels"]]}
+    if len(labels) != 1 or correct[0].shape != correct[1].shape or correct[0].shape[1] < 2:
+        return None
+    per_image = (correct[0] - correct[1]).mean(0)
+    return float(per_image.std(ddof=1) / np.sqrt(per_image.size))
 
 
 def _verdict(diff: pd.Series, se: float, worst_fall: float, worst_gap: float) -> str:
@@ -244,7 +264,8 @@ def _verdict(diff: pd.Series, se: float, worst_fall: float, worst_gap: float) ->
 def verdict_table(df: pd.DataFrame, n=None) -> pd.DataFrame:
     """Per data set and ablation setting, each claim its cells can test: the paired difference in
     points per seed (on the seeds both cells have), mean ± SEM over seeds, the test set's error of
-    a difference, and the verdict. The standard error a verdict uses is the seeds' SEM and the
+    a difference (paired from the rows' per-image predictions, else the unpaired bound), and the
+    verdict. The standard error a verdict uses is the seeds' SEM and the
     test set's error in quadrature. A cell never run in a setting is never borrowed from another."""
     d, varying, fixed, n = _ablation_rows(df, n)
     if d.empty or "residual_fall_last20" not in d.columns:
@@ -258,8 +279,12 @@ def verdict_table(df: pd.DataFrame, n=None) -> pd.DataFrame:
             seeds = sorted(set(ra.index) & set(rb.index))
             ra, rb = ra.loc[seeds], rb.loc[seeds]
             diff = (ra["accuracy"] - rb["accuracy"]) * 100
-            images = min(ra["test_images"].min(), rb["test_images"].min()) if "test_images" in g else np.nan
-            test_se = 100 * _test_set_se(ra["accuracy"].mean(), rb["accuracy"].mean(), images)
+            paired = _paired_test_set_se(ra, rb)
+            if paired is None:  # no per-image predictions: the unpaired bound
+                images = min(ra["test_images"].min(), rb["test_images"].min()) if "test_images" in g else np.nan
+                test_se = 100 * _test_set_se(ra["accuracy"].mean(), rb["accuracy"].mean(), images)
+            else:
+                test_se = 100 * paired
             seed_sem = diff.sem() if len(diff) > 1 else float("nan")
             gaps = [r["energy_gap_median"] / r["energy_mean_std_median"] for (_, ae), r in ((a, ra), (b, rb)) if ae > 0]
             gap = min((x.min() for x in gaps), default=np.inf)  # a noise-free test needs no draws
@@ -268,7 +293,7 @@ def verdict_table(df: pd.DataFrame, n=None) -> pd.DataFrame:
                         "claim": claim,
                         "per seed (points)": " / ".join(f"{s}: {v:+.2f}" for s, v in diff.items()),
                         "mean ± SEM (points)": f"{diff.mean():+.2f}" + (f" ± {seed_sem:.2f}" if len(diff) > 1 else ""),
-                        "test-set SE (points)": f"{test_se:.2f}",
+                        "test-set SE (points)": f"{test_se:.2f} " + ("(unpaired bound)" if paired is None else "(paired)"),
                         "verdict": _verdict(diff, float(np.hypot(seed_sem, test_se)), fall, gap)})
     table = pd.DataFrame(out)
     if not table.empty:

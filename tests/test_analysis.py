@@ -384,7 +384,8 @@ def test_a_verdict_needs_three_seeds_both_fairness_checks_and_an_effect_two_stan
     # error of a difference, written out: sqrt((p(1-p) + q(1-q)) / N) at the two cells' means
     p, q = 0.5 + 0.075 + 0.001, 0.5 + 0.001
     assert v.loc[(FULL, GAIN), "mean ± SEM (points)"] == "+7.50 ± 0.00"
-    assert v.loc[(FULL, GAIN), "test-set SE (points)"] == f"{100 * ((p * (1 - p) + q * (1 - q)) / 10_000) ** 0.5:.2f}"
+    assert v.loc[(FULL, GAIN), "test-set SE (points)"] == (
+        f"{100 * ((p * (1 - p) + q * (1 - q)) / 10_000) ** 0.5:.2f} (unpaired bound)")
     assert v.loc[(FULL, GAIN), "per seed (points)"] == "0: +7.50 / 1: +7.50 / 2: +7.50"
     assert v.loc[(FULL, GAIN), "verdict"] == "holds"
     # a cell never run in a setting is not borrowed: hidden has no (0, 0.5)
@@ -421,6 +422,30 @@ def test_a_verdict_counts_the_spread_over_seeds():
         v = verdicts(fair.assign(accuracy=acc)).loc[(FULL, GAIN)]
         assert v["per seed (points)"] == " / ".join(f"{s}: {g:+.2f}" for s, g in enumerate(gains))
         assert v["verdict"] == verdict
+
+
+def test_per_image_predictions_give_the_paired_test_set_error():
+    """Each model is right on its first round(accuracy * 100) of 100 images, so (0.5, 0.5) and
+    (0, 0) differ on 8 images only: paired, the 8 points are 2.9 standard errors from 0; the
+    unpaired bound (7.0 points) would leave them undecided."""
+    fair = ablation_frame(seeds=(0, 1, 2)).assign(residual_fall_last20=0.01, test_images=100)
+    right = (fair.accuracy * 100).round().astype(int)
+    fair = fair.assign(accuracy=right / 100, labels=[[3] * 100] * len(fair),
+                       predictions=[[3] * k + [4] * (100 - k) for k in right])
+    row = verdicts(fair).loc[(FULL, GAIN)]
+    per_image = [(i < 58) - (i < 50) for i in range(100)]  # (0.5, 0.5) is right on 58, (0, 0) on 50
+    mean = sum(per_image) / 100
+    se = (sum((v - mean) ** 2 for v in per_image) / 99 / 100) ** 0.5
+    assert row["test-set SE (points)"] == f"{100 * se:.2f} (paired)" and row["verdict"] == "holds"
+    # the same rows without predictions: the unpaired bound, and undecided
+    bare = verdicts(fair.drop(columns=["predictions", "labels"])).loc[(FULL, GAIN)]
+    assert bare["test-set SE (points)"].endswith("(unpaired bound)")
+    assert bare["verdict"] == "undecided: the effect is within 2 standard errors"
+    # one row from before predictions were kept: that comparison falls back to the bound
+    old = fair.copy()
+    old["predictions"] = [None if (r.seed, r.alpha_train, r.alpha_test) == (1, 0.0, 0.0) else r.predictions
+                          for r in fair.itertuples()]
+    assert verdicts(old).loc[(FULL, GAIN), "test-set SE (points)"].endswith("(unpaired bound)")
 
 
 def test_findings_say_a_demonstration_preset_decides_nothing_and_count_converged_trainings():

@@ -141,6 +141,28 @@ def test_energy_var_is_the_mean_across_draw_variance_of_the_energies():
     assert row["accuracy"] == float((e.mean(-1).argmin(0) == data.y_test).double().mean())
 
 
+def test_predictions_are_each_images_lowest_mean_energy_class_in_test_set_order():
+    """Two image blocks (4 + 3 images), so the order of blocks shows; a block's noise is keyed by
+    its index, so the reference energies come block by block."""
+    aes, x = autoencoders(), images(count=7)
+    bank = AutoencoderBank.from_autoencoders(aes)
+    labels = torch.tensor([2, 1, 0, 0, 1, 2, 1])
+    data = Data("reference", x, labels, x, labels, ["a", "b", "c"])
+    spec = NoiseSpec("gaussian", 0.8)
+    ecfg = EvalConfig(n_checkpoints=(1, 15), block_images=4, block_draws=5, memory_mb=4096)
+    rows = {r["n"]: r for r in evaluate(bank, data, [spec], EBMConfig(), ecfg)}
+    ev = SamplingEvaluator(bank, NoiseParams(), ecfg, SIDE)
+    with torch.no_grad():
+        e = torch.cat([ev.energies(x[lo:lo + 4], ev.clean(x[lo:lo + 4]), spec, block, 0, 15)
+                       for block, lo in enumerate((0, 4))], dim=1).double()
+    for n in (1, 15):
+        want = [min(range(3), key=lambda c: float(e[c, i, :n].mean())) for i in range(7)]
+        assert rows[n]["predictions"] == want
+        assert rows[n]["labels"] == labels.tolist()
+        assert rows[n]["accuracy"] == sum(p == y for p, y in zip(want, labels.tolist())) / 7
+    assert rows[1]["predictions"] != rows[15]["predictions"]  # n matters here, so the test can tell n apart
+
+
 def _gap_stds(e: torch.Tensor) -> list[float]:
     """Per image, written out: the two classes with the lowest mean energy over the n draws, the
     n differences of their energies, and the std of the mean of those differences."""

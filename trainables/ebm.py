@@ -690,7 +690,8 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
     """Sampling inference for every test setting in one pass over the test set.
 
     Returns one row per (setting, n checkpoint) carrying every config field, accuracy, and the
-    mean and across-draw variance of the energy (averaged over images and classes). A setting
+    mean and across-draw variance of the energy (averaged over images and classes), and every
+    image's predicted class and label (`predictions`, `labels`, in test-set order). A setting
     with alpha = 0 is deterministic: one pass, reported at every n with n_effective = 1. Test
     noise is keyed by ecfg.eval_seed, or by `seed` (the trial's) when that is None.
     """
@@ -726,7 +727,7 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
 
     base = (config_row(cfg) | config_row(ecfg) | {"eval_seed": ev.seed, "device_name": device_name(device)}
             | getattr(bank, "train_info", convergence_columns([], *[float("nan")] * 3)))
-    rows, total = [], len(x_all)
+    rows, total, labels_list = [], len(x_all), y_all.tolist()
     for spec, tally, secs in zip(settings, tallies, seconds):
         setting = {column: getattr(spec, key) for key, column in SETTING_COLUMNS.items()}
         rows += [base | setting | r for r in rows_at_checkpoints(ecfg.n_checkpoints, spec.alpha > 0, lambda m, t=tally: {
@@ -737,7 +738,9 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
             # std means n was large enough for the argmin.
             "energy_gap_median": t.median_gap(m), "energy_mean_std_median": t.median_mean_std(m),
             "energy_gap_std_median": t.median_gap_std(m),
-            "test_images": total, "eval_seconds": secs})]
+            "test_images": total, "eval_seconds": secs,
+            # Per image, in test-set order: what a paired comparison of two models needs.
+            "predictions": t.predictions(m), "labels": labels_list})]
     return rows
 
 

@@ -45,6 +45,8 @@ class DrawTally:
     `median_mean_std(n)` and `median_gap_std(n)`; the gap std needs the per-image class cross
     sums (C x C per image, summed draw block by draw block without a per-draw outer product).
     `seconds[n]` is the time spent in add_block up to checkpoint n, summed over blocks.
+    `predictions(n)` is every image's chosen class in test-set order: two models compared on the
+    same images need it for the paired error of their accuracy difference.
     """
 
     def __init__(self, checkpoints, pick: str = "argmin", moments: bool = True):
@@ -56,6 +58,7 @@ class DrawTally:
         self.gaps = {n: [] for n in self.checkpoints}
         self.mean_stds = {n: [] for n in self.checkpoints}
         self.gap_stds = {n: [] for n in self.checkpoints}
+        self.chosen = {n: [] for n in self.checkpoints}
 
     def add_block(self, per_draw: Callable[[int, int], torch.Tensor], labels, n_total: int, step: int,
                   clock: Callable[[], float] | None = None) -> None:
@@ -75,6 +78,7 @@ class DrawTally:
                     sum1 = c1[..., n - done - 1]
                     chosen = sum1.argmin(0) if self.pick == "argmin" else sum1.argmax(0)
                     self.correct[n] += int((chosen == labels).sum())
+                    self.chosen[n].append(chosen.cpu())
                     if clock:
                         self.seconds[n] += clock() - t0
                     if self.moments:
@@ -109,6 +113,9 @@ class DrawTally:
         var = (sum_d2 - sum_d * sum_d / n) / (n - 1)
         return (var.clamp_min(0) / n).sqrt()
 
+
+    def predictions(self, n: int) -> list[int]:
+        return torch.cat(self.chosen[n]).tolist() if self.chosen[n] else []
 
     def median_gap(self, n: int) -> float:
         return float(torch.cat(self.gaps[n]).median()) if self.gaps[n] else float("nan")
