@@ -196,6 +196,14 @@ def test_notebook_executes_headless(tmp_path):
     assert "Best balanced cell" in out
 
 
+def test_notebook_prints_the_verdicts_of_an_ablation(tmp_path):
+    fair = ablation_frame(seeds=(0, 1, 2)).assign(residual_fall_last20=0.01, test_images=10_000)
+    out = notebook_output("ebm", write_parts(fair, tmp_path / "ablation"))
+    verdicts = out[out.index("### verdicts"):]
+    assert "| digits, full, sigmoid, independent | (i) balanced noise beats none: (0.5, 0.5) - (0, 0) |" in verdicts
+    assert "| holds |" in verdicts
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     base = tmp_path_factory.mktemp("rep")
