@@ -432,6 +432,21 @@ def test_a_verdict_counts_the_spread_over_seeds():
         assert v["verdict"] == verdict
 
 
+def test_the_draws_claim_compares_each_noisy_cell_with_itself_at_the_fewest_draws():
+    fair = ablation_frame(seeds=(0, 1, 2)).assign(residual_fall_last20=0.01, test_images=10_000)
+    one_draw = fair.assign(n=1, accuracy=fair.accuracy - 0.1 * (fair.alpha_test > 0))  # noise-free: n cannot matter
+    starved = (fair.alpha_train == 0.5) & (fair.alpha_test == 0.5)
+    v = verdicts(pd.concat([fair.assign(energy_gap_median=np.where(starved, 1.0, fair.energy_gap_median)), one_draw],
+                           ignore_index=True))
+    draws = [c for c in v.loc[FULL].index if c.startswith("(iv)")]
+    assert draws == ["(iv) more draws raise accuracy: (0, 0.5) at n=100 - at n=1",
+                     "(iv) more draws raise accuracy: (0.5, 0.5) at n=100 - at n=1"]  # no noise-free cell
+    row = v.loc[(FULL, draws[1])]
+    assert row["per seed (points)"] == "0: +10.00 / 1: +10.00 / 2: +10.00" and row["verdict"] == "holds"
+    # (b) fails at (0.5, 0.5): it gates the comparisons of that cell with others, not (iv)
+    assert v.loc[(FULL, GAIN), "verdict"].startswith("undecided: (b) fails")
+
+
 def test_per_image_predictions_give_the_paired_test_set_error():
     """Each model is right on its first round(accuracy * 100) of 100 images, so (0.5, 0.5) and
     (0, 0) differ on 8 images only: paired, the 8 points are 2.9 standard errors from 0; the
