@@ -445,6 +445,9 @@ def test_the_draws_claim_compares_each_noisy_cell_with_itself_at_the_fewest_draw
     assert row["per seed (points)"] == "0: +10.00 / 1: +10.00 / 2: +10.00" and row["verdict"] == "holds"
     # (b) fails at (0.5, 0.5): it gates the comparisons of that cell with others, not (iv)
     assert v.loc[(FULL, GAIN), "verdict"].startswith("undecided: (b) fails")
+    # a cell run at the fewest draws only (another run's preset) has nothing to rise to
+    v = verdicts(pd.concat([fair[~starved], one_draw], ignore_index=True))
+    assert [c for c in v.loc[FULL].index if c.startswith("(iv)")] == [draws[0]]
 
 
 def test_per_image_predictions_give_the_paired_test_set_error():
