@@ -250,6 +250,8 @@ def _paired_test_set_se(ra: pd.DataFrame, rb: pd.DataFrame) -> float | None:
 def _verdict(diff: pd.Series, se: float, worst_fall: float, worst_gap: float) -> str:
     if len(diff) < MIN_SEEDS:
         return f"undecided: {seed_count(len(diff))} (needs {MIN_SEEDS})"
+    if np.isnan(worst_fall) or np.isnan(worst_gap):
+        return "undecided: a fairness check is not recorded"
     if not worst_fall < FALL_BAR:
         return f"undecided: (a') fails (fall up to {worst_fall * 100:.2f}%, bar {FALL_BAR * 100:g}%)"
     if not worst_gap >= GAP_BAR:
@@ -283,7 +285,8 @@ def verdict_table(df: pd.DataFrame, n=None) -> pd.DataFrame:
         cells = {c: r.set_index("seed") for c, r in g.groupby(["alpha_train", "alpha_test"])}
         for claim, a, b in _comparisons(set(cells)):
             gaps = [cells[c]["energy_gap_median"] / cells[c]["energy_mean_std_median"] for c in (a, b) if c[1] > 0]
-            out.append(_compared(setting, claim, cells[a], cells[b], min((x.min() for x in gaps), default=np.inf)))
+            gap = min((x.min(skipna=False) for x in gaps), default=np.inf)
+            out.append(_compared(setting, claim, cells[a], cells[b], gap))
         f = few[(few[by] == pd.Series(dict(zip(by, key)))).all(axis=1)]
         for (at, ae), r in f[f["alpha_test"] > 0].groupby(["alpha_train", "alpha_test"]):
             if (at, ae) not in cells:  # run at the fewest draws only
@@ -310,7 +313,7 @@ def _compared(setting: str, claim: str, ra: pd.DataFrame, rb: pd.DataFrame, gap:
     else:
         test_se = 100 * paired
     seed_sem = diff.sem() if len(diff) > 1 else float("nan")
-    fall = pd.concat([ra, rb])["residual_fall_last20"].max()
+    fall = pd.concat([ra, rb])["residual_fall_last20"].max(skipna=False)
     return {"setting": setting, "claim": claim,
             "per seed (points)": " / ".join(f"{s}: {v:+.2f}" for s, v in diff.items()),
             "mean ± SEM (points)": f"{diff.mean():+.2f}" + (f" ± {seed_sem:.2f}" if len(diff) > 1 else ""),

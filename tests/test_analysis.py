@@ -411,6 +411,9 @@ def test_a_verdict_needs_three_seeds_both_fairness_checks_and_an_effect_two_stan
     v = verdicts(fair.assign(energy_gap_median=np.where(few, 2.5, fair.energy_gap_median)))
     assert v.loc[(FULL, TEST_NOISE), "verdict"].startswith("undecided: (b) fails (gap / class-mean std down to 2.50")
     assert v.loc[(FULL, GAIN), "verdict"] == "holds"
+    # a training whose residual was not recorded decides nothing (not read as a pass or a fall)
+    unknown = fair.assign(residual_fall_last20=np.where((fair.seed == 0) & (fair.alpha_train == 0.5), np.nan, 0.01))
+    assert verdicts(unknown).loc[(FULL, GAIN), "verdict"] == "undecided: a fairness check is not recorded"
     # on 30 test images the same 7.5 points is within two standard errors (about 12.8 points each)
     assert verdicts(fair.assign(test_images=30)).loc[(FULL, GAIN), "verdict"] == (
         "undecided: the effect is within 2 standard errors")
