@@ -7,6 +7,11 @@
 #   OUT=/some/folder LIMIT_S=480 NOISETUNE_GIT_COMMIT=$(git rev-parse --short HEAD) bash bench/ebm_ablation_gpu.sh
 #   DATASETS=textures WORKERS=2 STORE=/copy/of/docs/ebm-ablation-fair ... bash bench/ebm_ablation_gpu.sh
 #
+# Table 1's n = 10^4 at the paper's placement, in run folders of their own (SUFFIX; the override
+# changes every trial key, so these never mix with the n <= 1000 folders):
+#   DATASETS=textures WORKERS=2 SUFFIX=-n10k EXTRA="--set n_checkpoints=1,10,100,1000,10000 \
+#     --only placement_train=full,output_activation=sigmoid" ... bash bench/ebm_ablation_gpu.sh
+#
 # Writes to $OUT: gpu.txt, ebm_training_paths.txt, digits.log, textures.log, results.tgz (both runs'
 # Parquet folders; `python -m analysis.report` reads them).
 set -u
@@ -15,6 +20,7 @@ LIMIT_S=${LIMIT_S:-480}
 WORKERS=${WORKERS:-1}
 STORE=${STORE:-/tmp/noisetune-results}
 SEEDS=${SEEDS:-3}
+SUFFIX=${SUFFIX:-}  # appended to the run names
 # Which runs: "digits textures" (side by side), or one of them. On an H200 two processes are as fast
 # in aggregate as twelve (about 25 s per trial, bench/README.md), so one run uses WORKERS=2.
 DATASETS=${DATASETS:-digits textures}
@@ -35,8 +41,8 @@ launch() {  # launch DATASET NAME [tuner.run arguments]: one run in the backgrou
   timeout -k 5 "$LIMIT_S" python3 -m tuner.run ablate_ebm "${common[@]}" --name "$2" "${@:3}" > "$OUT/$1.log" 2>&1 &
   groups+=($!)
 }
-launch digits ablate_ebm-fair-digits16
-launch textures ablate_ebm-fair-textures32 --dataset textures --set image_size=32 --set test_limit=300
+launch digits "ablate_ebm-fair-digits16$SUFFIX"
+launch textures "ablate_ebm-fair-textures32$SUFFIX" --dataset textures --set image_size=32 --set test_limit=300
 wait
 for g in "${groups[@]}"; do kill -9 -- "-$g" 2>/dev/null; done  # workers left by a driver stopped at its limit
 echo "ablation wall time $(( $(date +%s) - start )) s (limit ${LIMIT_S} s per run)" >> "$OUT/gpu.txt"
