@@ -357,3 +357,29 @@ def test_a_killed_drivers_running_trial_resumes_from_its_checkpoint(tmp_path):
     assert len(runs) == 2 and int(runs[0]["start"]) == 0 and int(runs[1]["start"]) > 0, runs
     df = frame(tmp_path, "faulty_grid-smoke")
     assert set(df["status"]) == {"ok"} and set(df["epochs_done"]) == {16} and len(df) == 4
+
+
+def test_a_local_backend_worker_exits_when_its_driver_is_killed(tmp_path):
+    """`--backend local` with the driver alone killed (SIGTERM, as `kill PID` or a scheduler sends
+    it): its pool worker exits too, rather than train on as an orphan beside the next driver of
+    the same run folder."""
+    import psutil
+
+    proc = start("grid_ebm", "--preset", "smoke", "--backend", "local", "--storage", str(tmp_path),
+                 "--set", "steps=1000000")  # a training that outlives the test
+    try:
+        driver, workers = psutil.Process(proc.pid), []
+
+        def a_worker_trains():
+            try:
+                workers[:] = [c for c in driver.children() if "spawn_main" in " ".join(c.cmdline())]
+                return workers and all(w.cpu_times().user > 1.0 for w in workers)
+            except psutil.NoSuchProcess:  # a child that ended between the listing and the look
+                return False
+        wait_for(a_worker_trains, 120, "a pool worker past its start-up")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, [(w.pid, w.status()) for w in alive]
+    finally:
+        kill_group(proc)

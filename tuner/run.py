@@ -522,6 +522,19 @@ def sweep(plan: Plan) -> int:
     return finish(plan)
 
 
+def _exit_with_driver(driver_pid: int) -> None:
+    """Pool initializer: a worker whose driver has died (killed, out of memory) exits within a
+    second, rather than train on as an orphan beside the next driver of the same run folder."""
+    import threading
+
+    def watch():
+        while os.getppid() == driver_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-driver", daemon=True).start()
+
+
 def run_local(plan: Plan) -> int:
     """Every grid trial in a pool of `--workers` spawned processes (spawn: CUDA works in each), no Ray.
 
@@ -539,7 +552,8 @@ def run_local(plan: Plan) -> int:
     todo = [base | cell for cell in plan.cells()]
     print(f"{len(todo)} trials on {plan.args.workers} local worker(s), no Ray", flush=True)
     failures, done, start = {}, 0, time.monotonic()
-    with ProcessPoolExecutor(plan.args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(plan.args.workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_exit_with_driver, initargs=(os.getpid(),)) as pool:
         running = {pool.submit(run_trial, c, True): c for c in todo}
         while running:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
