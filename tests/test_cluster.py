@@ -286,16 +286,15 @@ def test_job_submission_on_two_node_cluster_with_token_auth():
         # On a timeout the message shows the last partial totals: a count recorded just before a
         # trial's worker exits reaches the agent only through Ray's exit flush (bounded at 500 ms,
         # ray-project/ray#66180), which a loaded machine can miss.
-        seen: dict = {}
+        seen = {}
         def scraped():
-            seen.clear()
-            seen.update(_noisetune_totals([head_metrics, worker_metrics]))
-            done = seen.get(("trials_finished_total", "ok"), 0)
-            return dict(seen) if done == 2 and seen.get(("rows_written_total", ""), 0) == len(rows) else None
+            seen["last"] = totals = _noisetune_totals([head_metrics, worker_metrics])
+            done = totals.get(("trials_finished_total", "ok"), 0)
+            return totals if done == 2 and totals.get(("rows_written_total", ""), 0) == len(rows) else None
         try:
             totals = _wait_for("the NoiseTune counters", scraped, 90, every=3)
         except AssertionError as e:
-            raise AssertionError(f"{e}; partial totals {seen}") from None
+            raise AssertionError(f"{e}; partial totals {seen.get('last')}") from None
         assert totals[("epochs_total", "")] >= 2  # every trial trained at least one epoch
         assert totals.get(("trials_finished_total", "error"), 0) == 0
         print(f"cluster up {t_up - t0:.1f} s, job {t_job - t_up:.1f} s")
