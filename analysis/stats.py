@@ -1,11 +1,18 @@
-"""Mean, SEM and count over seeds per setting: the statistic every figure and table uses."""
+"""The one place for statistics over seeds: mean, SEM, t intervals, and the verdict rule.
+
+Every family's tables, figures and findings use these; no other analysis module computes a SEM,
+an interval or a verdict. The rule (RULE) is stated once and printed once in a report.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats as _scipy
 
 # Seeds, and fields that do not change results: never a reason to keep rows apart (a family
 # passes its own as `ignore`).
@@ -105,3 +112,207 @@ def one_setting(d: pd.DataFrame, keep, preferred: dict | None = None, known=(), 
 def fixed_text(fixed: dict) -> str:
     return ("fixed: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in fixed.items())
             if fixed else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Mean ± SEM over seeds, and its text
+
+
+def mean_sem(values) -> tuple[float, float, int]:
+    """(mean, SEM, count) of the finite values; SEM is NaN for fewer than two."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return float("nan"), float("nan"), 0
+    sem = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return float(v.mean()), sem, len(v)
+
+
+def fmt(mean, sem, scale: float = 100, digits: int = 2) -> str:
+    """'mean ± SEM' (times `scale`, percent by default); one seed has no SEM: '(1 seed)'."""
+    if mean is None or not np.isfinite(float(mean)):
+        return ""
+    text = f"{mean * scale:.{digits}f}"
+    if sem is None or not np.isfinite(float(sem)):
+        return text + " (1 seed)"
+    return text + f" ± {sem * scale:.{digits}f}"
+
+
+def cell(values, scale: float = 100, digits: int = 2, count: bool = False) -> str:
+    """fmt() of the values' mean and SEM, with '(n=k)' when `count`."""
+    m, s, n = mean_sem(values)
+    return fmt(m, s, scale, digits) + (f" (n={n})" if count and n else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# The verdict rule: one for every family
+
+CONFIDENCE = 0.95
+MAX_SEEDS = 1000  # beyond this, "what would decide it" says "more than MAX_SEEDS seeds"
+RULE = ("Verdict rule: a claim's difference is estimated over seeds (paired differences of the seeds "
+        "both arms share, else Welch's two-sample estimate) with a 95% t interval. It **holds** only "
+        "when the interval excludes zero in the claimed direction; it **does not hold** when the "
+        "interval excludes zero in the opposite direction (or, for a claim of a given size, lies "
+        "wholly below that size); otherwise it is **undecided**, with the number of seeds at which "
+        "the observed spread would decide it. A non-inferiority claim (\"keeps accuracy\") states "
+        "its margin and holds only when the interval's lower end is above minus the margin. A claim "
+        "over several cells (a curve over eps) is tested per cell. p is two-sided, against the "
+        "value the interval is compared with.")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A difference (or a mean) over seeds: its mean, standard error, degrees of freedom.
+
+    `sd` and `extra_se` let the rule project the standard error to more seeds:
+    se(k) = sqrt(sd^2 / k + extra_se^2) (paired or one-sample; Welch: `sd` is the per-seed spread
+    of one arm minus the other with equal arms)."""
+
+    mean: float
+    se: float
+    dof: float
+    n: int
+    paired: bool
+    sd: float
+    extra_se: float = 0.0
+    dropped: int = 0  # seeds of one arm only, left out of a paired difference
+
+    def interval(self, confidence: float = CONFIDENCE) -> tuple[float, float]:
+        if self.n < 2 or not np.isfinite(self.se):
+            return float("nan"), float("nan")
+        half = _t_crit(self.dof, confidence) * self.se
+        return self.mean - half, self.mean + half
+
+    def p(self, null: float = 0.0) -> float:
+        """Two-sided p of the t test of mean = null."""
+        if self.n < 2 or not np.isfinite(self.se):
+            return float("nan")
+        if self.se == 0:
+            return 0.0 if self.mean != null else 1.0
+        return float(2 * _scipy.t.sf(abs(self.mean - null) / self.se, self.dof))
+
+    def text(self, scale: float = 100, unit: str = " points", null: float = 0.0) -> str:
+        """'+2.31 points, 95% CI [+0.52, +4.10], p = 0.033, 3 paired seeds'."""
+        seeds = f"{self.n} {'paired ' if self.paired else ''}seed{'s' if self.n != 1 else ''}"
+        if self.dropped:
+            seeds += f" ({self.dropped} unpaired left out)"
+        if self.n < 2 or not np.isfinite(self.se):
+            return f"{self.mean * scale:+.2f}{unit}, {seeds}"
+        lo, hi = self.interval()
+        return (f"{self.mean * scale:+.2f}{unit}, 95% CI [{lo * scale:+.2f}, {hi * scale:+.2f}], "
+                f"{_p_text(self.p(null))}, {seeds}")
+
+
+def _t_crit(dof: float, confidence: float = CONFIDENCE) -> float:
+    return float(_scipy.t.ppf(0.5 + confidence / 2, dof))
+
+
+def _p_text(p: float) -> str:
+    return "p n/a" if not np.isfinite(p) else ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
+
+
+def estimate(values, extra_se: float = 0.0) -> Estimate:
+    """One-sample estimate over seeds (e.g. differences already paired by the caller)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    n = len(v)
+    sd = float(v.std(ddof=1)) if n > 1 else float("nan")
+    se = math.hypot(sd / math.sqrt(n), extra_se) if n > 1 else float("nan")
+    return Estimate(float(v.mean()) if n else float("nan"), se, n - 1, n, False, sd, extra_se)
+
+
+def difference(a: pd.Series, b: pd.Series, extra_se: float = 0.0) -> Estimate:
+    """a - b over seeds; `a` and `b` are indexed by seed. Paired on the seeds both arms share
+    (when at least two do), else Welch's unpaired estimate with Welch-Satterthwaite's degrees of
+    freedom. `extra_se` (e.g. a fixed test set's error) is added in quadrature."""
+    a, b = a.astype(float).dropna(), b.astype(float).dropna()
+    shared = sorted(set(a.index) & set(b.index))
+    if len(shared) >= 2 or (len(shared) == 1 and len(a) == len(b) == 1):
+        d = a.loc[shared] - b.loc[shared]
+        e = estimate(d.to_numpy(), extra_se)
+        return Estimate(e.mean, e.se, e.dof, e.n, True, e.sd, extra_se,
+                        dropped=len(set(a.index) ^ set(b.index)))
+    na, nb = len(a), len(b)
+    mean = float(a.mean() - b.mean()) if na and nb else float("nan")
+    if na < 2 or nb < 2:
+        return Estimate(mean, float("nan"), 0, min(na, nb), False, float("nan"), extra_se)
+    va, vb = a.var(ddof=1) / na, b.var(ddof=1) / nb
+    se = math.sqrt(va + vb + extra_se ** 2)
+    dof = (va + vb) ** 2 / ((va ** 2 / (na - 1) if na > 1 else 0) + (vb ** 2 / (nb - 1) if nb > 1 else 0)) \
+        if va + vb > 0 else float(na + nb - 2)
+    sd = math.sqrt(a.var(ddof=1) + b.var(ddof=1))  # one seed more in each arm
+    return Estimate(mean, se, dof, min(na, nb), False, sd, extra_se)
+
+
+def compare(d: pd.DataFrame, arm: str, a, b, metric: str = "accuracy", seed: str = "seed",
+            extra_se: float = 0.0) -> Estimate:
+    """difference() of `metric` between the rows whose `arm` column is `a` and those where it is
+    `b` (each seed's rows of an arm averaged first: one cell, never a band of cells)."""
+    per = d[d[arm].isin([a, b])].groupby([arm, seed])[metric].mean()
+    pick = lambda k: per.xs(k, level=arm) if k in per.index.get_level_values(arm) else pd.Series(dtype=float)
+    return difference(pick(a), pick(b), extra_se)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """'holds', 'does not hold' or 'undecided', why, and the estimate it read."""
+
+    word: str
+    reason: str
+    estimate: Estimate | None = None
+
+    def __str__(self) -> str:
+        return f"{self.word} ({self.reason})" if self.reason else self.word
+
+    @property
+    def holds(self) -> bool:
+        return self.word == "holds"
+
+
+def verdict(est: Estimate, direction: int = 1, margin: float | None = None, size: float | None = None,
+            blocked: str = "", scale: float = 100, unit: str = " points") -> Verdict:
+    """The one rule (RULE). `direction` +1 claims a > b, -1 claims a < b. `margin` makes it a
+    non-inferiority claim: a is not worse than b by more than `margin` (in the claimed direction).
+    `size` is the paper's own gap (positive, in the claimed direction). `blocked` is a reason the
+    comparison cannot decide anything (a failed fairness check, an unconverged run)."""
+    if blocked:
+        return Verdict("undecided", blocked, est)
+    if est.n < 2 or not np.isfinite(est.se):
+        return Verdict("undecided", f"{est.n} seed{'s' if est.n != 1 else ''} per arm gives no interval; "
+                                    "run at least 3 seeds", est)
+    lo, hi = est.interval()
+    # In the claimed direction: the effect is direction * (a - b).
+    lo, hi = (lo, hi) if direction > 0 else (-hi, -lo)
+    mean = direction * est.mean
+    show = lambda x: f"{x * scale:+.2f}{unit}"
+    if est.se == 0 and est.mean == 0:
+        return Verdict("undecided", "the two arms are equal on every seed: the setting changed nothing", est)
+    if margin is not None:
+        null = -abs(margin)
+        if lo > null:
+            return Verdict("holds", f"lower end {show(lo)} above -{abs(margin) * scale:g}{unit}", est)
+        if hi < null:
+            return Verdict("does not hold", f"the whole interval is below -{abs(margin) * scale:g}{unit}", est)
+        return Verdict("undecided", f"the interval reaches below -{abs(margin) * scale:g}{unit}; "
+                                    + _seeds_to_decide(est, mean, null), est)
+    if hi < 0:
+        return Verdict("does not hold", "the interval excludes zero in the opposite direction", est)
+    if size is not None and hi < abs(size):
+        return Verdict("does not hold", f"the interval lies below the paper's gap of {show(abs(size))}", est)
+    if lo > 0:
+        return Verdict("holds", "the interval excludes zero in the claimed direction", est)
+    return Verdict("undecided", "the interval includes zero; " + _seeds_to_decide(est, mean, 0.0), est)
+
+
+def _seeds_to_decide(est: Estimate, mean: float, null: float) -> str:
+    """How many seeds at the observed spread (and mean) would move the interval off `null`."""
+    distance = abs(mean - null)
+    if not np.isfinite(est.sd) or distance == 0:
+        return "no number of seeds decides a mean of exactly that value"
+    for k in range(est.n + 1, MAX_SEEDS + 1):
+        se = math.hypot(est.sd / math.sqrt(k), est.extra_se)
+        if _t_crit(k - 1) * se < distance:
+            return f"about {k} seeds at this spread would decide it"
+    if est.extra_se * _t_crit(MAX_SEEDS) >= distance:
+        return "no number of seeds decides it: the test set's error alone is too large"
+    return f"more than {MAX_SEEDS} seeds at this spread"

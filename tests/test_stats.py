@@ -1,0 +1,94 @@
+"""The one verdict rule (analysis/stats.py), against scipy's own t tests and fabricated frames.
+
+Every family's findings go through stats.verdict, so these are the rule's tests; the last test
+keeps every other analysis module from computing a SEM, an interval or a verdict of its own.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+
+from analysis import stats
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def frame(arms: dict[str, list[float]]) -> pd.DataFrame:
+    """Rows (label, seed, accuracy), seeds 0.. in each arm's order."""
+    return pd.DataFrame([{"label": k, "seed": s, "accuracy": v} for k, vs in arms.items() for s, v in enumerate(vs)])
+
+
+def test_three_seeds_at_t_2_are_undecided_not_holds():
+    # mean 1, SEM 0.5 over 3 seeds: t = 2 on 2 degrees of freedom (p about 0.18). The old
+    # "2 SEM from zero" rule called this holds.
+    d = np.array([0.5, 0.5 + np.sqrt(3) / 2 * 2, 0.0])
+    d = 1.0 + (d - d.mean()) / (d.std(ddof=1) / np.sqrt(3)) * 0.5
+    e = stats.estimate(d)
+    assert e.mean / e.se == pytest.approx(2.0)
+    v = stats.verdict(e, scale=1, unit="")
+    assert v.word == "undecided" and "seeds at this spread would decide it" in v.reason
+    assert e.p() == pytest.approx(scipy_stats.ttest_1samp(d, 0).pvalue)
+
+
+def test_a_paired_effect_that_an_unpaired_sem_would_miss_holds():
+    base = [0.50, 0.70, 0.90]  # seeds differ a lot; the arms differ by about 2 points on each
+    d = frame({"new": [b + g for b, g in zip(base, (0.020, 0.021, 0.019))], "old": base})
+    paired = stats.compare(d, "label", "new", "old")
+    assert paired.paired and stats.verdict(paired).word == "holds"
+    unpaired = stats.difference(d[d.label == "new"].set_index("seed")["accuracy"],
+                                d[d.label == "old"].set_index("seed")["accuracy"].set_axis([7, 8, 9]))
+    assert not unpaired.paired and stats.verdict(unpaired).word == "undecided"
+
+
+def test_intervals_match_scipy():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.8, 0.05, 5), rng.normal(0.75, 0.05, 5)
+    lo, hi = stats.difference(pd.Series(a), pd.Series(b)).interval()
+    ref = scipy_stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert (lo, hi) == pytest.approx((ref.low, ref.high))
+    c = rng.normal(0.7, 0.1, 4)
+    e = stats.difference(pd.Series(a), pd.Series(c, index=range(10, 14)))
+    ref = scipy_stats.ttest_ind(a, c, equal_var=False)
+    assert e.p() == pytest.approx(ref.pvalue) and e.interval() == pytest.approx(tuple(ref.confidence_interval(0.95)))
+
+
+def test_opposite_direction_size_and_margin():
+    worse = stats.estimate([-0.030, -0.028, -0.032])
+    assert stats.verdict(worse).word == "does not hold"
+    assert stats.verdict(worse, direction=-1).word == "holds"
+    small = stats.estimate([0.020, 0.021, 0.019])  # holds as "better", not as "better by 14 points"
+    assert stats.verdict(small).word == "holds"
+    assert stats.verdict(small, size=0.14).word == "does not hold"
+    # Non-inferiority: a loss of 0.5 points with a tight interval keeps accuracy within 1 point...
+    assert stats.verdict(stats.estimate([-0.004, -0.005, -0.006]), margin=0.01).word == "holds"
+    # ...a noisy one does not show it (absence of evidence is not "holds")...
+    assert stats.verdict(stats.estimate([0.01, -0.03, 0.005]), margin=0.01).word == "undecided"
+    # ...and a clear loss of 3 points does not hold.
+    assert stats.verdict(worse, margin=0.01).word == "does not hold"
+
+
+def test_one_seed_identical_arms_and_a_blocked_comparison_are_undecided():
+    assert "at least 3 seeds" in str(stats.verdict(stats.estimate([0.3])))
+    same = frame({"a": [0.5, 0.6, 0.7], "b": [0.5, 0.6, 0.7]})
+    assert "changed nothing" in str(stats.verdict(stats.compare(same, "label", "a", "b")))
+    e = stats.estimate([0.2, 0.21, 0.19])
+    assert str(stats.verdict(e, blocked="a run did not converge")) == "undecided (a run did not converge)"
+
+
+def test_seeds_to_decide_is_where_the_interval_would_clear_zero():
+    e = stats.estimate([0.01, 0.03, -0.01])  # mean 0.01, sd 0.02
+    reason = stats.verdict(e).reason
+    k = int(reason.split("about ")[1].split()[0])
+    crit = lambda n: scipy_stats.t.ppf(0.975, n - 1) * 0.02 / np.sqrt(n)
+    assert crit(k) < 0.01 <= crit(k - 1)
+
+
+def test_fmt_says_one_seed_rather_than_nan():
+    assert stats.fmt(0.5, float("nan")) == "50.00 (1 seed)"
+    assert stats.fmt(0.5, 0.01) == "50.00 ± 1.00" and stats.fmt(float("nan"), 0.1) == ""
