@@ -148,6 +148,7 @@ def cell(values, scale: float = 100, digits: int = 2, count: bool = False) -> st
 # The verdict rule: one for every family
 
 CONFIDENCE = 0.95
+MARGIN = 0.01  # a non-inferiority claim's default margin: one point of accuracy
 MAX_SEEDS = 1000  # beyond this, "what would decide it" says "more than MAX_SEEDS seeds"
 RULE = ("Verdict rule: a claim's difference is estimated over seeds (paired differences of the seeds "
         "both arms share, else Welch's two-sample estimate) with a 95% t interval. It **holds** only "
