@@ -3,12 +3,15 @@ accuracy-against-strength curves, NIW trajectories, findings.
 
 `section(df, out)` is what analysis.report renders for rows whose `family` is "ninr". Tables and
 figures keep apart every configuration column that varies (a column they do not draw is fixed to
-one value and the caption says which); the seeds are what is averaged.
+one value and the caption says which); the seeds are what is averaged. Means, SEMs, intervals and
+verdicts come from analysis/stats.py (its one rule); a regulariser's name is the rows' `label`
+column, which the trial writes from search_spaces/ninr.py.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -50,32 +53,62 @@ def ninr_rows(df: pd.DataFrame) -> pd.DataFrame:
     return d[d["method"] == "ninr"] if "method" in d.columns else d
 
 
-def method_label(r) -> str:
-    """Our name of a row's regulariser, with its strength."""
-    reg = r.get("regularizer")
-    if reg == "ninr":
-        return f"{r.get('placement')}-NINR σ={float(r.get('sigma_eps')):g}"
-    if reg == "cdt":
-        return f"CDT ({float(r.get('cdt_std')):g})"
-    return {"none": "none", "l2": "L2", "dropout": "dropout"}.get(reg, str(reg))
-
-
-def poster_column(label: str, phase: str) -> str | None:
-    """The poster's column for our label: NINR by the phase the runs measured, not by intent."""
-    if "NINR" in label:
-        return f"{label.split('-NINR')[0]}-NINR ({phase})" if phase in ("decay", "catapult") else None
-    return label if label in POSTER["fc"] else None
+def _field_names(d: pd.DataFrame) -> list[str]:
+    """A name for rows without a `label`: their regulariser and the method fields that vary among
+    that regulariser's rows ("regularizer=cdt, cdt_std=0.2"), never a copied table of labels."""
+    if "regularizer" not in d.columns:
+        return ["unlabelled"] * len(d)
+    d = d.reset_index(drop=True)
+    varying = {reg: [c for c in sorted(METHOD_FIELDS - {"regularizer"}) if c in g.columns and g[c].nunique() > 1]
+               for reg, g in d.groupby("regularizer", dropna=False)}
+    show = lambda v: f"{v:g}" if isinstance(v, float) else str(v)
+    return [", ".join([f"regularizer={r['regularizer']}"]
+                      + [f"{c}={show(r[c])}" for c in varying.get(r["regularizer"], [])]) for r in d.to_dict("records")]
 
 
 def _labelled(d: pd.DataFrame) -> pd.DataFrame:
+    """The rows with their `label`: the trial writes it from search_spaces/ninr.py (the one source
+    of the names, "in-NINR σ=10", "CDT (0.2)"). Rows written before that have none; they are named
+    by their fields (_field_names) and unlabelled() counts them for the section to say so."""
     d = d.copy()
-    d["label"] = [method_label(r) for r in d.to_dict("records")]
+    have = d["label"].fillna("").astype(str) if "label" in d.columns else pd.Series("", index=d.index, dtype=object)
+    missing = have.eq("").to_numpy()
+    if missing.any():
+        have = have.to_numpy(dtype=object).copy()
+        have[missing] = _field_names(d[missing])
+    d["label"] = list(have)
     return d
 
 
-def _msem(values) -> tuple[float, float, int]:
-    v = np.asarray(values, dtype=float)
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan"), len(v)
+def unlabelled(df: pd.DataFrame) -> int:
+    """How many NINR-method rows carry no `label` (written before the search space named them)."""
+    d = df[df["method"] == "ninr"] if "method" in df.columns else df
+    if "label" not in d.columns:
+        return len(d)
+    return int(d["label"].fillna("").astype(str).eq("").sum())
+
+
+def _base(g: pd.DataFrame) -> str | None:
+    """The label of the unregularised arm (regularizer "none") among the rows, if exactly one."""
+    if "regularizer" not in g.columns:
+        return "none" if (g["label"] == "none").any() else None
+    labels = g.loc[g["regularizer"] == "none", "label"].unique()
+    return labels[0] if len(labels) == 1 else None
+
+
+def _ninr_arms(g: pd.DataFrame) -> list[str]:
+    if "regularizer" not in g.columns:
+        return []
+    return sorted(g.loc[g["regularizer"] == "ninr", "label"].unique())
+
+
+def poster_column(g: pd.DataFrame, phase: str) -> str | None:
+    """The poster's column for an arm's rows: NINR by its placement and the phase the runs measured
+    (not by intent); the others by their label, which the search space gives the poster's names."""
+    r = g.iloc[0]
+    if r.get("regularizer") == "ninr":
+        return f"{r.get('placement')}-NINR ({phase})" if phase in ("decay", "catapult") else None
+    return r["label"] if r["label"] in POSTER["fc"] else None
 
 
 def _majority(values) -> str:
@@ -85,25 +118,28 @@ def _majority(values) -> str:
 
 def compare_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """The comparison's rows (FC/CNN), of one configuration apart from what the table draws."""
-    d = ninr_rows(df)
+    d = ninr_rows(_labelled(df))  # named over all rows, diverged ones included (_field_names)
     d = d[d["arch"].isin(["fc", "cnn"])] if "arch" in d.columns else d.iloc[0:0]
     if d.empty:
         return d, {}
-    d, fixed = stats.one_setting(d, DRAWN, PREFERRED, KNOWN_CONFIG, IGNORED)
-    return _labelled(d), fixed
+    return stats.one_setting(d, DRAWN, PREFERRED, KNOWN_CONFIG, IGNORED)
+
+
+def _diverged_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """One labelled row per FC/CNN trial that diverged (it has no accuracy to average)."""
+    d = _labelled(df)  # named over all rows, as compare_rows names them
+    if "status" not in d.columns or "arch" not in d.columns:
+        return d.iloc[0:0]
+    d = d[(d["status"] == "diverged") & d["arch"].isin(["fc", "cnn"])]
+    if "method" in d.columns:
+        d = d[d["method"] == "ninr"]
+    return d.drop_duplicates("trial_key") if "trial_key" in d.columns else d
 
 
 def _diverged(df: pd.DataFrame) -> dict:
-    """(label, arch) -> how many FC/CNN trials diverged (they have no accuracy to average)."""
-    if "status" not in df.columns or "arch" not in df.columns:
-        return {}
-    d = df[(df["status"] == "diverged") & df["arch"].isin(["fc", "cnn"])]
-    if "method" in d.columns:
-        d = d[d["method"] == "ninr"]
-    if d.empty:
-        return {}
-    d = _labelled(d)
-    return d.drop_duplicates("trial_key").groupby(["label", "arch"]).size().to_dict()
+    """(label, arch) -> how many FC/CNN trials diverged."""
+    d = _diverged_rows(df)
+    return d.groupby(["label", "arch"]).size().to_dict() if not d.empty else {}
 
 
 def table(df: pd.DataFrame) -> pd.DataFrame:
@@ -116,14 +152,13 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     diverged = _diverged(df)
     cells = {}
     for (label, arch), g in d.groupby(["label", "arch"]):
-        m, s, n = _msem(g["accuracy"])
         phase = _majority(g["measured_phase"]) if "measured_phase" in g.columns else ""
-        text = f"{100 * m:.1f}" + (f" ± {100 * s:.1f}" if not math.isnan(s) else "") + f" (n={n})"
+        text = stats.cell(g["accuracy"], count=True)
         if diverged.get((label, arch)):
             text += f" +{diverged[(label, arch)]} diverged"
         if phase:
             text += f" [{phase}]"
-        col = poster_column(label, phase)
+        col = poster_column(g, phase)
         if col and not protocol_differences(g, POSTER_PROTOCOL) and arch in POSTER:
             pm, ps = POSTER[arch][col]
             text += f" (poster {pm} ± {ps})"
@@ -134,6 +169,48 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     t.index.name = "regulariser"
     t.attrs["fixed"] = fixed
     return t
+
+
+def gain_table(df: pd.DataFrame, arms: str = "ninr") -> pd.DataFrame:
+    """The robustness gain over the unregularised arm per (arch, regulariser, corruption, strength)
+    cell: each seed's accuracy minus none's on the same seed, with its 95% interval and p (one
+    cell each, never a band of strengths). `arms` is "ninr" (the NINR arms) or "all"."""
+    d, fixed = compare_rows(df)
+    d = d[d["corruption"] != "clean"] if not d.empty else d
+    out = []
+    for arch, g in d.groupby("arch"):
+        base = _base(g)
+        if base is None:
+            continue
+        labels = _ninr_arms(g) if arms == "ninr" else sorted(set(g["label"]) - {base})
+        for label in labels:
+            pair = g[g["label"].isin([label, base])]
+            for (corruption, strength), cell_rows in pair.groupby(["corruption", "strength"]):
+                est = stats.compare(cell_rows, "label", label, base)
+                out.append({"arch": arch, "regulariser": label, "corruption": corruption, "strength": strength,
+                            f"gain over {base}": est.text()})
+    t = pd.DataFrame(out)
+    t.attrs["fixed"] = fixed
+    return t
+
+
+def _number(values, sig: int = 3) -> str:
+    """Mean ± SEM over seeds (stats.fmt) of a measurement whose size varies by orders of magnitude,
+    the mean to `sig` significant digits and the SEM to two; scientific below 1e-3 and above 1e4;
+    the non-finite are counted."""
+    v = np.asarray(values, dtype=float)
+    bad = int((~np.isfinite(v)).sum())
+    m, s, n = stats.mean_sem(v)
+    note = f" ({bad} non-finite)" if bad else ""
+    if not n:
+        return "n/a" + note
+    if m == 0 or 1e-3 <= abs(m) < 1e4:
+        digits = 0 if m == 0 else max(0, min(8, sig - 1 - math.floor(math.log10(abs(m)))))
+        if np.isfinite(s) and s > 0:  # and the SEM to two significant digits
+            digits = max(digits, min(8, 1 - math.floor(math.log10(s))))
+        return stats.fmt(m, s, scale=1, digits=digits) + note
+    # stats.fmt's form, with the mean in scientific notation
+    return f"{m:.{sig - 1}e}" + (f" ± {s:.1e}" if np.isfinite(s) else " (1 seed)") + note
 
 
 def phase_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -156,14 +233,13 @@ def curvature_per_noise(rows: pd.DataFrame) -> float:
     return float(h.median()) if len(h) else float("nan")
 
 
-def phase_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (arch, sigma_eps, lr): the measured phase (most common over seeds), the predicted one,
-    lr * lambda at step 0, and the final training loss. A diverged run has no lambda of its own:
-    its prediction uses lr * sigma^2 * h, h the arch's median lambda / sigma^2 ("lambda from")."""
+def _phase_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The phase study's runs (linear_toy, mlp3), a diverged run's lr * lambda filled in from the
+    arch's median curvature per noise, and each run's NIW norm ratio final/initial."""
     d = phase_rows(df)
     d = d[d["arch"].isin(["linear_toy", "mlp3"])] if not d.empty else d
     if d.empty:
-        return pd.DataFrame()
+        return d
     d = d.copy()
     d["lambda_from"] = np.where(d["eta_lambda"].notna(), "run", "median h")
     for arch, rows in d.groupby("arch"):
@@ -172,10 +248,33 @@ def phase_table(df: pd.DataFrame) -> pd.DataFrame:
         d.loc[miss, "eta_lambda"] = d.loc[miss, "lr"] * d.loc[miss, "sigma_eps"].astype(float) ** 2 * h
         d.loc[miss, "predicted_phase"] = ["catapult" if abs(1 - v) >= 1 else ("n/a" if np.isnan(v) else "decay")
                                           for v in d.loc[miss, "eta_lambda"]]
+    d["niw_ratio"] = d["niw_norm_final"] / d["niw_norm_init"]
+    return d
+
+
+def phase_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (arch, sigma_eps, lr): the measured phase (most common over seeds), the predicted one,
+    lr * lambda at step 0, the NIW norm's final/initial ratio and the final training loss (NINR's
+    own: the mean over the last 10% of steps), each mean ± SEM over seeds, rounded (_number). A
+    diverged run has no lambda of its own: its prediction uses lr * sigma^2 * h, h the arch's
+    median lambda / sigma^2 ("lambda from"). phase_values() gives the unrounded means."""
+    d = _phase_runs(df)
+    if d.empty:
+        return pd.DataFrame()
     g = d.groupby(["arch", "sigma_eps", "lr"])
     return pd.DataFrame({"measured": g["measured_phase"].agg(_majority), "predicted": g["predicted_phase"].agg(_majority),
-                         "lr*lambda": g["eta_lambda"].mean(), "lambda from": g["lambda_from"].agg(_majority),
-                         "NIW norm final/initial": (g["niw_norm_final"].mean() / g["niw_norm_init"].mean()),
+                         "lr*lambda": g["eta_lambda"].agg(_number), "lambda from": g["lambda_from"].agg(_majority),
+                         "NIW norm final/initial": g["niw_ratio"].agg(_number),
+                         "final loss": g["final_loss"].agg(_number), "seeds": g["seed"].nunique()}).reset_index()
+
+
+def phase_values(df: pd.DataFrame) -> pd.DataFrame:
+    """phase_table's measurements unrounded: the mean over seeds per (arch, sigma_eps, lr)."""
+    d = _phase_runs(df)
+    if d.empty:
+        return pd.DataFrame()
+    g = d.groupby(["arch", "sigma_eps", "lr"])
+    return pd.DataFrame({"lr*lambda": g["eta_lambda"].mean(), "NIW norm final/initial": g["niw_ratio"].mean(),
                          "final loss": g["final_loss"].mean(), "seeds": g["seed"].nunique()}).reset_index()
 
 
@@ -288,30 +387,47 @@ FIGURES = {"phase_diagram": phase_diagram, "robustness": robustness, "niw_trajec
 # Findings
 
 
-def _verdict(diff: float, se: float, claim_positive: bool = True) -> str:
-    if math.isnan(se):
-        return "undecided (one seed: no SEM)"
-    if abs(diff) <= 2 * se:
-        return f"undecided (within 2 SEM = {200 * se:.2f} points)"
-    return "holds" if (diff > 0) == claim_positive else "does not hold"
-
-
-def _paired(g: pd.DataFrame, a: str, b: str, corruptions) -> tuple[float, float, int]:
-    """Mean over seeds of (accuracy of a - accuracy of b), averaged over `corruptions` and their
-    strengths seed by seed, with its SEM over seeds."""
-    rows = g[g["corruption"].isin(corruptions)]
+def _band_gains(g: pd.DataFrame, label: str, base: str, corruptions) -> tuple[pd.Series, stats.Estimate]:
+    """Per seed: the arm's accuracy minus the base arm's, each averaged over `corruptions` and
+    their strengths within the seed (a band by construction: the claim compares kinds of noise);
+    and its paired estimate over the seeds both arms share."""
+    rows = g[g["corruption"].isin(corruptions) & g["label"].isin([label, base])]
     per = rows.groupby(["label", "seed"])["accuracy"].mean().unstack("label")
-    if a not in per.columns or b not in per.columns:
-        return float("nan"), float("nan"), 0
-    diff = (per[a] - per[b]).dropna()
-    if diff.empty:
-        return float("nan"), float("nan"), 0
-    return _msem(diff)
+    if label not in per.columns or base not in per.columns:
+        return pd.Series(dtype=float), stats.estimate([])
+    return (per[label] - per[base]).dropna(), stats.difference(per[label], per[base])
 
 
-def findings(df: pd.DataFrame) -> list[str]:
-    """Convergence, the phases against the boundary, 'NINR keeps clean accuracy', and 'NINR gains
-    most under unstructured noise', each with numbers and a verdict."""
+def _both(gain: stats.Verdict, gap: stats.Verdict) -> str:
+    """'Gains most under unstructured noise' needs a gain there and a larger one than under
+    structured corruption: both parts by the rule, the claim's word from the two."""
+    if gain.word == "does not hold":
+        return f"does not hold (no gain under unstructured noise: {gain.reason})"
+    if gap.word == "does not hold":
+        return f"does not hold (the gain under unstructured noise is not the larger: {gap.reason})"
+    if gain.holds and gap.holds:
+        return "holds (both intervals exclude zero in the claimed direction)"
+    return f"undecided (gain under unstructured noise: {gain}; unstructured minus structured: {gap})"
+
+
+def _at_chance(base: pd.DataFrame) -> str:
+    """Why nothing can be kept or gained: the unregularised arm's clean accuracy is not above
+    chance by the rule (over two seeds or more); "" when it is, or when chance is not known."""
+    if "num_classes" not in base.columns or base["seed"].nunique() < 2:
+        return ""
+    chance = 1 / float(base["num_classes"].iloc[0])
+    per_seed = base.groupby("seed")["accuracy"].mean() - chance
+    if stats.verdict(stats.estimate(per_seed.to_numpy())).holds:
+        return ""
+    return (f"the unregularised arm's clean accuracy {stats.cell(base['accuracy'])}% is not above chance "
+            f"({100 * chance:.0f}%) by the rule: there is no accuracy to keep or gain")
+
+
+def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
+    """Convergence, the phases against the boundary, 'NINR keeps clean accuracy' (non-inferiority
+    to the unregularised arm within `margin`, stats.MARGIN by default), and 'NINR gains most under
+    unstructured noise' (paired per seed), each with its estimate, interval and verdict
+    (analysis/stats.py)."""
     out: list[str] = []
     t = phase_table(df)
     if not t.empty:
@@ -320,61 +436,91 @@ def findings(df: pd.DataFrame) -> list[str]:
             agree = sum(agrees(m, p) for m, p in zip(scored["measured"], scored["predicted"]))
             counts = ", ".join(f"{k} {v}" for k, v in g["measured"].value_counts().items())
             out.append(f"[{arch}] Phases measured over {len(g)} (sigma_eps, lr) cells: {counts}. The measured phase "
-                       f"agrees with the stability prediction in {agree} of {len(scored)} cells.")
+                       f"agrees with the stability prediction in {agree} of {len(scored)} cells (a count of "
+                       "cells, not a test over seeds).")
+    missing = unlabelled(df)
+    if missing:
+        out.append(f"{missing} rows carry no `label` column (written before search_spaces/ninr.py named the "
+                   "regularisers): their arms are named by their fields here (\"regularizer=cdt, cdt_std=0.2\"), "
+                   "and only NINR's are matched to a poster column (by placement and phase).")
     d, fixed = compare_rows(df)
     if d.empty:
         return out
     note = f" ({fixed_text(fixed)})" if fixed else ""
     diverged = _diverged(df)
+    points = f"{100 * margin:g} point{'s' if 100 * margin != 1 else ''}"
     for arch, g in d.groupby("arch"):
         clean = g[g["corruption"] == "clean"]
         where = f"[{arch}{note}]"
-        base = clean[clean["label"] == "none"]
-        if base.empty:
+        base = _base(clean)
+        if base is None:
             continue
-        b, bs, bn = _msem(base["accuracy"])
-        loss_ok = (base["final_loss"] < base["initial_loss"]).all()
-        out.append(f"{where} Converged: unregularised clean accuracy {100 * b:.1f} ± {100 * bs:.1f}% over {bn} seeds "
-                   f"(chance {100 / base['num_classes'].iloc[0]:.0f}%); final training loss below the first in "
-                   f"{'every' if loss_ok else 'not every'} run.")
-        for label in sorted(l for l in clean["label"].unique() if "NINR" in l):
+        rows0 = clean[clean["label"] == base]
+        loss = ""
+        if {"final_loss", "initial_loss"} <= set(rows0.columns):
+            below = (rows0["final_loss"] < rows0["initial_loss"]).all()
+            loss = (f"; final training loss (mean over the last 10% of steps) below the initial one (mean over the "
+                    f"first 10%) in {'every' if below else 'not every'} run")
+        chance = f" (chance {100 / rows0['num_classes'].iloc[0]:.0f}%)" if "num_classes" in rows0.columns else ""
+        out.append(f"{where} Converged: unregularised clean accuracy {stats.cell(rows0['accuracy'])}% over "
+                   f"{rows0['seed'].nunique()} seeds{chance}{loss}.")
+        blocked = _at_chance(rows0)
+        gone = _diverged_rows(df)
+        gone = (gone[(gone["arch"] == arch) & (gone["regularizer"] == "ninr")] if "regularizer" in gone.columns
+                else gone.iloc[0:0])
+        for label in sorted(set(_ninr_arms(clean)) | set(gone["label"])):
             rows = clean[clean["label"] == label]
-            m, s, n = _msem(rows["accuracy"])
-            diff = m - b
-            se = math.hypot(s, bs) if not (math.isnan(s) or math.isnan(bs)) else float("nan")
-            keeps = "holds" if not math.isnan(se) and diff >= -2 * se else _verdict(diff, se)
-            if math.isnan(se):
-                keeps = "undecided (one seed: no SEM)"
+            if rows.empty:  # every trial of the arm diverged
+                lost = diverged.get((label, arch), 0)
+                out.append(f"{where} {label} keeps clean accuracy? Not worse than {base} by more than {points}: "
+                           f"does not hold ({lost} of {lost} trials diverged).")
+                continue
+            est = stats.compare(clean, "label", label, base)
+            keeps = str(stats.verdict(est, margin=margin, blocked=blocked))
             lost = diverged.get((label, arch), 0)
             if lost:
-                keeps = f"does not hold ({lost} of {n + lost} trials diverged; the rest: {keeps})"
-            out.append(f"{where} {label} [{_majority(rows['measured_phase'])}] keeps clean accuracy? "
-                       f"{100 * m:.1f} ± {100 * s:.1f}% vs none {100 * b:.1f} ± {100 * bs:.1f}% "
-                       f"({100 * diff:+.1f} points): {keeps}.")
-            un = _paired(g, label, "none", UNSTRUCTURED)
-            st = _paired(g, label, "none", STRUCTURED)
-            if un[2] and st[2]:
-                gap_diff = un[0] - st[0]
-                gap_se = math.hypot(un[1], st[1]) if not (math.isnan(un[1]) or math.isnan(st[1])) else float("nan")
-                out.append(f"{where} {label} gains most under unstructured noise? Gain over none, mean over "
-                           f"strengths: Gaussian/impulse {100 * un[0]:+.1f} ± {100 * un[1]:.1f} points, "
-                           f"blur/contrast/rotation {100 * st[0]:+.1f} ± {100 * st[1]:.1f} points: "
-                           f"{_verdict(gap_diff, gap_se) if un[0] > 0 or math.isnan(gap_se) else 'does not hold (no gain under unstructured noise)'}.")
+                keeps = f"does not hold ({lost} of {rows['seed'].nunique() + lost} trials diverged; the rest: {keeps})"
+            phase = _majority(rows["measured_phase"]) if "measured_phase" in rows.columns else ""
+            out.append(f"{where} {label} [{phase}] keeps clean accuracy? Not worse than {base} by more than {points}: "
+                       f"{stats.cell(rows['accuracy'])}% vs {stats.cell(rows0['accuracy'])}%, difference "
+                       f"{est.text()}: {keeps}.")
+            un, un_est = _band_gains(g, label, base, UNSTRUCTURED)
+            st, st_est = _band_gains(g, label, base, STRUCTURED)
+            if un.empty or st.empty:
+                continue
+            gap = (un - st).dropna()
+            gap_est = replace(stats.estimate(gap.to_numpy()), paired=True)
+            out.append(f"{where} {label} gains most under unstructured noise? Gain over {base}, each seed's mean over "
+                       f"the strengths of a kind (per cell: the gain table): Gaussian/impulse {un_est.text()}; "
+                       f"blur/contrast/rotation {st_est.text()}; unstructured minus structured, paired per seed: "
+                       f"{gap_est.text()}: "
+                       + (f"undecided ({blocked})." if blocked else
+                          f"{_both(stats.verdict(un_est), stats.verdict(gap_est))}."))
     return out
 
 
 def section(df: pd.DataFrame, out) -> dict:
     """The report section of this family's rows: phase table and diagram, the comparison table,
-    robustness curves, NIW trajectories, findings."""
+    the gain over none per corruption and strength, robustness curves, NIW trajectories, findings."""
     tables_ = []
     t = phase_table(df)
     if not t.empty:
-        tables_.append(("Phase study: measured and predicted phase per (arch, sigma_eps, lr)", t))
+        tables_.append(("Phase study: measured and predicted phase per (arch, sigma_eps, lr); lr*lambda, NIW norm "
+                        "ratio and final loss (mean over the last 10% of steps) as mean ± SEM over seeds", t))
     c = table(df)
+    missing = unlabelled(df)
+    unnamed = (f"; {missing} rows have no `label` column (written before the search space named the "
+               "regularisers): named by their fields, only NINR's matched to a poster column") if missing else ""
     if not c.empty:
         fixed = fixed_text(c.attrs.get("fixed", {}))
         tables_.append(("Clean test accuracy % (mean ± SEM over seeds, [measured NINR phase]); the poster's value "
-                        "only where the protocol matches" + (f"; {fixed}" if fixed else ""), c.reset_index()))
+                        "only where the protocol matches" + (f"; {fixed}" if fixed else "") + unnamed, c.reset_index()))
+    gains = gain_table(df)
+    if not gains.empty:
+        fixed = fixed_text(gains.attrs.get("fixed", {}))
+        tables_.append(("Gain over none per corruption and strength (accuracy points, each seed paired with none's "
+                        "same seed; 95% t interval and p per cell, no band average)" + (f"; {fixed}" if fixed else ""),
+                        gains))
     made, skipped = draw(FIGURES, df, out)
     return {"title": "Noise injection node regularisation (noise-injection-nodes)", "tables": tables_,
             "figures": made, "skipped": skipped, "findings": findings(df)}

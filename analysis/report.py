@@ -1,18 +1,28 @@
 """`python -m analysis.report RESULTS [--out DIR]`: report.md plus a self-contained report.html.
 
 One section per method family present in the rows (their `family` column): a family with a
-module `analysis/<family>.py` (FAMILY and section()) gets its figures, tables and findings; any
-other gets the generic section (row counts, metric by configuration, per-seed spread). A section
-that fails says why in the report and the others still render. Works on partial results: figures
-whose data is absent are left out and listed as such.
+registered analysis module (FAMILY and section()) gets its figures, tables and findings; any other
+gets the generic section (row counts, metric by configuration, per-seed spread). A section that
+fails says why in the report and the others still render. Works on partial results: figures whose
+data is absent are left out and listed as such.
+
+Analysis modules are registered, never guessed from a family's name: the `noisetune.analysis`
+entry points of every installed distribution (family name -> module; this project's in its
+pyproject.toml), then the NOISETUNE_PLUGINS modules (not installed) whose source assigns
+`FAMILY = "<family>"` at top level. That source is read, not imported (the other plugin modules
+import the tuner side), and a module is imported only when its family has rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import base64
 import html
 import importlib
+import importlib.machinery
+import importlib.metadata
+import os
 import re
 import sys
 import traceback
@@ -21,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import generic
+from analysis import generic, stats
 from analysis.load import load
 from analysis.tables import to_markdown
 
@@ -49,35 +59,104 @@ def metadata(df) -> dict[str, str]:
     return meta
 
 
-def family_module(family: str):
-    """analysis.<family> if it is a family module (FAMILY == family and a section()), else None."""
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", family):
-        return None
+GROUP = "noisetune.analysis"  # entry-point group: family name -> module with FAMILY and section()
+DISTRIBUTION = "noisetune"
+PLUGINS_ENV = "NOISETUNE_PLUGINS"
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name or "").lower()
+
+
+def _entries() -> list:
+    """GROUP's entry points, each distribution's from the first copy of its metadata on sys.path
+    that declares any (a stale `noisetune.egg-info` in the source tree may declare none)."""
+    entries, seen = [], set()
+    for dist in importlib.metadata.distributions():
+        found = [] if _normal(dist.name) in seen else list(dist.entry_points.select(group=GROUP))
+        if found:
+            seen.add(_normal(dist.name))
+            entries += found
+    return sorted(entries, key=lambda e: _normal(e.dist.name) != DISTRIBUTION)
+
+
+def _source(module: str) -> Path | None:
+    """The .py file of a module, found on sys.path without importing it or its packages."""
+    parts, path, spec = module.split("."), None, None
+    for i in range(len(parts)):
+        try:  # path: the parent package's folders (sys.path for the first part)
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:i + 1]), path)
+        except (ImportError, ValueError):
+            return None
+        path = spec and spec.submodule_search_locations
+        if spec is None or (path is None and i < len(parts) - 1):
+            return None
+    return Path(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
+
+
+def declared_family(module: str) -> str | None:
+    """The string a module's source assigns to FAMILY at top level, read without importing it."""
+    source = _source(module)
     try:
-        module = importlib.import_module(f"analysis.{family}")
-    except ModuleNotFoundError:
+        tree = ast.parse(source.read_text()) if source else None
+    except (OSError, SyntaxError, ValueError):
         return None
-    return module if getattr(module, "FAMILY", None) == family and hasattr(module, "section") else None
+    for node in tree.body if tree else []:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "FAMILY" for t in node.targets) \
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            return node.value.value
+    return None
+
+
+def analysis_modules() -> dict[str, list[str]]:
+    """family -> the modules registered for its section (more than one is refused when it renders)."""
+    found: dict[str, list[str]] = {}
+    entries = _entries()
+    for entry in entries:
+        found.setdefault(entry.name, []).append(entry.module)
+    if not any(_normal(e.dist.name) == DISTRIBUTION for e in entries):
+        print(f"warning: no {GROUP!r} entry points of {DISTRIBUTION!r}: every family gets the generic "
+              f"section; run `pip install -e .` in the repository", file=sys.stderr)
+    for name in (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",")):
+        family = declared_family(name) if name else None
+        if family is not None and name not in found.get(family, []):
+            found.setdefault(family, []).append(name)
+    return found
+
+
+def family_module(family: str, registered: list[str]):
+    """The analysis module registered for `family` (imported now), checked: FAMILY == family and a
+    section(); None if none is registered; an error (the section then says why) otherwise."""
+    if not registered:
+        return None
+    if len(registered) > 1:
+        raise ValueError(f"family {family!r} has {len(registered)} analysis modules registered "
+                         f"({', '.join(registered)}); allowed: one")
+    module = importlib.import_module(registered[0])
+    if getattr(module, "FAMILY", None) != family or not callable(getattr(module, "section", None)):
+        raise ValueError(f"{registered[0]} is registered for family {family!r} but has "
+                         f"FAMILY={getattr(module, 'FAMILY', None)!r}; allowed: FAMILY = {family!r} and a section()")
+    return module
 
 
 def sections(df: pd.DataFrame, out: Path) -> list[dict]:
     """One rendered section per family in the rows; a failing one carries its error instead."""
     labels = df["family"].astype("string").fillna(UNLABELLED) if "family" in df.columns else \
         pd.Series(UNLABELLED, index=df.index)
-    result = []
+    result, registered = [], analysis_modules()
     for family in sorted(labels.unique()) or [UNLABELLED]:
         rows = df[labels == family].reset_index(drop=True)
         rows.attrs = dict(df.attrs)
-        module = family_module(family)
-        name = module.__name__ if module else "analysis.generic"
+        names = registered.get(family, [])
         try:
+            module = family_module(family, names)
             section = (module or generic).section(rows, out)
         except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
             section = {"tables": [], "figures": [], "skipped": [], "findings": [],
                        "error": f"{type(exc).__name__}: {exc}",
                        "trace": traceback.format_exc(limit=3)}
         section["title"] = f"Family {family}" + (f": {section['title']}" if section.get("title") else "")
-        section["source"] = name if module else f"{name} (no analysis/{family}.py)"
+        section["source"] = ", ".join(names) or f"analysis.generic (no analysis module registered for {family})"
         section["rows"] = len(rows)
         result.append(section)
     return result
@@ -120,6 +199,9 @@ def build(results, out, title: str | None = None) -> dict:
 
     md = [f"# {title}", "", f"Source: `{results}`", "", "## Run metadata", ""]
     md += [f"- **{k}**: {v}" for k, v in meta.items()]
+    decided = any(s["findings"] for s in parts)  # the rule, once, wherever a claim is judged
+    if decided:
+        md += ["", "## How a verdict is decided", "", stats.RULE]
     for s in parts:
         md += ["", f"## {s['title']}", "", f"{s['rows']} rows, rendered by `{s['source']}`.", ""]
         if s.get("error"):
@@ -142,6 +224,9 @@ def build(results, out, title: str | None = None) -> dict:
          f"<h1>{esc(title)}</h1><p>Source: <code>{esc(str(results))}</code></p><h2>Run metadata</h2><ul>"]
     h += [f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in meta.items()]
     h.append("</ul>")
+    if decided:
+        rule = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", esc(stats.RULE))
+        h.append(f"<h2>How a verdict is decided</h2><p>{rule}</p>")
     for s in parts:
         h.append(f"<h2>{esc(s['title'])}</h2><p>{s['rows']} rows, rendered by <code>{esc(s['source'])}</code>.</p>")
         if s.get("error"):

@@ -1,19 +1,27 @@
-"""The SE-SNN family's analysis (se-snn): label-noise table and curves (Fig. 3a), FGS curves
-(Fig. 2a), the omega x margin map (App. B.1), the entropy of flipped samples, findings.
+"""The SE-SNN family's analysis (se-snn): label-noise table and curves (Fig. 3a), FGS curves and
+a per-eps table (Fig. 2a), the omega x margin map (App. B.1), the entropy of flipped samples,
+findings.
 
 `section(df, out)` is what analysis.report renders for rows whose `family` is "sesnn". Tables and
 figures keep apart every configuration column that varies; one they do not draw is fixed to one
-value and the caption says which. The seeds are what is averaged. A verdict needs converged
-training (in every run it reads, the last 20% of epochs gave less than CONVERGED_SHARE of the
-run's whole loss decrease: `loss_tail_share`) and a paired difference over seeds beyond 2 SEM;
-otherwise it says "undecided", with numbers.
+value and the caption says which. The seeds are what is averaged. Every mean, SEM, interval and
+verdict comes from analysis.stats (stats.RULE): a claim holds only when the 95% t interval of its
+paired difference over seeds excludes zero in the claimed direction; a "matches" claim is a
+non-inferiority claim with a stated margin; a claim over a curve (accuracy against eps) is tested
+per eps. A verdict is also blocked ("undecided") unless training converged (in every run it reads,
+the last 20% of epochs gave less than CONVERGED_SHARE of the run's whole loss decrease:
+`loss_tail_share`).
+
+Method names ("SE-SNN", "SE-SNN+Forward", ...) are the rows' `label` column, which the trial writes
+from the experiment's Space(label=...): search_spaces/sesnn.py is their one source. Rows written
+before the trial recorded labels have none; the section says so, names those methods by their
+model and loss fields, and tests no claim that names a method.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
 from analysis import stats
@@ -38,16 +46,14 @@ DEFENCE_PREFERRED = {"hidden": "[1024, 1024, 256]", "label_noise": 0.0, "test_mo
 MARGIN_DRAWN = {"omega", "margin"}
 MARGIN_PREFERRED = {"model": "sesnn", "loss": "ce", "label_noise": 0.4, "attack": "none", "eps": 0.0}
 
-LABELS = {("deterministic", "ce"): "Baseline", ("deterministic", "bootstrap_hard"): "Bootstrap-hard",
-          ("deterministic", "bootstrap_soft"): "Bootstrap-soft", ("deterministic", "forward"): "Forward",
-          ("sesnn", "ce"): "SE-SNN", ("sesnn", "forward"): "SE-SNN+Forward", ("vib", "ce"): "Deep VIB"}
-ORDER = list(LABELS.values())
+# The methods the paper's claims name, as the rows' `label` column spells them (search_spaces/sesnn.py
+# gives the labels; tests/test_sesnn.py checks these names are among them).
+SESNN, SESNN_FORWARD, BASELINE, FORWARD, VIB = "SE-SNN", "SE-SNN+Forward", "Baseline", "Forward", "Deep VIB"
 
 # The paper's MNIST label-noise anchor (%, App. B.2 and Fig. 3a): 40% patterned noise.
 ANCHOR_NOISE = 0.4
-ANCHORS = {"SE-SNN": 95.17, "Baseline": 81.04}
+ANCHORS = {SESNN: 95.17, BASELINE: 81.04}
 PAPER_PROTOCOL = {"dataset": "mnist", "image_size": 28, "channels": 1, "hidden": "[128, 128]"}
-LARGE_EPS = 0.3  # "the advantage of SE-SNN is particularly pronounced when the attack magnitude is large"
 
 
 def sesnn_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -55,14 +61,29 @@ def sesnn_rows(df: pd.DataFrame) -> pd.DataFrame:
     return d[d["method"] == "sesnn"] if "method" in d.columns else d
 
 
-def method_label(model, loss) -> str:
-    return LABELS.get((model, loss), f"{model}+{loss}")
+def unlabelled(d: pd.DataFrame) -> int:
+    """How many rows carry no method label (written before the trial recorded `label`)."""
+    if "label" not in d.columns:
+        return len(d)
+    given = d["label"].astype("string")
+    return int((given.isna() | (given.str.len() == 0)).sum())
 
 
 def _labelled(d: pd.DataFrame) -> pd.DataFrame:
+    """The rows with their method name in `label`: the rows' own label; where there is none, the
+    model and loss fields ("sesnn+ce"), never a name copied from the search space. A label whose
+    rows differ in model or loss (a --set of either) is split and says which."""
     d = d.copy()
-    d["label"] = [method_label(m, l) for m, l in zip(d["model"], d["loss"])]
+    raw = d["model"].astype(str) + "+" + (d["loss"].astype(str) if "loss" in d.columns else "?")
+    given = d["label"].astype("string") if "label" in d.columns else pd.Series(pd.NA, index=d.index, dtype="string")
+    name = given.where((given.str.len() > 0).fillna(False)).fillna(raw).astype(str)
+    mixed = raw.groupby(name).transform("nunique") > 1
+    d["label"] = name.where(~mixed, name + " (" + raw + ")")
     return d
+
+
+def _order(labels) -> list[str]:
+    return sorted(labels, key=lambda k: ("SE-SNN" in k, k))
 
 
 def _select(df: pd.DataFrame, drawn: set, preferred: dict) -> tuple[pd.DataFrame, dict]:
@@ -97,19 +118,6 @@ def margin_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     return _select(df, MARGIN_DRAWN, MARGIN_PREFERRED)
 
 
-def _msem(values) -> tuple[float, float, int]:
-    v = np.asarray(values, dtype=float)
-    v = v[~np.isnan(v)]
-    if not len(v):
-        return float("nan"), float("nan"), 0
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan"), len(v)
-
-
-def _cell(values) -> str:
-    m, s, n = _msem(values)
-    return f"{100 * m:.1f}" + (f" ± {100 * s:.1f}" if not math.isnan(s) else "") + f" (n={n})"
-
-
 def label_noise_table(df: pd.DataFrame) -> pd.DataFrame:
     """Clean test accuracy % per method (rows) and label-noise strength (columns), mean ± SEM over
     seeds; the paper's 40% anchors in brackets where the protocol matches."""
@@ -119,12 +127,12 @@ def label_noise_table(df: pd.DataFrame) -> pd.DataFrame:
     comparable = not protocol_differences(d, PAPER_PROTOCOL)
     cells: dict = {}
     for (label, p), g in d.groupby(["label", "label_noise"]):
-        text = _cell(g["accuracy"])
+        text = stats.cell(g["accuracy"], count=True)
         if comparable and abs(p - ANCHOR_NOISE) < 1e-9 and label in ANCHORS:
             text += f" (paper {ANCHORS[label]})"
         cells.setdefault(label, {})[f"{100 * p:g}%"] = text
     t = pd.DataFrame(cells).T
-    t = t.loc[sorted(t.index, key=lambda k: (ORDER.index(k) if k in ORDER else len(ORDER), k))]
+    t = t.loc[_order(t.index)]
     t = t[sorted(t.columns, key=lambda c: float(c[:-1]))]
     t.index.name = "method"
     t.attrs["fixed"] = fixed
@@ -216,14 +224,6 @@ FIGURES = {"label_noise_curves": label_noise_curves, "entropy_of_flipped": entro
 # Findings
 
 
-def _paired(d: pd.DataFrame, a: str, b: str, column: str = "accuracy") -> tuple[float, float, int]:
-    """Mean over seeds of (a - b) of `column` (each seed's rows averaged first), with its SEM."""
-    per = d.groupby(["label", "seed"])[column].mean().unstack("label")
-    if a not in per.columns or b not in per.columns:
-        return float("nan"), float("nan"), 0
-    return _msem((per[a] - per[b]).dropna())
-
-
 def _tails(d: pd.DataFrame) -> pd.Series:
     runs = d.drop_duplicates("trial_key") if "trial_key" in d.columns else d
     return runs["loss_tail_share"].astype(float)
@@ -240,33 +240,33 @@ def unconverged(d: pd.DataFrame) -> str:
         f"not converged: the last 20% of epochs still gave up to {100 * worst:.1f}% of a run's loss decrease"
 
 
-def verdict(diff: float, se: float, n: int, why_not: str = "", accuracy: bool = True) -> str:
-    """holds / does not hold beyond 2 SEM of a paired difference over seeds, else undecided."""
-    if why_not:
-        return f"undecided ({why_not})"
-    if n < 2 or math.isnan(se):
-        return "undecided (one seed: no SEM)"
-    if abs(diff) <= 2 * se:
-        return f"undecided (within 2 SEM = {f'{200 * se:.2f} points' if accuracy else f'{2 * se:.3f}'})"
-    return "holds" if diff > 0 else "does not hold"
+def _compare(d: pd.DataFrame, a: str, b: str) -> stats.Estimate:
+    """a - b of accuracy over seeds (paired on shared seeds; each seed's rows of an arm averaged)."""
+    return stats.compare(d, "label", a, b)
 
 
-def _diff_text(diff, se, n) -> str:
-    return f"{100 * diff:+.1f} ± {100 * se:.1f} points over {n} seeds"
+def _unconverged_arms(d: pd.DataFrame, a: str, b: str) -> str:
+    return unconverged(d[d["label"].isin([a, b])])
 
 
-def label_noise_findings(df: pd.DataFrame) -> list[str]:
+def _points(margin: float) -> str:
+    return f"{100 * margin:g} point{'s' if 100 * margin != 1 else ''}"
+
+
+def label_noise_findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
+    """The label-noise claims, each with its estimate and verdict. `margin`: the non-inferiority
+    margin of "SE-SNN matches or beats Forward" at small noise (accuracy, 0.01 = one point)."""
     d, fixed = label_noise_rows(df)
     if d.empty:
         return []
     note = f" ({fixed_text(fixed)})" if fixed else ""
     out = []
-    clean = d[(d["label"] == "Baseline") & (d["label_noise"] == 0)]
+    clean = d[(d["label"] == BASELINE) & (d["label_noise"] == 0)]
     if not clean.empty:
-        m, s, n = _msem(clean["accuracy"])
+        m, s, n = stats.mean_sem(clean["accuracy"])
         tail = _tails(d)
         fell = (d["final_loss"] < d["initial_loss"]).all()
-        out.append(f"[label noise{note}] Training: Baseline on clean labels {100 * m:.1f} ± {100 * s:.1f}% over {n} "
+        out.append(f"[label noise{note}] Training: Baseline on clean labels {stats.fmt(m, s)}% over {n} "
                    f"seeds (chance {100 / clean['num_classes'].iloc[0]:.0f}%); final training loss below the first "
                    f"in {'every' if fell else 'not every'} run; share of a run's loss decrease in its last 20% of "
                    f"epochs: median {100 * tail.median():.1f}%, largest {100 * tail.abs().max():.1f}% "
@@ -274,46 +274,119 @@ def label_noise_findings(df: pd.DataFrame) -> list[str]:
     levels = sorted(d["label_noise"].unique())
     at = ANCHOR_NOISE if ANCHOR_NOISE in levels else max(levels)
     g = d[d["label_noise"] == at]
-    if {"SE-SNN", "Baseline"} <= set(g["label"]):
-        diff, se, n = _paired(g, "SE-SNN", "Baseline")
-        why = unconverged(g[g["label"].isin(["SE-SNN", "Baseline"])])
-        paper = f"; the paper: {ANCHORS['SE-SNN']}% vs {ANCHORS['Baseline']}% on MNIST" if at == ANCHOR_NOISE else ""
-        out.append(f"[label noise{note}] SE-SNN beats Baseline under {100 * at:g}% label noise? "
-                   f"{_diff_text(diff, se, n)}{paper}: {verdict(diff, se, n, why)}.")
-    if {"SE-SNN+Forward", "Forward"} <= set(g["label"]):
-        diff, se, n = _paired(g, "SE-SNN+Forward", "Forward")
-        why = unconverged(g[g["label"].isin(["SE-SNN+Forward", "Forward"])])
+    if {SESNN, BASELINE} <= set(g["label"]):
+        est = _compare(g, SESNN, BASELINE)
+        paper = f"; the paper: {ANCHORS[SESNN]}% vs {ANCHORS[BASELINE]}% on MNIST" if at == ANCHOR_NOISE else ""
+        out.append(f"[label noise{note}] SE-SNN beats Baseline under {100 * at:g}% label noise? SE-SNN - Baseline = "
+                   f"{est.text()}{paper}: {stats.verdict(est, blocked=_unconverged_arms(g, SESNN, BASELINE))}.")
+    if {SESNN_FORWARD, FORWARD} <= set(g["label"]):
+        est = _compare(g, SESNN_FORWARD, FORWARD)
         out.append(f"[label noise{note}] SE-SNN+Forward beats Forward under {100 * at:g}% label noise? "
-                   f"{_diff_text(diff, se, n)}: {verdict(diff, se, n, why)}.")
+                   f"SE-SNN+Forward - Forward = {est.text()}: "
+                   f"{stats.verdict(est, blocked=_unconverged_arms(g, SESNN_FORWARD, FORWARD))}.")
     for p in levels:  # "only beaten by Forward Correction when the corruption strength is large (>0.2)"
         g = d[d["label_noise"] == p]
-        if p == 0 or not {"SE-SNN", "Forward"} <= set(g["label"]):
+        if p == 0 or not {SESNN, FORWARD} <= set(g["label"]):
             continue
-        diff, se, n = _paired(g, "SE-SNN", "Forward")
-        why = unconverged(g[g["label"].isin(["SE-SNN", "Forward"])])
+        why = _unconverged_arms(g, SESNN, FORWARD)
         if p > 0.2:
+            est = _compare(g, FORWARD, SESNN)
             out.append(f"[label noise{note}] Forward beats SE-SNN at {100 * p:g}% (above 20%, as the paper says)? "
-                       f"Forward - SE-SNN = {_diff_text(-diff, se, n)}: {verdict(-diff, se, n, why)}.")
+                       f"Forward - SE-SNN = {est.text()}: {stats.verdict(est, blocked=why)}.")
             continue
-        v = verdict(diff, se, n, why)
-        if v.startswith("undecided (within"):  # not worse within the noise: what the claim asks at small p
-            v = "holds (not worse beyond 2 SEM)"
-        out.append(f"[label noise{note}] SE-SNN matches or beats Forward at {100 * p:g}% (not above 20%)? SE-SNN - "
-                   f"Forward = {_diff_text(diff, se, n)}: {v}.")
+        est = _compare(g, SESNN, FORWARD)
+        out.append(f"[label noise{note}] SE-SNN matches or beats Forward at {100 * p:g}% (not above 20%): not worse "
+                   f"by more than {_points(margin)} (non-inferiority)? SE-SNN - Forward = {est.text(null=-margin)} "
+                   f"(p against -{_points(margin)}): "
+                   f"{stats.verdict(est, margin=margin, blocked=why)}.")
     f = d[(d["loss"] == "forward") & (d["label_noise"] > 0)]
     for label, g in f.groupby("label"):
-        per = ", ".join(f"{100 * p:g}%: {_msem(h['transition_error'])[0]:.3f} ± {_msem(h['transition_error'])[1]:.3f}"
+        per = ", ".join(f"{100 * p:g}%: {stats.fmt(*stats.mean_sem(h['transition_error'])[:2], scale=1, digits=3)}"
                         for p, h in g.groupby("label_noise"))
         out.append(f"[label noise{note}] {label}: error of the estimated corruption matrix, mean |T_est - T| over its "
                    f"entries (mean ± SEM over seeds): {per}.")
     s = d[(d["model"] == "sesnn") & (d["label_noise"] > 0)]
     for (label, p), g in s.groupby(["label", "label_noise"]):
         diffs = (g["log_sigma_flipped"] - g["log_sigma_kept"]).groupby(g["seed"]).mean()
-        m, se, n = _msem(diffs)
+        est = stats.estimate(diffs.to_numpy())
+        m, se, _ = stats.mean_sem(diffs)
         out.append(f"[label noise{note}] {label} gives flipped training samples higher entropy (Eq. 6) at "
-                   f"{100 * p:g}%? mean log σ flipped - kept = {m:+.3f} ± {se:.3f} over {n} seeds: "
-                   f"{verdict(m, se, n, accuracy=False)}.")
+                   f"{100 * p:g}%? mean log σ flipped - kept (mean ± SEM over seeds: "
+                   f"{stats.fmt(m, se, scale=1, digits=3)}) = "
+                   f"{est.text(scale=1, unit='')}: {stats.verdict(est, scale=1, unit='')}.")
     return out
+
+
+def _training(a: float) -> str:
+    return "normal training" if a == 0 else f"FGS training at {a:g}"
+
+
+def _setting(attack: str, eps: float) -> str:
+    return "clean" if attack == "none" else (f"eps {eps:g}" if attack == "fgsm" else f"{attack} eps {eps:g}")
+
+
+def defence_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Fig. 2a as numbers: accuracy % mean ± SEM over seeds per (training, method) (rows) and test
+    setting (columns: clean, then each FGS eps)."""
+    d, fixed = defence_rows(df)
+    if d.empty or not (d["attack"] != "none").any():
+        return pd.DataFrame()
+    keys = sorted(set(zip(d["attack"], d["eps"])), key=lambda k: (k[0] != "none", k[0], k[1]))
+    rows = []
+    for a in sorted(d["adv_train_eps"].unique()):
+        g = d[d["adv_train_eps"] == a]
+        for label in _order(g["label"].unique()):
+            h = g[g["label"] == label]
+            rows.append({"training": _training(a), "method": label}
+                        | {_setting(*k): stats.cell(h[(h["attack"] == k[0]) & (h["eps"] == k[1])]["accuracy"],
+                                                    count=True) for k in keys})
+    t = pd.DataFrame(rows)
+    t.attrs["fixed"] = fixed
+    return t
+
+
+def defence_comparisons(df: pd.DataFrame) -> list[dict]:
+    """SE-SNN - rival (Baseline, Deep VIB) of accuracy at each FGS eps of each training, paired over
+    seeds, with its verdict: one claim per eps, never an average over a band of eps. Blocked where
+    a run did not converge or both arms are at or below chance."""
+    d, _ = defence_rows(df)
+    if d.empty or not (d["attack"] == "fgsm").any():
+        return []
+    out = []
+    for a, g in d.groupby("adv_train_eps"):
+        chance = 1 / float(g["num_classes"].iloc[0])
+        attacked = g[g["attack"] == "fgsm"]
+        for rival in (BASELINE, VIB):
+            if not {SESNN, rival} <= set(attacked["label"]):
+                continue
+            why_runs = _unconverged_arms(g, SESNN, rival)
+            for eps, rows in attacked.groupby("eps"):
+                est = _compare(rows, SESNN, rival)
+                ours = float(rows[rows["label"] == SESNN]["accuracy"].mean())
+                theirs = float(rows[rows["label"] == rival]["accuracy"].mean())
+                why = why_runs or (f"both at or below chance ({100 * chance:.0f}%): the attack beats either network"
+                                   if max(ours, theirs) <= chance else "")
+                out.append({"adv_train_eps": a, "rival": rival, "eps": float(eps), "ours": ours, "theirs": theirs,
+                            "estimate": est, "verdict": stats.verdict(est, blocked=why)})
+    return out
+
+
+def _p(p: float) -> str:
+    return "n/a" if not math.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def defence_difference_table(df: pd.DataFrame) -> pd.DataFrame:
+    """defence_comparisons() as a table: one row per (training, rival, eps)."""
+    rows = []
+    for c in defence_comparisons(df):
+        e = c["estimate"]
+        lo, hi = e.interval()
+        rows.append({"training": _training(c["adv_train_eps"]), "SE-SNN - rival": f"SE-SNN - {c['rival']}",
+                     "eps": f"{c['eps']:g}", "difference (points)": f"{100 * e.mean:+.2f}",
+                     "95% CI": f"[{100 * lo:+.2f}, {100 * hi:+.2f}]" if e.n > 1 else "",
+                     "p": _p(e.p()), "seeds": e.n,
+                     "verdict": str(c["verdict"])})
+    return pd.DataFrame(rows)
 
 
 def defence_findings(df: pd.DataFrame) -> list[str]:
@@ -322,33 +395,34 @@ def defence_findings(df: pd.DataFrame) -> list[str]:
         return []
     note = f" ({fixed_text(fixed)})" if fixed else ""
     out = []
+    comparisons = defence_comparisons(df)
     for a, g in d.groupby("adv_train_eps"):
-        training = "normal training" if a == 0 else f"FGS training at {a:g}"
+        training = _training(a)
         clean = g[g["attack"] == "none"]
         for label, c in clean.groupby("label"):
-            m, s, n = _msem(c["accuracy"])
-            out.append(f"[defence, {training}{note}] {label} clean accuracy {100 * m:.1f} ± {100 * s:.1f}% over {n} "
+            m, s, n = stats.mean_sem(c["accuracy"])
+            out.append(f"[defence, {training}{note}] {label} clean accuracy {stats.fmt(m, s)}% over {n} "
                        f"seeds; the last 20% of epochs gave up to {100 * _tails(c).abs().max():.1f}% of a run's "
                        f"loss decrease.")
-        chance = 1 / float(g["num_classes"].iloc[0])
-        for band, rows in ((f"eps < {LARGE_EPS:g}", g[(g["attack"] == "fgsm") & (g["eps"] < LARGE_EPS)]),
-                           (f"eps >= {LARGE_EPS:g}", g[(g["attack"] == "fgsm") & (g["eps"] >= LARGE_EPS)])):
-            for rival in ("Baseline", "Deep VIB"):
-                if rows.empty or not {"SE-SNN", rival} <= set(rows["label"]):
-                    continue
-                diff, se, n = _paired(rows, "SE-SNN", rival)
-                ours = rows[rows["label"] == "SE-SNN"]["accuracy"].mean()
-                theirs = rows[rows["label"] == rival]["accuracy"].mean()
-                why = unconverged(g[g["label"].isin(["SE-SNN", rival])])
-                if not why and max(ours, theirs) <= chance:
-                    why = f"both at or below chance ({100 * chance:.0f}%): the attack beats either network"
-                out.append(f"[defence, {training}{note}] SE-SNN beats {rival} under FGS at {band} (mean over those "
-                           f"eps: {100 * ours:.1f}% vs {100 * theirs:.1f}%)? {_diff_text(diff, se, n)}: "
-                           f"{verdict(diff, se, n, why)}.")
+        for rival in (BASELINE, VIB):
+            mine = [c for c in comparisons if c["adv_train_eps"] == a and c["rival"] == rival]
+            for c in mine:
+                out.append(f"[defence, {training}{note}] SE-SNN beats {rival} under FGS at eps {c['eps']:g} "
+                           f"({100 * c['ours']:.1f}% vs {100 * c['theirs']:.1f}%)? SE-SNN - {rival} = "
+                           f"{c['estimate'].text()}: {c['verdict']}.")
+            if mine:
+                words = {}
+                for c in mine:
+                    words.setdefault(c["verdict"].word, []).append(f"{c['eps']:g}")
+                out.append(f"[defence, {training}{note}] SE-SNN against {rival} over the FGS strengths (the paper: "
+                           f"\"particularly pronounced when the attack magnitude is large\"), per eps: "
+                           + "; ".join(f"{w} at eps {', '.join(e)}" for w, e in words.items()) + ".")
     return out
 
 
 def margin_findings(df: pd.DataFrame) -> list[str]:
+    """App. B.1: the accuracy range over omega at each b, and "a larger b helps under label noise"
+    tested at each omega (largest b minus smallest, paired over seeds)."""
     d, fixed = margin_rows(df)
     d = d[d["model"] == "sesnn"] if not d.empty else d
     if d.empty or d["omega"].nunique() < 2 or d["margin"].nunique() < 2:
@@ -356,25 +430,37 @@ def margin_findings(df: pd.DataFrame) -> list[str]:
     note = f" ({fixed_text(fixed)})" if fixed else ""
     s = stats.summarize(d, ["omega", "margin"])
     spread = s.groupby("margin")["mean"].agg(lambda v: v.max() - v.min())
-    sem = float(s["sem"].max())
     out = [f"[margin{note}] Accuracy range over omega at each b: "
            + ", ".join(f"b=log {math.exp(b):.3g}: {100 * r:.1f} points" for b, r in spread.items())
-           + f" (largest SEM of a cell {100 * sem:.1f} points)."]
+           + f" (largest SEM of a cell {100 * float(s['sem'].max()):.1f} points)."]
     lo, hi = min(d["margin"]), max(d["margin"])
-    per = d.groupby(["seed", "margin"])["accuracy"].mean().unstack("margin")
-    diff, se, n = _msem((per[hi] - per[lo]).dropna())
-    out.append(f"[margin{note}] A larger b helps under label noise? accuracy at b = log {math.exp(hi):.3g} - at "
-               f"b = log {math.exp(lo):.3g}, mean over omega: {_diff_text(diff, se, n)}: "
-               f"{verdict(diff, se, n, unconverged(d))}.")
+    for omega, g in d.groupby("omega"):
+        est = stats.compare(g, "margin", hi, lo)
+        out.append(f"[margin{note}] A larger b helps under label noise at omega {omega:g}? accuracy at "
+                   f"b = log {math.exp(hi):.3g} - at b = log {math.exp(lo):.3g} = {est.text()}: "
+                   f"{stats.verdict(est, blocked=unconverged(g))}.")
     return out
 
 
-def findings(df: pd.DataFrame) -> list[str]:
-    return label_noise_findings(df) + defence_findings(df) + margin_findings(df)
+def label_note(df: pd.DataFrame) -> list[str]:
+    """A finding saying which rows carry no method label, if any."""
+    rows = sesnn_rows(df)
+    n = unlabelled(rows)
+    if not n:
+        return []
+    return [f"[labels] {n} of {len(rows)} rows carry no `label` (written before the trial recorded the search "
+            f"space's method labels): their methods are named by model+loss (e.g. sesnn+ce), and the claims, "
+            f"which name the paper's methods (SE-SNN, Baseline, Forward, Deep VIB), are not tested on them. "
+            f"Re-run the experiment to get labelled rows."]
+
+
+def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
+    return label_note(df) + label_noise_findings(df, margin) + defence_findings(df) + margin_findings(df)
 
 
 def section(df: pd.DataFrame, out) -> dict:
-    """The report section of this family's rows: the label-noise table, the figures, findings."""
+    """The report section of this family's rows: the label-noise and defence tables, the figures,
+    findings."""
     tables_ = []
     t = label_noise_table(df)
     if not t.empty:
@@ -384,7 +470,15 @@ def section(df: pd.DataFrame, out) -> dict:
                 protocol_differences(label_noise_rows(df)[0], PAPER_PROTOCOL)) + ")"
         tables_.append((f"Clean test accuracy % under patterned label noise (mean ± SEM over seeds); {anchors}"
                         + (f"; {fixed}" if fixed else ""), t.reset_index()))
+    t = defence_table(df)
+    if not t.empty:
+        fixed = fixed_text(t.attrs.get("fixed", {}))
+        tables_.append(("Accuracy % under untargeted FGS per eps (mean ± SEM over seeds), by training and method"
+                        + (f"; {fixed}" if fixed else ""), t))
+    t = defence_difference_table(df)
+    if not t.empty:
+        tables_.append(("SE-SNN - rival accuracy per FGS eps, paired over seeds (points, 95% t interval, "
+                        "two-sided p); one verdict per eps", t))
     made, skipped = draw(FIGURES, df, out)
     return {"title": "Stochastic networks with max-entropy regularisation (se-snn)", "tables": tables_,
             "figures": made, "skipped": skipped, "findings": findings(df)}
-

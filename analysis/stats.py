@@ -317,3 +317,36 @@ def _seeds_to_decide(est: Estimate, mean: float, null: float) -> str:
     if est.extra_se * _t_crit(MAX_SEEDS) >= distance:
         return "no number of seeds decides it: the test set's error alone is too large"
     return f"more than {MAX_SEEDS} seeds at this spread"
+
+
+# ---------------------------------------------------------------------------------------------
+# A fixed test set's share of a difference's error, and counts in words
+
+
+def image_se(p: float, q: float, images, correct_a=None, correct_b=None) -> tuple[float, bool]:
+    """The standard error that a fixed test set of `images` images adds to a difference of two
+    mean accuracies (pass it to difference() as `extra_se`); returns (se, paired).
+
+    Paired when `correct_a` and `correct_b` are given: arrays seeds x images of 1 where a model
+    was right (the same images in the same order, the seeds aligned): per image, the mean over
+    seeds of (a right) - (b right); its std over images / sqrt(images). Otherwise the binomial
+    error of a difference of the accuracies `p` and `q` as if unpaired,
+    sqrt((p(1-p) + q(1-q)) / images): an upper bound on the paired error unless the two models
+    tend to fail on different images. NaN when the number of images is not known."""
+    if correct_a is not None and correct_b is not None:
+        a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
+        if a.ndim == 2 and a.shape == b.shape and a.shape[1] >= 2:
+            per_image = (a - b).mean(0)
+            return float(per_image.std(ddof=1) / math.sqrt(per_image.size)), True
+    try:
+        images = float(images)
+    except (TypeError, ValueError):
+        return float("nan"), False
+    if not np.isfinite(images) or images <= 0:
+        return float("nan"), False
+    return float(math.sqrt((p * (1 - p) + q * (1 - q)) / images)), False
+
+
+def seed_count(k: int) -> str:
+    """'1 seed', '3 seeds'."""
+    return f"{k} seed" + "s" * (k != 1)

@@ -1,22 +1,11 @@
-"""Table writers every family shares: "mean ± SEM" cells, Markdown and LaTeX.
+"""Table writers every family shares: Markdown and LaTeX (cells come from stats.fmt / stats.cell).
 
 The writers are our own so the package needs neither tabulate nor jinja2.
 """
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
-
-
-def fmt(mean, sem) -> str:
-    """'mean ± SEM' in percent; a single seed has no SEM."""
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return ""
-    if sem is None or (isinstance(sem, float) and math.isnan(sem)):
-        return f"{mean * 100:.2f} ± n/a"
-    return f"{mean * 100:.2f} ± {sem * 100:.2f}"
 
 
 def to_markdown(table: pd.DataFrame) -> str:

@@ -57,9 +57,10 @@ def run(dataset: str, seeds: range, alphas: list[float], device: str, overrides:
         t0 = time.perf_counter()
         res = train_bank(cfg, data)
         t1 = time.perf_counter()
-        info = res.model.train_info  # the fixed-noise residuals of check (a'), as every row has them
+        info = res.columns  # the fixed-noise residuals of check (a'), as every row has them
         residuals.setdefault(a_tr, []).append((info["residual_at_80"], info["residual_final"]))
-        rows = evaluate(res.model, data, [NoiseSpec("gaussian", a, "full", sharing) for a in alphas], cfg, ecfg)
+        rows = evaluate(res.model, data, [NoiseSpec("gaussian", a, "full", sharing) for a in alphas], cfg, ecfg,
+                        ecfg.eval_seed)
         t2 = time.perf_counter()
         n_max = ecfg.n_checkpoints[-1]
         for r in rows:

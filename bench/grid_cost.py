@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.report import Report  # noqa: E402
 from tuner import registry  # noqa: E402
-from tuner.trial import _reporter, trial_point  # noqa: E402
+from tuner.trial import _reporter, eval_seed, trial_point  # noqa: E402
 
 EXPERIMENT, PRESET, SEED = "grid_ebm", "quick", 0
 SMOKE = {"test_limit": 40, "n_checkpoints": (1, 10)}
@@ -94,7 +94,8 @@ def naive_trial(config: dict) -> None:
     t1 = time.perf_counter()
     result = method.train(cfg, data, _reporter(30.0), None)  # same progress reports and checkpoints
     t2 = time.perf_counter()
-    rows = method.evaluate(result.model, data, [method.check_setting(config["test"])], cfg, ecfg, point["seed"])
+    rows = method.evaluate(result.model, data, [method.check_setting(config["test"])], cfg, ecfg,
+                           eval_seed(ecfg, point["seed"]))
     t3 = time.perf_counter()
     tune.report({"load_seconds": t1 - t0, "train_seconds": t2 - t1, "eval_seconds": t3 - t2,
                  **{f"acc_n{r['n']}": r["accuracy"] for r in rows}, "done": True})

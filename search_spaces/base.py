@@ -20,7 +20,8 @@ class Space:
     `train` lists the training configurations (field values; the service crosses them with the
     seeds), `tests(point)` gives the test settings evaluated on each trained model, `fixed`
     overrides fields of every trial. With `search="optuna"`, `optuna` maps a field to
-    ("uniform", low, high) or ("choice", [values]) and `train` is ignored.
+    ("uniform", low, high) or ("choice", [values]) and `train` is ignored. `label(point)`, if
+    given, names a trial's point for people (e.g. "SE-SNN+Forward"): the rows' `label` column.
     """
 
     train: list[dict]
@@ -28,6 +29,7 @@ class Space:
     fixed: dict = field(default_factory=dict)
     optuna: dict | None = None
     test_only: tuple[str, ...] = ()  # point keys that only `tests` reads (not training fields)
+    label: Callable[[dict], str] | None = None  # point -> a human label; not part of the trial key
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,16 @@ Each experiment fixes the paper's network for its task; `--set` can override any
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from search_spaces.base import Experiment, Space, grid
+from trainables.sesnn import METHODS  # noqa: F401 (registered with this family)
+from trainables.sesnn import SESNNConfig
 
-# The label-noise comparison (Fig. 3a): model x loss of each method the paper names.
+# The label-noise comparison (Fig. 3a): model x loss of each method the paper names. These dicts
+# (and DEFENCE_METHODS) are the one source of the method labels: Space(label=...) names each grid
+# point from them and the trial writes it as the rows' `label` column, which analysis/sesnn.py reads.
 LABEL_NOISE_METHODS = {
     "SE-SNN+Forward": {"model": "sesnn", "loss": "forward"},  # first: the contract test trains two stages
     "Baseline": {"model": "deterministic", "loss": "ce"},
@@ -49,6 +54,17 @@ def _small(preset: str, net: dict, hidden: tuple[int, ...]) -> dict:
     return net | {"hidden": hidden} if preset == "smoke" else net
 
 
+def _labeller(methods: dict):
+    """Space(label=...): a grid point's method label, the name in `methods` whose fields the point
+    has (a field the point leaves out has SESNNConfig's default, e.g. loss=ce); "" if none fits."""
+    defaults = {f.name: f.default for f in dataclasses.fields(SESNNConfig)}
+
+    def label(point: dict) -> str:
+        return next((name for name, fields in methods.items()
+                     if all(point.get(k, defaults.get(k)) == v for k, v in fields.items())), "")
+    return label
+
+
 def _clean(point: dict) -> list[dict]:
     return [{"attack": "none", "eps": 0.0}]
 
@@ -58,7 +74,7 @@ def labelnoise_sesnn(preset: str) -> Space:
     methods = LABEL_NOISE_METHODS if preset != "smoke" else {k: LABEL_NOISE_METHODS[k] for k in
                                                              ("SE-SNN+Forward", "Baseline", "SE-SNN")}
     return Space([fields | p for fields in methods.values() for p in grid(label_noise=NOISE[preset])], _clean,
-                 fixed=_small(preset, LABEL_NOISE_NET, (16, 16)))
+                 fixed=_small(preset, LABEL_NOISE_NET, (16, 16)), label=_labeller(LABEL_NOISE_METHODS))
 
 
 def adversarial_sesnn(preset: str) -> Space:
@@ -66,7 +82,7 @@ def adversarial_sesnn(preset: str) -> Space:
     def tests(point: dict) -> list[dict]:
         return _clean(point) + [{"attack": "fgsm", "eps": e} for e in FGS_EPS[preset]]
     return Space([fields | {"adv_train_eps": a} for fields in DEFENCE_METHODS.values() for a in (0.0, ADV_TRAIN_EPS)],
-                 tests, fixed=_small(preset, DEFENCE_NET, (16, 16, 8)))
+                 tests, fixed=_small(preset, DEFENCE_NET, (16, 16, 8)), label=_labeller(DEFENCE_METHODS))
 
 
 def margin_sesnn(preset: str) -> Space:
@@ -74,7 +90,7 @@ def margin_sesnn(preset: str) -> Space:
     omegas, margins = (OMEGAS, MARGINS) if preset != "smoke" else (OMEGAS[:1], MARGINS[-1:])
     net = {k: v for k, v in _small(preset, LABEL_NOISE_NET, (16, 16)).items() if k not in ("omega", "margin")}
     return Space([{"model": "sesnn", "label_noise": 0.4} | p for p in grid(omega=omegas, margin=margins)], _clean,
-                 fixed=net)
+                 fixed=net, label=_labeller(LABEL_NOISE_METHODS))
 
 
 EXPERIMENTS = [

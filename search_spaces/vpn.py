@@ -10,9 +10,25 @@ The paper's tables average 5 runs: `--seeds 5` on the paper preset.
 from __future__ import annotations
 
 from search_spaces.base import Experiment, Space, grid
+from trainables.vpn import METHODS  # noqa: F401 (registered with this family)
 
 BASELINES = ["none", "rotation", "translation", "color_jitter", "blur", "pixel_noise"]
 GENERATORS = ["dnn3", "resnet18"]
+# The paper's row names (Tables I, II, IV): the one source. A trial writes its point's name as the
+# rows' `label` column; analysis adds " (No Noise)" to a generator's rows scored by f alone.
+BASELINE_LABELS = {"none": "Baseline", "rotation": "Random Rotation", "translation": "Random Translation",
+                   "color_jitter": "Color Jitter", "blur": "Gaussian Blur", "pixel_noise": "Random Noise"}
+GENERATOR_LABELS = {"dnn3": "DNN3", "resnet18": "ResNet18"}
+
+
+def label(point: dict) -> str:
+    """The paper's row name of a training point: its baseline, or its generator."""
+    generator = point.get("generator", "none")
+    if generator == "none":
+        augmentation = point.get("augmentation", "none")
+        return BASELINE_LABELS.get(augmentation, str(augmentation))
+    return GENERATOR_LABELS.get(generator, str(generator))
+
 
 # Per data set of the paper: image geometry, and the base models with their epochs (40 shallow, 100 ResNets).
 PAPER_DATA = {
@@ -52,7 +68,7 @@ def vpn_table(preset: str) -> Space:
     generators = GENERATORS if preset != "smoke" else ["dnn3"]
     train = [b | {"augmentation": a} for b in _bases(preset) for a in augmentations]
     train += [b | {"generator": g} for b in _bases(preset) for g in generators]
-    return Space(train, _tests)
+    return Space(train, _tests, label=label)
 
 
 def vpn_frozen(preset: str) -> Space:
@@ -60,14 +76,15 @@ def vpn_frozen(preset: str) -> Space:
     generators = GENERATORS if preset != "smoke" else ["dnn3"]
     train = [b | {"augmentation": "none"} for b in _bases(preset)]
     train += [b | {"generator": g, "mode": "frozen"} for b in _bases(preset) for g in generators]
-    return Space(train, _tests)
+    return Space(train, _tests, label=label)
 
 
 def vpn_noise_size(preset: str) -> Space:
     """Fig. 4: m, the reparameterised draws per training example, with the DNN3 generator."""
     draws = [1, 2, 4, 8, 16] if preset != "smoke" else [1, 2]
     bases = [b for b in _bases(preset) if b["base"] == "dnn3"] or _bases(preset)[:1]
-    return Space([b | {"generator": "dnn3"} | p for b in bases for p in grid(noise_draws=draws)], _tests)
+    return Space([b | {"generator": "dnn3"} | p for b in bases for p in grid(noise_draws=draws)], _tests,
+                 label=label)
 
 
 EXPERIMENTS = [

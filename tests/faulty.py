@@ -97,9 +97,9 @@ def check_setting(setting: dict) -> dict:
     return dict(setting)
 
 
-def evaluate(model, data, settings, cfg, ecfg, seed: int) -> list[dict]:
+def evaluate(model, data, settings, cfg, ecfg, eval_seed: int) -> list[dict]:
     """One row per test setting; the 'error' is a deterministic function of the configuration."""
-    gen = torch.Generator().manual_seed(1000 * seed + int(100 * cfg.level))
+    gen = torch.Generator().manual_seed(1000 * eval_seed + int(100 * cfg.level))
     return [{"shift_test": s["shift"], "error": float(torch.rand((), generator=gen)) + s["shift"]} for s in settings]
 
 

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import notebook_output
-from analysis import ebm, load, summarize, tables
+from analysis import ebm, load, stats, summarize, tables
 from analysis.ebm import findings
 from analysis.report import build
 
@@ -75,7 +75,7 @@ def test_table1_equals_direct_pandas():
     ok = df[(df.status == "ok") & (df.n == 100)]
     g = ok.groupby(["dataset", "alpha_train", "alpha_test"])["accuracy"]
     direct = pd.DataFrame({"m": g.mean(), "s": g.std() / np.sqrt(g.count())})
-    cells = [c for c in ebm.PAPER_CELLS if c[0] in ALPHAS and c[1] in ALPHAS]
+    cells = list(itertools.product(ALPHAS, ALPHAS))  # the cells the rows have: no copied list of the paper's
     assert list(t.index) == [f"({a:g}, {b:g})" for a, b in cells]
     assert list(t.columns) == ["cifar10", "cifar20"]
     for a, b in cells:
@@ -87,6 +87,18 @@ def test_table1_equals_direct_pandas():
     assert len(md.splitlines()) == 2 + len(cells)
     tex = tables.to_latex(t)
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex
+    # the paper's ten of a 20 x 20 grid: only those asked for, in that order
+    assert list(ebm.table1(df, cells=[(0.5, 0.9), (0.0, 0.0)]).index) == ["(0.5, 0.9)", "(0, 0)"]
+    assert not hasattr(tables, "fmt")  # stats.fmt is the one mean ± SEM formatter
+
+
+def test_older_rows_without_a_label_or_config_columns_still_render_table1():
+    """The committed ablation rows (written before the `label` and with five cells) give Table 1
+    the cells they have, in order."""
+    df = load(REPO / "docs" / "ebm-ablation-fair" / "ablate_ebm-fair-textures32")
+    t = ebm.table1(df)
+    assert list(t.index) == ["(0, 0)", "(0, 0.5)", "(0.5, 0)", "(0.5, 0.5)", "(0.9, 0.9)"]
+    assert t.loc["(0, 0)", "textures"] == "30.11 ± 1.37"
 
 
 def test_heatmap_values_and_axes(tmp_path):
@@ -146,7 +158,8 @@ PAPER_FIELDS = dict(image_size=32, channels=1, epochs=100, steps=0, batch_size=2
 def test_findings_compare_only_when_every_protocol_field_matches():
     text = "\n".join(findings(frame()))
     assert "is not comparable (image_size not recorded (paper 32)" in text
-    assert "Asymmetry: acc(0.5, 0)" in text and "gain of" in text
+    assert "(iii) asymmetry: acc(0.5, 0) above acc(0, 0.5): " in text
+    assert "(i) balanced noise beats none: (0.5, 0.5) - (0, 0): " in text and "95% CI [" in text
     text = "\n".join(findings(frame(preset="paper").assign(**PAPER_FIELDS)))
     assert "paper 20.48%" in text and "not comparable" not in text
     # The preset's name is not the protocol: an overridden image size under --preset paper is not comparable.
@@ -193,7 +206,7 @@ def test_the_heatmap_can_be_drawn_in_the_papers_orientation():
 def test_notebook_executes_headless(tmp_path):
     folder = write_parts(frame(), tmp_path / "exp")
     out = notebook_output("ebm", folder)
-    assert "Best balanced cell" in out
+    assert "(i) balanced noise beats none: (0.9, 0.9) - (0, 0)" in out
 
 
 def test_notebook_prints_the_verdicts_of_an_ablation(tmp_path):
@@ -201,7 +214,7 @@ def test_notebook_prints_the_verdicts_of_an_ablation(tmp_path):
     out = notebook_output("ebm", write_parts(fair, tmp_path / "ablation"))
     verdicts = out[out.index("### verdicts"):]
     assert "| digits, full, sigmoid, independent | (i) balanced noise beats none: (0.5, 0.5) - (0, 0) |" in verdicts
-    assert "| holds |" in verdicts
+    assert "| holds (the interval excludes zero in the claimed direction) |" in verdicts
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +232,7 @@ def test_report_writes_md_and_html(report):
     assert "## Run metadata" in md and "abc1234" in md and "diverged: 1" in md
     assert "heatmap_alpha" in info["figures"] and "accuracy_vs_n" in info["figures"]
     assert html.count("data:image/png;base64,") == len(info["figures"])
-    assert "Best balanced cell" in html
+    assert "(i) balanced noise beats none" in html
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
@@ -257,21 +270,35 @@ def test_analysis_imports_no_service_code():
 
 
 def test_law_and_placement_findings_come_from_the_data():
+    """(v) and (vi) per cell, each a paired estimate over seeds and a verdict: three fair seeds
+    (both checks pass, a large test set) that agree, so each interval is narrow."""
     rows = []
-    for law, acc in (("gaussian", 0.6), ("cauchy", 0.5), ("lognormal", 0.2), ("exponential", 0.3)):
-        rows.append(dict(dataset="d", preset="quick", status="ok", n=10, alpha_train=1.0, alpha_test=1.0,
-                         distribution_train=law, distribution_test=law, placement_train="full",
-                         placement_test="full", accuracy=acc, seed=0))
-    for tr, te, acc in (("odd", "odd", 0.7), ("odd", "even", 0.1), ("even", "even", 0.5), ("even", "odd", 0.3)):
-        rows.append(dict(dataset="d", preset="quick", status="ok", n=10, alpha_train=1.0, alpha_test=1.0,
-                         distribution_train="gaussian", distribution_test="gaussian", placement_train=tr,
-                         placement_test=te, accuracy=acc, seed=0))
-    text = "\n".join(findings(pd.DataFrame(rows)))
-    sym = pd.Series([0.6, 0.5]).mean()  # matched laws, at the one placement they share (full): never pooled
-    assert f"Symmetric laws (cauchy, gaussian) average {sym * 100:.2f}% vs asymmetric (exponential, lognormal) 25.00%" in text
-    matched = pd.Series([0.6, 0.7, 0.5]).mean()  # matched placements, Gaussian only
-    assert f"Matched placements average {matched * 100:.2f}% vs mismatched 20.00%" in text
-    assert "best matched placement: odd (70.00%" in text
+    fair = dict(dataset="d", preset="quick-fair", status="ok", n=10, alpha_train=1.0, alpha_test=1.0,
+                residual_fall_last20=0.01, energy_gap_median=10.0, energy_mean_std_median=1.0, test_images=10**6)
+    for seed in (0, 1, 2):
+        for law, acc in (("gaussian", 0.6), ("cauchy", 0.5), ("lognormal", 0.2), ("exponential", 0.3)):
+            rows.append(fair | dict(distribution_train=law, distribution_test=law, placement_train="full",
+                                    placement_test="full", accuracy=acc + seed / 1000, seed=seed))
+        for tr, te, acc in (("odd", "odd", 0.7), ("odd", "even", 0.1), ("even", "even", 0.5), ("even", "odd", 0.3)):
+            rows.append(fair | dict(distribution_train="gaussian", distribution_test="gaussian", placement_train=tr,
+                                    placement_test=te, accuracy=acc + seed / 1000, seed=seed))
+    lines = findings(pd.DataFrame(rows))
+    text = "\n".join(lines)
+    # matched laws at the one placement they share (full), per alpha: never pooled over alphas
+    law = [line for line in lines if "(v) symmetric laws beat asymmetric ones at alpha 1" in line]
+    assert len(law) == 1 and "symmetric (cauchy, gaussian) average 55.10% vs asymmetric (exponential, lognormal) " \
+                              "25.10%, on the 3 seeds both cells have: +30.00 points, 95% CI [" in law[0]
+    assert law[0].endswith("3 paired seeds; holds (the interval excludes zero in the claimed direction).")
+    # matched against each mismatch, per train placement (Gaussian only), and full against each other matched one
+    assert "(vi) train = test placement beats a mismatch at (1, 1): odd/odd - odd/even: 70.10% vs 10.10%" in text
+    assert "(vi) train = test placement beats a mismatch at (1, 1): even/even - even/odd: 50.10% vs 30.10%" in text
+    full_odd = [line for line in lines if "(vi) full placement beats odd at (1, 1)" in line]
+    assert len(full_odd) == 1 and full_odd[0].endswith(
+        "does not hold (the interval excludes zero in the opposite direction).")
+    assert "(vi) full placement beats even at (1, 1): full/full - even/even: 60.10% vs 50.10%" in text
+    # one seed: an estimate without an interval, and undecided
+    one = "\n".join(findings(pd.DataFrame([r for r in rows if r["seed"] == 0])))
+    assert "+30.00 points, 1 paired seed; undecided (1 seed, needs 3)." in one
 
 
 def test_law_parameters_draws_each_setting_and_accuracy_vs_alpha_keeps_table3():
@@ -327,7 +354,7 @@ def test_ablation_table_keeps_every_setting_apart_and_repeats_only_inert_cells()
     want = df[(df.placement_train == "hidden") & (df.output_activation == "identity") & (df.noise_sharing == "common")
               & (df.alpha_train == 0.5) & (df.alpha_test == 0.5)]["accuracy"]
     assert len(want) == 2 and s.loc[("hidden", "identity", "common", 0.5, 0.5), "mean"] == pytest.approx(want.mean())
-    assert t.loc["digits, hidden, identity, common", "(0.5, 0.5)"] == tables.fmt(want.mean(), want.sem())
+    assert t.loc["digits, hidden, identity, common", "(0.5, 0.5)"] == stats.cell(want)
     # noise-free test: the independent rows stand for common too; no noise at all: full stands for hidden
     assert t.loc["digits, full, sigmoid, common", "(0.5, 0)"] == t.loc["digits, full, sigmoid, independent", "(0.5, 0)"]
     assert t.loc["digits, hidden, sigmoid, common", "(0, 0)"] == t.loc["digits, full, sigmoid, independent", "(0, 0)"]
@@ -355,7 +382,8 @@ def test_ablation_table_says_which_cells_have_fewer_seeds():
     assert t.attrs["seeds"] == (1, 2)
     one = df[(df.seed == 0) & (df.placement_train == "hidden") & (df.output_activation == "identity")
              & (df.noise_sharing == "common") & (df.alpha_train == 0.5) & (df.alpha_test == 0.5)]["accuracy"]
-    assert t.loc["digits, hidden, identity, common", "(0.5, 0.5)"] == tables.fmt(one.mean(), float("nan")) + " (1 seed)"
+    assert t.loc["digits, hidden, identity, common", "(0.5, 0.5)"] == stats.fmt(one.mean(), float("nan"))
+    assert t.loc["digits, hidden, identity, common", "(0.5, 0.5)"].endswith(" (1 seed)")
     assert "seed" not in t.loc["digits, full, identity, common", "(0.5, 0.5)"]  # both seeds: no count
     assert ebm.ablation_table(df).attrs["seeds"] == (2, 2)
     f = ebm.fairness_table(df[~stopped])
@@ -385,50 +413,66 @@ TEST_NOISE = "(ii) at alpha_train 0 the diagonal beats test noise: (0, 0) - (0, 
 FULL = "digits, full, sigmoid, independent"
 
 
-def test_a_verdict_needs_three_seeds_both_fairness_checks_and_an_effect_two_standard_errors_from_zero():
+T_2 = 4.302652729911275  # scipy.stats.t.ppf(0.975, 2): three paired seeds
+
+
+def test_a_verdict_needs_three_seeds_both_fairness_checks_and_an_interval_clear_of_zero():
     fair = ablation_frame(seeds=(0, 1, 2)).assign(residual_fall_last20=0.01, test_images=10_000)
     v = verdicts(fair)
     # (0.5, 0.5) - (0, 0) is 0.1 * 0.5 + 0.05 * 0.5 = 7.5 points on every seed; the test set's
-    # error of a difference, written out: sqrt((p(1-p) + q(1-q)) / N) at the two cells' means
+    # error of a difference, written out: sqrt((p(1-p) + q(1-q)) / N) at the two cells' means,
+    # is the whole standard error (the seeds agree), on 2 degrees of freedom
     p, q = 0.5 + 0.075 + 0.001, 0.5 + 0.001
-    assert v.loc[(FULL, GAIN), "mean ± SEM (points)"] == "+7.50 ± 0.00"
-    assert v.loc[(FULL, GAIN), "test-set SE (points)"] == (
-        f"{100 * ((p * (1 - p) + q * (1 - q)) / 10_000) ** 0.5:.2f} (unpaired bound)")
+    se = 100 * ((p * (1 - p) + q * (1 - q)) / 10_000) ** 0.5
+    assert v.loc[(FULL, GAIN), "test-set SE (points)"] == f"{se:.2f} (unpaired bound)"
+    assert v.loc[(FULL, GAIN), "difference, 95% CI, p"].startswith(
+        f"+7.50 points, 95% CI [{7.5 - T_2 * se:+.2f}, {7.5 + T_2 * se:+.2f}], p = ")
+    assert v.loc[(FULL, GAIN), "difference, 95% CI, p"].endswith(", 3 paired seeds")
     assert v.loc[(FULL, GAIN), "per seed (points)"] == "0: +7.50 / 1: +7.50 / 2: +7.50"
-    assert v.loc[(FULL, GAIN), "verdict"] == "holds"
+    assert v.loc[(FULL, GAIN), "verdict"] == "holds (the interval excludes zero in the claimed direction)"
     # a cell never run in a setting is not borrowed: hidden has no (0, 0.5)
     assert (FULL, TEST_NOISE) in v.index and ("digits, hidden, sigmoid, independent", TEST_NOISE) not in v.index
     # two seeds decide nothing
-    assert verdicts(fair[fair.seed < 2]).loc[(FULL, GAIN), "verdict"] == "undecided: 2 seeds (needs 3)"
+    assert verdicts(fair[fair.seed < 2]).loc[(FULL, GAIN), "verdict"] == "undecided (2 seeds, needs 3)"
     # (a') fails on one seed of the alpha 0.5 training: every claim that reads it is undecided, not the others
     slow = fair.assign(residual_fall_last20=np.where((fair.seed == 2) & (fair.alpha_train == 0.5), 0.025, 0.01))
     v = verdicts(slow)
-    assert v.loc[(FULL, GAIN), "verdict"].startswith("undecided: (a') fails (fall up to 2.50%")
-    # this frame's test noise helps (+0.05 * alpha_test), so the claim that it hurts is decided against
-    assert v.loc[(FULL, TEST_NOISE), "verdict"] == "does not hold (the opposite shows)"
+    assert v.loc[(FULL, GAIN), "verdict"].startswith("undecided ((a') fails: fall up to 2.50%")
+    # this frame's test noise helps (+0.05 * alpha_test, 2.5 points): on 10^4 images the interval
+    # still reaches zero; on 10^6 the claim that it hurts is decided against
+    assert v.loc[(FULL, TEST_NOISE), "verdict"].startswith("undecided (the interval includes zero")
+    assert verdicts(slow.assign(test_images=10**6)).loc[(FULL, TEST_NOISE), "verdict"] == (
+        "does not hold (the interval excludes zero in the opposite direction)")
     # (b) fails at one noisy cell on one seed: claims with that cell only
     few = (fair.seed == 1) & (fair.alpha_train == 0) & (fair.alpha_test == 0.5)
     v = verdicts(fair.assign(energy_gap_median=np.where(few, 2.5, fair.energy_gap_median)))
-    assert v.loc[(FULL, TEST_NOISE), "verdict"].startswith("undecided: (b) fails (gap / class-mean std down to 2.50")
-    assert v.loc[(FULL, GAIN), "verdict"] == "holds"
+    assert v.loc[(FULL, TEST_NOISE), "verdict"].startswith("undecided ((b) fails: gap / class-mean std down to 2.50")
+    assert v.loc[(FULL, GAIN), "verdict"].startswith("holds")
     # a training whose residual was not recorded decides nothing (not read as a pass or a fall)
     unknown = fair.assign(residual_fall_last20=np.where((fair.seed == 0) & (fair.alpha_train == 0.5), np.nan, 0.01))
-    assert verdicts(unknown).loc[(FULL, GAIN), "verdict"] == "undecided: a fairness check is not recorded"
-    # on 30 test images the same 7.5 points is within two standard errors (about 12.8 points each)
+    assert verdicts(unknown).loc[(FULL, GAIN), "verdict"] == "undecided (a fairness check is not recorded)"
+    assert verdicts(fair.drop(columns="test_images")).loc[(FULL, GAIN), "verdict"] == (
+        "undecided (the test set's size is not recorded)")
+    # on 30 test images the same 7.5 points is inside the interval (about 12.8 points of error),
+    # and more seeds cannot help: the test set's error does not shrink with them
     assert verdicts(fair.assign(test_images=30)).loc[(FULL, GAIN), "verdict"] == (
-        "undecided: the effect is within 2 standard errors")
+        "undecided (the interval includes zero; no number of seeds decides it: the test set's error alone is too large)")
     # the opposite of the claim, well outside its error
     worse = fair.assign(accuracy=np.where((fair.alpha_train == 0.5) & (fair.alpha_test == 0), 0.3, fair.accuracy))
-    assert verdicts(worse).loc[(FULL, CLEAN), "verdict"] == "does not hold (the opposite shows)"
+    assert verdicts(worse).loc[(FULL, CLEAN), "verdict"].startswith("does not hold")
 
 
 def test_a_verdict_counts_the_spread_over_seeds():
-    """Per-seed gains +1 / +5 / +9 points (SEM 2.31) pass at mean 5; +1 / +5 / +15 (mean 7, SEM
-    4.16) do not: the seeds' SEM enters the standard error, not only the test set's."""
+    """Per-seed gains +1 / +5 / +9 points (mean 5, SEM 2.31: t = 2.2 on 2 degrees of freedom)
+    held under the old "2 SEM from zero" rule; under the t interval they are undecided. The same
+    mean with the seeds agreeing (+4 / +5 / +6, SEM 0.58) holds: the seeds' spread, not only the
+    test set's error, decides."""
     fair = ablation_frame(seeds=(0, 1, 2)).assign(residual_fall_last20=0.01, test_images=10**7)
     cell = (fair.alpha_train == 0.5) & (fair.alpha_test == 0.5)
     base = fair.accuracy.where(~cell, fair.accuracy - 0.075)  # (0.5, 0.5) now equals (0, 0) on each seed
-    for gains, verdict in [((1, 5, 9), "holds"), ((1, 5, 15), "undecided: the effect is within 2 standard errors")]:
+    for gains, verdict in [((4, 5, 6), "holds (the interval excludes zero in the claimed direction)"),
+                           ((1, 5, 9), "undecided (the interval includes zero; about 5 seeds at this spread would decide it)"),
+                           ((1, 5, 15), "undecided (the interval includes zero; about 7 seeds at this spread would decide it)")]:
         acc = base + np.where(cell, fair.seed.map(dict(enumerate(gains))) / 100, 0)
         v = verdicts(fair.assign(accuracy=acc)).loc[(FULL, GAIN)]
         assert v["per seed (points)"] == " / ".join(f"{s}: {g:+.2f}" for s, g in enumerate(gains))
@@ -445,42 +489,53 @@ def test_the_draws_claim_compares_each_noisy_cell_with_itself_at_the_fewest_draw
     assert draws == ["(iv) more draws raise accuracy: (0, 0.5) at n=100 - at n=1",
                      "(iv) more draws raise accuracy: (0.5, 0.5) at n=100 - at n=1"]  # no noise-free cell
     row = v.loc[(FULL, draws[1])]
-    assert row["per seed (points)"] == "0: +10.00 / 1: +10.00 / 2: +10.00" and row["verdict"] == "holds"
+    assert row["per seed (points)"] == "0: +10.00 / 1: +10.00 / 2: +10.00" and row["verdict"].startswith("holds")
     # (b) fails at (0.5, 0.5): it gates the comparisons of that cell with others, not (iv)
-    assert v.loc[(FULL, GAIN), "verdict"].startswith("undecided: (b) fails")
+    assert v.loc[(FULL, GAIN), "verdict"].startswith("undecided ((b) fails")
     # a cell run at the fewest draws only (another run's preset) has nothing to rise to
     v = verdicts(pd.concat([fair[~starved], one_draw], ignore_index=True))
     assert [c for c in v.loc[FULL].index if c.startswith("(iv)")] == [draws[0]]
 
 
 def test_per_image_predictions_give_the_paired_test_set_error():
-    """Each model is right on its first round(accuracy * 100) of 100 images, so (0.5, 0.5) and
-    (0, 0) differ on 8 images only: paired, the 8 points are 2.9 standard errors from 0; the
-    unpaired bound (7.0 points) would leave them undecided."""
-    fair = ablation_frame(seeds=(0, 1, 2)).assign(residual_fall_last20=0.01, test_images=100)
-    right = (fair.accuracy * 100).round().astype(int)
-    fair = fair.assign(accuracy=right / 100, labels=[[3] * 100] * len(fair),
-                       predictions=[[3] * k + [4] * (100 - k) for k in right])
+    """Each model is right on its first round(accuracy * 1000) of 1000 images, so (0.5, 0.5) and
+    (0, 0) differ on 76 images only: paired (stats.image_se on the per-image predictions), the
+    interval of the 7.6 points clears zero; the unpaired bound (2.2 points, times t = 4.3) would
+    leave them undecided."""
+    fair = ablation_frame(seeds=(0, 1, 2)).assign(residual_fall_last20=0.01, test_images=1000)
+    right = (fair.accuracy * 1000).round().astype(int)
+    fair = fair.assign(accuracy=right / 1000, labels=[[3] * 1000] * len(fair),
+                       predictions=[[3] * k + [4] * (1000 - k) for k in right])
     row = verdicts(fair).loc[(FULL, GAIN)]
-    per_image = [(i < 58) - (i < 50) for i in range(100)]  # (0.5, 0.5) is right on 58, (0, 0) on 50
-    mean = sum(per_image) / 100
-    se = (sum((v - mean) ** 2 for v in per_image) / 99 / 100) ** 0.5
-    assert row["test-set SE (points)"] == f"{100 * se:.2f} (paired)" and row["verdict"] == "holds"
+    cell = lambda at, ae: fair[(fair.placement_train == "full") & (fair.output_activation == "sigmoid")
+                               & (fair.noise_sharing == "independent") & (fair.alpha_train == at) & (fair.alpha_test == ae)]
+    a = np.stack([np.arange(1000) < k for k in cell(0.5, 0.5).sort_values("seed")["accuracy"] * 1000])
+    b = np.stack([np.arange(1000) < k for k in cell(0.0, 0.0).sort_values("seed")["accuracy"] * 1000])
+    per_image = (a.astype(float) - b).mean(0)  # per image, the mean over seeds of (a right) - (b right)
+    se = per_image.std(ddof=1) / np.sqrt(1000)
+    assert row["test-set SE (points)"] == f"{100 * se:.2f} (paired)" and row["verdict"].startswith("holds")
+    assert stats.image_se(0.0, 0.0, 1000, a, b) == (pytest.approx(se), True)
     # the same rows without predictions: the unpaired bound, and undecided
     bare = verdicts(fair.drop(columns=["predictions", "labels"])).loc[(FULL, GAIN)]
     assert bare["test-set SE (points)"].endswith("(unpaired bound)")
-    assert bare["verdict"] == "undecided: the effect is within 2 standard errors"
+    assert bare["verdict"].startswith("undecided (the interval includes zero")
     # one row from before predictions were kept: that comparison falls back to the bound
     old = fair.copy()
     old["predictions"] = [None if (r.seed, r.alpha_train, r.alpha_test) == (1, 0.0, 0.0) else r.predictions
                           for r in fair.itertuples()]
     assert verdicts(old).loc[(FULL, GAIN), "test-set SE (points)"].endswith("(unpaired bound)")
+    # two cells tested on different labels are not paired image by image
+    other = fair.assign(labels=[[3] * 1000 if r.alpha_test == 0.5 else [4] * 1000 for r in fair.itertuples()])
+    assert verdicts(other).loc[(FULL, GAIN), "test-set SE (points)"].endswith("(unpaired bound)")
 
 
 def test_findings_say_a_demonstration_preset_decides_nothing_and_count_converged_trainings():
     quick = findings(frame(preset="quick"))
     assert quick[0].startswith("Preset quick is a demonstration") and "not a test of the paper" in quick[0]
     assert not any("demonstration" in line for line in findings(frame(preset="paper")))
+    claims = [line for line in quick if "95% CI" in line]
+    assert claims and all(line.endswith("; undecided (preset quick is a demonstration, not a test of the paper).")
+                          for line in claims)
     lines = [line for line in findings(ablation_frame()) if "Convergence (a')" in line]
     # alpha 0 falls 1% on seed 0 and 2% on seed 1 (not below 2%), alpha 0.5 falls 51-52%: 2 of 12 pass
     assert lines == ["[digits] Convergence (a'): 2 of 12 trainings' fixed-noise residual fell by less than 2% "
@@ -497,8 +552,10 @@ def test_findings_compare_two_cells_on_the_seeds_both_have():
     def acc(at, ae, seed, n=max(NS)):
         return 0.2 + 0.3 * at + 0.1 * ae - 0.2 * abs(at - ae) + 0.01 * math.log10(n) + 0.01 * seed
     gain = (acc(0.9, 0.9, 0) - acc(0.0, 0.0, 0)) * 100
-    assert f"reaches {acc(0.9, 0.9, 0) * 100:.2f}% vs {acc(0.0, 0.0, 0) * 100:.2f}% without noise, " \
-           f"on the 1 seed both cells have: a gain of {gain:+.2f} points" in text
-    assert f"acc(0, 0.5) = {acc(0.0, 0.5, 0) * 100:.2f}% on the 1 seed both cells have" in text
+    assert f"(i) balanced noise beats none: (0.9, 0.9) - (0, 0): {acc(0.9, 0.9, 0) * 100:.2f}% vs " \
+           f"{acc(0.0, 0.0, 0) * 100:.2f}% without noise, on the 1 seed both cells have: {gain:+.2f} points, " \
+           "1 paired seed; undecided" in text
+    assert f"acc(0, 0.5): {acc(0.5, 0.0, 0) * 100:.2f}% vs {acc(0.0, 0.5, 0) * 100:.2f}%, " \
+           "on the 1 seed both cells have" in text
     text = "\n".join(findings(frame()))
     assert "on the 3 seeds both cells have" in text

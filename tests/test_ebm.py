@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from trainables.common import STATUS_DIVERGED, STATUS_OK
+from trainables.common import STATUS_DIVERGED, STATUS_OK, config_row
 from trainables.data import Data, DataConfig
 from trainables.ebm import (Autoencoder, AutoencoderBank, EBMConfig, EvalConfig, evaluate,
                             preset_configs, train_bank)
@@ -135,7 +135,7 @@ def test_training_is_deterministic_and_resume_matches_uninterrupted():
         assert torch.equal(a, b) and torch.equal(a, c)
     assert full.history == resumed.history
     for key in ("residual_initial", "residual_at_80", "residual_final"):  # carried through the saved state
-        assert full.model.train_info[key] == resumed.model.train_info[key]
+        assert full.columns[key] == resumed.columns[key]
     other = train_bank(dataclasses.replace(cfg, seed=1), data)
     assert not torch.equal(full.model.weights[0], other.model.weights[0])
 
@@ -296,19 +296,17 @@ def test_bf16_inference_matches_fp32_within_tolerance(trained):
     for key, row in fp32.items():
         assert abs(bf16[key]["accuracy"] - row["accuracy"]) <= 2 / len(data.y_test) + 1e-9
         assert bf16[key]["energy_mean"] == pytest.approx(row["energy_mean"], rel=1e-2)
-        assert bf16[key]["precision"] == "bf16"
 
 
-def test_rows_carry_every_config_field(trained):
+def test_rows_hold_the_setting_and_its_metrics_and_no_config_field(trained):
+    """Config fields, run columns and provenance are the trial's to add (tests/test_methods.py)."""
     bank, data, cfg = trained
-    row = evaluate(bank, data, SETTINGS[:1], cfg, EvalConfig(n_checkpoints=(1,)))[0]
-    expected = {"dataset", "image_size", "channels", "classes", "distribution_train", "alpha_train",
-                "placement_train", "dropout_rate", "gaussian_sigma", "student_t_nu", "hidden_channels",
-                "hidden_activation", "output_activation", "lr", "batch_size", "epochs", "steps",
-                "seed", "eval_seed", "block_images", "block_draws", "memory_mb",
-                "distribution_test", "alpha_test", "placement_test", "n", "n_effective",
-                "accuracy", "energy_mean", "energy_var", "test_images", "eval_seconds", "device_name"}
+    ecfg = EvalConfig(n_checkpoints=(1,))
+    row = evaluate(bank, data, SETTINGS[:1], cfg, ecfg)[0]
+    expected = {"distribution_test", "alpha_test", "placement_test", "n", "n_effective",
+                "accuracy", "energy_mean", "energy_var", "test_images", "eval_seconds"}
     assert expected <= set(row)
+    assert not set(row) & set(config_row(cfg, ecfg))
 
 
 # ---------------------------------------------------------------------------------------------

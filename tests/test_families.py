@@ -8,9 +8,11 @@ per family present (a generic one for a family without an analysis module).
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from tuner.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[1]
 EBM_WORDS = ("alpha_train", "alpha_test", "NoiseSpec", "n_checkpoints", "energy")
+BUILTIN_FAMILIES = ("ebm", "vpn", "ninr", "sesnn")
 
 
 def core_files() -> list[Path]:
@@ -39,6 +42,10 @@ def core_files() -> list[Path]:
 
 
 def test_the_service_core_holds_no_family_vocabulary():
+    words = sorted(set(registry.FAMILIES) | set(BUILTIN_FAMILIES) | set(EBM_WORDS))
+    found = [f"{p.relative_to(REPO)}: {w}" for p in core_files() for w in words
+             if re.search(rf"\b{re.escape(w)}\b", p.read_text())]
+    assert not found, found  # whole words: `tuner.run grid_ebm` in a docstring is an example, not a list
     found = [f"{p.relative_to(REPO)}: {w}" for p in core_files() for w in EBM_WORDS if w in p.read_text()]
     assert not found, found
     assert any(p.name == "report.py" for p in core_files()) and not any(p.name == "ebm.py" for p in core_files())
@@ -51,6 +58,37 @@ def test_a_duplicate_name_is_refused_loudly(tmp_path, monkeypatch):
         registry.load(["tests.faulty", "dup_family"])
     with pytest.raises(ConfigError, match="cannot be imported"):
         registry.load(["no_such_module_here"])
+
+
+def test_the_built_in_families_are_entry_points_of_both_groups():
+    tuner_side = {e.name: e.value for e in registry.group_entries("noisetune.families")[0]}
+    assert set(BUILTIN_FAMILIES) <= set(registry.FAMILIES)
+    for family in BUILTIN_FAMILIES:
+        assert tuner_side[family] == f"search_spaces.{family}"
+        assert report.analysis_modules()[family] == [f"analysis.{family}"]
+        assert any(m.family == family for m in registry.METHODS.values())
+
+
+def test_without_the_project_installed_the_registry_says_how_to_install_it(monkeypatch):
+    from importlib import metadata
+    monkeypatch.setattr(metadata, "distributions", lambda: iter(()))
+    with pytest.raises(ConfigError, match=r"noisetune.*not installed.*`pip install -e \.`"):
+        registry.entry_sources()
+
+
+def test_a_broken_plugin_is_one_line_naming_it_and_the_rest_still_load(tmp_path, monkeypatch):
+    (tmp_path / "broken_family.py").write_text("raise RuntimeError('half-written plugin')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sources = registry.entry_sources() + [registry.Source("broken_family"), registry.Source("tests.faulty")]
+    methods, experiments, error = registry.load_all(sources)
+    assert error == ("NOISETUNE_PLUGINS module 'broken_family' cannot be imported "
+                     "(RuntimeError: half-written plugin)")
+    assert set(methods) == set(registry.METHODS) | {"faulty"} and "faulty_grid" in experiments
+    # an entry point's name is the family of its methods, and is registered once
+    with pytest.raises(ConfigError, match=r"method 'faulty' of .* has family='faulty'; allowed: 'other'"):
+        registry.load([registry.Source("tests.faulty", family="other")])
+    with pytest.raises(ConfigError, match=r"family 'faulty' of .* is registered twice"):
+        registry.load([registry.Source("tests.faulty", family="faulty"), registry.Source("dup", family="faulty")])
 
 
 def test_every_registered_method_names_its_family():
@@ -115,7 +153,7 @@ def test_a_family_without_an_analysis_module_gets_the_generic_section(tmp_path):
     info = report.build(write(tmp_path / "r", other_rows()), tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert list(info["sections"]) == ["Family vpn_like"] and info["sections"]["Family vpn_like"] == "ok"
-    assert "no analysis/vpn_like.py" in md and "rows and trials by method and status" in md
+    assert "no analysis module registered for vpn_like" in md and "rows and trials by method and status" in md
     assert "nll, minimised on each trial's headline rows, by width, sigma_test (mean, SEM and spread over 3 seeds)" in md
     table = report.sections(analysis.load(tmp_path / "r"), tmp_path / "out")[0]["tables"][1][1]
     cell = table[(table["width"] == 2) & (table["sigma_test"] == 0.5)].iloc[0]
@@ -145,6 +183,21 @@ def test_a_failing_section_says_why_and_the_others_render(tmp_path, monkeypatch)
     md = (tmp_path / "out" / "report.md").read_text()
     assert "**This section failed**: RuntimeError: figure code broke" in md
     assert info["sections"]["Family vpn_like"] == "ok" and "nll, minimised" in md
+
+
+def test_a_plugin_that_is_not_installed_registers_its_section_in_noisetune_plugins(tmp_path, monkeypatch):
+    (tmp_path / "like_report.py").write_text(textwrap.dedent('''
+        from analysis import generic
+        FAMILY = "vpn_like"
+        def section(df, out):
+            return generic.section(df, out) | {"title": "the plug-in's own section"}
+    '''))
+    (tmp_path / "like_family.py").write_text("raise RuntimeError('the tuner side: never imported by the report')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("NOISETUNE_PLUGINS", "like_family,like_report,no.such.module")
+    info = report.build(write(tmp_path / "r", other_rows()), tmp_path / "out")
+    assert info["sections"] == {"Family vpn_like: the plug-in's own section": "ok"}
+    assert "rendered by `like_report`" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_column_types_come_from_the_data(tmp_path):
@@ -180,3 +233,56 @@ def test_the_test_only_family_runs_through_tuner_run_and_the_report(tmp_path, sh
     info = report.build(folder, tmp_path / "out")
     assert list(info["sections"]) == ["Family faulty"]
     assert "error, minimised" in (tmp_path / "out" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# A family installed as a package of its own
+
+
+PLUGIN_FAMILY = '''"""A family of another package: the test-only family under a name of its own."""
+import dataclasses
+
+from tests import faulty
+
+METHODS = [dataclasses.replace(faulty.METHODS[0], name="plugged", family="plugfam")]
+EXPERIMENTS = [dataclasses.replace(faulty.EXPERIMENTS[0], name="plugged_grid", method="plugged")]
+'''
+PLUGIN_REPORT = '''"""Its report section: the generic one, under a title and with a finding of its own."""
+from analysis import generic
+
+FAMILY = "plugfam"
+
+
+def section(df, out):
+    got = generic.section(df, out)
+    return got | {"title": "the plug-in's own analysis", "findings": got["findings"] + ["plugfam section ran"]}
+'''
+
+
+@pytest.mark.slow
+def test_an_installed_plugin_package_runs_and_reports_without_noisetune_plugins(tmp_path):
+    site = tmp_path / "site"  # a folder on PYTHONPATH holding a package and its metadata: an installed package
+    (site / "plugfam").mkdir(parents=True)
+    (site / "plugfam" / "__init__.py").write_text("")
+    (site / "plugfam" / "family.py").write_text(PLUGIN_FAMILY)
+    (site / "plugfam" / "report.py").write_text(PLUGIN_REPORT)
+    info = site / "plugfam-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugfam\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[noisetune.families]\nplugfam = plugfam.family\n\n"
+                                           "[noisetune.analysis]\nplugfam = plugfam.report\n")
+    env = {k: v for k, v in os.environ.items() if k != "NOISETUNE_PLUGINS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(site)] + [p for p in [env.get("PYTHONPATH")] if p])
+    done = subprocess.run([sys.executable, "-m", "tuner.run", "plugged_grid", "--preset", "smoke", "--backend", "local",
+                           "--storage", str(tmp_path / "runs"), "--seeds", "1"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = tmp_path / "runs" / "plugged_grid-smoke"
+    df = analysis.load(folder)
+    assert set(df["family"]) == {"plugfam"} and set(df["method"]) == {"plugged"} and len(df) == 4
+    done = subprocess.run([sys.executable, "-m", "analysis.report", str(folder), "--out", str(tmp_path / "out")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Family plugfam: the plug-in's own analysis" in md and "4 rows, rendered by `plugfam.report`" in md
+    assert "plugfam section ran" in md and "error, minimised" in md

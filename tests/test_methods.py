@@ -4,16 +4,19 @@ Parametrised over the registry (and the test-only families of conftest.TEST_FAMI
 family is held to it without writing a test: deterministic on CPU for a fixed seed; resuming from
 a mid-training checkpoint equals an uninterrupted run; a diverging run ends with status
 `diverged` without raising; every row carries every config field and the family/method columns;
-a bad test setting is one ConfigError line. Tune's session calls are replaced by recorders.
+a bad test setting is one ConfigError line; a row column has one source (config, the run's
+columns, the setting row, the trial's provenance). Tune's session calls are replaced by recorders.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pandas as pd
 import pytest
 from ray import tune as ray_tune  # run_trial imports Tune when it runs; its calls are replaced here
 
+from tests import faulty
 from tests.conftest import TEST_FAMILIES, FakeSession
 from trainables.checks import ConfigError
 from trainables.common import STATUS_DIVERGED, STATUS_OK, all_field_names
@@ -80,6 +83,8 @@ def test_a_trial_is_deterministic_and_its_rows_carry_every_field(run, method):
     assert set(m.summary_columns) <= set(first.columns)
     assert first[list(m.setting_columns.values())].drop_duplicates().shape[0] == len(settings)
     assert first["headline"].any() and json.loads(first["summary_by"].iloc[0]) == list(m.summary_columns)
+    assert set(first["eval_seed"]) == {0}  # the smoke eval configs leave it to the trial's seed
+    assert first["label"].map(type).eq(str).all()
     final = session.reports[-1]
     assert final["done"] and exp.metric in final  # Tune is told the experiment's metric
     best = first[first["headline"]][exp.metric]
@@ -125,3 +130,65 @@ def test_every_preset_builds_valid_configs(method):
         m.configs(preset, {})
     with pytest.raises(ConfigError, match="preset"):
         m.configs("no_such_preset", {})
+
+
+@dataclasses.dataclass(frozen=True)
+class _SeededEval(faulty.FaultyEvalConfig):
+    eval_seed: int | None = 7
+
+
+def _faulty_with(monkeypatch, setting: dict | None = None, columns: dict | None = None, seeds: list | None = None):
+    """The faulty method with `setting` added to each row evaluate returns, `columns` as its run
+    columns, an eval config whose eval_seed is 7, and the eval seeds it is given kept in `seeds`."""
+    m = faulty.METHODS[0]
+
+    def configs(preset, values):
+        cfg, ecfg = m.configs(preset, values)
+        return cfg, _SeededEval(ecfg.repeats)
+
+    def train(*args, **kwargs):
+        return dataclasses.replace(m.train(*args, **kwargs), columns=dict(columns or {}))
+
+    def evaluate(model, data, settings, cfg, ecfg, eval_seed):
+        (seeds if seeds is not None else []).append(eval_seed)
+        return [r | (setting or {}) for r in m.evaluate(model, data, settings, cfg, ecfg, eval_seed)]
+
+    monkeypatch.setitem(registry.METHODS, m.name, dataclasses.replace(m, configs=configs, train=train,
+                                                                      evaluate=evaluate))
+
+
+@pytest.mark.parametrize("setting, columns, column", [
+    ({"level": 9.0}, {}, "level"),  # a training config field, from evaluate
+    ({}, {"repeats": 2}, "repeats"),  # an eval config field, as a run column
+    ({"eval_seed": 7}, {}, "eval_seed"),  # provenance
+    ({"family": "other"}, {}, "family"),  # a meta column
+    ({}, {"status": "ok"}, "status"),
+    ({"label": "x"}, {}, "label"),
+    ({"gap": 1.0}, {"gap": 1.0}, "gap"),  # a run column that a setting row repeats
+    ({"final_loss": 0.5}, {}, "final_loss"),  # ... the trial's default final_loss included
+])
+def test_a_row_column_given_by_two_sources_makes_the_trial_raise(run, monkeypatch, setting, columns, column):
+    _faulty_with(monkeypatch, setting, columns)
+    with pytest.raises(ValueError, match=f"column '{column}' comes from both"):
+        run("faulty", "twice")
+
+
+def test_run_columns_the_resolved_eval_seed_and_the_label_reach_every_row(run, monkeypatch):
+    seeds = []
+    _faulty_with(monkeypatch, columns={"final_loss": 0.25, "gap": 1.5}, seeds=seeds)
+    exp = EXPERIMENTS["faulty_grid"]
+    labelled = dataclasses.replace(exp, space=lambda preset: dataclasses.replace(
+        exp.space(preset), label=lambda point: f"level {point['level']}"))
+    monkeypatch.setitem(registry.EXPERIMENTS, exp.name, labelled)
+    rows, _ = run("faulty", "own")
+    assert set(rows["final_loss"]) == {0.25} and set(rows["gap"]) == {1.5}  # the method's own final_loss
+    assert seeds == [7] and set(rows["eval_seed"]) == {7}  # the eval config's, not the trial's seed 0
+    assert "eval_seed" in json.loads(rows["config_columns"].iloc[0])
+    assert set(rows["label"]) == {"level 0.0"}
+
+
+def test_without_a_label_or_a_final_loss_of_its_own_a_row_has_the_trials_defaults(run):
+    rows, _ = run("faulty", "plain")
+    history = list(faulty.train(faulty.FaultyConfig(), None).history)
+    assert set(rows["label"]) == {""} and set(rows["final_loss"]) == {history[-1]}
+    assert set(rows["eval_seed"]) == {0}  # faulty's eval config has no eval_seed: the trial's seed

@@ -188,10 +188,11 @@ def test_a_run_records_its_trajectory_hessian_and_phases(tmp_path):
     assert len(art["loss_steps"]) == 40 and len(art["niw_norm"]) <= 11
     assert art["niw_norm_steps"][0] == 0 and art["niw_norm_steps"][-1] == 40
     assert list(art["hessian_steps"]) == [0, 20, 40]
+    run = res.columns
+    assert run["measured_phase"] in ninr.PHASES and run["predicted_phase"] in ninr.PHASES
+    assert run["eta_lambda"] == pytest.approx(cfg.lr * art["hessian_top"][0])
     row = ninr.evaluate(res.model, data, [{"corruption": "clean", "strength": 0.0}], cfg, ninr.NINREvalConfig(), 0)[0]
-    assert row["measured_phase"] in ninr.PHASES and row["predicted_phase"] in ninr.PHASES
-    assert row["eta_lambda"] == pytest.approx(cfg.lr * art["hessian_top"][0])
-    assert row["dataset"] == ninr.TOY_DATASET and math.isfinite(row["test_loss"])
+    assert data.name == run["data_name"] == ninr.TOY_DATASET and math.isfinite(row["test_loss"])
 
 
 def test_downsampling_keeps_the_ends_and_the_peak():
@@ -320,6 +321,25 @@ def test_the_experiments_cover_the_posters_table_and_the_phase_grid():
     assert len({p["sigma_eps"] for p in phases.train}) >= 6 and len({p["lr"] for p in phases.train}) >= 3
     from tuner import registry
     assert registry.get("ninr_compare").default_seeds["paper"] == 5
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_trials_parquet_final_loss_is_the_mean_over_the_last_tenth_of_steps(tmp_path):
+    """The row's final_loss is NINR's own (the mean training loss over the last 10% of steps,
+    recomputed here from the step losses kept beside the part), not the last epoch's mean."""
+    import pandas as pd
+    from tuner import registry, trial
+    from tuner.store import ResultStore
+    exp = registry.get("ninr_compare")
+    trial.run_trial({"experiment": exp.name, "preset": "smoke", "seed": 0, "point": exp.space("smoke").train[0],
+                     "overrides": {"steps": 30}, "storage": str(tmp_path), "name": "run", "meta": {},
+                     "threads": 1}, local=True)
+    (part,) = ResultStore(str(tmp_path), "run").parts()
+    rows = pd.read_parquet(part)
+    losses = np.load(part[:-len(".parquet")] + ".npz")["loss_steps"]
+    assert len(losses) == 30 and set(rows["status"]) == {"ok"}
+    want = (losses[27] + losses[28] + losses[29]) / 3  # the last 3 of 30 steps
+    assert rows["final_loss"].tolist() == pytest.approx([want] * len(rows), rel=1e-12, abs=0)
 
 
 # ---------------------------------------------------------------------------------------------

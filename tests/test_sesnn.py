@@ -120,7 +120,7 @@ def test_training_with_the_regulariser_raises_the_entropy():
                                                 "train_limit": 40, "label_noise": 0.0})
         data = sesnn.load_data(cfg)
         res = sesnn.train(cfg, data)
-        out[omega] = res.model.info["log_sigma_kept"]
+        out[omega] = res.columns["log_sigma_kept"]
     assert out[1.0] > out[0.0] + 0.2, out
 
 
@@ -255,7 +255,7 @@ def test_forward_resumes_in_its_second_stage_to_the_uninterrupted_weights():
     resumed = sesnn.train(cfg, data, state=states[4])
     for (name, a), (_, b) in zip(whole.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
-    assert str(whole.model.info) == str(resumed.model.info)  # str: NaN columns compare equal
+    assert str(whole.columns) == str(resumed.columns)  # str: NaN columns compare equal
     np.testing.assert_array_equal(whole.artefacts["transition"], resumed.artefacts["transition"])
 
 
@@ -266,19 +266,18 @@ def test_the_loss_tail_is_the_change_and_the_share_of_the_decrease_over_the_last
     assert all(math.isnan(v) for v in sesnn.loss_tail([3.0, 2.0]))
 
 
-def test_rows_carry_the_label_noise_and_entropy_measurements():
+def test_a_run_measures_the_label_noise_and_entropy_and_its_test_draws_are_seeded():
     cfg, ecfg = sesnn.preset_configs("smoke", {"model": "sesnn", "loss": "forward", "label_noise": 0.4,
                                                "test_mode": "sample"})
     data = sesnn.load_data(cfg)
     res = sesnn.train(cfg, data)
     rows = sesnn.evaluate(res.model, data, [{"attack": "none", "eps": 0.0}, {"attack": "fgsm", "eps": 0.3}],
-                          cfg, ecfg, seed=0)
+                          cfg, ecfg, eval_seed=0)
     assert [r["attack"] for r in rows] == ["none", "fgsm"]
-    r = rows[0]
+    r = res.columns  # the trial writes them on every row
     assert 0 < r["label_noise_realised"] < 1 and len(eval(r["flip_pattern"])) == data.num_classes
     assert math.isfinite(r["transition_error"]) and math.isfinite(r["log_sigma_flipped"])
-    assert r["test_mode"] == "sample" and r["test_draws"] == ecfg.test_draws
-    again = sesnn.evaluate(res.model, data, [{"attack": "fgsm", "eps": 0.3}], cfg, ecfg, seed=0)
+    again = sesnn.evaluate(res.model, data, [{"attack": "fgsm", "eps": 0.3}], cfg, ecfg, eval_seed=0)
     assert again[0]["accuracy"] == rows[1]["accuracy"]  # test-time draws are seeded
 
 
@@ -337,6 +336,209 @@ def test_the_experiments_cover_the_papers_figures():
     assert {p["margin"] for p in margin.train} == {math.log(1), math.log(4), math.log(16)}
     from tuner import registry
     assert registry.get("adversarial_sesnn").default_seeds["paper"] == 20
+
+
+def test_every_grid_point_gets_its_label_from_the_search_spaces_dicts():
+    """search_spaces/sesnn.py is the one source of the method labels: Space(label=...) names each
+    point from LABEL_NOISE_METHODS / DEFENCE_METHODS, and the claims of analysis/sesnn.py name
+    only labels it gives (analysis keeps no (model, loss) -> label table of its own)."""
+    from analysis import sesnn as analysis
+    from search_spaces import sesnn as spaces
+    for make, methods in ((spaces.labelnoise_sesnn, spaces.LABEL_NOISE_METHODS),
+                          (spaces.adversarial_sesnn, spaces.DEFENCE_METHODS),
+                          (spaces.margin_sesnn, spaces.LABEL_NOISE_METHODS)):
+        for preset in ("paper", "quick", "smoke"):
+            space = make(preset)
+            assert space.label is not None
+            for point in space.train:
+                name = space.label(point | {"seed": 0})
+                assert name in methods, (preset, point)
+                cfg = sesnn.SESNNConfig(**{k: v for k, v in point.items() if k in ("model", "loss")})
+                assert all(getattr(cfg, k) == v for k, v in methods[name].items())
+    assert spaces.margin_sesnn("quick").label({"model": "sesnn", "label_noise": 0.4}) == "SE-SNN"  # loss: default ce
+    given = set(spaces.LABEL_NOISE_METHODS) | set(spaces.DEFENCE_METHODS)
+    assert {analysis.SESNN, analysis.SESNN_FORWARD, analysis.BASELINE, analysis.FORWARD, analysis.VIB} <= given
+    assert set(analysis.ANCHORS) <= given and not hasattr(analysis, "LABELS")
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis on fabricated frames: each claim under the one verdict rule (analysis/stats.py)
+
+
+def _rows(label: str, model: str, loss: str, setting: dict, accs: list[float], **common):
+    """Rows of one fabricated arm: its accuracy per seed (seeds 0, 1, ...) at one setting."""
+    import pandas as pd
+    return pd.DataFrame([{"family": "sesnn", "method": "sesnn", "status": "ok", "label": label, "model": model,
+                          "loss": loss, "label_noise": 0.0, "adv_train_eps": 0.0, "attack": "none", "eps": 0.0,
+                          "hidden": "[128, 128]", "omega": 0.01, "margin": math.log(4), "test_mode": "sample",
+                          "dataset": "digits", "image_size": 8, "channels": 1, "num_classes": 10, "seed": seed,
+                          "accuracy": acc, "loss_tail_share": 0.005, "initial_loss": 2.3, "final_loss": 0.5,
+                          "transition_error": 0.03 if loss == "forward" else float("nan"),
+                          "log_sigma_flipped": -1.6, "log_sigma_kept": -1.6}
+                         | common | setting | {"trial_key": f"{label}-{setting}-{seed}"}
+                         for seed, acc in enumerate(accs)])
+
+
+def _spread(mean: float, t: float) -> list[float]:
+    """Three paired differences with this mean and t statistic (sd = mean * sqrt(3) / t)."""
+    c = mean * math.sqrt(3) / t
+    return [mean - c, mean, mean + c]
+
+
+BASE = [0.60, 0.70, 0.80]  # seed effects shared by the arms: pairing removes them
+
+
+def _label_noise_frame(forward_at_20: list[float]):
+    import pandas as pd
+    arms = {}
+    for p, arm in ((0.2, {"SE-SNN": [0.0] * 3, "Forward": forward_at_20}),
+                   (0.4, {"SE-SNN": [0.06, 0.065, 0.062], "Baseline": [0.0] * 3,
+                          "SE-SNN+Forward": _spread(0.023, 2.0), "Forward": [0.0] * 3})):
+        for label, diffs in arm.items():
+            model = "sesnn" if "SE-SNN" in label else "deterministic"
+            loss = "forward" if "Forward" in label else "ce"
+            arms[(label, model, loss, p)] = [b + x for b, x in zip(BASE, diffs)]
+    return pd.concat([_rows(*k[:3], {"label_noise": k[3]}, v) for k, v in arms.items()], ignore_index=True)
+
+
+def _finding(found: list[str], words: str) -> str:
+    hits = [f for f in found if words in f]
+    assert len(hits) == 1, (words, found)
+    return hits[0]
+
+
+def test_label_noise_claims_follow_the_one_verdict_rule():
+    from analysis import sesnn as analysis
+    # At 20% Forward leads SE-SNN by 3.3 points at t = 3.3 (the committed quick run: +3.3 ± 1.0,
+    # p = 0.08 against zero): the old rule called "SE-SNN matches Forward" decided (does not hold);
+    # as non-inferiority within one point it is undecided (interval [-7.6, +1.0]).
+    d = _label_noise_frame([-x for x in _spread(-0.033, 3.3)])
+    found = analysis.label_noise_findings(d)
+    beats = _finding(found, "SE-SNN beats Baseline under 40%")
+    assert beats.endswith("holds (the interval excludes zero in the claimed direction).") and "95% CI" in beats
+    assert "the paper: 95.17% vs 81.04%" in beats
+    # A 3-seed t = 2 effect (the old rule: holds at exactly 2 SEM) is undecided, with seeds to decide it.
+    plus = _finding(found, "SE-SNN+Forward beats Forward under 40%")
+    assert ": undecided (the interval includes zero; about" in plus
+    at20 = _finding(found, "SE-SNN matches or beats Forward at 20%")
+    assert "not worse by more than 1 point (non-inferiority)" in at20 and "p = 0.148" in at20  # against -1 point
+    assert ": undecided (the interval reaches below -1 points" in at20
+    # Non-inferiority: a tight loss of 0.3 points holds within one point...
+    tight = analysis.label_noise_findings(_label_noise_frame([0.003, 0.0035, 0.0025]))
+    assert ": holds (lower end" in _finding(tight, "SE-SNN matches or beats Forward at 20%")
+    # ...a noisy difference near zero is not evidence of "matches" (the old rule said "holds (not
+    # worse beyond 2 SEM)")...
+    noisy = analysis.label_noise_findings(_label_noise_frame([0.03, -0.02, -0.005]))
+    assert ": undecided" in _finding(noisy, "SE-SNN matches or beats Forward at 20%")
+    # ...and the margin is a parameter, stated in the sentence.
+    strict = analysis.label_noise_findings(_label_noise_frame([0.003, 0.0035, 0.0025]), margin=0.001)
+    line = _finding(strict, "SE-SNN matches or beats Forward at 20%")
+    assert "not worse by more than 0.1 points" in line and ": does not hold" in line
+    assert "Forward beats SE-SNN at 40% (above 20%" in " ".join(found)
+
+
+def test_the_entropy_claim_is_in_log_sigma_units_and_a_blocked_run_is_undecided():
+    from analysis import sesnn as analysis
+    d = _label_noise_frame([0.0] * 3)
+    sesnn_40 = (d["label"] == "SE-SNN") & (d["label_noise"] == 0.4)
+    d.loc[sesnn_40, "log_sigma_flipped"] = -1.6 + np.array([0.10, 0.11, 0.12])
+    line = _finding(analysis.label_noise_findings(d), "SE-SNN gives flipped training samples higher entropy (Eq. 6) "
+                                                      "at 40%")
+    assert "= +0.11, 95% CI [+0.09, +0.13]" in line and "points" not in line
+    assert line.endswith("holds (the interval excludes zero in the claimed direction).")
+    d.loc[d["label"] == "Baseline", "loss_tail_share"] = 0.05  # the Baseline did not converge
+    beats = _finding(analysis.label_noise_findings(d), "SE-SNN beats Baseline under 40%")
+    assert ": undecided (not converged: the last 20% of epochs still gave up to 5.0%" in beats
+
+
+def _defence_frame():
+    """Normal training; SE-SNN against Baseline and Deep VIB at eps 0.1 ... 0.5: a clear paired lead
+    at 0.1 and 0.2, t = 2 at 0.3, a clear loss at 0.4, both below chance at 0.5."""
+    import pandas as pd
+    lead = {0.1: [0.12, 0.13, 0.125], 0.2: [0.05, 0.06, 0.055], 0.3: _spread(0.04, 2.0), 0.4: [-0.05, -0.06, -0.055]}
+    parts = []
+    for label, model in (("Baseline", "deterministic"), ("Deep VIB", "vib"), ("SE-SNN", "sesnn")):
+        for attack, eps in [("none", 0.0)] + [("fgsm", e) for e in (0.1, 0.2, 0.3, 0.4, 0.5)]:
+            if eps == 0.5:
+                accs = [0.02, 0.03, 0.04] if label == "SE-SNN" else [0.0, 0.01, 0.0]
+            else:
+                accs = [b * (0.5 if eps else 1.2) + (lead[eps][i] if label == "SE-SNN" and eps else 0.0)
+                        for i, b in enumerate(BASE)]
+            parts.append(_rows(label, model, "ce", {"attack": attack, "eps": eps}, accs,
+                               hidden="[1024, 1024, 256]", omega=0.1, margin=math.log(16)))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_the_defence_is_tested_per_eps_never_on_a_band_average(tmp_path):
+    from analysis import sesnn as analysis
+    d = _defence_frame()
+    found = analysis.defence_findings(d)
+    assert not [f for f in found if "eps <" in f or "eps >=" in f or "mean over those eps" in f]
+    vb = lambda eps: _finding(found, f"SE-SNN beats Baseline under FGS at eps {eps} (")
+    assert vb(0.1).endswith("holds (the interval excludes zero in the claimed direction).")
+    assert ": undecided (the interval includes zero" in vb(0.3)  # t = 2 over 3 seeds
+    assert ": does not hold" in vb(0.4)
+    assert ": undecided (both at or below chance (10%)" in vb(0.5)
+    summary = _finding(found, "SE-SNN against Baseline over the FGS strengths")
+    assert "holds at eps 0.1, 0.2" in summary and "does not hold at eps 0.4" in summary
+    assert "undecided at eps 0.3, 0.5" in summary
+    # The per-eps accuracy table: rows (training, method), columns clean then each eps.
+    t = analysis.defence_table(d)
+    assert list(t.columns) == ["training", "method", "clean", "eps 0.1", "eps 0.2", "eps 0.3", "eps 0.4", "eps 0.5"]
+    assert list(t["method"]) == ["Baseline", "Deep VIB", "SE-SNN"] and set(t["training"]) == {"normal training"}
+    assert t.set_index("method").loc["Baseline", "eps 0.5"] == "0.33 ± 0.33 (n=3)"
+    # The paired difference per eps, with its interval and verdict: 5 eps x 2 rivals.
+    diff = analysis.defence_difference_table(d)
+    assert len(diff) == 10 and {"95% CI", "p", "verdict"} <= set(diff.columns)
+    row = diff[(diff["SE-SNN - rival"] == "SE-SNN - Baseline") & (diff["eps"] == "0.1")].iloc[0]
+    assert row["difference (points)"] == "+12.50" and row["verdict"].startswith("holds")
+    captions = [c for c, _ in analysis.section(d, tmp_path)["tables"]]
+    assert any("per eps" in c for c in captions) and any("one verdict per eps" in c for c in captions)
+
+
+def test_a_larger_margin_is_tested_at_each_omega():
+    import pandas as pd
+    from analysis import sesnn as analysis
+    parts = []
+    for omega in (0.1, 0.01):
+        for b in (math.log(1), math.log(16)):
+            gain = 0.02 if (omega == 0.1 and b > 0) else 0.0
+            accs = [x + gain + (0.001 * i if b > 0 else 0) for i, x in enumerate(BASE)]
+            parts.append(_rows("SE-SNN", "sesnn", "ce", {"omega": omega, "margin": b, "label_noise": 0.4}, accs))
+    found = analysis.margin_findings(pd.concat(parts, ignore_index=True))
+    assert ": holds" in _finding(found, "A larger b helps under label noise at omega 0.1?")
+    assert ": undecided" in _finding(found, "A larger b helps under label noise at omega 0.01?")
+    assert "mean over omega" not in " ".join(found)
+
+
+def test_rows_without_a_label_are_named_by_their_fields_and_the_section_says_so():
+    from analysis import sesnn as analysis
+    d = _label_noise_frame([0.0] * 3)
+    old = d.drop(columns="label")
+    t = analysis.label_noise_table(old)
+    assert "sesnn+ce" in t.index and "SE-SNN" not in t.index
+    found = analysis.findings(old)
+    assert found[0].startswith("[labels] 18 of 18 rows carry no `label`")
+    assert not [f for f in found if "beats Baseline" in f]  # the claims name methods: not tested
+    blank = d.assign(label="")  # a trial of a space without label= writes ""
+    assert analysis.findings(blank)[0].startswith("[labels] 18 of 18 rows")
+    assert not [f for f in analysis.findings(d) if f.startswith("[labels]")]
+    # The rows' label is the name shown, whatever it is; a label over two (model, loss) is split.
+    renamed = d.assign(label=d["label"].replace({"Baseline": "Plain MLP"}))
+    assert "Plain MLP" in analysis.label_noise_table(renamed).index
+    mixed = d.copy()
+    mixed.loc[(mixed["label"] == "Baseline") & (mixed["seed"] == 0), "loss"] = "bootstrap_soft"
+    assert "Baseline (deterministic+bootstrap_soft)" in analysis.label_noise_table(mixed).index
+
+
+def test_the_analysis_keeps_no_statistics_of_its_own():
+    import ast
+    tree = ast.parse((REPO / "analysis" / "sesnn.py").read_text())
+    names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    assert not {n for n in names if n.endswith(("sem", "msem", "verdict", "interval"))}, names
+    assert not {"_cell", "_diff_text", "_paired"} & names
+    text = (REPO / "analysis" / "sesnn.py").read_text()
+    assert "scipy" not in text and "ddof" not in text and ".sem(" not in text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ keeps every other analysis module from computing a SEM, an interval or a verdict
 from __future__ import annotations
 
 import ast
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +94,38 @@ def test_seeds_to_decide_is_where_the_interval_would_clear_zero():
 def test_fmt_says_one_seed_rather_than_nan():
     assert stats.fmt(0.5, float("nan")) == "50.00 (1 seed)"
     assert stats.fmt(0.5, 0.01) == "50.00 ± 1.00" and stats.fmt(float("nan"), 0.1) == ""
+
+
+# What only analysis/stats.py may do: compute a SEM, a spread over seeds, an interval, a p or a
+# verdict. Function names, calls and imports that would do it anywhere else in the package.
+OWN_STATISTICS = re.compile(r"(^|_)m?sem$|(^|_)verdicts?$|(^|_)intervals?$")
+STATISTICS_CALLS = {"sem", "ttest_1samp", "ttest_rel", "ttest_ind", "ppf", "sf"}
+
+
+def test_no_other_analysis_module_computes_a_sem_an_interval_or_a_verdict():
+    found = []
+    for path in sorted((REPO / "analysis").glob("*.py")):
+        if path.name == "stats.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and OWN_STATISTICS.search(node.name.lower()):
+                found.append(f"{path.name}: def {node.name}")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                if node.func.attr in STATISTICS_CALLS:
+                    found.append(f"{path.name}:{node.lineno}: .{node.func.attr}(")
+                if node.func.attr in ("std", "var") and any(k.arg == "ddof" for k in node.keywords):
+                    found.append(f"{path.name}:{node.lineno}: .{node.func.attr}(ddof=...)")
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and "scipy" in ast.unparse(node):
+                found.append(f"{path.name}: imports scipy")
+    assert not found, found
+
+
+def test_the_rule_check_catches_a_family_copy(tmp_path, monkeypatch):
+    """The check above is not vacuous: a module with the old copies is caught."""
+    (tmp_path / "analysis").mkdir()
+    (tmp_path / "analysis" / "copy.py").write_text(
+        "def _msem(v):\n    return v.mean(), v.std(ddof=1)\n\ndef _verdict(d, s):\n    return d.sem()\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    with pytest.raises(AssertionError) as caught:
+        test_no_other_analysis_module_computes_a_sem_an_interval_or_a_verdict()
+    assert "def _msem" in str(caught.value) and "def _verdict" in str(caught.value) and ".sem(" in str(caught.value)

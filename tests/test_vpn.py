@@ -3,6 +3,7 @@ joint and frozen training, resume, bad input and the analysis tables."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from scipy import stats as sps
 
 from analysis import vpn as avpn
+from search_spaces import vpn as vpn_space
 from tests.reference_vpn import algorithm2
 from tests.conftest import notebook_output
 from trainables import vpn
@@ -187,7 +189,7 @@ def test_baselines_act_only_during_training(data, name, monkeypatch):
     rows, _ = vpn.evaluate(res.model, data, ["clean"], cfg, ecfg, 0)
     assert not calls
     assert torch.equal(torch.cat(spy.seen), data.x_test)
-    assert rows[0]["augmentation"] == name
+    assert rows[0]["inference"] == "clean"
 
 
 def test_frozen_mode_leaves_the_base_model_bit_identical_to_the_baseline_trial(data):
@@ -200,7 +202,7 @@ def test_frozen_mode_leaves_the_base_model_bit_identical_to_the_baseline_trial(d
     assert frozen.epochs_done == 2 * baseline.epochs_done  # base phase, then generator phase
     assert len(frozen.artefacts["std_history"]) == baseline.epochs_done
     rows, arrays = vpn.evaluate(frozen.model, data, ["vpn", "clean"], cfg, ecfg, 0)
-    assert {r["frozen_base"] for r in rows} == {"trained_in_trial"}
+    assert frozen.columns["frozen_base"] == "trained_in_trial" and baseline.columns["frozen_base"] == ""
     clean = next(r for r in rows if r["inference"] == "clean")
     base_rows, _ = vpn.evaluate(baseline.model, data, ["clean"], *vpn.preset_configs("smoke"), 0)
     assert clean["accuracy"] == base_rows[0]["accuracy"]
@@ -274,23 +276,55 @@ def test_learning_digits_quickly(data):
 # Analysis
 
 
-def frame(rows):
+CONFIG = ["dataset", "image_size", "channels", "epochs", "steps", "batch_size", "lr", "noise_draws", "n_draws",
+          "train_limit", "test_limit", "base", "mode", "generator", "augmentation"]
+
+
+def frame(rows, labels=True):
+    """Rows as a trial writes them: config_columns, and (unless labels=False, as older runs) the
+    `label` of search_spaces/vpn.py, the one source of the paper's row names."""
     base = {"family": "vpn", "method": "vpn", "status": "ok", "dataset": "fashion_mnist", "image_size": 28,
             "channels": 1, "epochs": 40, "steps": 0, "batch_size": 256, "lr": 1e-3, "noise_draws": 1, "n_draws": 1,
             "train_limit": None, "test_limit": None, "base": "softmax_regression", "mode": "joint",
-            "std_ratio": float("nan"), "label_leak_rate": float("nan"), "trial_key": "k"}
-    return pd.DataFrame([base | r for r in rows])
+            "augmentation": "none", "std_ratio": float("nan"), "label_leak_rate": float("nan"), "trial_key": "k",
+            "config_columns": json.dumps(sorted(CONFIG))}
+    rows = [base | r for r in rows]
+    if labels:
+        rows = [r | {"label": vpn_space.label(r)} for r in rows]
+    return pd.DataFrame(rows)
 
 
 def cells(seeds, **kw):
     return [kw | {"seed": s, "accuracy": a} for s, a in enumerate(seeds)]
 
 
+def baseline(seeds, **kw):
+    return cells(seeds, generator="none", inference="clean", **kw)
+
+
+def generator(seeds, clean=None, std_ratio=0.2, **kw):
+    """A generator's trials: Algorithm 2 rows and, if given, the same trials scored by f alone."""
+    kw = {"generator": "dnn3"} | kw
+    rows = cells(seeds, inference="vpn", std_ratio=std_ratio, label_leak_rate=0.1, **kw)
+    return rows + (cells(clean, inference="clean", **kw) if clean is not None else [])
+
+
+def claims(rows, **kw) -> list[str]:
+    return avpn.findings(frame(rows), **kw)
+
+
+def test_labels_come_from_the_search_space():
+    space = vpn_space.vpn_table("quick")
+    names = {space.label(p) for p in space.train}
+    assert names == {*vpn_space.BASELINE_LABELS.values(), *vpn_space.GENERATOR_LABELS.values()}
+    assert space.label({"augmentation": "pixel_noise"}) == "Random Noise"
+    assert vpn_space.vpn_noise_size("quick").label({"generator": "resnet18", "noise_draws": 4}) == "ResNet18"
+    assert not hasattr(avpn, "BASELINE_LABELS") and not hasattr(avpn, "GENERATOR_LABELS")
+    assert not hasattr(avpn, "KNOWN_CONFIG")
+
+
 def test_table_layout_and_paper_values_only_where_the_protocol_matches():
-    rows = (cells([0.70, 0.72, 0.74], generator="none", augmentation="none", inference="clean")
-            + cells([0.75, 0.76, 0.77], generator="dnn3", augmentation="none", inference="vpn", std_ratio=0.2,
-                    label_leak_rate=0.1)
-            + cells([0.74, 0.75, 0.76], generator="dnn3", augmentation="none", inference="clean"))
+    rows = (baseline([0.70, 0.72, 0.74]) + generator([0.75, 0.76, 0.77], clean=[0.74, 0.75, 0.76]))
     t = avpn.table(frame(rows))
     assert list(t.index) == ["Baseline", "DNN3", "DNN3 (No Noise)"]
     assert t.loc["Baseline", "fashion_mnist SR"] == "72.00 ± 1.15 (paper 74.97)"
@@ -299,27 +333,116 @@ def test_table_layout_and_paper_values_only_where_the_protocol_matches():
     assert "paper" not in avpn.table(small).loc["Baseline", "fashion_mnist SR"]
 
 
+def test_rows_without_a_label_say_so_and_are_named_by_their_fields(tmp_path):
+    rows = baseline([0.70, 0.72, 0.74]) + generator([0.75, 0.76, 0.77], clean=[0.74, 0.75, 0.76])
+    df = frame(rows, labels=False)
+    t = avpn.table(df)
+    assert list(t.index) == ["augmentation=none", "generator=dnn3", "generator=dnn3 (No Noise)"]
+    assert not t.apply(lambda c: c.str.contains("paper")).any().any()  # no paper number for an unnamed row
+    sec = avpn.section(df, tmp_path)
+    assert sec["findings"][0].startswith("Labels: 9 of 9 rows carry no `label` column")
+    assert "no `label` column" in sec["tables"][0][0]
+    labelled = avpn.section(frame(rows), tmp_path / "l")
+    assert not any("no `label`" in f for f in labelled["findings"]) and "label" not in labelled["tables"][0][0]
+
+
 def test_a_noise_size_sweep_is_not_pooled_into_one_cell():
-    rows = (cells([0.70, 0.70], generator="none", augmentation="none", inference="clean")
-            + cells([0.80, 0.80], generator="dnn3", augmentation="none", inference="vpn", noise_draws=1)
-            + cells([0.50, 0.50], generator="dnn3", augmentation="none", inference="vpn", noise_draws=8))
+    rows = (baseline([0.70, 0.70]) + generator([0.80, 0.80], noise_draws=1) + generator([0.50, 0.50], noise_draws=8))
     t = avpn.table(frame(rows))
     assert t.loc["DNN3"].iloc[0].startswith("80.00")
     assert t.attrs["fixed"] == {"noise_draws": 1}
 
 
-def test_findings_say_undecided_within_two_sem_and_flag_negligible_noise():
-    rows = (cells([0.70, 0.74, 0.72], generator="none", augmentation="none", inference="clean")
-            + cells([0.71, 0.75, 0.73], generator="dnn3", augmentation="none", inference="vpn", std_ratio=0.001,
-                    label_leak_rate=0.1)
-            + cells([0.60, 0.61, 0.62], generator="none", augmentation="pixel_noise", inference="clean"))
-    text = " ".join(avpn.findings(frame(rows)))
-    assert "undecided (within 2 SEM" in text
-    assert "negligible" in text
-    big = (cells([0.70, 0.71, 0.70], generator="none", augmentation="none", inference="clean")
-           + cells([0.80, 0.81, 0.80], generator="dnn3", augmentation="none", inference="vpn", std_ratio=0.3,
-                   label_leak_rate=0.1))
-    assert ": holds." in " ".join(avpn.findings(frame(big)))
+def test_configuration_columns_are_read_from_the_rows():
+    """A field no hand list knows (here `label_coeff`) is kept apart because the rows name it."""
+    rows = baseline([0.70, 0.70]) + generator([0.80, 0.80], label_coeff=0.01) + generator([0.50, 0.50], label_coeff=1.0)
+    df = frame(rows)
+    df["config_columns"] = json.dumps(sorted([*CONFIG, "label_coeff"]))
+    t = avpn.table(df)
+    assert t.attrs["fixed"] == {"label_coeff": 0.01} and t.loc["DNN3"].iloc[0].startswith("80.00")
+
+
+def test_generator_vs_baseline_follows_the_verdict_rule():
+    # a 3-seed effect at t ~ 3.5 (paired): the old 2-SEM rule said holds; the interval includes zero
+    rows = baseline([0.70, 0.70, 0.70]) + generator([0.72, 0.74, 0.76])
+    text = " ".join(claims(rows))
+    assert "the generator DNN3 (joint) beats the Baseline" in text
+    assert "+4.00 points, 95% CI [-0.97, +8.97]" in text and "3 paired seeds: undecided (the interval includes zero" in text
+    # a paired effect on noisy seeds holds
+    rows = baseline([0.70, 0.74, 0.72]) + generator([0.75, 0.80, 0.77])
+    text = " ".join(claims(rows))
+    assert "3 paired seeds: holds (the interval excludes zero" in text
+    # worse on every seed: does not hold
+    rows = baseline([0.70, 0.74, 0.72]) + generator([0.65, 0.68, 0.66])
+    assert "does not hold" in " ".join(claims(rows))
+
+
+def test_an_inert_generator_blocks_the_verdict():
+    rows = baseline([0.70, 0.74, 0.72]) + generator([0.75, 0.80, 0.77], clean=[0.75, 0.80, 0.77], std_ratio=0.001)
+    found = claims(rows)
+    beats = next(f for f in found if "beats the Baseline" in f)
+    assert "DNN3 (joint, inert)" in beats
+    assert "undecided (the generator is inert: its learned std is 0.0010 of the input's (below 0.01)" in beats
+    assert "not the noise's" in beats and "+5.33 points" in beats  # the estimate is still printed
+    equal = next(f for f in found if "noise at test" in f)
+    assert "undecided (the generator is inert" in equal
+    assert avpn.diagnostics(frame(rows))["inert"].all()
+
+
+def test_noise_at_test_vs_without_is_an_equality_claim_with_a_margin():
+    rows = generator([0.80, 0.81, 0.80], clean=[0.800, 0.805, 0.801])
+    found = " ".join(claims(rows))
+    assert "about the same with noise at test as without it, within ±1 point both ways" in found
+    assert "+0.13 points, 95% CI [-0.67, +0.93], p = 0.547, 3 paired seeds: holds (" in found
+    assert "with noise not below without by more than the margin: holds (lower end -0.67 points above -1 points)" in found
+    assert "without not below with noise by more than it: holds (lower end -0.93 points" in found
+    # a margin of 0.1 points is too tight for this spread
+    tight = " ".join(claims(rows, margin=0.001))
+    assert "within ±0.1 points both ways" in tight and ": undecided (with noise not below" in tight
+    # with noise a few points lower on every seed: does not hold
+    rows = generator([0.76, 0.77, 0.76], clean=[0.80, 0.81, 0.80])
+    assert ": does not hold (with noise not below without by more than the margin: does not hold (the whole interval " \
+        "is below -1 points)" in " ".join(claims(rows))
+
+
+def test_random_noise_spread_is_the_per_seed_std_without_a_verdict():
+    rows = (baseline([0.70, 0.74, 0.72]) + baseline([0.60, 0.70, 0.65], augmentation="pixel_noise")
+            + generator([0.75, 0.76, 0.77]))
+    found = next(f for f in claims(rows) if "random noise is unstable" in f)
+    rn = 100 * pd.Series([0.60, 0.70, 0.65]).std()
+    assert f"Random Noise {rn:.2f} (range 60.00-70.00, 3 seeds)" in found
+    assert "DNN3 1.00 (range 75.00-77.00, 3 seeds)" in found
+    assert "no verdict" in found and "holds" not in found
+
+
+def noise_size_frame():
+    """vpn_noise_size-shaped rows: the DNN3 generator at m = 1, 2, 4, 8 over 3 seeds (no baselines)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for m in (1, 2, 4, 8):
+        acc = 0.80 + 0.01 * np.log2(m) + rng.normal(0, 0.01, 3)
+        rows += generator(list(acc), clean=list(acc - 0.002), base="dnn3", noise_draws=m, trial_key=f"m{m}")
+    return frame(rows)
+
+
+def test_fig4_accuracy_against_noise_draws(tmp_path):
+    df = noise_size_frame()
+    sec = avpn.section(df, tmp_path)
+    assert "noise_size" in sec["figures"] and (tmp_path / "noise_size.png").exists()
+    fig = avpn.noise_size(df)
+    plotted = fig.plotted.set_index("noise_draws")
+    want = df[df["inference"] == "vpn"].groupby("noise_draws")["accuracy"].mean()
+    assert list(plotted.index) == [1, 2, 4, 8]
+    assert np.allclose(plotted["mean"], want.loc[plotted.index])
+    assert (plotted["count"] == 3).all() and set(plotted["row"]) == {"DNN3"}
+    # one claim per m against m=1, each with its interval
+    fig4 = [f for f in sec["findings"] if "Claim (Fig. 4)" in f]
+    assert len(fig4) == 3 and all("95% CI" in f for f in fig4)
+    assert "with m=8 noise draws per example as with m=1" in fig4[-1]
+    # the tables read m = 1 and say so; a table run has no Fig. 4
+    assert "noise_draws=1" in sec["tables"][0][0]
+    rows = baseline([0.70, 0.72, 0.74]) + generator([0.75, 0.76, 0.77])
+    assert any(s.startswith("noise_size (") for s in avpn.section(frame(rows), tmp_path / "t")["skipped"])
 
 
 @pytest.fixture(scope="module")
@@ -344,4 +467,4 @@ def test_report_of_a_real_run_draws_std_maps_from_artefacts(smoke_run, tmp_path)
 @pytest.mark.slow
 def test_notebook_executes_headless_on_a_real_run(smoke_run):
     out = notebook_output("vpn", smoke_run)
-    assert "Generator DNN3 (frozen) vs Baseline" in out
+    assert "the generator DNN3 (frozen" in out and "beats the Baseline" in out

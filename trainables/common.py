@@ -119,7 +119,9 @@ class Progress:
 class TrainResult:
     """The outcome of a training run; `model` is usable even when the run diverged.
 
-    `artefacts` holds arrays to keep beside the trial's rows (a learned std map, a weight-norm
+    `columns` holds the run's own row columns, measured at training time (its device, a final
+    loss of its own, phase or label-noise measurements): the trial writes them on every row of the
+    run. `artefacts` holds arrays to keep beside the trial's rows (a learned std map, a weight-norm
     trajectory): the store writes them next to the part file, and analysis loads them by trial key.
     """
 
@@ -130,6 +132,7 @@ class TrainResult:
     seconds: float = 0.0
     message: str = ""
     artefacts: dict[str, Any] = field(default_factory=dict)
+    columns: dict[str, Any] = field(default_factory=dict)
 
 
 def _all_rows(rows: list[dict]) -> list[dict]:
@@ -146,10 +149,12 @@ class Method:
 
     The service (CLI, trial, store, report) knows nothing else of a method:
     - configs(preset, values) -> (train config, eval config), refusing bad values up front;
-    - load_data(cfg) -> data; train(cfg, data, callback, state) -> TrainResult;
-    - evaluate(model, data, settings, cfg, ecfg, seed) -> rows, or (rows, {name: array}); one row
-      per test setting (and draw count, ...), each carrying every config field; `seed` is the
-      trial's seed, for whatever evaluation noise the eval config does not seed itself;
+    - load_data(cfg) -> data; train(cfg, data, callback, state) -> TrainResult, whose `columns`
+      are the run's own row columns (a `final_loss` there replaces the trial's history[-1]);
+    - evaluate(model, data, settings, cfg, ecfg, eval_seed) -> rows, or (rows, {name: array}); one
+      row per test setting (and draw count, ...) holding only its setting columns and metrics;
+      `eval_seed` is the evaluation seed the trial resolved (the eval config's, else the trial's).
+      The trial adds config fields, run columns and provenance; a column given twice is an error;
     - check_setting(dict) -> the setting `evaluate` takes, or one ConfigError line;
     - setting_columns: test-setting key -> the row column it is written to;
     - summary_columns: the columns of the end-of-run table (those that vary are shown);

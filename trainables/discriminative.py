@@ -19,7 +19,7 @@ from torch import nn
 
 from trainables.checks import (ConfigError, check_choice, check_int, check_keys, check_optional_int,
                                check_range)
-from trainables.common import (Method, Progress, TrainResult, check_device, config_row, configs_from_preset, device_name,
+from trainables.common import (Method, Progress, TrainResult, check_device, configs_from_preset, device_name,
                                resolve_device)
 from trainables.data import DataConfig, load_dataset
 from trainables.injection import ActivationNoise, stream_seed
@@ -87,9 +87,11 @@ def train_classifier(cfg: ClassifierConfig, data, callback: Callable[[Progress],
                              cfg.stem).to(device)
     noise_gen = make_generator(stream_seed(cfg.seed, "train_noise"), device)
     model.activation_noise.set(cfg.distribution_train, cfg.alpha_train, noise_gen)
-    return train_supervised(model, x, y, seed=cfg.seed, lr=cfg.lr, batch_size=cfg.batch_size,
-                            epochs=cfg.epochs, steps=cfg.steps, scheduler=cfg.scheduler,
-                            generators={"noise_rng": noise_gen}, callback=callback, state=state)
+    res = train_supervised(model, x, y, seed=cfg.seed, lr=cfg.lr, batch_size=cfg.batch_size,
+                           epochs=cfg.epochs, steps=cfg.steps, scheduler=cfg.scheduler,
+                           generators={"noise_rng": noise_gen}, callback=callback, state=state)
+    res.columns["device_name"] = device_name(device)
+    return res
 
 
 # The row column each test-setting key is written to (placement: after every activation, "full").
@@ -128,7 +130,7 @@ def evaluate_classifier(model: nn.Module, data, settings, n_checkpoints=(1, 10, 
     fresh run with n_max = n. Each setting's generator is seeded from (seed, setting), seed
     defaulting to cfg.seed. alpha_test = 0 is one deterministic pass, reported at every n with
     n_effective = 1. eval_seconds is the time of the passes up to n. Which draw lands on which
-    image depends on batch_size (chunks draw in turn), so it is recorded as eval_batch_size.
+    image depends on batch_size (chunks draw in turn): the eval config's eval_batch_size.
     """
     points = check_checkpoints(n_checkpoints)
     specs = [check_setting(s) for s in settings]
@@ -137,7 +139,6 @@ def evaluate_classifier(model: nn.Module, data, settings, n_checkpoints=(1, 10, 
     noise = model.activation_noise
     device = next(model.parameters()).device
     x, y = data.x_test.to(device), data.y_test.to(device)
-    base = (config_row(cfg) if cfg is not None else {}) | {"device_name": device_name(device)}
     saved = (noise.distribution, noise.alpha, noise.generator)
     was_training = model.training
     model.eval()  # BatchNorm uses its running statistics; activation noise stays on
@@ -153,9 +154,8 @@ def evaluate_classifier(model: nn.Module, data, settings, n_checkpoints=(1, 10, 
             tally = DrawTally(points if alpha > 0 else (1,), pick="argmax", moments=False)
             tally.add_block(one_pass, y, points[-1] if alpha > 0 else 1, 1, clock=time.perf_counter)
             setting = {"distribution_test": dist, "alpha_test": alpha, "placement_test": "full"}
-            rows += [base | setting | r for r in rows_at_checkpoints(points, alpha > 0, lambda m, t=tally: {
-                "accuracy": t.correct[m] / len(x), "test_images": len(x), "eval_batch_size": batch_size,
-                "eval_seconds": t.seconds[m]})]
+            rows += [setting | r for r in rows_at_checkpoints(points, alpha > 0, lambda m, t=tally: {
+                "accuracy": t.correct[m] / len(x), "test_images": len(x), "eval_seconds": t.seconds[m]})]
     finally:
         noise.set(*saved)
         model.train(was_training)
@@ -193,11 +193,10 @@ def preset_configs(preset: str, overrides: dict | None = None) -> tuple[Classifi
     return configs_from_preset(PRESETS, ClassifierConfig(), ClassifierEvalConfig, preset, overrides)
 
 
-def evaluate(model, data, settings, cfg: ClassifierConfig, ecfg: ClassifierEvalConfig, seed: int = 0) -> list[dict]:
-    """The Method's evaluate: evaluate_classifier with the eval config (eval_seed None: `seed`)."""
-    used = ecfg.eval_seed if ecfg.eval_seed is not None else seed
-    rows = evaluate_classifier(model, data, settings, ecfg.n_checkpoints, cfg, used, ecfg.eval_batch_size)
-    return [r | config_row(ecfg) | {"eval_seed": used} for r in rows]
+def evaluate(model, data, settings, cfg: ClassifierConfig, ecfg: ClassifierEvalConfig,
+             eval_seed: int = 0) -> list[dict]:
+    """The Method's evaluate: evaluate_classifier with the eval config, test noise seeded by `eval_seed`."""
+    return evaluate_classifier(model, data, settings, ecfg.n_checkpoints, cfg, eval_seed, ecfg.eval_batch_size)
 
 
 def describe(cfg: ClassifierConfig, ecfg: ClassifierEvalConfig, settings) -> str:

@@ -41,7 +41,7 @@ from torch import nn
 from trainables import discriminative
 from trainables.checks import (ConfigError, check_choice, check_int, check_keys, check_optional_int,
                                check_range)
-from trainables.common import (STATUS_DIVERGED, STATUS_OK, Method, Progress, TrainResult, config_row, loss_tail,
+from trainables.common import (STATUS_DIVERGED, STATUS_OK, Method, Progress, TrainResult, loss_tail,
                                configs_from_preset, device_name, resolve_device)
 from trainables.data import Data, DataConfig, load_dataset
 from trainables.noise import DISTRIBUTIONS, NoiseParams, fill_, make_generator
@@ -543,9 +543,9 @@ def train_bank(cfg: EBMConfig, data: Data, callback: Callable[[Progress], object
         if callback is not None and callback(Progress(epoch, mean_loss, snapshot(epoch))) is True:
             break
     residual_end = fixed_noise_residual(forward, cfg, probe) if status == STATUS_OK else float("nan")
-    bank.train_info = convergence_columns(history, residual_0, residual_80, residual_end)  # read into evaluate's rows
+    columns = {"device_name": device_name(device)} | convergence_columns(history, residual_0, residual_80, residual_end)
     return TrainResult(bank, status, epoch, history, time.perf_counter() - start,
-                       "" if status == STATUS_OK else f"non-finite loss at epoch {epoch}")
+                       "" if status == STATUS_OK else f"non-finite loss at epoch {epoch}", columns=columns)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -577,7 +577,7 @@ class SamplingEvaluator:
 
     def __init__(self, bank: AutoencoderBank, params: NoiseParams, ecfg: EvalConfig, side: int, seed: int = 0):
         self.bank, self.params, self.ecfg = bank, params, ecfg
-        self.seed = ecfg.eval_seed if ecfg.eval_seed is not None else seed  # keys the noise generators
+        self.seed = seed  # the evaluation seed: keys the noise generators
         self.shapes = [(c, h, w) for h, w, c in bank.layer_shapes(side)]  # NCHW per image
         # bf16: channels-last activations and weights, where oneDNN's bf16 kernels are fastest.
         self.dtype = torch.bfloat16 if ecfg.precision == "bf16" else torch.float32
@@ -686,14 +686,14 @@ class SamplingEvaluator:
 
 @torch.no_grad()
 def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], cfg: EBMConfig,
-             ecfg: EvalConfig = EvalConfig(), seed: int = 0) -> list[dict]:
+             ecfg: EvalConfig = EvalConfig(), eval_seed: int = 0) -> list[dict]:
     """Sampling inference for every test setting in one pass over the test set.
 
-    Returns one row per (setting, n checkpoint) carrying every config field, accuracy, and the
-    mean and across-draw variance of the energy (averaged over images and classes), and every
-    image's predicted class and label (`predictions`, `labels`, in test-set order). A setting
-    with alpha = 0 is deterministic: one pass, reported at every n with n_effective = 1. Test
-    noise is keyed by ecfg.eval_seed, or by `seed` (the trial's) when that is None.
+    Returns one row per (setting, n checkpoint): the setting's columns, accuracy, the mean and
+    across-draw variance of the energy (averaged over images and classes), and every image's
+    predicted class and label (`predictions`, `labels`, in test-set order). A setting with
+    alpha = 0 is deterministic: one pass, reported at every n with n_effective = 1. Test noise is
+    keyed by `eval_seed`.
     """
     settings = [check_setting(s) for s in settings]
     if not settings:
@@ -703,7 +703,7 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
     x_all = data.x_test.to(device)
     y_all = data.y_test.to(device)
     side = x_all.shape[-1]
-    ev = SamplingEvaluator(bank, cfg.noise_params, ecfg, side, seed)
+    ev = SamplingEvaluator(bank, cfg.noise_params, ecfg, side, eval_seed)
     n_max = ecfg.n_checkpoints[-1]
     tallies = [DrawTally(ecfg.n_checkpoints if s.alpha > 0 else (1,)) for s in settings]
     seconds = [0.0] * len(settings)
@@ -725,12 +725,10 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
                 tallies[si].add_block(per_draw, labels, n_max, step)
             seconds[si] += time.perf_counter() - t0 + t_clean / len(settings)
 
-    base = (config_row(cfg) | config_row(ecfg) | {"eval_seed": ev.seed, "device_name": device_name(device)}
-            | getattr(bank, "train_info", convergence_columns([], *[float("nan")] * 3)))
     rows, total, labels_list = [], len(x_all), y_all.tolist()
     for spec, tally, secs in zip(settings, tallies, seconds):
         setting = {column: getattr(spec, key) for key, column in SETTING_COLUMNS.items()}
-        rows += [base | setting | r for r in rows_at_checkpoints(ecfg.n_checkpoints, spec.alpha > 0, lambda m, t=tally: {
+        rows += [setting | r for r in rows_at_checkpoints(ecfg.n_checkpoints, spec.alpha > 0, lambda m, t=tally: {
             "accuracy": t.correct[m] / total, "energy_mean": t.mean[m] / total,
             "energy_var": t.var[m] / total if m > 1 else float("nan"),
             # Per image: best vs second-best class mean energy, the std of a class's n-draw mean,

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.checks import ConfigError, check_choice, check_int, check_keys, check_optional_int, check_range
-from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, config_row,
-                               configs_from_preset, device_name, resolve_device)
+from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, configs_from_preset,
+                               device_name, resolve_device)
 from trainables.corruptions import check_corruption, corrupt
 from trainables.data import Data, DataConfig, load_dataset
 from trainables.injection import stream_seed
@@ -57,7 +57,7 @@ ARCHS = ("fc", "cnn", "mlp3", "linear_toy")
 REGULARIZERS = ("none", "l2", "dropout", "ninr", "cdt")
 PLACEMENTS = ("in", "full")
 PHASES = ("decoupled", "decay", "catapult", "divergent")
-TOY_DATASET = "synthetic_linear"  # the `dataset` column of linear_toy rows
+TOY_DATASET = "synthetic_linear"  # the name of linear_toy's data (its rows' `data_name`; `dataset` is unused)
 
 
 @dataclass(frozen=True)
@@ -383,7 +383,8 @@ def downsample(values: list[float], points: int) -> tuple[np.ndarray, np.ndarray
 def train_ninr(cfg: NINRConfig, data: Data, callback: Callable[[Progress], object] | None = None,
                state: dict | None = None) -> TrainResult:
     """Train on the shared supervised loop; for ninr, the NIW norm after every step and lambda at
-    `hessian_points` steps go into the artefacts and into the result's `extra` summary."""
+    `hessian_points` steps go into the artefacts; the run's columns hold its phase summary and its
+    own initial and final loss (the mean over the first and the last 10% of steps, loss_ends)."""
     device = resolve_device(cfg.device)
     x, y = data.x_train.to(device), data.y_train.to(device)
     torch.manual_seed(cfg.seed)  # initial weights, then NIWs
@@ -443,8 +444,13 @@ def train_ninr(cfg: NINRConfig, data: Data, callback: Callable[[Progress], objec
         artefacts |= {"niw_norm_steps": steps, "niw_norm": values,
                       "hessian_steps": np.array([s for s, _ in hessian], int),
                       "hessian_top": np.array([v for _, v in hessian], float)}
+    steps = len(step_losses)
+    first, last = loss_ends(step_losses)
+    columns = {"device_name": device_name(device), "data_name": data.name,  # linear_toy: not cfg's dataset
+               "train_steps": steps, "final_loss": float(last),
+               "initial_loss": float(first)} | phase_summary(cfg, artefacts, res.status, steps)
     return TrainResult(model, res.status, res.epochs_done, res.history, time.perf_counter() - start, res.message,
-                       artefacts)
+                       artefacts, columns)
 
 
 def phase_summary(cfg: NINRConfig, artefacts: dict, status: str, steps: int) -> dict:
@@ -493,25 +499,15 @@ def check_setting(setting) -> dict:
     return {"corruption": name, "strength": strength}
 
 
-def evaluate(model: NINModel, data: Data, settings, cfg: NINRConfig, ecfg: NINREvalConfig, seed: int = 0):
-    """One row per (corruption, strength): accuracy (classification) or test MSE (linear_toy),
-    with the run's phase measurement and its final training loss on every row."""
-    used = ecfg.eval_seed if ecfg.eval_seed is not None else seed
+def evaluate(model: NINModel, data: Data, settings, cfg: NINRConfig, ecfg: NINREvalConfig, eval_seed: int = 0):
+    """One row per (corruption, strength): accuracy (classification) or test MSE (linear_toy)."""
     device = next(model.parameters()).device
     x, y = data.x_test.to(device), data.y_test.to(device)
-    artefacts = getattr(model, "artefacts", None) or {}
-    steps = len(artefacts.get("loss_steps", []))
-    first, last = loss_ends(artefacts.get("loss_steps", []))
-    base = config_row(cfg, ecfg) | {"eval_seed": used, "device_name": device_name(device), "test_images": len(x),
-                                    "num_classes": data.num_classes, "train_steps": steps,
-                                    "final_loss": float(last), "initial_loss": float(first)}
-    if cfg.arch == "linear_toy":
-        base["dataset"] = TOY_DATASET
-    base |= phase_summary(cfg, artefacts, getattr(model, "status", STATUS_OK), steps)
+    base = {"test_images": len(x), "num_classes": data.num_classes}
     model.eval()
     if model.nodes is not None:
         model.nodes.enabled = ecfg.test_noise
-        model.nodes.generator = make_generator(stream_seed(used, "nin_test"), device)
+        model.nodes.generator = make_generator(stream_seed(eval_seed, "nin_test"), device)
     rows = []
     try:
         for s in (check_setting(s) for s in settings):
@@ -525,8 +521,8 @@ def evaluate(model: NINModel, data: Data, settings, cfg: NINRConfig, ecfg: NINRE
                 correct = 0
                 for i in range(0, len(x), ecfg.eval_batch_size):
                     xb, yb = x[i:i + ecfg.eval_batch_size], y[i:i + ecfg.eval_batch_size]
-                    xc = corrupt(xb, s["corruption"], s["strength"], stream_seed(used, s["corruption"], s["strength"], i),
-                                 model, yb)
+                    key = stream_seed(eval_seed, s["corruption"], s["strength"], i)
+                    xc = corrupt(xb, s["corruption"], s["strength"], key, model, yb)
                     with torch.no_grad():
                         correct += int((model(xc).argmax(1) == yb).sum())
                 metric = {"accuracy": correct / len(x), "test_loss": float("nan")}
@@ -537,11 +533,7 @@ def evaluate(model: NINModel, data: Data, settings, cfg: NINRConfig, ecfg: NINRE
     return rows
 
 
-def train(cfg: NINRConfig, data: Data, callback=None, state=None) -> TrainResult:
-    """train_ninr, with the artefacts and status also kept on the model for evaluate's rows."""
-    res = train_ninr(cfg, data, callback, state)
-    res.model.artefacts, res.model.status = res.artefacts, res.status
-    return res
+train = train_ninr
 
 
 PRESETS: dict[str, dict] = {

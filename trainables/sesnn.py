@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.checks import ConfigError, check_choice, check_int, check_keys, check_optional_int, check_range
-from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, config_row, loss_tail,
+from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, loss_tail,
                                configs_from_preset, device_name, resolve_device)
 from trainables.corruptions import eot_fgsm
 from trainables.data import Data, DataConfig, load_dataset
@@ -396,10 +396,11 @@ def train_sesnn(cfg: SESNNConfig, data: Data, callback: Callable[[Progress], obj
 
 
 def _finish(cfg, res, last_stage, model, x, flipped, pattern, transition, start) -> TrainResult:
-    """The result with its label-noise, loss and entropy measurements (kept on the model for
-    evaluate's rows); loss columns read the last stage (forward's corrected training)."""
+    """The result with its label-noise, loss and entropy measurements as the run's columns; loss
+    columns read the last stage (forward's corrected training)."""
     nan = float("nan")
-    info = {"label_noise_realised": float(flipped.float().mean()), "flip_pattern": json.dumps(pattern.tolist()),
+    info = {"device_name": device_name(x.device), "label_noise_realised": float(flipped.float().mean()),
+            "flip_pattern": json.dumps(pattern.tolist()),
             "initial_loss": float(last_stage[0]) if last_stage else nan,
             "final_loss": float(last_stage[-1]) if last_stage else nan,
             **dict(zip(("loss_tail_change", "loss_tail_share"), loss_tail(last_stage))),
@@ -418,10 +419,9 @@ def _finish(cfg, res, last_stage, model, x, flipped, pattern, transition, start)
         if (~flipped).any():
             info["log_sigma_kept"] = float(per_sample[~flipped].mean())
     model.eval()
-    model.info, model.status = info, res.status
     artefacts = {"transition": transition.cpu().numpy()} if transition is not None else {}
     return TrainResult(model, res.status, res.epochs_done, res.history, time.perf_counter() - start, res.message,
-                       artefacts)
+                       artefacts, info)
 
 
 train = train_sesnn
@@ -444,19 +444,16 @@ def check_setting(setting) -> dict:
     return {"attack": attack, "eps": float(eps)}
 
 
-def evaluate(model: SNN, data: Data, settings, cfg: SESNNConfig, ecfg: SESNNEvalConfig, seed: int = 0):
-    """One row per (attack, eps): clean-label test accuracy, with the run's label-noise and entropy
-    measurements on every row."""
-    used = ecfg.eval_seed if ecfg.eval_seed is not None else seed
+def evaluate(model: SNN, data: Data, settings, cfg: SESNNConfig, ecfg: SESNNEvalConfig, eval_seed: int = 0):
+    """One row per (attack, eps): clean-label test accuracy."""
     device = next(model.parameters()).device
     x, y = data.x_test.to(device), data.y_test.to(device)
     sample = ecfg.test_mode == "sample" and bool(model.stochastic)
-    base = config_row(cfg, ecfg) | {"eval_seed": used, "device_name": device_name(device), "test_images": len(x),
-                                    "num_classes": data.num_classes, **getattr(model, "info", {})}
+    base = {"test_images": len(x), "num_classes": data.num_classes}
     rows = []
     for s in (check_setting(s) for s in settings):
         t0 = time.perf_counter()
-        gen = make_generator(stream_seed(used, "snn_test", s["attack"], s["eps"]), device)
+        gen = make_generator(stream_seed(eval_seed, "snn_test", s["attack"], s["eps"]), device)
         xs = x
         if s["attack"] == "fgsm":
             model.set_noise(sample, gen)

@@ -34,7 +34,7 @@ from torch import nn
 
 from trainables.augment import AugmentConfig, augment
 from trainables.checks import ConfigError, check_choice, check_int, check_keys, check_optional_int, check_range
-from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, config_row, configs_from_preset,
+from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, configs_from_preset,
                                device_name, resolve_device)
 from trainables.data import DataConfig, load_dataset
 from trainables.injection import stream_seed
@@ -197,7 +197,7 @@ def train_vpn(cfg: VPNConfig, data, callback: Callable[[Progress], object] | Non
             return F.cross_entropy(model(augment(cfg.augment, xb)), yb)
         res = train_supervised(base, x, y, batch_loss=baseline_loss, callback=_phased(callback, "base", 0),
                                state=state, **common)
-        return _result(VPNModel(base, None), res, start, [], [])
+        return _result(cfg, VPNModel(base, None), res, start, [], [])
 
     resumed = state if state is not None and state.get("phase") == "vpn" else None
     base_epochs, base_history = 0, []
@@ -206,7 +206,7 @@ def train_vpn(cfg: VPNConfig, data, callback: Callable[[Progress], object] | Non
     elif cfg.mode == "frozen":  # phase 1: f alone, as the baseline trial trains it
         res = train_supervised(base, x, y, callback=_phased(callback, "base", 0), state=state, **common)
         if res.status != STATUS_OK or res.epochs_done < _epochs(cfg, len(x)):
-            return _result(VPNModel(base, None), res, start, [], [])  # diverged or stopped early
+            return _result(cfg, VPNModel(base, None), res, start, [], [])  # diverged or stopped early
         base_epochs, base_history = res.epochs_done, list(res.history)
     model = VPNModel(base, _generator(cfg, shape, classes).to(device), frozen_base=cfg.mode == "frozen")
     noise_gen = make_generator(stream_seed(cfg.seed, "vpn_train_noise"), device)
@@ -230,7 +230,7 @@ def train_vpn(cfg: VPNConfig, data, callback: Callable[[Progress], object] | Non
     res = train_supervised(model, x, y, batch_loss=vpn_loss, generators={"vpn_noise_rng": noise_gen},
                            callback=on_epoch, state=resumed,
                            **common)
-    return _result(model, res, start, stds, base_history, base_epochs)
+    return _result(cfg, model, res, start, stds, base_history, base_epochs)
 
 
 def _epochs(cfg: VPNConfig, n: int) -> int:
@@ -245,11 +245,14 @@ def _phased(callback, phase: str, offset: int, extra: dict | None = None):
     return lambda p: callback(Progress(p.epoch + offset, p.loss, lambda: p.state() | {"phase": phase} | (extra or {})))
 
 
-def _result(model: VPNModel, res: TrainResult, start: float, stds, base_history, base_epochs: int = 0) -> TrainResult:
+def _result(cfg: VPNConfig, model: VPNModel, res: TrainResult, start: float, stds, base_history,
+            base_epochs: int = 0) -> TrainResult:
     model.eval()
     artefacts = {"std_history": torch.tensor(stds, dtype=torch.float64).numpy()} if stds else {}
+    columns = {"device_name": device_name(next(model.parameters()).device),
+               "frozen_base": "trained_in_trial" if cfg.mode == "frozen" else ""}
     return TrainResult(model, res.status, res.epochs_done + base_epochs, [*base_history, *res.history],
-                       time.perf_counter() - start, res.message, artefacts)
+                       time.perf_counter() - start, res.message, artefacts, columns)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,15 +298,12 @@ def vpn_scores(model: VPNModel, x: torch.Tensor, num_classes: int, n_draws: int,
     return {"score": torch.cat(scores), "leak": torch.cat(leaks), "sigma_mean": torch.cat(sigmas)}
 
 
-def evaluate(model: VPNModel, data, settings, cfg: VPNConfig, ecfg: VPNEvalConfig, seed: int = 0):
+def evaluate(model: VPNModel, data, settings, cfg: VPNConfig, ecfg: VPNEvalConfig, eval_seed: int = 0):
     """One row per inference; VPN rows carry std_mean, std_ratio and label_leak_rate. Arrays:
     the learned std maps of the first test images at their true labels, with the images."""
-    used = ecfg.eval_seed if ecfg.eval_seed is not None else seed
     device = next(model.parameters()).device
     x, y = data.x_test.to(device), data.y_test.to(device)
-    base = config_row(cfg, ecfg) | {"eval_seed": used, "device_name": device_name(device), "test_images": len(x),
-                                    "frozen_base": "trained_in_trial" if cfg.mode == "frozen" else "",
-                                    "input_std": float(x.std())}
+    base = {"test_images": len(x), "input_std": float(x.std())}
     model.eval()
     rows, arrays = [], {}
     for inference in (check_setting(s) for s in settings):
@@ -315,7 +315,7 @@ def evaluate(model: VPNModel, data, settings, cfg: VPNConfig, ecfg: VPNEvalConfi
         else:
             if model.generator is None:
                 raise ConfigError("inference='vpn' needs a generator; allowed: inference='clean' when generator='none'")
-            gen = make_generator(stream_seed(used, "vpn_test"), device)
+            gen = make_generator(stream_seed(eval_seed, "vpn_test"), device)
             out = vpn_scores(model, x, data.num_classes, ecfg.n_draws, gen, ecfg.eval_batch_size)
             pred = out["score"].argmax(1)
             std_mean = float(out["sigma_mean"].mean())

@@ -34,6 +34,26 @@ def trial_point(config: dict, space) -> dict:
     return point
 
 
+def eval_seed(ecfg, seed: int) -> int:
+    """The evaluation seed: the eval config's `eval_seed` when it has one set, else the trial's seed."""
+    value = getattr(ecfg, "eval_seed", None)
+    return seed if value is None else value
+
+
+def assemble(config: dict, run: dict, setting: dict, provenance: dict) -> dict:
+    """One row: config | run columns | setting row | provenance. One column, one source: a column
+    that two of them give (a method writing a config field, a run column a setting row repeats)
+    is a ValueError, never a silent overwrite."""
+    row, source = {}, {}
+    for name, part in (("config", config), ("run columns", run), ("setting row", setting), ("trial", provenance)):
+        for column, value in part.items():
+            if column in source:
+                raise ValueError(f"column {column!r} comes from both the {source[column]} and the {name}; "
+                                 "a row column has one source")
+            row[column], source[column] = value, name
+    return row
+
+
 def node_id() -> str:
     """The Ray node this trial runs on (hosts can share a name; node ids cannot), "" outside Ray."""
     import ray
@@ -50,7 +70,8 @@ def run_trial(config: dict, local: bool = False) -> None:
     config = config | (config.get("cell") or {})  # a re-run of chosen (seed, point) pairs
     exp = registry.get(config["experiment"])
     method = registry.method_of(exp)
-    point = trial_point(config, exp.space(config["preset"]))
+    space = exp.space(config["preset"])
+    point = trial_point(config, space)
     cfg, ecfg, settings = registry.trial_configs(exp, config["preset"], point, config["overrides"])
     store = ResultStore(config["storage"], config["name"])
     key = trial_key(exp.name, config["preset"], point, config["overrides"])
@@ -68,8 +89,12 @@ def run_trial(config: dict, local: bool = False) -> None:
     watch = None if local else TrialMetrics(exp.name, config["name"], meta["trial_id"])
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     fields = config_row(cfg) | config_row(ecfg)
-    # Which columns are configuration (analysis keeps every one that varies apart, never pooled).
-    base = fields | meta | {"config_columns": json.dumps(sorted(fields))}
+    evaluation_seed = eval_seed(ecfg, point["seed"])
+    # Which columns are configuration (analysis keeps every one that varies apart, never pooled);
+    # the eval config's eval_seed is written resolved, as provenance.
+    trial_columns = meta | {"eval_seed": evaluation_seed, "config_columns": json.dumps(sorted(fields)),
+                            "label": space.label(point) if space.label else ""}
+    fields.pop("eval_seed", None)
     arrays = {}
     try:
         data = method.load_data(cfg)
@@ -83,22 +108,25 @@ def run_trial(config: dict, local: bool = False) -> None:
         result = method.train(cfg, data, callback, state)
         train_seconds = time.perf_counter() - t0
         arrays = dict(result.artefacts)
+        # The trial's final_loss is the last epoch's, unless the method measures its own.
+        run = {"final_loss": result.history[-1] if result.history else float("nan")} | result.columns
+        done = trial_columns | {"train_seconds": train_seconds, "epochs_done": result.epochs_done}
         if result.status == STATUS_OK:
-            rows = method.evaluate(result.model, data, settings, cfg, ecfg, point["seed"])
+            rows = method.evaluate(result.model, data, settings, cfg, ecfg, evaluation_seed)
             if isinstance(rows, tuple):  # (rows, arrays)
                 rows, more = rows
                 arrays |= more
             final = {id(r) for r in method.final_rows(rows)}
-            rows = [base | r | {"status": STATUS_OK, "message": "", "headline": id(r) in final} for r in rows]
+            rows = [assemble(fields, run, r, done | {"status": STATUS_OK, "message": "", "headline": id(r) in final})
+                    for r in rows]
         else:
-            rows = [base | {"status": result.status, "message": result.message}]
-        for r in rows:
-            r |= {"train_seconds": train_seconds, "epochs_done": result.epochs_done,
-                  "final_loss": result.history[-1] if result.history else float("nan")}
+            rows = [assemble(fields, run, {}, done | {"status": result.status, "message": result.message,
+                                                      "headline": False})]
     except Exception as exc:
         # Left behind if every retry fails; a later successful attempt replaces it.
-        store.write_part(key, [base | {"status": STATUS_ERROR, "message": f"{type(exc).__name__}: {exc}",
-                                       "traceback": traceback.format_exc()[-4000:]}])
+        store.write_part(key, [fields | trial_columns | {
+            "status": STATUS_ERROR, "message": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc()[-4000:]}])
         if watch is not None:
             watch.finished(STATUS_ERROR, 1, exp.metric, float("nan"))
         raise
