@@ -483,7 +483,7 @@ def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
             phase = _majority(rows["measured_phase"]) if "measured_phase" in rows.columns else ""
             out.append(f"{where} {label} [{phase}] keeps clean accuracy? Not worse than {base} by more than {points}: "
                        f"{stats.cell(rows['accuracy'])}% vs {stats.cell(rows0['accuracy'])}%, difference "
-                       f"{est.text()}: {keeps}.")
+                       f"{est.text(null=-margin)}: {keeps}.")
             un, un_est = _band_gains(g, label, base, UNSTRUCTURED)
             st, st_est = _band_gains(g, label, base, STRUCTURED)
             if un.empty or st.empty:
