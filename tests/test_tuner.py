@@ -102,6 +102,8 @@ def bad_experiment(monkeypatch):
     (["grid_ebn"], r"experiment='grid_ebn' is not registered \(did you mean 'grid_ebm'\?\); allowed: grid_ebm"),
     (["grid_ebm", "--preset", "fast"], r"preset='fast' is not allowed; allowed: paper, fair, quick, smoke"),
     (["grid_ebm", "--dataset", "cifar11"], r"dataset: unknown data set 'cifar11'.*allowed: digits, textures"),
+    (["labelnoise_sesnn", "--dataset", "mnist6k"], r"dataset: unknown data set 'mnist6k' \(did you mean "
+     r"'mnist5k'\?\); allowed: digits, textures, mnist5k, mnist,"),
     (["grid_ebm", "--set", "distribution_train=normal"], r"distribution='normal'.*allowed: gaussian, cauchy"),
     (["grid_ebm", "--set", "placement_train=middle"], r"placement='middle'.*allowed: full, odd, even, enc, dec"),
     (["grid_ebm", "--set", "alpha_tr=1"], r"unknown config field 'alpha_tr'; allowed: .*alpha_train"),

