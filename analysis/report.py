@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import generic, stats
-from analysis.load import load
+from analysis.load import load, part_files
 from analysis.tables import to_markdown
 
 META = ["family", "method", "experiment", "preset", "git_commit", "git_dirty", "noisetune_version", "torch_version",
@@ -253,6 +253,16 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="report", help="output folder (default ./report)")
     p.add_argument("--title", default=None)
     a = p.parse_args(argv)
+    try:  # refused in one line, before anything is written
+        _, parts = part_files(a.results)
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        print(f"analysis.report: {exc}; give an experiment folder (<storage>/<name>), its results/ folder "
+              "or a folder of part-*.parquet files", file=sys.stderr)
+        return 2
+    if not parts:
+        print(f"analysis.report: no part files (part-*.parquet) under {a.results}: nothing to report yet "
+              "(a run writes one per finished trial)", file=sys.stderr)
+        return 2
     info = build(a.results, a.out, a.title)
     print(f"wrote {a.out}/report.md and report.html: {info['rows']} rows, figures: {', '.join(info['figures']) or 'none'}")
     return 0
