@@ -79,7 +79,7 @@ def test_placements_cover_the_paper():
     (dict(placement="middle"), r"placement='middle'.*allowed: full, odd, even, enc, dec"),
     (dict(alpha=-0.1), r"alpha=-0.1 is out of range; allowed: \[0.0, inf\]"),
     (dict(alpha=math.nan), r"alpha=nan is out of range"),
-    (dict(alpha="0.5"), r"alpha='0.5' is out of range"),
+    (dict(alpha="0.5"), r"alpha='0.5' is not a number"),
 ])
 def test_bad_noise_spec_is_refused_with_field_and_choices(kwargs, message):
     with pytest.raises(ConfigError, match=message):

@@ -33,13 +33,19 @@ def check_range(field: str, value, low: float, high: float = math.inf, *, low_op
         ok = (value > low if low_open else value >= low) and value <= high
     if not ok:
         bracket = "(" if low_open else "["
-        raise ConfigError(f"{field}={value!r} is out of range; allowed: {bracket}{low}, {high}]")
+        what = "is out of range" if _is_number(value) else "is not a number"
+        raise ConfigError(f"{field}={value!r} {what}; allowed: {bracket}{low}, {high}]")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_int(field: str, value, low: int) -> None:
     """Refuse anything but an integer >= low (bools included: True is not a count)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{field}={value!r} is out of range; allowed: integers >= {low}")
+        what = "is out of range" if isinstance(value, int) and not isinstance(value, bool) else "is not an integer"
+        raise ConfigError(f"{field}={value!r} {what}; allowed: integers >= {low}")
 
 
 def check_optional_int(field: str, value, low: int) -> None:

@@ -106,8 +106,9 @@ def parse_seeds(text: str | None, preset: str, defaults: dict | None = None) -> 
     if (isinstance(value, tuple) and 0 < len(value) <= MAX_SEEDS
             and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63 for v in value)):
         return sorted(set(value))
-    raise ConfigError(f"seeds={text!r} is out of range; allowed: a count in [1, {MAX_SEEDS}] or a list of seeds "
-                      "in [0, 2**63) like 0,1,2")
+    hint = f" (for seed {value} alone, write --seeds {value},)" if value == 0 else ""
+    raise ConfigError(f"seeds={text!r} is not allowed{hint}; allowed: a count in [1, {MAX_SEEDS}] or a list of "
+                      "seeds in [0, 2**63) like 0,1,2")
 
 
 def select(points: list[dict], only: list[str]) -> list[dict]:
