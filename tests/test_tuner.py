@@ -210,7 +210,8 @@ def test_a_missing_data_set_is_one_line_before_any_trial(tmp_path):
     assert done.returncode == 2 and time.monotonic() - t0 < 60
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: data set 'mnist'"), done.stderr
-    assert str(tmp_path / "nodata") in lines[0] and "download=True" in lines[0] and "NOISETUNE_DATA" in lines[0]
+    assert str(tmp_path / "nodata") in lines[0] and "--set download=True" in lines[0] and "NOISETUNE_DATA" in lines[0]
+    assert "--set data_root=" in lines[0] and "DataConfig" not in lines[0]  # the CLI's words, not code names
     assert "Traceback" not in done.stdout + done.stderr and "trials done" not in done.stdout
     assert not (tmp_path / "store").exists()
 

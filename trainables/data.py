@@ -40,8 +40,8 @@ _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 _CHUNK = 4096
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _PROVIDE = (
-    "Provide it by pointing the NOISETUNE_DATA environment variable or DataConfig.data_root at a "
-    "folder that holds the torchvision layout, or run once with internet access and download=True."
+    "Provide it by pointing the NOISETUNE_DATA environment variable (or --set data_root=FOLDER) at a "
+    "folder that holds the torchvision layout, or run once with internet access and --set download=True."
 )
 
 
@@ -361,7 +361,7 @@ def _folder_loader(subdir: str, splits: tuple[str, str], how: str) -> Loader:
             if not (root / subdir / split).is_dir():
                 raise DataError(
                     f"data set '{cfg.dataset}': folder {root / subdir / split} not found (data root {root}); "
-                    f"this set is never downloaded. {how} Then set NOISETUNE_DATA or DataConfig.data_root "
+                    f"this set is never downloaded. {how} Then set NOISETUNE_DATA (or --set data_root=FOLDER) "
                     f"to the folder that contains '{subdir}'."
                 )
         names = sorted(p.name for p in (root / subdir / splits[0]).iterdir() if p.is_dir())
