@@ -213,6 +213,7 @@ def test_a_missing_data_set_is_one_line_before_any_trial(tmp_path):
     assert str(tmp_path / "nodata") in lines[0] and "--set download=True" in lines[0] and "NOISETUNE_DATA" in lines[0]
     assert "--set data_root=" in lines[0] and "DataConfig" not in lines[0]  # the CLI's words, not code names
     assert "Traceback" not in done.stdout + done.stderr and "trials done" not in done.stdout
+    assert "run folder" not in done.stdout  # a refusal comes before the line that says the run started
     assert not (tmp_path / "store").exists()
 
 

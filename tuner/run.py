@@ -431,14 +431,15 @@ def main(argv=None) -> int:
             print(f"work: {plan.work()}")
             print(f"results would go to {plan.store.results_location}")
             return 0
+        plan.check_data()  # a missing data set is refused here, once, before anything is written
+        plan.store.check()
+        # Refuse another run's folder before the lock file is written: a refusal changes nothing.
+        plan.store.claim(plan.exp.name, plan.preset, plan.overrides, plan.seeds, write=False)
+        # Every refusal comes before this line: once it is printed, the run has started.
         print(f"{plan.exp.name} --preset {plan.preset}: run folder {plan.store.root}, "
               f"Parquet parts in {plan.store.results_location}", flush=True)
         note(plan)
-        plan.check_data()  # a missing data set is refused here, once, before anything is written
         with contextlib.ExitStack() as held:
-            plan.store.check()
-            # Refuse another run's folder before the lock file is written: a refusal changes nothing.
-            plan.store.claim(plan.exp.name, plan.preset, plan.overrides, plan.seeds, write=False)
             held.enter_context(plan.store.lock())
             plan.store.claim(plan.exp.name, plan.preset, plan.overrides, plan.seeds)
             return sweep(plan)
