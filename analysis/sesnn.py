@@ -26,7 +26,7 @@ import pandas as pd
 
 from analysis import stats
 from analysis.figures import draw, heatmap, lines, plt, save
-from analysis.stats import fixed_text, ok_rows, protocol_differences
+from analysis.stats import fixed_text, ok_rows, protocol_caveats, protocol_differences
 
 FAMILY = "sesnn"
 
@@ -38,13 +38,18 @@ KNOWN_CONFIG = ("dataset", "image_size", "channels", "hidden", "model", "stochas
 IGNORED = {"eval_batch_size"}
 CONVERGED_SHARE = 0.02  # share of a run's loss decrease left to its last 20% of epochs, below which it has converged
 
-LABEL_DRAWN = {"model", "loss", "label_noise"}
-LABEL_PREFERRED = {"attack": "none", "eps": 0.0, "adv_train_eps": 0.0, "hidden": "[128, 128]", "omega": 0.01,
-                   "margin": math.log(4)}
+LABEL_DRAWN = {"model", "loss", "label_noise", "omega"}  # omega: "SE-SNN (ω=1)" is its own label
+LABEL_PREFERRED = {"attack": "none", "eps": 0.0, "adv_train_eps": 0.0, "hidden": "[128, 128]", "margin": math.log(4),
+                   "aggregation": "sample"}
 DEFENCE_DRAWN = {"model", "loss", "adv_train_eps", "attack", "eps"}
 DEFENCE_PREFERRED = {"hidden": "[1024, 1024, 256]", "label_noise": 0.0, "test_mode": "sample"}
 MARGIN_DRAWN = {"omega", "margin"}
-MARGIN_PREFERRED = {"model": "sesnn", "loss": "ce", "label_noise": 0.4, "attack": "none", "eps": 0.0}
+MARGIN_PREFERRED = {"model": "sesnn", "loss": "ce", "label_noise": 0.4, "attack": "none", "eps": 0.0,
+                    "aggregation": "sample"}
+AGGREGATION_DRAWN = {"omega", "margin", "aggregation"}
+EQUATION = {"neuron": "Eq. 5", "sample": "Eq. 6", "both": "Eq. 7"}
+HINGES = ("hinge_active_neuron", "hinge_active_sample", "hinge_active_both")
+PAPER_MARGINS = (math.log(1), math.log(4), math.log(16))  # App. B.1's grid; its "larger b" claim is over these
 
 # The methods the paper's claims name, as the rows' `label` column spells them (search_spaces/sesnn.py
 # gives the labels; tests/test_sesnn.py checks these names are among them).
@@ -72,13 +77,16 @@ def unlabelled(d: pd.DataFrame) -> int:
 def _labelled(d: pd.DataFrame) -> pd.DataFrame:
     """The rows with their method name in `label`: the rows' own label; where there is none, the
     model and loss fields ("sesnn+ce"), never a name copied from the search space. A label whose
-    rows differ in model or loss (a --set of either) is split and says which."""
+    rows differ in model, loss or omega (a --set of one) is split and says which."""
     d = d.copy()
     raw = d["model"].astype(str) + "+" + (d["loss"].astype(str) if "loss" in d.columns else "?")
     given = d["label"].astype("string") if "label" in d.columns else pd.Series(pd.NA, index=d.index, dtype="string")
     name = given.where((given.str.len() > 0).fillna(False)).fillna(raw).astype(str)
-    mixed = raw.groupby(name).transform("nunique") > 1
-    d["label"] = name.where(~mixed, name + " (" + raw + ")")
+    omega = "ω=" + d["omega"].map(lambda v: f"{float(v):g}") if "omega" in d.columns else raw.map(lambda _: "")
+    mixed_fields = raw.groupby(name).transform("nunique") > 1
+    mixed_omega = omega.groupby(name).transform("nunique") > 1
+    d["label"] = name.where(~mixed_fields, name + " (" + raw + ")")
+    d["label"] = d["label"].where(~mixed_omega, d["label"] + " (" + omega + ")")
     return d
 
 
@@ -116,6 +124,17 @@ def defence_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
 def margin_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """SE-SNN rows at one label-noise strength: omega x margin."""
     return _select(df, MARGIN_DRAWN, MARGIN_PREFERRED)
+
+
+def aggregation_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """SE-SNN rows at one label-noise strength: omega x margin x aggregation (Eq. 5, 6, 7)."""
+    return _select(df, AGGREGATION_DRAWN, {k: v for k, v in MARGIN_PREFERRED.items() if k != "aggregation"})
+
+
+def b_text(b: float) -> str:
+    """A margin as the paper writes it: "log 4" where e^b is a whole number up to 100, else the value."""
+    n = math.exp(b)
+    return f"log {round(n)}" if n <= 100 and abs(n - round(n)) < 1e-6 else f"{b:g}"
 
 
 def label_noise_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -208,7 +227,7 @@ def margin_map(df: pd.DataFrame, out=None):
         raise ValueError("no omega x margin grid of SE-SNN rows")
     s = stats.summarize(d, ["omega", "margin"])
     pivot = s.pivot(index="omega", columns="margin", values="mean")
-    pivot.columns = [f"log {math.exp(b):.3g}" for b in pivot.columns]
+    pivot.columns = [b_text(b) for b in pivot.columns]
     fig = heatmap(pivot, "SE-SNN accuracy over omega x b" + (f"\n{fixed_text(fixed)}" if fixed else ""),
                   "margin b", "omega", diagonal=False)
     fig.plotted = s
@@ -274,11 +293,16 @@ def label_noise_findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list
     levels = sorted(d["label_noise"].unique())
     at = ANCHOR_NOISE if ANCHOR_NOISE in levels else max(levels)
     g = d[d["label_noise"] == at]
-    if {SESNN, BASELINE} <= set(g["label"]):
-        est = _compare(g, SESNN, BASELINE)
-        paper = f"; the paper: {ANCHORS[SESNN]}% vs {ANCHORS[BASELINE]}% on MNIST" if at == ANCHOR_NOISE else ""
-        out.append(f"[label noise{note}] SE-SNN beats Baseline under {100 * at:g}% label noise? SE-SNN - Baseline = "
-                   f"{est.text()}{paper}: {stats.verdict(est, blocked=_unconverged_arms(g, SESNN, BASELINE))}.")
+    for ours in _sesnn_variants(g["label"]):
+        if BASELINE not in set(g["label"]):
+            break
+        est = _compare(g, ours, BASELINE)
+        caveats = protocol_caveats(g, PAPER_PROTOCOL)
+        paper = (f"; the paper: {ANCHORS[SESNN]}% vs {ANCHORS[BASELINE]}% on MNIST"
+                 + (f" (ours on {'; '.join(caveats)})" if caveats else "")) \
+            if at == ANCHOR_NOISE and ours == SESNN and not protocol_differences(g, PAPER_PROTOCOL) else ""
+        out.append(f"[label noise{note}] {ours} beats Baseline under {100 * at:g}% label noise? {ours} - Baseline = "
+                   f"{est.text()}{paper}: {stats.verdict(est, blocked=_unconverged_arms(g, ours, BASELINE))}.")
     if {SESNN_FORWARD, FORWARD} <= set(g["label"]):
         est = _compare(g, SESNN_FORWARD, FORWARD)
         out.append(f"[label noise{note}] SE-SNN+Forward beats Forward under {100 * at:g}% label noise? "
@@ -314,8 +338,25 @@ def label_noise_findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list
                    f"{100 * p:g}%? mean log σ flipped - kept (mean ± SEM over seeds: "
                    f"{stats.fmt(m, se, scale=1, digits=3)}) = "
                    f"{est.text(scale=1, unit='')}: {stats.verdict(est, scale=1, unit='')}.")
+    for label, g in s.groupby("label"):
+        out.append(f"[label noise{note}] {label}: {hinge_text(g)}.")
     return out
 
+
+def _sesnn_variants(labels) -> list[str]:
+    """SE-SNN and its variants without a Forward stage ("SE-SNN (ω=1)"), SE-SNN first."""
+    return sorted({l for l in labels if l == SESNN or l.startswith(SESNN + " (")}, key=lambda l: (l != SESNN, l))
+
+
+def hinge_text(g: pd.DataFrame) -> str:
+    """Where the margin binds in these runs: the mean share of active hinge terms per equation."""
+    if not set(HINGES) <= set(g.columns) or g[list(HINGES)].isna().all().all():
+        return "hinge shares not recorded (rows written before the trial measured them)"
+    shares = ", ".join(f"{EQUATION[h.split('_')[-1]]} {100 * float(g[h].mean()):.1f}%" for h in HINGES)
+    all_active = bool((g[list(HINGES)] >= 1).all().all())
+    return (f"share of hinge terms active at the end of training (training set, mean over {len(g)} runs): {shares}"
+            + ("; every term active in every run, so Eq. 5, 6 and 7 are one loss, omega x (b - mean log σ), "
+               "and no run here tests the per-sample mechanism" if all_active else ""))
 
 def _training(a: float) -> str:
     return "normal training" if a == 0 else f"FGS training at {a:g}"
@@ -433,12 +474,64 @@ def margin_findings(df: pd.DataFrame) -> list[str]:
     out = [f"[margin{note}] Accuracy range over omega at each b: "
            + ", ".join(f"b=log {math.exp(b):.3g}: {100 * r:.1f} points" for b, r in spread.items())
            + f" (largest SEM of a cell {100 * float(s['sem'].max()):.1f} points)."]
-    lo, hi = min(d["margin"]), max(d["margin"])
-    for omega, g in d.groupby("omega"):
+    paper = d[d["margin"].map(lambda b: any(abs(b - p) < 1e-9 for p in PAPER_MARGINS))]
+    tested = paper if paper["margin"].nunique() >= 2 else d
+    lo, hi = min(tested["margin"]), max(tested["margin"])
+    for omega, g in tested.groupby("omega"):
         est = stats.compare(g, "margin", hi, lo)
         out.append(f"[margin{note}] A larger b helps under label noise at omega {omega:g}? accuracy at "
-                   f"b = log {math.exp(hi):.3g} - at b = log {math.exp(lo):.3g} = {est.text()}: "
+                   f"b = {b_text(hi)} - at b = {b_text(lo)} = {est.text()}: "
                    f"{stats.verdict(est, blocked=unconverged(g))}.")
+    for (omega, b), g in d.groupby(["omega", "margin"]):
+        if set(HINGES) <= set(g.columns) and g[list(HINGES)].notna().any().any():
+            out.append(f"[margin{note}] omega {omega:g}, b = {b_text(b)}: {hinge_text(g)}.")
+    return out + aggregation_findings(df)
+
+
+def aggregation_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (omega, b) where more than one aggregation ran: accuracy % and the share of active
+    hinge terms of the trained equation, per Eq. 5 / 6 / 7 (mean ± SEM over seeds)."""
+    d, fixed = aggregation_rows(df)
+    d = d[d["model"] == "sesnn"] if not d.empty and "aggregation" in d.columns else d.iloc[0:0]
+    rows = []
+    for (omega, b), g in d.groupby(["omega", "margin"]):
+        if g["aggregation"].nunique() < 2:
+            continue
+        for agg, h in g.groupby("aggregation"):
+            rows.append({"omega": f"{omega:g}", "b": b_text(b), "trained with": EQUATION.get(agg, agg),
+                         "accuracy %": stats.cell(h["accuracy"], count=True)}
+                        | {f"active {EQUATION[c.split('_')[-1]]}": stats.cell(h[c], scale=100) if c in h else ""
+                           for c in HINGES})
+    t = pd.DataFrame(rows)
+    t.attrs["fixed"] = fixed
+    return t
+
+
+def aggregation_findings(df: pd.DataFrame) -> list[str]:
+    """The paper's choice of Eq. 6 for label noise: Eq. 6 beats Eq. 5 and Eq. 7 (paired over seeds)
+    at each (omega, b) where they ran, and whether they trained bit-identical networks."""
+    d, fixed = aggregation_rows(df)
+    if d.empty or "aggregation" not in d.columns:
+        return []
+    d = d[d["model"] == "sesnn"]
+    note = f" ({fixed_text(fixed)})" if fixed else ""
+    out = []
+    for (omega, b), g in d.groupby(["omega", "margin"]):
+        if "sample" not in set(g["aggregation"]):
+            continue
+        for rival in ("neuron", "both"):
+            if rival not in set(g["aggregation"]):
+                continue
+            est = stats.compare(g, "aggregation", "sample", rival)
+            same = ""
+            if "params_digest" in g.columns:
+                digests = g.groupby(["seed", "aggregation"])["params_digest"].first().unstack()
+                if {"sample", rival} <= set(digests.columns):
+                    n = int((digests["sample"] == digests[rival]).sum())
+                    same = f"; bit-identical networks on {n} of {len(digests)} seeds"
+            out.append(f"[margin{note}] Eq. 6 (per sample) beats {EQUATION[rival]} under label noise at omega {omega:g}, "
+                       f"b = {b_text(b)}? Eq. 6 - {EQUATION[rival]} = {est.text()}{same}: "
+                       f"{stats.verdict(est, blocked=unconverged(g))}.")
     return out
 
 
@@ -465,9 +558,11 @@ def section(df: pd.DataFrame, out) -> dict:
     t = label_noise_table(df)
     if not t.empty:
         fixed = fixed_text(t.attrs.get("fixed", {}))
-        anchors = "the paper's 40% anchors in brackets" if t.attrs.get("comparable") else \
-            "no paper anchors: the protocol differs (" + "; ".join(
-                protocol_differences(label_noise_rows(df)[0], PAPER_PROTOCOL)) + ")"
+        rows = label_noise_rows(df)[0]
+        caveats = protocol_caveats(rows, PAPER_PROTOCOL)
+        anchors = ("the paper's 40% anchors in brackets" + (f" (the one remaining difference: {'; '.join(caveats)})"
+                                                            if caveats else "")) if t.attrs.get("comparable") else \
+            "no paper anchors: the protocol differs (" + "; ".join(protocol_differences(rows, PAPER_PROTOCOL)) + ")"
         tables_.append((f"Clean test accuracy % under patterned label noise (mean ± SEM over seeds); {anchors}"
                         + (f"; {fixed}" if fixed else ""), t.reset_index()))
     t = defence_table(df)
@@ -479,6 +574,11 @@ def section(df: pd.DataFrame, out) -> dict:
     if not t.empty:
         tables_.append(("SE-SNN - rival accuracy per FGS eps, paired over seeds (points, 95% t interval, "
                         "two-sided p); one verdict per eps", t))
+    t = aggregation_table(df)
+    if not t.empty:
+        fixed = fixed_text(t.attrs.get("fixed", {}))
+        tables_.append(("Eq. 5 / 6 / 7 where more than one ran: accuracy % and the share of hinge terms active at the "
+                        "end of training (training set; %, mean ± SEM over seeds)" + (f"; {fixed}" if fixed else ""), t))
     made, skipped = draw(FIGURES, df, out)
     return {"title": "Stochastic networks with max-entropy regularisation (se-snn)", "tables": tables_,
             "figures": made, "skipped": skipped, "findings": findings(df)}

@@ -56,9 +56,23 @@ def _norm(s) -> str:
     return str(s).lower().replace("-", "").replace("_", "")
 
 
+# Embedded subsets of a paper's data set: a number on one sits beside the paper's with the one
+# remaining difference named (protocol_caveats), never silently as the same experiment.
+SUBSETS = {"mnist5k": ("mnist", "a 5,000-image subset of MNIST's training set (4,000 train / 1,000 test images), "
+                                "not MNIST's 60,000 / 10,000: accuracies are on another test set")}
+
+
+def _same(value, want) -> bool:
+    if not isinstance(want, str):
+        return _close(value, want)
+    parent = SUBSETS.get(_norm(value), (None,))[0]
+    return _norm(value) == _norm(want) or (parent is not None and _norm(parent) == _norm(want))
+
+
 def protocol_differences(df: pd.DataFrame, protocol: dict) -> list[str]:
     """The comparability rule: a published number sits beside ours only when every field that
-    matters has the paper's value in every row (data-set names compared without case, '-', '_').
+    matters has the paper's value in every row (data-set names compared without case, '-', '_';
+    an embedded subset of the paper's data set counts as it, and protocol_caveats names it).
     Returns what differs or is not recorded ("image_size=8 (paper 32)"); empty means comparable."""
     out = []
     for field, want in protocol.items():
@@ -66,9 +80,21 @@ def protocol_differences(df: pd.DataFrame, protocol: dict) -> list[str]:
             out.append(f"{field} not recorded (paper {want})")
             continue
         have = sorted({str(v) for v in df[field].dropna().unique()})
-        ok = all(_norm(v) == _norm(want) if isinstance(want, str) else _close(v, want) for v in df[field].dropna())
+        ok = all(_same(v, want) for v in df[field].dropna())
         if not ok or df[field].isna().any():
             out.append(f"{field}={'/'.join(have)} (paper {want})")
+    return out
+
+
+def protocol_caveats(df: pd.DataFrame, protocol: dict) -> list[str]:
+    """What still differs where protocol_differences finds none: an embedded subset in place of
+    the paper's data set ("dataset=mnist5k: a 5,000-image subset ...")."""
+    out = []
+    for field, want in protocol.items():
+        if field in df.columns and isinstance(want, str):
+            for v in sorted({str(v) for v in df[field].dropna().unique()}):
+                if _norm(v) != _norm(want) and _norm(v) in SUBSETS:
+                    out.append(f"{field}={v}: {SUBSETS[_norm(v)][1]}")
     return out
 
 

@@ -24,10 +24,12 @@ def softplus(a: float) -> float:
     return math.log1p(math.exp(-abs(a))) + max(a, 0.0)
 
 
-def forward(net, x: torch.Tensor, eps: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
+def forward(net, x: torch.Tensor, eps: dict[int, torch.Tensor] | None = None,
+            code_relu: bool = True) -> tuple[torch.Tensor, dict]:
     """Logits of `net` (trainables.sesnn.SNN) on x, example by example. eps[k] (N, width) is the
-    noise of the k-th stochastic layer; without it a stochastic layer passes mu. Returns the logits
-    and, per stochastic layer, (mu, sigma) as (N, width) tensors."""
+    noise of the k-th stochastic layer; without it a stochastic layer passes mu. `code_relu=False`
+    is Deep VIB as Alemi et al. write it: the next layer reads the code z itself, no ReLU. Returns
+    the logits and, per stochastic layer, (mu, sigma) as (N, width) tensors."""
     from trainables.sesnn import ParallelLinear, StochasticLinear
 
     logits, stats = [], {}
@@ -42,6 +44,9 @@ def forward(net, x: torch.Tensor, eps: dict[int, torch.Tensor] | None = None) ->
                 stats[k][0].append(mu)
                 stats[k][1].append(sigma)
                 k += 1
+                if not code_relu:
+                    h = z
+                    continue
             elif isinstance(layer, ParallelLinear):
                 z = [u + v for u, v in zip(_linear(layer.main, h), _linear(layer.parallel, h))]
             else:
@@ -62,6 +67,32 @@ def omega(log_sigma: torch.Tensor, b: float, aggregation: str) -> float:
     if aggregation == "sample":
         return sum(max(b - sum(s[i][j] for j in range(k)) / k, 0.0) for i in range(n)) / n
     return sum(max(b - s[i][j], 0.0) for i in range(n) for j in range(k)) / (n * k)
+
+
+def omega_gradient(log_sigma: torch.Tensor, b: float, aggregation: str, step: float = 1e-6) -> torch.Tensor:
+    """d Omega / d log sigma_ij by central finite differences of `omega`, entry by entry."""
+    n, k = log_sigma.shape
+    grad = torch.zeros(n, k, dtype=torch.float64)
+    for i in range(n):
+        for j in range(k):
+            up, down = log_sigma.double().clone(), log_sigma.double().clone()
+            up[i, j] += step
+            down[i, j] -= step
+            grad[i, j] = (omega(up, b, aggregation) - omega(down, b, aggregation)) / (2 * step)
+    return grad
+
+
+def hinge_active(log_sigma: torch.Tensor, b: float, aggregation: str) -> tuple[int, int]:
+    """(active, all) hinge terms of Eq. 5, 6 or 7: a term is active where b exceeds its mean."""
+    n, k = log_sigma.shape
+    s = log_sigma.double().tolist()
+    if aggregation == "neuron":
+        means = [sum(s[i][j] for i in range(n)) / n for j in range(k)]
+    elif aggregation == "sample":
+        means = [sum(s[i][j] for j in range(k)) / k for i in range(n)]
+    else:
+        means = [s[i][j] for i in range(n) for j in range(k)]
+    return sum(b - m > 0 for m in means), len(means)
 
 
 def vib_kl(mu: torch.Tensor, sigma: torch.Tensor) -> float:

@@ -129,3 +129,18 @@ def test_the_rule_check_catches_a_family_copy(tmp_path, monkeypatch):
     with pytest.raises(AssertionError) as caught:
         test_no_other_analysis_module_computes_a_sem_an_interval_or_a_verdict()
     assert "def _msem" in str(caught.value) and "def _verdict" in str(caught.value) and ".sem(" in str(caught.value)
+
+
+def test_a_subset_of_the_papers_data_set_is_comparable_with_its_difference_named():
+    protocol = {"dataset": "mnist", "image_size": 28}
+    subset = pd.DataFrame({"dataset": ["mnist5k"] * 2, "image_size": [28, 28]})
+    assert stats.protocol_differences(subset, protocol) == []
+    caveat = stats.protocol_caveats(subset, protocol)
+    assert len(caveat) == 1 and "dataset=mnist5k" in caveat[0] and "5,000-image subset" in caveat[0]
+    full = subset.assign(dataset="MNIST")
+    assert stats.protocol_differences(full, protocol) == [] and stats.protocol_caveats(full, protocol) == []
+    other = subset.assign(dataset="digits")
+    assert stats.protocol_differences(other, protocol) == ["dataset=digits (paper mnist)"]
+    assert stats.protocol_caveats(other, protocol) == []
+    # a subset of one data set never stands in for another
+    assert stats.protocol_differences(subset, {"dataset": "fashion_mnist"}) == ["dataset=mnist5k (paper fashion_mnist)"]

@@ -215,3 +215,13 @@ def loss_tail(history) -> tuple[float, float]:
     change = float((end - at80) / abs(at80)) if at80 else float("nan")
     share = float((at80 - end) / (h[0] - end)) if h[0] != end else float("nan")
     return change, share
+
+
+def params_digest(model: torch.nn.Module) -> str:
+    """The first 16 hex digits of the sha256 of every parameter's bytes, in order: two runs with
+    one digest trained bit-identical networks (two settings that do not change the computation)."""
+    import hashlib
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
