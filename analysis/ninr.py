@@ -136,6 +136,15 @@ def _diverged_rows(df: pd.DataFrame) -> pd.DataFrame:
     return d.drop_duplicates("trial_key") if "trial_key" in d.columns else d
 
 
+def _skipped(df: pd.DataFrame) -> dict:
+    """(label, arch) -> why its FC/CNN trials trained nothing (a phase search that found no sigma)."""
+    d = _labelled(df)
+    if "status" not in d.columns or "arch" not in d.columns:
+        return {}
+    d = d[(d["status"] == "skipped") & d["arch"].isin(["fc", "cnn"])]
+    return {k: str(g["message"].iloc[0]) for k, g in d.groupby(["label", "arch"])} if not d.empty else {}
+
+
 def _diverged(df: pd.DataFrame) -> dict:
     """(label, arch) -> how many FC/CNN trials diverged."""
     d = _diverged_rows(df)
@@ -158,6 +167,8 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
             text += f" +{diverged[(label, arch)]} diverged"
         if phase:
             text += f" [{phase}]"
+        if "probe_sigma" in g.columns and g["probe_sigma"].notna().any():
+            text += f" σ={'/'.join(f'{v:g}' for v in sorted(g['probe_sigma'].dropna().unique()))} (probed)"
         col = poster_column(g, phase)
         if col and not protocol_differences(g, POSTER_PROTOCOL) and arch in POSTER:
             pm, ps = POSTER[arch][col]
@@ -165,6 +176,8 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
         cells.setdefault(label, {})[arch] = text
     for (label, arch), k in diverged.items():
         cells.setdefault(label, {}).setdefault(arch, f"all {k} trials diverged")
+    for (label, arch), why in _skipped(df).items():
+        cells.setdefault(label, {}).setdefault(arch, f"not trained: {why}")
     t = pd.DataFrame(cells).T.sort_index()
     t.index.name = "regulariser"
     t.attrs["fixed"] = fixed
@@ -279,14 +292,26 @@ def phase_values(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def agrees(measured: str, predicted: str) -> bool:
-    """The boundary |1 - lr*lambda| >= 1 predicts catapult-or-worse, so divergent agrees with it."""
-    return measured == predicted or (predicted == "catapult" and measured == "divergent")
+    """Only identical labels agree: a divergent or failed run never counts as a predicted catapult."""
+    return measured == predicted
+
+
+def confusion_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Cells of the phase study per arch: measured phase (rows) x predicted phase (columns), a
+    count of (sigma_eps, lr) cells with the phase most common over seeds."""
+    t = phase_table(df)
+    if t.empty:
+        return pd.DataFrame()
+    c = pd.crosstab([t["arch"], t["measured"]], t["predicted"]).reset_index()
+    c.columns.name = None
+    return c.rename(columns={"measured": "measured \\ predicted"})
 
 
 # ---------------------------------------------------------------------------------------------
 # Figures
 
-PHASE_COLOURS = {"decoupled": "tab:gray", "decay": "tab:green", "catapult": "tab:orange", "divergent": "tab:red"}
+PHASE_COLOURS = {"decoupled": "tab:gray", "decay": "tab:green", "catapult": "tab:orange", "divergent": "tab:red",
+                 "failed": "black"}
 
 
 def phase_diagram(df: pd.DataFrame, out=None):
@@ -435,9 +460,12 @@ def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
             scored = g[g["predicted"] != "n/a"]
             agree = sum(agrees(m, p) for m, p in zip(scored["measured"], scored["predicted"]))
             counts = ", ".join(f"{k} {v}" for k, v in g["measured"].value_counts().items())
+            failed = int((g["measured"] == "failed").sum())
             out.append(f"[{arch}] Phases measured over {len(g)} (sigma_eps, lr) cells: {counts}. The measured phase "
-                       f"agrees with the stability prediction in {agree} of {len(scored)} cells (a count of "
-                       "cells, not a test over seeds).")
+                       f"is the predicted one in {agree} of {len(scored)} cells (identical labels only; a count of "
+                       "cells, not a test over seeds; the confusion table gives the rest)"
+                       + (f"; {failed} cells failed (the network learned nothing): no phase of learning" if failed
+                          else "") + ".")
     missing = unlabelled(df)
     if missing:
         out.append(f"{missing} rows carry no `label` column (written before search_spaces/ninr.py named the "
@@ -507,6 +535,9 @@ def section(df: pd.DataFrame, out) -> dict:
     if not t.empty:
         tables_.append(("Phase study: measured and predicted phase per (arch, sigma_eps, lr); lr*lambda, NIW norm "
                         "ratio and final loss (mean over the last 10% of steps) as mean ± SEM over seeds", t))
+    conf = confusion_table(df)
+    if not conf.empty:
+        tables_.append(("Phase study: measured (rows) x predicted (columns) phase, cells counted per arch", conf))
     c = table(df)
     missing = unlabelled(df)
     unnamed = (f"; {missing} rows have no `label` column (written before the search space named the "

@@ -156,20 +156,72 @@ def _trajectory(kind: str):
     return {"decoupled": 1 + 0.05 * np.sin(20 * t),
             "decay": np.exp(-3 * t),
             "catapult": 1 + 4 * np.exp(-((t - 0.2) / 0.05) ** 2) - 0.8 * t,
-            "divergent": np.exp(6 * t)}[kind]
+            "divergent": np.exp(6 * t),
+            "failed": np.exp(-3 * t)}[kind]  # any shape: the network learned nothing
 
 
 @pytest.mark.parametrize("kind", ninr.PHASES)
 def test_the_phase_rule_classifies_hand_made_trajectories(kind):
     losses = np.linspace(2.0, 0.5, 50)
-    assert ninr.phase_of(_trajectory(kind), losses) == kind
+    assert ninr.phase_of(_trajectory(kind), losses, learned=kind != "failed") == kind
 
 
-def test_a_non_finite_or_rising_loss_is_divergent():
+def test_a_rise_after_a_trough_is_a_catapult_and_an_early_decay_that_levels_off_is_a_decay():
+    t = np.linspace(0, 1, 200)
+    losses = [2.0, 0.5]
+    shrink_then_grow = np.where(t < 0.3, 1 - 2 * t, 0.4 + 3 * (t - 0.3))  # 0.4x, then up to 2.5x
+    assert ninr.phase_of(shrink_then_grow, losses) == "catapult"
+    walk = np.where(t < 0.3, np.exp(-20 * t), np.exp(-6) * (1 + 2 * (t > 0.6)))  # a tripled but tiny norm
+    assert ninr.phase_of(walk, losses) == "decay"
+    levels_off = np.maximum(np.exp(-3 * t), 0.6)  # falls 40% by step 34 and holds: the end alone says 0.6x
+    assert ninr.early_decay_factor(levels_off, np.arange(200), 0.2) < 0.5
+    assert ninr.phase_of(levels_off, losses, fit_share=0.2) == "decay"
+    assert ninr.phase_of(levels_off, losses, fit_share=1.0) == "decoupled"  # the fit over the whole run is flatter
+
+
+def test_a_non_finite_run_is_divergent_and_a_run_that_learned_nothing_is_failed():
     norms = _trajectory("decay")
     assert ninr.phase_of(norms, [2.0, np.nan]) == "divergent"
-    assert ninr.phase_of(norms, [1.0, 1.5]) == "divergent"
     assert ninr.phase_of(np.r_[norms, np.inf], [2.0, 1.0]) == "divergent"
+    assert ninr.phase_of(norms, [1.0, 1.5]) == "failed"  # the loss rose
+    assert ninr.phase_of(_trajectory("catapult"), [2.3, 2.29], learned=False) == "failed"
+
+
+def test_a_run_at_chance_is_labelled_failed():
+    """lr 5 on the MLP: the training loss stays at the label entropy, so the run is failed."""
+    cfg, _ = ninr.preset_configs("smoke", {"arch": "mlp3", "regularizer": "ninr", "sigma_eps": 1.0, "lr": 5.0,
+                                           "steps": 60})
+    data = ninr.load_data(cfg)
+    run = ninr.train(cfg, data).columns
+    assert not run["learned"] and run["measured_phase"] in ("failed", "divergent"), run
+    share = np.bincount(data.y_train.numpy(), minlength=data.num_classes) / len(data.y_train)
+    assert run["chance_loss"] == pytest.approx(-(share[share > 0] * np.log(share[share > 0])).sum())
+    assert run["chance_accuracy"] == pytest.approx(share.max())
+    good, _ = ninr.preset_configs("smoke", {"arch": "mlp3", "regularizer": "ninr", "sigma_eps": 1.0, "lr": 0.2,
+                                            "steps": 300, "mlp3_width": 32})
+    ran = ninr.train(good, data).columns
+    assert ran["learned"] and ran["measured_phase"] != "failed", ran
+
+
+@pytest.mark.slow
+def test_on_the_linear_toy_the_label_follows_the_stability_boundary():
+    """The toy's NIW curvature is lambda = 2 sigma^2 W2^2, so the analytic boundary is
+    eta * lambda = 2: below it (eta * lambda <= 1 at every measured step) the NIWs decay; past it
+    at step 0 they catapult or diverge. Between 1 and 2 the decay oscillates and the random walk's
+    stationary norm grows without bound as eta * lambda nears 2 (not asserted)."""
+    seen = {}
+    for sigma in (0.3, 1.0, 3.0, 20.0, 40.0):
+        cfg, _ = ninr.preset_configs("quick", {"arch": "linear_toy", "regularizer": "ninr", "sigma_eps": sigma,
+                                               "lr": 0.05})
+        res = ninr.train(cfg, ninr.load_data(cfg))
+        run, lam = res.columns, res.artefacts["hessian_top"]
+        seen[sigma] = (run["predicted_phase"], run["measured_phase"], cfg.lr * lam)
+        if sigma <= 3:
+            assert run["predicted_phase"] == "decay" and (cfg.lr * lam[np.isfinite(lam)] <= 1).all(), seen
+            assert run["measured_phase"] == "decay", seen
+        else:
+            assert run["predicted_phase"] == "catapult", seen
+            assert run["measured_phase"] in ("catapult", "divergent"), seen
 
 
 def test_the_predicted_phase_follows_the_stability_boundary():
@@ -378,3 +430,50 @@ def test_report_of_real_runs_draws_the_phase_diagram_table_and_curves(smoke_runs
 def test_notebook_executes_headless_on_a_real_run(smoke_runs):
     out = notebook_output("ninr", smoke_runs / "ninr_phases-smoke")
     assert "Phases measured over" in out
+
+
+def test_agreement_counts_identical_labels_only_and_the_confusion_table_shows_the_rest():
+    import pandas as pd
+    from analysis import ninr as analysis
+    cells = [(1.0, "decay", "decay"), (100.0, "divergent", "catapult"), (200.0, "failed", "decay"),
+             (3.0, "catapult", "catapult")]
+    rows = pd.DataFrame([{"family": "ninr", "method": "ninr", "status": "ok", "regularizer": "ninr", "arch": "mlp3",
+                          "placement": "in", "sigma_eps": s, "lr": 0.05, "seed": 0, "measured_phase": m,
+                          "predicted_phase": p, "eta_lambda": 0.5, "hessian_top_init": 10.0, "niw_norm_init": 1.0,
+                          "niw_norm_final": 0.5, "final_loss": 1.0, "accuracy": 0.5, "label": f"in-NINR σ={s:g}"}
+                         for s, m, p in cells])
+    found = [f for f in analysis.findings(rows) if f.startswith("[mlp3] Phases")]
+    assert len(found) == 1 and "is the predicted one in 2 of 4 cells (identical labels only" in found[0]
+    assert "1 cells failed (the network learned nothing)" in found[0]
+    conf = analysis.confusion_table(rows).set_index("measured \\ predicted")
+    assert conf.loc["divergent", "catapult"] == 1 and conf.loc["failed", "decay"] == 1
+    assert conf.loc["decay", "decay"] == 1 and conf.loc["catapult", "catapult"] == 1
+
+
+def test_the_phase_probe_picks_the_smallest_sigma_with_a_learning_target_phase():
+    grid = (0.3, 1.0, 3.0, 20.0, 40.0)
+    fields = {"arch": "linear_toy", "regularizer": "ninr", "lr": 0.05, "probe_sigmas": grid, "probe_steps": 120}
+    cfg, _ = ninr.preset_configs("quick", fields | {"phase_target": "decay"})
+    data = ninr.load_data(cfg)
+    seen = {}
+    for sigma in grid:  # each probe on its own: the plain run at that sigma, probe length and seed
+        one, _ = ninr.preset_configs("quick", fields | {"sigma_eps": sigma, "steps": 120, "hessian_points": 0})
+        run = ninr.train(one, data).columns
+        seen[sigma] = (run["measured_phase"], run["learned"])
+    want = min(s for s, (phase, learned) in seen.items() if phase == "decay" and learned)
+    sigma, probes = ninr.probe_phase_sigma(cfg, data)
+    assert sigma == want and [p["sigma_eps"] for p in probes] == [s for s in grid if s <= want], (seen, probes)
+    res = ninr.train(cfg, data)
+    assert res.columns["sigma_eps_used"] == want == res.columns["probe_sigma"]
+    assert res.model.nodes.sigma == want
+
+
+def test_no_learning_phase_in_the_probe_grid_skips_the_trial_and_says_why():
+    cfg, _ = ninr.preset_configs("quick", {"arch": "linear_toy", "regularizer": "ninr", "phase_target": "catapult",
+                                           "probe_sigmas": (0.3, 1.0), "probe_steps": 60})
+    res = ninr.train(cfg, ninr.load_data(cfg))
+    assert res.status == "skipped" and res.model is None
+    assert res.message.startswith("no probe sigma gives a learning catapult for linear_toy (in-NINR, lr 0.05, 60 steps)")
+    assert "σ=0.3 " in res.message and "σ=1 " in res.message
+    with pytest.raises(ConfigError, match=r"phase_target='decay' needs regularizer='ninr'"):
+        ninr.preset_configs("quick", {"regularizer": "l2", "phase_target": "decay"})

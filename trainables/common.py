@@ -18,6 +18,7 @@ import torch
 from trainables.checks import ConfigError, check_choice
 
 STATUS_OK, STATUS_DIVERGED, STATUS_ERROR = "ok", "diverged", "error"
+STATUS_SKIPPED = "skipped"  # the method found nothing to train (its message says why); final, never re-run
 
 
 def config_row(*configs) -> dict[str, Any]:

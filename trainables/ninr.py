@@ -12,10 +12,19 @@ Phases (the authors' companion paper names four): for plain SGD the NIWs follow
 w <- (1 - eta * lambda) w + random walk, lambda the curvature of the loss along the NIWs (which
 carries sigma_eps^2). Each run logs the NIW norm at every step and is classified by `phase_of`:
 
-- divergent: a non-finite loss or norm, a final training loss above the first, or a final norm
-  of at least `phase_divergence` x the initial one;
-- catapult: the norm grew to at least `phase_growth` x the initial one at some step;
-- decay: otherwise, and the final norm is at most `phase_shrink` x the initial one;
+- divergent: a non-finite loss or norm, or a final norm of at least `phase_divergence` x the
+  initial one;
+- failed: the network learned nothing: its final training loss (mean of the last 10% of steps)
+  is at least `phase_failed_share` x the chance loss (the loss of the best constant prediction:
+  the entropy of the training labels, or the targets' variance for the toy), or its training
+  accuracy is within `phase_chance_margin` of the largest class share; also a final loss above
+  the first. Never a learning phase;
+- catapult: the norm rose to at least `phase_growth` x its lowest value so far (the initial norm,
+  or a trough after a decay: a rise after a trough is a catapult) and to at least the initial
+  norm (a random walk around a decayed norm is not one);
+- decay: the norm's trough is at most `phase_shrink` x the initial one, or so is the exponential
+  factor fitted to log norm over the first `phase_fit_share` of steps, carried over the whole run
+  (the poster: "for small noise the NIWs decay"; a random walk can hold the end above the trough);
 - decoupled: otherwise (the noise is too small to move the NIWs).
 
 The top eigenvalue lambda of the Hessian of the loss with respect to the NIWs is estimated at
@@ -33,6 +42,7 @@ the training inputs, clipped to [0, 1] (PROTOCOLS' reading of "training with cor
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -44,8 +54,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.checks import ConfigError, check_choice, check_int, check_keys, check_optional_int, check_range
-from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, configs_from_preset,
-                               device_name, resolve_device)
+from trainables.common import (STATUS_OK, STATUS_SKIPPED, Method, Progress, TrainResult, check_device,
+                               configs_from_preset, device_name, replace_fields, resolve_device)
 from trainables.corruptions import check_corruption, corrupt
 from trainables.data import Data, DataConfig, load_dataset
 from trainables.injection import stream_seed
@@ -56,7 +66,8 @@ from trainables.supervised import OPTIMIZERS, SCHEDULERS, train_supervised
 ARCHS = ("fc", "cnn", "mlp3", "linear_toy")
 REGULARIZERS = ("none", "l2", "dropout", "ninr", "cdt")
 PLACEMENTS = ("in", "full")
-PHASES = ("decoupled", "decay", "catapult", "divergent")
+PHASES = ("decoupled", "decay", "catapult", "divergent", "failed")
+PHASE_TARGETS = ("none", "decay", "catapult")
 TOY_DATASET = "synthetic_linear"  # the name of linear_toy's data (its rows' `data_name`; `dataset` is unused)
 
 
@@ -76,7 +87,11 @@ class NINRConfig:
     toy_label_noise: float = 0.1
     regularizer: str = "none"  # none | l2 | dropout | ninr | cdt
     placement: str = "in"  # ninr: in (first layer) | full (every layer)
-    sigma_eps: float = 0.0  # ninr: std of the noise injection nodes
+    sigma_eps: float = 0.0  # ninr: std of the noise injection nodes (ignored when phase_target is set)
+    phase_target: str = "none"  # ninr: decay | catapult: sigma_eps is the smallest probe sigma whose run has that phase
+    probe_sigmas: tuple[float, ...] = (1.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0, 300.0)  # ascending
+    probe_steps: int = 400  # phase_target: SGD steps of each probe run (same arch, placement, lr, data)
+    probe_seed: int = 0  # phase_target: the probes' seed, one for every trial, so all seeds train at one sigma
     niw_init_scale: float = 1.0  # NIWs ~ U(-b, b), b = scale / sqrt(fan_in of the layer): the layer's own init law
     l2: float = 5e-4  # l2: weight decay of the optimiser
     dropout_rate: float = 0.2  # dropout: after every hidden activation
@@ -92,9 +107,12 @@ class NINRConfig:
     hessian_points: int = 3  # evenly spaced steps, first and last included, at which lambda is estimated (0 = none)
     hessian_iters: int = 20  # power iterations per estimate
     hessian_batch: int = 256  # training examples of the batch the Hessian is taken on
-    phase_growth: float = 2.0
-    phase_shrink: float = 0.5
-    phase_divergence: float = 100.0
+    phase_growth: float = 2.0  # catapult: the norm rises to this x its running minimum
+    phase_shrink: float = 0.5  # decay: trough, or early exponential fit carried over the run, at most this x initial
+    phase_divergence: float = 100.0  # divergent: the final norm at least this x initial
+    phase_fit_share: float = 0.2  # decay: the share of steps (from the start) the exponential factor is fitted on
+    phase_failed_share: float = 0.95  # failed: final training loss at least this x the chance loss
+    phase_chance_margin: float = 0.02  # failed: training accuracy within this of the largest class share
     seed: int = 0
     device: str = "auto"
 
@@ -114,8 +132,19 @@ class NINRConfig:
         check_choice("regularizer", self.regularizer, REGULARIZERS)
         check_choice("placement", self.placement, PLACEMENTS)
         check_range("sigma_eps", self.sigma_eps, 0.0)
-        if self.regularizer == "ninr" and self.sigma_eps == 0:
-            raise ConfigError("sigma_eps=0 with regularizer='ninr' injects nothing; allowed: sigma_eps > 0")
+        check_choice("phase_target", self.phase_target, PHASE_TARGETS)
+        if self.phase_target != "none" and self.regularizer != "ninr":
+            raise ConfigError(f"phase_target={self.phase_target!r} needs regularizer='ninr'; allowed with "
+                              f"regularizer={self.regularizer!r}: none")
+        if not isinstance(self.probe_sigmas, tuple) or not self.probe_sigmas or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in self.probe_sigmas):
+            raise ConfigError(f"probe_sigmas={self.probe_sigmas!r} is not allowed; allowed: a non-empty tuple of "
+                              "numbers > 0")
+        check_int("probe_steps", self.probe_steps, 1)
+        check_int("probe_seed", self.probe_seed, 0)
+        if self.regularizer == "ninr" and self.sigma_eps == 0 and self.phase_target == "none":
+            raise ConfigError("sigma_eps=0 with regularizer='ninr' injects nothing; allowed: sigma_eps > 0 "
+                              "(or phase_target decay / catapult)")
         check_range("niw_init_scale", self.niw_init_scale, 0.0, low_open=True)
         check_range("l2", self.l2, 0.0)
         check_range("dropout_rate", self.dropout_rate, 0.0, 1.0)
@@ -132,6 +161,9 @@ class NINRConfig:
         check_range("phase_growth", self.phase_growth, 1.0, low_open=True)
         check_range("phase_shrink", self.phase_shrink, 0.0, 1.0, low_open=True)
         check_range("phase_divergence", self.phase_divergence, self.phase_growth)
+        check_range("phase_fit_share", self.phase_fit_share, 0.0, 1.0, low_open=True)
+        check_range("phase_failed_share", self.phase_failed_share, 0.0, 1.0, low_open=True)
+        check_range("phase_chance_margin", self.phase_chance_margin, 0.0, 1.0)
         check_device(self.device)
 
 
@@ -340,22 +372,50 @@ def niw_hessian_top(model: NINModel, x: torch.Tensor, y: torch.Tensor, loss_fn: 
     return lam
 
 
-def phase_of(norms, losses, growth: float = 2.0, shrink: float = 0.5, divergence: float = 100.0) -> str:
-    """The measured phase of one run from its NIW-norm trajectory and its training losses (the
-    module docstring gives the rule)."""
+def phase_of(norms, losses, steps=None, *, learned: bool = True, growth: float = 2.0, shrink: float = 0.5,
+             divergence: float = 100.0, fit_share: float = 0.2) -> str:
+    """The measured phase of one run from its NIW-norm trajectory (at `steps`, default 0, 1, ...),
+    its training losses (first and last) and whether it learned (`learned=False`: at chance); the
+    module docstring gives the rule."""
     norms, losses = np.asarray(norms, float), np.asarray(losses, float)
+    steps = np.arange(len(norms), dtype=float) if steps is None else np.asarray(steps, float)
     if len(norms) < 2 or not np.isfinite(norms).all() or not np.isfinite(losses).all():
         return "divergent"
     start = norms[0]
     if start <= 0:
         raise ConfigError("the NIW norm starts at 0; the phase rule needs a positive initial norm")
-    if (len(losses) >= 2 and losses[-1] > losses[0]) or norms[-1] >= divergence * start:
+    if norms[-1] >= divergence * start:
         return "divergent"
-    if norms.max() >= growth * start:
+    if not learned or (len(losses) >= 2 and losses[-1] > losses[0]):
+        return "failed"
+    if ((norms >= growth * np.minimum.accumulate(norms)) & (norms >= start)).any():
         return "catapult"
-    if norms[-1] <= shrink * start:
+    if norms.min() <= shrink * start or early_decay_factor(norms, steps, fit_share) <= shrink:
         return "decay"
     return "decoupled"
+
+
+def early_decay_factor(norms, steps, fit_share: float) -> float:
+    """exp(slope x run length), slope the least-squares slope of log norm against step over the
+    first `fit_share` of the run's steps (at least 3 points): the run's decay if the early rate held."""
+    norms, steps = np.asarray(norms, float), np.asarray(steps, float)
+    span = steps[-1] - steps[0]
+    early = steps <= steps[0] + fit_share * span
+    if early.sum() < 3 or span <= 0 or (norms <= 0).any():
+        return 1.0
+    slope = np.polyfit(steps[early], np.log(norms[early]), 1)[0]
+    return float(np.exp(slope * span))
+
+
+def chance(data: Data, arch: str) -> tuple[float, float]:
+    """(chance loss, chance accuracy) of the training set: the loss of the best constant
+    prediction (label entropy for classes, the targets' variance for regression) and the
+    largest class share (NaN for regression)."""
+    y = data.y_train
+    if arch == "linear_toy":
+        return float(((y - y.mean()) ** 2).mean()), float("nan")
+    share = torch.bincount(y.long().cpu(), minlength=data.num_classes).double() / len(y)
+    return float(-(share[share > 0] * share[share > 0].log()).sum()), float(share.max())
 
 
 def predicted_phase(eta: float, lam: float, steps: int, optimizer: str) -> str:
@@ -380,11 +440,48 @@ def downsample(values: list[float], points: int) -> tuple[np.ndarray, np.ndarray
 # Training
 
 
+def probe_phase_sigma(cfg: NINRConfig, data: Data) -> tuple[float | None, list[dict]]:
+    """The smallest of `probe_sigmas` whose probe run (`probe_steps` steps, seed `probe_seed`,
+    no Hessian) the phase rule labels `phase_target` while the network learns; None if none
+    does. Stops after two probes in a row that learned nothing, once one has learned (larger
+    noise only destroys more). Returns it and every probe's (sigma, phase, learned, final loss)."""
+    probes = []
+    for sigma in sorted(cfg.probe_sigmas):
+        if len(probes) >= 3 and any(p["learned"] for p in probes) and not any(p["learned"] for p in probes[-2:]):
+            break
+        pcfg = replace_fields(cfg, {"sigma_eps": float(sigma), "phase_target": "none", "steps": cfg.probe_steps,
+                                    "seed": cfg.probe_seed, "hessian_points": 0})
+        run = train_ninr(pcfg, data).columns
+        probes.append({"sigma_eps": float(sigma), "phase": run["measured_phase"], "learned": bool(run["learned"]),
+                       "final_loss": run["final_loss"]})
+        if run["measured_phase"] == cfg.phase_target and run["learned"]:
+            return float(sigma), probes
+    return None, probes
+
+
 def train_ninr(cfg: NINRConfig, data: Data, callback: Callable[[Progress], object] | None = None,
                state: dict | None = None) -> TrainResult:
     """Train on the shared supervised loop; for ninr, the NIW norm after every step and lambda at
     `hessian_points` steps go into the artefacts; the run's columns hold its phase summary and its
     own initial and final loss (the mean over the first and the last 10% of steps, loss_ends)."""
+    probe_columns = {}
+    if cfg.phase_target != "none":
+        t0 = time.perf_counter()
+        sigma, probes = (state["probe_sigma"], state["probes"]) if state and "probes" in state else \
+            probe_phase_sigma(cfg, data)
+        probe_columns = {"probe_sigma": float("nan") if sigma is None else sigma, "probes": json.dumps(probes),
+                         "probe_seconds": time.perf_counter() - t0}
+        if sigma is None:
+            seen = ", ".join(f"σ={p['sigma_eps']:g} {p['phase']}{'' if p['learned'] else ' (learned nothing)'}"
+                             for p in probes)
+            return TrainResult(None, STATUS_SKIPPED, 0, [], time.perf_counter() - t0,
+                               f"no probe sigma gives a learning {cfg.phase_target} for {cfg.arch} "
+                               f"({cfg.placement}-NINR, lr {cfg.lr:g}, {cfg.probe_steps} steps): {seen}",
+                               {}, probe_columns)
+        cfg = replace_fields(cfg, {"sigma_eps": sigma})
+        probe_state = {"probe_sigma": sigma, "probes": probes}
+    else:
+        probe_state = {}
     device = resolve_device(cfg.device)
     x, y = data.x_train.to(device), data.y_train.to(device)
     torch.manual_seed(cfg.seed)  # initial weights, then NIWs
@@ -425,7 +522,8 @@ def train_ninr(cfg: NINRConfig, data: Data, callback: Callable[[Progress], objec
     def on_epoch(p: Progress):
         if callback is None:
             return None
-        extra = {"niw_norms": list(norms), "step_losses": list(step_losses), "hessian": [list(h) for h in hessian]}
+        extra = {"niw_norms": list(norms), "step_losses": list(step_losses), "hessian": [list(h) for h in hessian]} \
+            | probe_state
         return callback(Progress(p.epoch, p.loss, lambda: p.state() | extra))
 
     start = time.perf_counter()
@@ -446,17 +544,40 @@ def train_ninr(cfg: NINRConfig, data: Data, callback: Callable[[Progress], objec
                       "hessian_top": np.array([v for _, v in hessian], float)}
     steps = len(step_losses)
     first, last = loss_ends(step_losses)
+    chance_loss, chance_accuracy = chance(data, cfg.arch)
+    accuracy = train_accuracy(model, x, y, cfg.arch) if res.status == STATUS_OK else float("nan")
+    learned = not (last >= cfg.phase_failed_share * chance_loss
+                   or accuracy <= chance_accuracy + cfg.phase_chance_margin)  # NaN (regression) compares False
     columns = {"device_name": device_name(device), "data_name": data.name,  # linear_toy: not cfg's dataset
-               "train_steps": steps, "final_loss": float(last),
-               "initial_loss": float(first)} | phase_summary(cfg, artefacts, res.status, steps)
+               "train_steps": steps, "final_loss": float(last), "initial_loss": float(first),
+               "chance_loss": chance_loss, "chance_accuracy": chance_accuracy, "train_accuracy": accuracy,
+               "learned": bool(learned), "sigma_eps_used": cfg.sigma_eps} \
+        | probe_columns | phase_summary(cfg, artefacts, res.status, steps, learned)
     return TrainResult(model, res.status, res.epochs_done, res.history, time.perf_counter() - start, res.message,
                        artefacts, columns)
 
 
-def phase_summary(cfg: NINRConfig, artefacts: dict, status: str, steps: int) -> dict:
+def train_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, arch: str, batch: int = 2048) -> float:
+    """Accuracy on the training set with the NINs off, as at test time (NaN for regression)."""
+    if arch == "linear_toy":
+        return float("nan")
+    model.eval()
+    was = model.nodes.enabled if model.nodes is not None else None
+    if model.nodes is not None:
+        model.nodes.enabled = False
+    try:
+        with torch.no_grad():
+            right = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
+    finally:
+        if model.nodes is not None:
+            model.nodes.enabled = was
+    return right / len(x)
+
+
+def phase_summary(cfg: NINRConfig, artefacts: dict, status: str, steps: int, learned: bool = True) -> dict:
     """The row columns of a run's phase measurement (NaN and "" where the run has no NIWs)."""
     nan = float("nan")
-    out = {"measured_phase": "", "predicted_phase": "", "eta_lambda": nan, "hessian_top_init": nan,
+    out = {"measured_phase": "", "niw_early_decay": nan, "predicted_phase": "", "eta_lambda": nan, "hessian_top_init": nan,
            "hessian_top_final": nan, "niw_norm_init": nan, "niw_norm_peak": nan, "niw_norm_final": nan,
            "niw_peak_step": -1}
     if "niw_norm" not in artefacts:
@@ -466,7 +587,10 @@ def phase_summary(cfg: NINRConfig, artefacts: dict, status: str, steps: int) -> 
     lam0 = float(hv[0]) if len(hv) and hs[0] == 0 else nan
     losses_for_rule = losses if status == STATUS_OK else np.r_[losses, nan]
     smooth = loss_ends(losses_for_rule)
-    out |= {"measured_phase": phase_of(norms, smooth, cfg.phase_growth, cfg.phase_shrink, cfg.phase_divergence),
+    phase = phase_of(norms, smooth, artefacts["niw_norm_steps"], learned=learned, growth=cfg.phase_growth,
+                     shrink=cfg.phase_shrink, divergence=cfg.phase_divergence, fit_share=cfg.phase_fit_share)
+    out |= {"measured_phase": phase, "niw_early_decay": early_decay_factor(norms, artefacts["niw_norm_steps"],
+                                                                           cfg.phase_fit_share),
             "predicted_phase": predicted_phase(cfg.lr, lam0, steps, cfg.optimizer),
             "eta_lambda": cfg.lr * lam0, "hessian_top_init": lam0,
             "hessian_top_final": float(hv[-1]) if len(hv) and hs[-1] > 0 else nan,
@@ -539,8 +663,9 @@ train = train_ninr
 PRESETS: dict[str, dict] = {
     # The poster's comparison: Fashion-MNIST at 28 px, 5 seeds (the experiment sets them).
     "paper": {"dataset": "fashion_mnist", "image_size": 28, "channels": 1, "epochs": 20},
-    # The embedded digits at 8 px: every trial takes seconds on a laptop CPU.
-    "quick": {"dataset": "digits", "image_size": 8, "epochs": 30, "batch_size": 32},
+    # The embedded MNIST subset at 28 px (4,000 train / 1,000 test): the poster's input size on real
+    # digits; about an hour for ninr_compare on 2 CPU cores (bench/results/mnist5k_cost_cpu.txt).
+    "quick": {"dataset": "mnist5k", "image_size": 28, "channels": 1, "epochs": 30, "batch_size": 32},
     # Seconds: for tests and for checking that a pipeline runs end to end.
     "smoke": {"dataset": "digits", "image_size": 8, "steps": 6, "batch_size": 32, "train_limit": 64,
               "test_limit": 40, "toy_samples": 64, "hessian_iters": 3, "hessian_batch": 32, "fc_widths": (16,),

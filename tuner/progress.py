@@ -127,10 +127,12 @@ class Progress(tune.Callback, tune.Stopper):
         done = len(self.finished)
         pending = max(0, self.total - done - running - errored)
         diverged = sum(1 for r in self.finished.values() if r.get("status") == "diverged")
+        skipped = sum(1 for r in self.finished.values() if r.get("status") == "skipped")
         settings = sum(int(r.get("settings") or 0) for r in self.finished.values())
         parts = [f"[{self.label}] {done}/{self.total} trials done, {running} running, {pending} pending, "
-                 f"{errored} failed" + (f", {diverged} diverged" if diverged else ""),
-                 f"trained {done - diverged}, test settings evaluated {settings}"]
+                 f"{errored} failed" + (f", {diverged} diverged" if diverged else "")
+                 + (f", {skipped} skipped (nothing to train)" if skipped else ""),
+                 f"trained {done - diverged - skipped}, test settings evaluated {settings}"]
         if not final and self.seconds and pending + running:
             mean = sum(self.seconds) / len(self.seconds)
             slots = max(1, running)

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from trainables.checks import ConfigError
 
-FINAL_STATUSES = ("ok", "diverged")  # a part whose rows all carry one of these needs no re-run
+FINAL_STATUSES = ("ok", "diverged", "skipped")  # a part whose rows all carry one of these needs no re-run
 
 
 def trial_key(experiment: str, preset: str, point: dict, overrides: dict) -> str:
