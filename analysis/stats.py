@@ -184,7 +184,8 @@ RULE = ("Verdict rule: a claim's difference is estimated over seeds (paired diff
         "the observed spread would decide it. A non-inferiority claim (\"keeps accuracy\") states "
         "its margin and holds only when the interval's lower end is above minus the margin. A claim "
         "over several cells (a curve over eps) is tested per cell. p is two-sided, against the "
-        "value the interval is compared with.")
+        "value the interval is compared with. A claim about what an arm learned is **inert**, not "
+        "undecided, when that arm did not do it (a noise generator that learned no noise).")
 
 
 @dataclass(frozen=True)
@@ -297,11 +298,15 @@ class Verdict:
 
 
 def verdict(est: Estimate, direction: int = 1, margin: float | None = None, size: float | None = None,
-            blocked: str = "", scale: float = 100, unit: str = " points") -> Verdict:
+            blocked: str = "", scale: float = 100, unit: str = " points", inert: str = "") -> Verdict:
     """The one rule (RULE). `direction` +1 claims a > b, -1 claims a < b. `margin` makes it a
     non-inferiority claim: a is not worse than b by more than `margin` (in the claimed direction).
     `size` is the paper's own gap (positive, in the claimed direction). `blocked` is a reason the
-    comparison cannot decide anything (a failed fairness check, an unconverged run)."""
+    comparison cannot decide anything (a failed fairness check, an unconverged run). `inert` says
+    why the arm under test did not do what the claim is about (a generator that learned no
+    noise): the verdict is then "inert", its own word, never "undecided" or "holds"."""
+    if inert:
+        return Verdict("inert", inert, est)
     if blocked:
         return Verdict("undecided", blocked, est)
     if est.n < 2 or not np.isfinite(est.se):

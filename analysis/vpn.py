@@ -12,6 +12,8 @@ Every mean, SEM, interval and verdict comes from analysis.stats (its RULE).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -25,7 +27,7 @@ FAMILY = "vpn"
 # Where a configuration column varies and is not drawn, the value read: the paper's m = 1 ("in all
 # other experiments"), and one draw per hypothesis, abs() and no clean loss as in the authors' code.
 PREFERRED = {"mode": "joint", "noise_draws": 1, "n_draws": 1, "std_activation": "abs", "clean_loss_weight": 0.0}
-IGNORED = {"eval_batch_size", "std_map_images"}  # fields that do not change accuracy
+IGNORED = {"eval_batch_size", "std_map_images", "inert_std_ratio"}  # fields that do not change accuracy
 DRAWN = {"dataset", "base", "generator", "augmentation", "inference", "mode"}  # a table's rows and columns
 INERT = 0.01  # a generator whose learned std is below this share of the input's learned no noise
 NO_NOISE = " (No Noise)"  # a generator's rows scored by f alone (inference="clean"), as the paper names them
@@ -175,7 +177,7 @@ def diagnostics(df: pd.DataFrame) -> pd.DataFrame:
     for key, g in d.groupby(by, dropna=False):
         ratio = g["std_ratio"].mean()
         rows.append(dict(zip(by, key)) | {"accuracy %": stats.cell(g["accuracy"]), "std_ratio": round(ratio, 4),
-                                           "inert": bool(ratio < INERT),
+                                           "inert": bool(ratio < inert_threshold(g)),
                                            "label_leak_rate": round(g["label_leak_rate"].mean(), 4),
                                            "seeds": g["seed"].nunique()})
     return pd.DataFrame(rows).set_index(by)
@@ -284,43 +286,74 @@ FIGURES = {"std_maps": std_maps, "std_history": std_history, "noise_size": noise
 # Findings
 
 
+def std_on_object_and_background(std_map: np.ndarray, images: np.ndarray, dark: float = 0.1) -> tuple[float, float]:
+    """Mean learned std on object pixels and on background pixels: background where the image's
+    mean over channels is below `dark` (the data sets' black backgrounds)."""
+    bg = np.broadcast_to(images.mean(1, keepdims=True) < dark, std_map.shape)
+    return float(std_map[~bg].mean()), float(std_map[bg].mean())
+
+
 def _background(df: pd.DataFrame) -> list[str]:
-    """Does the std map light up the background? Mean std on dark pixels (< 0.1) vs the rest."""
+    """The std-map claim that applies to the data set, over seeds: on grayscale images (one
+    channel) the noise "can only enhance the pixels related to objects" (more std on the object
+    than on the background); on colour images it disturbs the background (more std there).
+    Tested on log(std on the claimed region / std on the other) per seed."""
     out = []
     source = df.attrs.get("source")
     if not source:
         return out
-    for r in _generator_trials(df).drop_duplicates(["dataset", "base", "generator", "mode"]).to_dict("records"):
-        a = artefacts(source, r["trial_key"])
-        if "std_map" not in a:
+    trials = _generator_trials(df)
+    for (dataset, base, gen, mode), g in trials.groupby(["dataset", "base", "generator", "mode"]):
+        grey = int(g["channels"].iloc[0]) == 1 if "channels" in g.columns else True
+        ratios, shown = [], []
+        for r in g.drop_duplicates("trial_key").to_dict("records"):
+            a = artefacts(source, r["trial_key"])
+            if "std_map" not in a:
+                continue
+            on_fg, on_bg = std_on_object_and_background(a["std_map"], a["std_map_images"])
+            claimed, other = (on_fg, on_bg) if grey else (on_bg, on_fg)
+            if claimed > 0 and other > 0:
+                ratios.append(math.log(claimed / other))
+                shown.append(f"{on_fg:.3g} / {on_bg:.3g}")
+        if not ratios:
             continue
-        bg = a["std_map_images"].mean(1, keepdims=True) < 0.1
-        bg = np.broadcast_to(bg, a["std_map"].shape)
-        on_bg, on_fg = a["std_map"][bg].mean(), a["std_map"][~bg].mean()
-        out.append(f"[{r['dataset']}, {r['base']}, {r['generator']} {r['mode']}, seed {r['seed']}] Learned std on "
-                   f"background pixels {on_bg:.3g} vs on the object {on_fg:.3g} (ratio {on_bg / max(on_fg, 1e-12):.2f}; "
-                   "the paper's Fig. 1 shows the background lit up).")
+        claim = "more std on the object than on the background (grayscale: the noise \"can only enhance the " \
+                "pixels related to objects\")" if grey else \
+            "more std on the background than on the object (colour: the noise \"should blur the background\")"
+        est = stats.estimate(np.array(ratios))
+        inert = inert_reason(g["std_ratio"].mean(), inert_threshold(g))
+        out.append(f"[{dataset}, {base}, {gen} {mode}] Claim (Fig. 1): {claim}? Learned std on object / background "
+                   f"per seed: {'; '.join(shown)}; log ratio (claimed region over the other) = "
+                   f"{est.text(scale=1, unit='')}: {stats.verdict(est, scale=1, unit='', inert=inert)}.")
     return out
 
 
-def inert_reason(ratio: float) -> str:
-    """Why a comparison of a generator that learned no noise decides nothing ("" if it learned some)."""
-    if not ratio < INERT:  # NaN (not recorded) is not inert
+def inert_threshold(rows: pd.DataFrame) -> float:
+    """The rows' own `inert_std_ratio` (an evaluation field; INERT for rows written before it)."""
+    if "inert_std_ratio" in rows.columns and rows["inert_std_ratio"].notna().any():
+        return float(rows["inert_std_ratio"].dropna().max())
+    return INERT
+
+
+def inert_reason(ratio: float, threshold: float = INERT) -> str:
+    """Why a generator's claim is "inert", not undecided: it learned no noise ("" if it learned some)."""
+    if not ratio < threshold:  # NaN (not recorded) is not inert
         return ""
-    return (f"the generator is inert: its learned std is {ratio:.4f} of the input's (below {INERT:g}), "
-            "so it learned no noise and the difference is not the noise's")
+    return (f"the generator learned no noise: its learned std is {ratio:.4f} of the input's (below "
+            f"inert_std_ratio {threshold:g}), so there is no noise effect to decide")
 
 
-def about_equal(est: stats.Estimate, margin: float = stats.MARGIN, blocked: str = "", a: str = "a",
+def about_equal(est: stats.Estimate, margin: float = stats.MARGIN, inert: str = "", a: str = "a",
                 b: str = "b") -> tuple[str, str]:
     """An equality claim ("about equal") of arms a and b (`est` is a - b) as two non-inferiority
     checks at `margin`, one each way: it holds only when both hold, i.e. the whole 95% interval
     of a - b lies inside ±margin (an equivalence test at 2.5% per side, stricter than the usual
     90% TOST); it does not hold when the interval lies wholly beyond one end. Returns (word, text)."""
-    up = stats.verdict(est, +1, margin=margin, blocked=blocked)
-    down = stats.verdict(est, -1, margin=margin, blocked=blocked)
+    up = stats.verdict(est, +1, margin=margin, inert=inert)
+    down = stats.verdict(est, -1, margin=margin, inert=inert)
     words = {up.word, down.word}
-    word = "holds" if words == {"holds"} else "does not hold" if "does not hold" in words else "undecided"
+    word = "inert" if "inert" in words else "holds" if words == {"holds"} else \
+        "does not hold" if "does not hold" in words else "undecided"
     if str(up) == str(down):
         return word, str(up)
     return word, f"{word} ({a} not below {b} by more than the margin: {up}; {b} not below {a} by more than it: {down})"
@@ -333,7 +366,7 @@ def _arm(rows: pd.DataFrame) -> str:
 def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
     """One sentence per claim and cell (dataset, base; generator, mode; m), each with the claim,
     the estimate over seeds (95% interval, p) and the verdict of analysis.stats: generator vs
-    baseline (blocked when the generator is inert), noise at test vs without (about equal, within
+    baseline ("inert" when the generator learned no noise), noise at test vs without (about equal, within
     ±margin both ways), Random Noise's seed-to-seed spread (descriptive), Fig. 4's accuracy at
     each m against the smallest m (about equal), and the std maps' background."""
     d = vpn_rows(df)
@@ -355,26 +388,53 @@ def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
                 continue
             name = scored["row"].iloc[0]
             ratio = scored["std_ratio"].mean()
-            blocked = inert_reason(ratio)
-            kind = f"{name} ({mode}{', inert' if blocked else ''})"
+            inert = inert_reason(ratio, inert_threshold(scored))
+            kind = f"{name} ({mode}{', inert' if inert else ''})"
             if not baseline.empty:
                 arms = pd.concat([scored.assign(arm="generator"), baseline.assign(arm="baseline")])
                 est = stats.compare(arms, "arm", "generator", "baseline")
-                verdict = stats.verdict(est, +1, blocked=blocked)
+                verdict = stats.verdict(est, +1, inert=inert)
                 out.append(f"{where} Claim: the generator {kind} beats the {baseline['row'].iloc[0]} "
                            f"(Algorithm 2 vs f trained without noise). {_arm(scored)}% vs {_arm(baseline)}%: "
                            f"{est.text()}: {verdict}. Learned std {ratio:.4g} of the input's; label-leak rate "
                            f"{scored['label_leak_rate'].mean():.3f} (chance 1/C).")
             if not clean.empty:
                 est = stats.compare(rows, "inference", "vpn", "clean")
-                _, text = about_equal(est, margin, blocked, "with noise", "without")
+                _, text = about_equal(est, margin, inert, "with noise", "without")
                 out.append(f"{where} Claim (the paper: test-time noise is not necessary): {kind} scores about the "
                            f"same with noise at test as without it, within ±{pts} both ways (two non-inferiority "
                            f"checks). {_arm(scored)}% vs {_arm(clean)}% ({clean['row'].iloc[0]}): {est.text()}: "
                            f"{text}.")
         out += _random_noise(g, where)
     out += noise_size_findings(df, margin)
-    return out + _background(df)
+    return out + clean_term_findings(df) + _background(df)
+
+
+def clean_term_findings(df: pd.DataFrame) -> list[str]:
+    """Eq. 13 as the paper writes it (a clean cross-entropy term, clean_loss_weight lambda > 0)
+    against the authors' lambda 0: the generator's accuracy (paired over seeds) and its learned
+    std, per (dataset, base, generator, mode)."""
+    d = vpn_rows(df)
+    if d.empty or "clean_loss_weight" not in d.columns or d["clean_loss_weight"].nunique() < 2:
+        return []
+    d, fixed = one_setting(d[(d["generator"] != "none") & (d["inference"] == "vpn")], DRAWN | {"clean_loss_weight"})
+    out = []
+    for (dataset, base, gen, mode), g in d.groupby(["dataset", "base", "generator", "mode"]):
+        weights = sorted(g["clean_loss_weight"].unique())
+        if len(weights) < 2 or weights[0] != 0:
+            continue
+        where = f"[{dataset}, {base}" + (f"; {fixed_text(fixed)}" if fixed else "") + "]"
+        zero = g[g["clean_loss_weight"] == 0]
+        for w in weights[1:]:
+            at = g[g["clean_loss_weight"] == w]
+            est = stats.compare(g, "clean_loss_weight", w, 0.0)
+            out.append(f"{where} The clean term of Eq. 13 (lambda {w:g} against the authors' 0), {gen} generator "
+                       f"({mode}): accuracy {_arm(at)}% vs {_arm(zero)}%, lambda {w:g} - 0 = {est.text()} (measured, "
+                       f"no claim of the paper to test); learned std {at['std_ratio'].mean():.4g} vs "
+                       f"{zero['std_ratio'].mean():.4g} of the input's"
+                       + ("; both below inert_std_ratio: neither generator learned noise"
+                          if max(at["std_ratio"].mean(), zero["std_ratio"].mean()) < inert_threshold(g) else "") + ".")
+    return out
 
 
 def _random_noise(g: pd.DataFrame, where: str) -> list[str]:
@@ -397,7 +457,7 @@ def _random_noise(g: pd.DataFrame, where: str) -> list[str]:
 
 def noise_size_findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
     """Fig. 4's claim, per cell: the accuracy at each m is about that at the smallest m (within
-    ±margin both ways; blocked where either arm's generator is inert)."""
+    ±margin both ways; "inert" where either arm's generator learned no noise)."""
     d, fixed = noise_size_rows(df)
     out: list[str] = []
     if d.empty:
@@ -410,8 +470,8 @@ def noise_size_findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[
         for m in ms[1:]:
             at = g[g["noise_draws"] == m]
             est = stats.compare(g, "noise_draws", m, ms[0])
-            blocked = inert_reason(min(at["std_ratio"].mean(), ref["std_ratio"].mean()))
-            _, text = about_equal(est, margin, blocked, f"m={m:g}", f"m={ms[0]:g}")
+            inert = inert_reason(min(at["std_ratio"].mean(), ref["std_ratio"].mean()), inert_threshold(g))
+            _, text = about_equal(est, margin, inert, f"m={m:g}", f"m={ms[0]:g}")
             out.append(f"{where} Claim (Fig. 4): the {name} generator ({mode}) reaches about the same accuracy with "
                        f"m={m:g} noise draws per example as with m={ms[0]:g}, within ±{pts} both ways. {_arm(at)}% vs "
                        f"{_arm(ref)}%: {est.text()}: {text}.")

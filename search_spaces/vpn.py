@@ -27,7 +27,8 @@ def label(point: dict) -> str:
     if generator == "none":
         augmentation = point.get("augmentation", "none")
         return BASELINE_LABELS.get(augmentation, str(augmentation))
-    return GENERATOR_LABELS.get(generator, str(generator))
+    weight = point.get("clean_loss_weight", 0.0)
+    return GENERATOR_LABELS.get(generator, str(generator)) + (f" (λ={weight:g})" if weight else "")
 
 
 # Per data set of the paper: image geometry, and the base models with their epochs (40 shallow, 100 ResNets).
@@ -68,6 +69,8 @@ def vpn_table(preset: str) -> Space:
     generators = GENERATORS if preset != "smoke" else ["dnn3"]
     train = [b | {"augmentation": a} for b in _bases(preset) for a in augmentations]
     train += [b | {"generator": g} for b in _bases(preset) for g in generators]
+    if preset == "quick":  # Eq. 13 as the paper writes it, L = L_base + lambda L_VPN with lambda 1, beside 0
+        train += [b | {"generator": "dnn3", "clean_loss_weight": 1.0} for b in _bases(preset)]
     return Space(train, _tests, label=label)
 
 

@@ -139,7 +139,7 @@ def write_folder(root: Path, subdir: str, splits: tuple[str, str], n_classes: in
 
 def test_registry_lists_every_data_set():
     expected = {"digits", "textures", "mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100", "cifar20", "cifar20_coarse",
-                "caltech101_20", "flowers102_20", "cub200_20", "tiny_imagenet"}
+                "caltech101_20", "flowers102_20", "cub200_20", "tiny_imagenet", "imagenet"}
     assert set(dataset_names()) == expected == set(DATASETS)
     assert "PROXY" in DATASETS["textures"].description
     assert DATASETS["caltech101_20"].default_classes == tuple(range(20))
@@ -376,7 +376,8 @@ def test_flowers102_train_plus_val(tmp_path, skip_md5):
 
 
 @pytest.mark.parametrize("name, subdir, splits", [("cub200_20", "cub200", ("train", "test")),
-                                                  ("tiny_imagenet", "tiny_imagenet", ("train", "val"))])
+                                                  ("tiny_imagenet", "tiny_imagenet", ("train", "val")),
+                                                  ("imagenet", "imagenet", ("train", "val"))])
 def test_image_folder_sets(tmp_path, name, subdir, splits):
     write_folder(tmp_path, subdir, splits, nested=name == "tiny_imagenet")  # tiny: train/<wnid>/images/
     data = load_dataset(DataConfig(dataset=name, classes=(1, 2), test_limit=3, data_root=str(tmp_path)))
@@ -399,7 +400,7 @@ def test_folder_set_with_too_few_classes(tmp_path):
     ("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"), ("cifar10", "cifar-10-batches-py"),
     ("cifar100", "cifar-100-python"), ("cifar20", "cifar-100-python"), ("cifar20_coarse", "cifar-100-python"),
     ("caltech101_20", "caltech101/101_ObjectCategories"), ("flowers102_20", "flowers-102"),
-    ("cub200_20", "cub200/train"), ("tiny_imagenet", "tiny_imagenet/train"),
+    ("cub200_20", "cub200/train"), ("tiny_imagenet", "tiny_imagenet/train"), ("imagenet", "imagenet/train"),
 ])
 def test_missing_data_names_set_and_path(tmp_path, name, layout):
     with pytest.raises(DataError) as info:

@@ -316,7 +316,7 @@ def claims(rows, **kw) -> list[str]:
 def test_labels_come_from_the_search_space():
     space = vpn_space.vpn_table("quick")
     names = {space.label(p) for p in space.train}
-    assert names == {*vpn_space.BASELINE_LABELS.values(), *vpn_space.GENERATOR_LABELS.values()}
+    assert names == {*vpn_space.BASELINE_LABELS.values(), *vpn_space.GENERATOR_LABELS.values(), "DNN3 (λ=1)"}
     assert space.label({"augmentation": "pixel_noise"}) == "Random Noise"
     assert vpn_space.vpn_noise_size("quick").label({"generator": "resnet18", "noise_draws": 4}) == "ResNet18"
     assert not hasattr(avpn, "BASELINE_LABELS") and not hasattr(avpn, "GENERATOR_LABELS")
@@ -377,16 +377,21 @@ def test_generator_vs_baseline_follows_the_verdict_rule():
     assert "does not hold" in " ".join(claims(rows))
 
 
-def test_an_inert_generator_blocks_the_verdict():
+def test_an_inert_generator_is_reported_inert_not_undecided():
     rows = baseline([0.70, 0.74, 0.72]) + generator([0.75, 0.80, 0.77], clean=[0.75, 0.80, 0.77], std_ratio=0.001)
     found = claims(rows)
     beats = next(f for f in found if "beats the Baseline" in f)
     assert "DNN3 (joint, inert)" in beats
-    assert "undecided (the generator is inert: its learned std is 0.0010 of the input's (below 0.01)" in beats
-    assert "not the noise's" in beats and "+5.33 points" in beats  # the estimate is still printed
+    assert ": inert (the generator learned no noise: its learned std is 0.0010 of the input's (below " \
+           "inert_std_ratio 0.01)" in beats and "undecided" not in beats
+    assert "+5.33 points" in beats  # the estimate is still printed
     equal = next(f for f in found if "noise at test" in f)
-    assert "undecided (the generator is inert" in equal
+    assert ": inert (the generator learned no noise" in equal
     assert avpn.diagnostics(frame(rows))["inert"].all()
+    # the threshold is the rows' own field: at inert_std_ratio 0.0005 the same generator is not inert
+    live = [r | {"inert_std_ratio": 0.0005} for r in rows]
+    beats = next(f for f in claims(live) if "beats the Baseline" in f)
+    assert "inert" not in beats and ": holds" in beats
 
 
 def test_noise_at_test_vs_without_is_an_equality_claim_with_a_margin():
@@ -461,10 +466,30 @@ def test_report_of_a_real_run_draws_std_maps_from_artefacts(smoke_run, tmp_path)
     info = build(smoke_run, tmp_path / "out")
     assert {"std_maps", "std_history"} <= set(info["figures"])
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "Table IV layout" in md and "Learned std on background pixels" in md
+    assert "Table IV layout" in md and "Claim (Fig. 1): more std on the object than on the background" in md
 
 
 @pytest.mark.slow
 def test_notebook_executes_headless_on_a_real_run(smoke_run):
     out = notebook_output("vpn", smoke_run)
     assert "the generator DNN3 (frozen" in out and "beats the Baseline" in out
+
+
+def test_the_clean_term_of_eq_13_is_measured_against_lambda_zero():
+    rows = generator([0.75, 0.80, 0.77], std_ratio=0.2) + \
+        generator([0.78, 0.83, 0.80], std_ratio=0.1, clean_loss_weight=1.0)
+    rows = [r if "clean_loss_weight" in r else r | {"clean_loss_weight": 0.0} for r in rows]
+    found = [f for f in claims(rows) if "The clean term of Eq. 13" in f]
+    assert len(found) == 1 and "lambda 1 - 0 = +3.00 points" in found[0]
+    assert "learned std 0.1 vs 0.2 of the input's" in found[0]
+    space = vpn_space.vpn_table("quick")
+    assert {space.label(p) for p in space.train if p.get("clean_loss_weight")} == {"DNN3 (λ=1)"}
+
+
+def test_std_on_object_and_background_splits_pixels_by_the_image():
+    images = np.zeros((2, 1, 4, 4))
+    images[:, :, :2] = 0.8  # the top half is the object
+    std = np.where(images > 0.5, 1.0, 0.25)
+    assert avpn.std_on_object_and_background(std, images) == (1.0, 0.25)
+    colour = np.repeat(images, 3, axis=1)
+    assert avpn.std_on_object_and_background(np.repeat(std, 3, axis=1), colour) == (1.0, 0.25)

@@ -113,9 +113,11 @@ class VPNEvalConfig:
     eval_seed: int | None = None  # seeds the test noise; None: the trial's seed
     eval_batch_size: int = 64  # test images per batch (x C hypotheses); which draw meets which image
     std_map_images: int = 8  # test images whose learned std map (at their true label) is saved
+    inert_std_ratio: float = 0.01  # learned std below this share of the input's std: the generator is inert
 
     def __post_init__(self):
         check_int("n_draws", self.n_draws, 1)
+        check_range("inert_std_ratio", self.inert_std_ratio, 0.0)
         check_optional_int("eval_seed", self.eval_seed, 0)
         check_int("eval_batch_size", self.eval_batch_size, 1)
         check_int("std_map_images", self.std_map_images, 0)
