@@ -144,3 +144,12 @@ def test_a_subset_of_the_papers_data_set_is_comparable_with_its_difference_named
     assert stats.protocol_caveats(other, protocol) == []
     # a subset of one data set never stands in for another
     assert stats.protocol_differences(subset, {"dataset": "fashion_mnist"}) == ["dataset=mnist5k (paper fashion_mnist)"]
+
+
+def test_an_inert_arm_is_its_own_word_never_holds_or_undecided():
+    clear = stats.estimate(np.array([0.05, 0.06, 0.055, 0.052]))
+    assert stats.verdict(clear).word == "holds"
+    inert = stats.verdict(clear, inert="the generator learned no noise")
+    assert inert.word == "inert" and not inert.holds and "learned no noise" in str(inert)
+    assert stats.verdict(clear, inert="x", blocked="y").word == "inert"
+    assert "**inert**" in stats.RULE
