@@ -184,6 +184,25 @@ def test_worker_killed_mid_training_resumes_from_its_checkpoint(tmp_path, env):
     assert len(starts) == 2 and starts[1] > starts[0], starts
 
 
+def test_a_finished_trials_checkpoints_are_deleted_unless_kept(tmp_path, env):
+    """A trial keeps its latest checkpoint while it runs (num_to_keep 1) and none once its part is
+    written; --keep-checkpoints keeps every one, so the models stay for a user who wants them."""
+    sizes = {}
+    for keep in (False, True):
+        storage = tmp_path / ("kept" if keep else "pruned")
+        log = storage / "log"
+        log.mkdir(parents=True)
+        done = cli("faulty_grid", "--preset", "smoke", "--storage", str(storage), "--checkpoint-seconds", "0.3",
+                   "--set", f"log_dir={log}", "--set", "epochs=8", "--set", "epoch_seconds=0.25",
+                   *(["--keep-checkpoints"] if keep else []), env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert set(frame(storage, "faulty_grid-smoke")["status"]) == {"ok"}
+        tune_dir = storage / "faulty_grid-smoke" / "tune"
+        sizes[keep] = sorted(p.name for p in tune_dir.rglob("checkpoint_*") if p.is_dir())
+    assert sizes[False] == [], sizes[False]
+    assert len(sizes[True]) >= 8, sizes[True]  # 4 trials x at least 2 checkpoints each, all kept
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. Trials that fail once, fail always, or diverge
 

@@ -62,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial")
     p.add_argument("--checkpoint-seconds", type=float, default=30.0,
                    help="seconds between a training's checkpoints (a retried trial resumes from the last)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every checkpoint of every trial under RUN/tune/ (default: a running trial keeps "
+                   "its latest only, and a finished trial's are deleted once its Parquet part is written)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--dry-run", action="store_true", help="print the trials and the work, start nothing")
     p.add_argument("--progress-seconds", type=float, default=30.0,
@@ -304,6 +307,24 @@ def param_space(plan: Plan, meta: dict, resources_cpu: float, cells: list[dict] 
     return base | {"seed": plan.seeds[0]} | dists
 
 
+def checkpoint_pruner():
+    """A Tune callback that deletes a completed trial's checkpoints (they only serve to resume it;
+    its Parquet part is written before its last report). Local storage only: an object store's
+    copies stay (num_to_keep=1 still bounds them to one per trial)."""
+    from ray import tune
+
+    class CheckpointPruner(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            path = trial.path
+            if not path or "://" in str(path) or not os.path.isdir(path):
+                return
+            for entry in os.listdir(path):
+                if entry.startswith("checkpoint_"):
+                    shutil.rmtree(os.path.join(path, entry), ignore_errors=True)
+
+    return CheckpointPruner()
+
+
 def build_tuner(plan: Plan, meta: dict, cells: list[dict] | None = None, fresh: bool = False, progress=None):
     """A Tuner that resumes this run's Tune state when it can, else a new one.
 
@@ -327,9 +348,11 @@ def build_tuner(plan: Plan, meta: dict, cells: list[dict] | None = None, fresh: 
     path = f"{plan.store.tune_path}/{name}"
     if fresh and local and os.path.isdir(path):
         shutil.move(path, f"{path}.broken-{stamp}")  # kept for inspection
-    callbacks = [progress] if progress is not None else []
+    keep = plan.args.keep_checkpoints
+    callbacks = ([progress] if progress is not None else []) + ([] if keep else [checkpoint_pruner()])
     run_config = tune.RunConfig(name=name, storage_path=plan.store.tune_path,
                                 failure_config=tune.FailureConfig(max_failures=plan.args.max_failures),
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=None if keep else 1),
                                 callbacks=callbacks, stop=progress, verbose=1 if plan.args.verbose else 0)
     if cells is None and not fresh and plan.args.resume == "auto" and tune.Tuner.can_restore(path):
         try:
