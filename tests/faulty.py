@@ -86,7 +86,8 @@ def train(cfg: FaultyConfig, data, callback=None, state=None) -> TrainResult:
         if not math.isfinite(loss):
             return TrainResult(None, STATUS_DIVERGED, epoch + 1, history, message=f"loss {loss} at epoch {epoch + 1}")
         if callback is not None:
-            callback(Progress(epoch + 1, loss, lambda e=epoch + 1, h=list(history): {"epoch": e, "history": h}))
+            callback(Progress(epoch + 1, loss, lambda e=epoch + 1, h=list(history): {"epoch": e, "history": h},
+                              (epoch + 1) / cfg.epochs))
     return TrainResult({"seed": cfg.seed, "level": cfg.level}, STATUS_OK, cfg.epochs, history,
                        artefacts={"loss_history": np.array(history)})
 

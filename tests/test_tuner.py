@@ -374,3 +374,30 @@ def test_only_on_ray_runs_just_the_slice_under_its_own_tune_name(tmp_path, share
     assert whole.returncode == 0, whole.stderr[-3000:]
     assert "status: ok=2" in whole.stdout and len(list(results.glob("part-*.parquet"))) == 2
     assert part.read_bytes() == before, "the sliced trial was trained again"
+
+
+def test_the_estimate_starts_before_any_trial_ends_and_counts_down():
+    """A long trial reports its share done: the estimate is there from its first report (no trial
+    has finished) and falls as its clock runs and as later reports come in."""
+    import re
+    from types import SimpleNamespace
+
+    from ray.tune.experiment import Trial
+
+    from tuner.progress import Progress
+    p = Progress("run", 3, "accuracy", "max", out=lambda *a, **k: None)
+    trial = SimpleNamespace(trial_id="t1", status=Trial.RUNNING, config={"point": {"seed": 0}})
+    p.on_trial_result(0, [trial], trial, {"done_share": 0.1, "time_total_s": 60.0})
+    clock = p.running["t1"][2]
+    lefts = []
+    for now, report in ((clock, None), (clock + 30, None), (clock + 60, (0.2, 120.0)), (clock + 90, None),
+                        (clock + 240, (0.5, 300.0))):
+        if report is not None:
+            p.on_trial_result(0, [trial], trial, {"done_share": report[0], "time_total_s": report[1]})
+        text = p.estimate(["t1"], pending=2, now=now)
+        assert text.startswith("about ") and "the rates of 1 running trials, 600 s per trial" in text, text
+        lefts.append(text.split(" left")[0])
+    seconds = [sum(int(v) * m for v, m in zip(re.findall(r"\d+", s)[::-1], (1, 60, 3600))) for s in lefts]
+    assert seconds == sorted(seconds, reverse=True) and len(set(seconds)) == len(seconds), lefts
+    assert seconds[0] == 540 + 2 * 600  # 90% of one 600-s trial left, then two more at 600 s, one slot
+    assert "about" in p.line([trial]) and "running trials at" in p.line([trial])

@@ -114,6 +114,7 @@ class Progress:
     epoch: int
     loss: float
     state: Callable[[], dict]  # builds a checkpoint dict on demand (cost paid only when saved)
+    done: float = float("nan")  # share of the whole training done (0-1; NaN: not known)
 
 
 @dataclass

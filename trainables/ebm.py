@@ -540,7 +540,7 @@ def train_bank(cfg: EBMConfig, data: Data, callback: Callable[[Progress], object
             break
         if epoch == at_80 and 0 < at_80 < epochs:
             residual_80 = fixed_noise_residual(forward, cfg, probe)
-        if callback is not None and callback(Progress(epoch, mean_loss, snapshot(epoch))) is True:
+        if callback is not None and callback(Progress(epoch, mean_loss, snapshot(epoch), epoch / epochs)) is True:
             break
     residual_end = fixed_noise_residual(forward, cfg, probe) if status == STATUS_OK else float("nan")
     columns = {"device_name": device_name(device)} | convergence_columns(history, residual_0, residual_80, residual_end)

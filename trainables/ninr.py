@@ -524,7 +524,7 @@ def train_ninr(cfg: NINRConfig, data: Data, callback: Callable[[Progress], objec
             return None
         extra = {"niw_norms": list(norms), "step_losses": list(step_losses), "hessian": [list(h) for h in hessian]} \
             | probe_state
-        return callback(Progress(p.epoch, p.loss, lambda: p.state() | extra))
+        return callback(Progress(p.epoch, p.loss, lambda: p.state() | extra, p.done))
 
     start = time.perf_counter()
     res = train_supervised(model, x, y, seed=cfg.seed, lr=cfg.lr, batch_size=cfg.batch_size, epochs=cfg.epochs,

@@ -340,7 +340,9 @@ def _stage(cfg, model, x, y, transition, gen, callback, state, epoch_offset) -> 
         extra = {"stage": 2 if transition is not None else 1}
         if transition is not None:
             extra["transition"] = transition.cpu()
-        return callback(Progress(p.epoch + epoch_offset, p.loss, lambda: p.state() | extra))
+        stages = 2 if cfg.loss == "forward" else 1  # the share of the whole training, both stages
+        done = (p.done + (1 if transition is not None else 0)) / stages
+        return callback(Progress(p.epoch + epoch_offset, p.loss, lambda: p.state() | extra, done))
 
     return train_supervised(model, x, y, seed=cfg.seed, lr=cfg.lr, batch_size=cfg.batch_size, epochs=cfg.epochs,
                             steps=cfg.steps, scheduler=cfg.scheduler, batch_loss=loss_of,
@@ -403,7 +405,7 @@ def train_sesnn(cfg: SESNNConfig, data: Data, callback: Callable[[Progress], obj
     def with_stage1(p: Progress):
         if callback is None:
             return None
-        return callback(Progress(p.epoch, p.loss, lambda: p.state() | {"stage1_epochs": epochs1}))
+        return callback(Progress(p.epoch, p.loss, lambda: p.state() | {"stage1_epochs": epochs1}, p.done))
 
     res = _stage(cfg, model, x, y, transition, gen, with_stage1, state, epochs1)
     last_stage = list(res.history)

@@ -109,7 +109,7 @@ def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed
                 on_step(step, value)
         epoch += 1
         history.append(loss_sum / count)
-        if callback is not None and callback(Progress(epoch, history[-1], state_fn)) is True:
+        if callback is not None and callback(Progress(epoch, history[-1], state_fn, step / total_steps)) is True:
             break
     model.eval()
     return TrainResult(model, STATUS_OK, epoch, history, time.perf_counter() - start)

@@ -206,7 +206,7 @@ def train_vpn(cfg: VPNConfig, data, callback: Callable[[Progress], object] | Non
     if resumed is not None:
         base_epochs, base_history = int(resumed["base_epochs"]), list(resumed["base_history"])
     elif cfg.mode == "frozen":  # phase 1: f alone, as the baseline trial trains it
-        res = train_supervised(base, x, y, callback=_phased(callback, "base", 0), state=state, **common)
+        res = train_supervised(base, x, y, callback=_phased(callback, "base", 0, phases=2), state=state, **common)
         if res.status != STATUS_OK or res.epochs_done < _epochs(cfg, len(x)):
             return _result(cfg, VPNModel(base, None), res, start, [], [])  # diverged or stopped early
         base_epochs, base_history = res.epochs_done, list(res.history)
@@ -227,7 +227,8 @@ def train_vpn(cfg: VPNConfig, data, callback: Callable[[Progress], object] | Non
         stds.append(epoch_std[0] / max(1, epoch_std[1]))
         epoch_std[:] = [0.0, 0]
         extra = {"std_history": list(stds), "base_epochs": base_epochs, "base_history": base_history}
-        return _phased(callback, "vpn", base_epochs, extra)(p) if callback is not None else None
+        return _phased(callback, "vpn", base_epochs, extra, 2 if cfg.mode == "frozen" else 1)(p) \
+            if callback is not None else None
 
     res = train_supervised(model, x, y, batch_loss=vpn_loss, generators={"vpn_noise_rng": noise_gen},
                            callback=on_epoch, state=resumed,
@@ -240,11 +241,14 @@ def _epochs(cfg: VPNConfig, n: int) -> int:
     return -(-cfg.steps // per_epoch) if cfg.steps else cfg.epochs
 
 
-def _phased(callback, phase: str, offset: int, extra: dict | None = None):
-    """The trial's callback with epochs counted across phases and the phase in the checkpoint."""
+def _phased(callback, phase: str, offset: int, extra: dict | None = None, phases: int = 1):
+    """The trial's callback with epochs counted across phases, the phase in the checkpoint, and
+    the share done of the whole training (`phases`: 2 when a base phase precedes the generator's)."""
     if callback is None:
         return None
-    return lambda p: callback(Progress(p.epoch + offset, p.loss, lambda: p.state() | {"phase": phase} | (extra or {})))
+    before = 1 if phase == "vpn" and phases == 2 else 0
+    return lambda p: callback(Progress(p.epoch + offset, p.loss, lambda: p.state() | {"phase": phase} | (extra or {}),
+                                       (p.done + before) / phases))
 
 
 def _result(cfg: VPNConfig, model: VPNModel, res: TrainResult, start: float, stds, base_history,

@@ -52,6 +52,7 @@ class Progress(tune.Callback, tune.Stopper):
         self.failed: dict[str, str] = {}  # trial id -> one-line error
         self.fatal: str | None = None
         self.seconds: list[float] = []
+        self.running: dict[str, tuple[float, float, float]] = {}  # trial id -> (share done, its seconds, clock)
         self.last = None  # set at the first step: Tune's own start-up is not progress
 
     def __getstate__(self):
@@ -66,7 +67,11 @@ class Progress(tune.Callback, tune.Stopper):
     # --- Tune hooks -------------------------------------------------------------------------
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        share = result.get("done_share")
+        if isinstance(share, (int, float)) and math.isfinite(share) and not result.get("done"):
+            self.running[trial.trial_id] = (float(share), float(result.get("time_total_s", 0.0)), time.monotonic())
         if result.get("done") or result.get("skipped"):
+            self.running.pop(trial.trial_id, None)
             # Only what the lines need: Tune pickles this stopper into its experiment state, and a
             # whole result (with its config) per trial made the driver of a 500-trial sweep grow.
             self.finished[trial.trial_id] = {k: result.get(k) for k in (self.metric, "status", "settings")} | {
@@ -133,15 +138,46 @@ class Progress(tune.Callback, tune.Stopper):
                  f"{errored} failed" + (f", {diverged} diverged" if diverged else "")
                  + (f", {skipped} skipped (nothing to train)" if skipped else ""),
                  f"trained {done - diverged - skipped}, test settings evaluated {settings}"]
-        if not final and self.seconds and pending + running:
-            mean = sum(self.seconds) / len(self.seconds)
-            slots = max(1, running)
-            parts.append(f"about {_duration(mean * (pending + running / 2) / slots)} left "
-                         f"(estimate: {len(self.seconds)} trials at {mean:.0f} s each, {slots} at a time)")
+        if not final and pending + running:
+            live = [t.trial_id for t in trials if t.status == Trial.RUNNING and t.trial_id not in self.finished]
+            estimate = self.estimate(live, pending)
+            if estimate:
+                parts.append(estimate)
         best = self.best()
         if best is not None:
             parts.append(f"best {self.metric} {best[0]:.4g} at {best[1]}")
         return "; ".join(parts)
+
+    def estimate(self, live: list[str], pending: int, now: float | None = None) -> str:
+        """Time left: each running trial's remaining time from its own rate (its seconds over its
+        share of training done, at its last report) and the pending trials at the mean trial time (finished trials',
+        else the running trials' projected totals), spread over the trials running at once. Counts
+        down between reports: a running trial's seconds grow with the clock. '' before any rate."""
+        now = time.monotonic() if now is None else now
+        projected, remaining, shares = [], 0.0, []
+        for tid in live:
+            if tid not in self.running:
+                continue
+            share, seconds, clock = self.running[tid]
+            elapsed = seconds + (now - clock)
+            shares.append(share)
+            if share >= 0.01:
+                total = seconds / share  # the rate at its last report; the clock since then counts down
+                projected.append(total)
+                remaining += max(0.0, total - elapsed)
+        if self.seconds:
+            mean, basis = sum(self.seconds) / len(self.seconds), f"{len(self.seconds)} finished trials"
+        elif projected:
+            mean, basis = sum(projected) / len(projected), f"the rates of {len(projected)} running trials"
+        else:
+            return ""
+        unrated = len(live) - len(projected)  # running trials without a rate yet: half a trial each
+        slots = max(1, len(live))
+        left = (remaining + unrated * mean / 2 + pending * mean) / slots
+        at = f"; running trials at {100 * sum(shares) / len(shares):.0f}% of their training on average" \
+            if shares else ""
+        return (f"about {_duration(left)} left (estimate: {basis}, {mean:.0f} s per trial, {slots} at a time"
+                f"{at})")
 
     def best(self) -> tuple[float, dict] | None:
         scored = [(r[self.metric], r["point"]) for r in self.finished.values()
