@@ -401,3 +401,22 @@ def test_the_estimate_starts_before_any_trial_ends_and_counts_down():
     assert seconds == sorted(seconds, reverse=True) and len(set(seconds)) == len(seconds), lefts
     assert seconds[0] == 540 + 2 * 600  # 90% of one 600-s trial left, then two more at 600 s, one slot
     assert "about" in p.line([trial]) and "running trials at" in p.line([trial])
+
+
+def test_rays_auth_hint_is_replaced_once_and_colour_codes_kept_only_on_a_terminal():
+    import logging
+
+    from tuner.run import AUTH_NOTE, RayWords
+    said = []
+    words = RayWords(terminal=False, out=lambda line, **k: said.append(line))
+
+    def record(msg, *args):
+        return logging.LogRecord("ray", logging.WARNING, "x.py", 1, msg, args, None)
+    hint = "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out."
+    assert not words.filter(record(hint)) and not words.filter(record(hint))
+    assert said == [AUTH_NOTE] and "ignore Ray's hint" in AUTH_NOTE
+    dash = record("Started a local Ray instance. View the dashboard at %s%s%s %s%s", "\x1b[1m", "\x1b[32m",
+                  "http://127.0.0.1:8265", "\x1b[39m", "\x1b[22m")
+    assert words.filter(dash) and dash.getMessage() == "Started a local Ray instance. View the dashboard at http://127.0.0.1:8265 "
+    coloured = record("View the dashboard at %s%s", "\x1b[1m", "http://x")
+    assert RayWords(terminal=True).filter(coloured) and "\x1b[1m" in coloured.getMessage()

@@ -307,6 +307,32 @@ def param_space(plan: Plan, meta: dict, resources_cpu: float, cells: list[dict] 
     return base | {"seed": plan.seeds[0]} | dists
 
 
+AUTH_NOTE = ("Ray's token authentication is on, as NoiseTune's cluster setups need it: ignore Ray's hint to set "
+             "RAY_AUTH_MODE=disabled (a client of this cluster uses RAY_AUTH_MODE=token; README, 'On a cluster')")
+
+
+class RayWords(logging.Filter):
+    """Ray's start-up lines in NoiseTune's words: its hint to switch token authentication off is
+    replaced by AUTH_NOTE, once; colour codes are kept only when the output is a terminal."""
+
+    ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, terminal: bool, out=print):
+        super().__init__()
+        self.terminal, self.out, self.said = terminal, out, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "RAY_AUTH_MODE=disabled" in message:
+            if not self.said:
+                self.out(AUTH_NOTE, flush=True)
+                self.said = True
+            return False
+        if not self.terminal and self.ANSI.search(message):
+            record.msg, record.args = self.ANSI.sub("", message), ()
+        return True
+
+
 def checkpoint_pruner():
     """A Tune callback that deletes a completed trial's checkpoints (they only serve to resume it;
     its Parquet part is written before its last report). Local storage only: an object store's
@@ -522,6 +548,9 @@ def sweep(plan: Plan) -> int:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     plugins = os.environ.get(registry.PLUGINS_ENV)
+    words = RayWords(terminal=sys.stderr.isatty())
+    for handler in logging.getLogger("ray").handlers:
+        handler.addFilter(words)
     ray.init(address=plan.args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=False,
              runtime_env={"env_vars": {registry.PLUGINS_ENV: plugins}} if plugins else None)
     meta = run_metadata()
