@@ -420,3 +420,20 @@ def test_rays_auth_hint_is_replaced_once_and_colour_codes_kept_only_on_a_termina
     assert words.filter(dash) and dash.getMessage() == "Started a local Ray instance. View the dashboard at http://127.0.0.1:8265 "
     coloured = record("View the dashboard at %s%s", "\x1b[1m", "http://x")
     assert RayWords(terminal=True).filter(coloured) and "\x1b[1m" in coloured.getMessage()
+
+
+def test_a_one_seed_run_says_which_command_decides_its_claims_and_what_it_costs(tmp_path, capsys):
+    from tuner import run
+    from tuner.store import ResultStore
+    args = run.parse_args(["grid_ebm", "--preset", "smoke", "--storage", str(tmp_path), "--set", "epochs=2"])
+    plan = run.Plan(args)
+    store = ResultStore(str(tmp_path), plan.name)
+    for i, point in enumerate(plan.points):  # two finished trials of 90 s each
+        store.write_part(f"k{i}", [{"trial_key": f"k{i}", "status": "ok", "train_seconds": 90.0, "seed": 0}])
+    line = run.decide_line(plan)
+    assert line.startswith("1 seed: the report can decide no claim")
+    want = (f"python -m tuner.run grid_ebm --preset smoke --seeds 0,1,2 --name grid_ebm-smoke-3seeds --set epochs=2 "
+            f"--storage {tmp_path}")
+    assert want in line and f"about {3 * 90 * len(plan.points) // 60:.0f} min of training in all" in line, line
+    three = run.Plan(run.parse_args(["grid_ebm", "--preset", "smoke", "--seeds", "3", "--storage", str(tmp_path)]))
+    assert run.decide_line(three) == ""

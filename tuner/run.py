@@ -632,11 +632,43 @@ def note(plan: Plan) -> None:
         print(plan.method.preset_notes[plan.preset], flush=True)
 
 
+DECIDING_SEEDS = 3  # seeds the first command to decide a claim runs (the reports' "run at least 3 seeds")
+
+
+def decide_line(plan: Plan) -> str:
+    """For a grid run on fewer than DECIDING_SEEDS seeds, which command decides its claims and
+    what it costs, from this run's own training time ('' otherwise)."""
+    if plan.search != "grid" or len(plan.seeds) >= DECIDING_SEEDS or plan.args.only:
+        return ""
+    import pyarrow.parquet as pq
+    parts = plan.store.parts()
+    seconds = sum(float(pq.read_table(p, columns=["train_seconds"], filesystem=plan.store.fs)
+                        .column("train_seconds")[0].as_py() or 0.0) for p in parts) if parts else 0.0
+    per_seed = seconds / len(plan.seeds)
+    extra = [s for s in range(DECIDING_SEEDS + len(plan.seeds)) if s not in plan.seeds][:DECIDING_SEEDS - len(plan.seeds)]
+    seeds = ",".join(map(str, sorted(plan.seeds + extra)))
+    command = (f"python -m tuner.run {plan.exp.name} --preset {plan.preset} --seeds {seeds} "
+               f"--name {plan.name}-{DECIDING_SEEDS}seeds" + (f" --dataset {plan.args.dataset}" if plan.args.dataset else "")
+               + "".join(f" --set {s}" for s in plan.args.set) + f" --storage {plan.args.storage}")
+    return (f"{len(plan.seeds)} seed{'s' if len(plan.seeds) != 1 else ''}: the report can decide no claim (the verdict "
+            f"rule's 95% interval over seeds needs {DECIDING_SEEDS}). To decide them:\n    {command}\n"
+            f"about {_hours(per_seed * DECIDING_SEEDS)} of training in all (this run: {_hours(seconds)}), divided by "
+            "the trials that run at once")
+
+
+def _hours(seconds: float) -> str:
+    minutes = seconds / 60
+    return f"{minutes / 60:.1f} h" if minutes >= 90 else f"{minutes:.0f} min" if minutes >= 1 else f"{seconds:.0f} s"
+
+
 def finish(plan: Plan) -> int:
     print(f"\nresults: {plan.store.results_location}")
     print(summarize(plan))
     print(f"driver peak RSS: {peak_rss_mib():.0f} MiB")
     note(plan)
+    line = decide_line(plan)
+    if line:
+        print(line, flush=True)
     return 0
 
 
