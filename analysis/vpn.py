@@ -279,7 +279,79 @@ def noise_size(df: pd.DataFrame, out=None, dataset: str | None = None):
     return fig
 
 
-FIGURES = {"std_maps": std_maps, "std_history": std_history, "noise_size": noise_size}
+CURVES = {"epoch_loss": "training loss", "epoch_train_accuracy": "training accuracy (%)",
+          "epoch_test_accuracy": "test accuracy of f (%)"}
+
+
+def epoch_curves(df: pd.DataFrame, keys: list[str], names=CURVES) -> pd.DataFrame:
+    """The trials' per-epoch artefacts as mean ± SEM over seeds (stats.summarize) per `keys` and
+    epoch: one row per (keys, curve, epoch)."""
+    source = df.attrs.get("source")
+    if not source or df.empty:
+        return pd.DataFrame()
+    long = []
+    for r in df.drop_duplicates("trial_key").to_dict("records"):
+        a = artefacts(source, r["trial_key"])
+        for name in names:
+            if name in a:
+                long += [{**{k: r[k] for k in keys}, "seed": r["seed"], "curve": name, "epoch": i + 1,
+                          "value": float(v), "status": "ok"} for i, v in enumerate(a[name])]
+    if not long:
+        return pd.DataFrame()
+    return stats.summarize(pd.DataFrame(long), [*keys, "curve", "epoch"], metric="value")
+
+
+def training_curves(df: pd.DataFrame, out=None):
+    """The paper's Fig. 3: training loss, training accuracy and f's test accuracy per epoch, mean ±
+    SEM over seeds, for the Baseline and each joint generator (per base model)."""
+    d = labelled(vpn_rows(df))
+    d = d[(d["inference"] == "vpn") | ((d["generator"] == "none") & (d["augmentation"] == "none"))] \
+        if not d.empty else d
+    d = d[(d["generator"] == "none") | (d["mode"] == "joint")] if not d.empty else d
+    s = epoch_curves(d.assign(arm=d["base"] + " / " + d["row"]) if not d.empty else d, ["arm"])
+    if s.empty:
+        raise ValueError("no per-epoch artefacts (trials written before VPN recorded them)")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (curve, title) in zip(axes, CURVES.items()):
+        scale = 1 if curve == "epoch_loss" else 100
+        for arm, g in s[s["curve"] == curve].groupby("arm"):
+            ax.plot(g["epoch"], scale * g["mean"], lw=1.2, label=arm, linestyle="-" if "Baseline" in arm else "--")
+            ax.fill_between(g["epoch"], scale * (g["mean"] - g["sem"].fillna(0)),
+                            scale * (g["mean"] + g["sem"].fillna(0)), alpha=0.2)
+        ax.set(xlabel="epoch", ylabel=title, title=title)
+    axes[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("Fig. 3: training curves per epoch (mean ± SEM over seeds; band: SEM)", fontsize=9)
+    fig.tight_layout()
+    fig.plotted = s
+    save(fig, out)
+    return fig
+
+
+def convergence_by_m(df: pd.DataFrame, out=None):
+    """The paper's Fig. 4 as it means it: convergence against m, f's test accuracy per epoch for
+    each m (draws per training example), mean ± SEM over seeds."""
+    d, fixed = noise_size_rows(df)
+    if d.empty:
+        raise ValueError("no run over m (vpn_noise_size)")
+    s = epoch_curves(d.assign(arm=d["base"] + " / " + d["row"] + " m=" + d["noise_draws"].astype(str)),
+                     ["arm", "noise_draws"], {"epoch_test_accuracy": CURVES["epoch_test_accuracy"]})
+    if s.empty:
+        raise ValueError("no per-epoch test accuracy (trials written before VPN recorded it)")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, g in s.groupby("arm"):
+        ax.plot(g["epoch"], 100 * g["mean"], lw=1.2, label=arm)
+        ax.fill_between(g["epoch"], 100 * (g["mean"] - g["sem"].fillna(0)), 100 * (g["mean"] + g["sem"].fillna(0)),
+                        alpha=0.2)
+    ax.set(xlabel="epoch", ylabel="test accuracy of f (%)",
+           title="Fig. 4: convergence against m (mean ± SEM over seeds)" + (f"\n{fixed_text(fixed)}" if fixed else ""))
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.plotted = s
+    save(fig, out)
+    return fig
+
+
+FIGURES = {"std_maps": std_maps, "std_history": std_history, "noise_size": noise_size,
+           "training_curves": training_curves, "convergence_by_m": convergence_by_m}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -228,6 +228,21 @@ def test_resuming_mid_training_equals_an_uninterrupted_run(data, over):
             assert torch.equal(tensor, again.model.state_dict()[name]), (state.get("phase"), name)
         assert np.array_equal(full.artefacts["std_history"], again.artefacts["std_history"])
         assert full.history == again.history
+        for name in ("epoch_loss", "epoch_train_accuracy", "epoch_test_accuracy"):  # Fig. 3's curves, whole
+            assert np.array_equal(full.artefacts[name], again.artefacts[name]), name
+
+
+@pytest.mark.parametrize("over", [{}, {"generator": "dnn3"}, {"generator": "dnn3", "mode": "frozen"}])
+def test_each_epoch_records_loss_training_and_test_accuracy(data, over):
+    res, cfg, ecfg = trained(data, steps=6, **over)
+    curves = {k: res.artefacts[k] for k in ("epoch_loss", "epoch_train_accuracy", "epoch_test_accuracy")}
+    assert all(len(v) == res.epochs_done for v in curves.values()), curves
+    assert list(curves["epoch_loss"]) == list(res.history)
+    assert ((curves["epoch_train_accuracy"] >= 0) & (curves["epoch_train_accuracy"] <= 1)).all()
+    # the last epoch's test accuracy is f's clean accuracy on the test set, as the trial scores it
+    clean = vpn.evaluate(res.model, data, [{"inference": "clean"}], cfg, ecfg, 0)
+    clean = clean[0] if isinstance(clean, tuple) else clean
+    assert curves["epoch_test_accuracy"][-1] == pytest.approx(clean[0]["accuracy"])
 
 
 @pytest.mark.parametrize("over, message", [
@@ -464,7 +479,10 @@ def test_report_of_a_real_run_draws_std_maps_from_artefacts(smoke_run, tmp_path)
     df = load(smoke_run)
     assert set(df["mode"]) == {"joint", "frozen"} and set(df["frozen_base"].fillna("")) <= {"", "trained_in_trial"}
     info = build(smoke_run, tmp_path / "out")
-    assert {"std_maps", "std_history"} <= set(info["figures"])
+    assert {"std_maps", "std_history", "training_curves"} <= set(info["figures"])
+    df.attrs["source"] = str(smoke_run)
+    curves = avpn.training_curves(df).plotted
+    assert set(curves["curve"]) == set(avpn.CURVES) and (curves["count"] == 2).all()  # two seeds per epoch
     md = (tmp_path / "out" / "report.md").read_text()
     assert "Table IV layout" in md and "Claim (Fig. 1): more std on the object than on the background" in md
 

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,6 +65,7 @@ class VPNConfig:
     generator_init_std: float = 0.002  # generator Linear weights ~ N(0, this), zero bias: sigma starts near 0
     noise_draws: int = 1  # m: reparameterised draws per training example (paper: 1; Fig. 4 sweeps it)
     clean_loss_weight: float = 0.0  # weight of CE(f(x), y) added to the VPN loss (authors' code: 0)
+    epoch_test_accuracy: bool = True  # after each epoch, f's clean test accuracy (Fig. 3 and 4's curves)
     augment: AugmentConfig = AugmentConfig()  # the baseline's augmentation (generator none only)
     epochs: int = 40  # paper: 40 for shallow models, 100 for ResNets
     batch_size: int = 256  # paper: 256 (128 on Tiny ImageNet)
@@ -96,6 +98,8 @@ class VPNConfig:
         check_range("generator_init_std", self.generator_init_std, 0.0)
         check_int("noise_draws", self.noise_draws, 1)
         check_range("clean_loss_weight", self.clean_loss_weight, 0.0)
+        if not isinstance(self.epoch_test_accuracy, bool):
+            raise ConfigError(f"epoch_test_accuracy={self.epoch_test_accuracy!r} is not allowed; allowed: True, False")
         check_int("epochs", self.epochs, 1)
         check_int("batch_size", self.batch_size, 1)
         check_range("lr", self.lr, 0.0, low_open=True)
@@ -193,22 +197,31 @@ def train_vpn(cfg: VPNConfig, data, callback: Callable[[Progress], object] | Non
     common = dict(seed=cfg.seed, lr=cfg.lr, batch_size=cfg.batch_size, epochs=cfg.epochs, steps=cfg.steps,
                   scheduler=cfg.scheduler)
     start = time.perf_counter()
+    curves = EpochCurves(cfg, data, device, state)
 
     if cfg.generator == "none":
         def baseline_loss(model, xb, yb):
-            return F.cross_entropy(model(augment(cfg.augment, xb)), yb)
-        res = train_supervised(base, x, y, batch_loss=baseline_loss, callback=_phased(callback, "base", 0),
-                               state=state, **common)
-        return _result(cfg, VPNModel(base, None), res, start, [], [])
+            logits = model(augment(cfg.augment, xb))
+            curves.count(logits, yb)
+            return F.cross_entropy(logits, yb)
+        res = train_supervised(base, x, y, batch_loss=baseline_loss,
+                               callback=curves.wrap(base, _phased(callback, "base", 0)), state=state, **common)
+        return _result(cfg, VPNModel(base, None), res, start, [], [], curves=curves)
 
     resumed = state if state is not None and state.get("phase") == "vpn" else None
     base_epochs, base_history = 0, []
     if resumed is not None:
         base_epochs, base_history = int(resumed["base_epochs"]), list(resumed["base_history"])
     elif cfg.mode == "frozen":  # phase 1: f alone, as the baseline trial trains it
-        res = train_supervised(base, x, y, callback=_phased(callback, "base", 0, phases=2), state=state, **common)
+        def base_loss(model, xb, yb):
+            logits = model(xb)
+            curves.count(logits, yb)
+            return F.cross_entropy(logits, yb)
+        res = train_supervised(base, x, y, batch_loss=base_loss,
+                               callback=curves.wrap(base, _phased(callback, "base", 0, phases=2)), state=state,
+                               **common)
         if res.status != STATUS_OK or res.epochs_done < _epochs(cfg, len(x)):
-            return _result(cfg, VPNModel(base, None), res, start, [], [])  # diverged or stopped early
+            return _result(cfg, VPNModel(base, None), res, start, [], [], curves=curves)  # diverged or stopped
         base_epochs, base_history = res.epochs_done, list(res.history)
     model = VPNModel(base, _generator(cfg, shape, classes).to(device), frozen_base=cfg.mode == "frozen")
     noise_gen = make_generator(stream_seed(cfg.seed, "vpn_train_noise"), device)
@@ -218,6 +231,7 @@ def train_vpn(cfg: VPNConfig, data, callback: Callable[[Progress], object] | Non
     def vpn_loss(m, xb, yb):
         xs, ys = xb.repeat(cfg.noise_draws, 1, 1, 1), yb.repeat(cfg.noise_draws)
         logits, sigma = m.noisy(xs, ys, torch.randn(xs.shape, generator=noise_gen, device=device))
+        curves.count(logits, ys)
         epoch_std[0] += float(sigma.detach().mean())
         epoch_std[1] += 1
         loss = F.cross_entropy(logits, ys)
@@ -226,14 +240,15 @@ def train_vpn(cfg: VPNConfig, data, callback: Callable[[Progress], object] | Non
     def on_epoch(p: Progress):
         stds.append(epoch_std[0] / max(1, epoch_std[1]))
         epoch_std[:] = [0.0, 0]
-        extra = {"std_history": list(stds), "base_epochs": base_epochs, "base_history": base_history}
+        extra = {"std_history": list(stds), "base_epochs": base_epochs, "base_history": base_history,
+                 "curves": curves.state()}
         return _phased(callback, "vpn", base_epochs, extra, 2 if cfg.mode == "frozen" else 1)(p) \
             if callback is not None else None
 
     res = train_supervised(model, x, y, batch_loss=vpn_loss, generators={"vpn_noise_rng": noise_gen},
-                           callback=on_epoch, state=resumed,
+                           callback=curves.wrap(model, on_epoch), state=resumed,
                            **common)
-    return _result(cfg, model, res, start, stds, base_history, base_epochs)
+    return _result(cfg, model, res, start, stds, base_history, base_epochs, curves)
 
 
 def _epochs(cfg: VPNConfig, n: int) -> int:
@@ -251,10 +266,57 @@ def _phased(callback, phase: str, offset: int, extra: dict | None = None, phases
                                        (p.done + before) / phases))
 
 
+class EpochCurves:
+    """Per epoch (the paper's Fig. 3): the training loss, the training accuracy of the forward
+    passes the loss saw (noisy ones under a generator), and, with `epoch_test_accuracy`, f's clean
+    test accuracy after the epoch. Kept in checkpoints, so a resumed trial's curves are whole."""
+
+    def __init__(self, cfg: VPNConfig, data, device, state: dict | None):
+        self.test = cfg.epoch_test_accuracy
+        self.x_test, self.y_test = (data.x_test.to(device), data.y_test.to(device)) if self.test else (None, None)
+        saved = (state or {}).get("curves") or {}
+        self.loss, self.train_acc, self.test_acc = (list(saved.get(k, [])) for k in ("loss", "train", "test"))
+        self.right, self.seen = 0, 0
+
+    def count(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.right += int((logits.detach().argmax(1) == y).sum())
+        self.seen += len(y)
+
+    def wrap(self, f_of, callback):
+        """The epoch callback, closing the epoch's curves first (f_of: the model whose f is tested)."""
+        def on_epoch(p: Progress):
+            self.loss.append(float(p.loss))
+            self.train_acc.append(self.right / max(1, self.seen))
+            self.right, self.seen = 0, 0
+            if self.test:
+                f = f_of.base if isinstance(f_of, VPNModel) else f_of
+                was = f.training
+                f.eval()
+                with torch.no_grad():
+                    right = sum(int((f(self.x_test[i:i + 1024]).argmax(1) == self.y_test[i:i + 1024]).sum())
+                                for i in range(0, len(self.x_test), 1024))
+                f.train(was)
+                self.test_acc.append(right / len(self.x_test))
+            if callback is None:
+                return None
+            return callback(Progress(p.epoch, p.loss, lambda: p.state() | {"curves": self.state()}, p.done))
+        return on_epoch
+
+    def state(self) -> dict:
+        return {"loss": list(self.loss), "train": list(self.train_acc), "test": list(self.test_acc)}
+
+    def arrays(self) -> dict:
+        out = {"epoch_loss": np.asarray(self.loss, float), "epoch_train_accuracy": np.asarray(self.train_acc, float)}
+        if self.test:
+            out["epoch_test_accuracy"] = np.asarray(self.test_acc, float)
+        return out if self.loss else {}
+
+
 def _result(cfg: VPNConfig, model: VPNModel, res: TrainResult, start: float, stds, base_history,
-            base_epochs: int = 0) -> TrainResult:
+            base_epochs: int = 0, curves: EpochCurves | None = None) -> TrainResult:
     model.eval()
     artefacts = {"std_history": torch.tensor(stds, dtype=torch.float64).numpy()} if stds else {}
+    artefacts |= curves.arrays() if curves is not None else {}
     columns = {"device_name": device_name(next(model.parameters()).device),
                "frozen_base": "trained_in_trial" if cfg.mode == "frozen" else ""}
     return TrainResult(model, res.status, res.epochs_done + base_epochs, [*base_history, *res.history],
