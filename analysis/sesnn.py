@@ -472,7 +472,7 @@ def margin_findings(df: pd.DataFrame) -> list[str]:
     s = stats.summarize(d, ["omega", "margin"])
     spread = s.groupby("margin")["mean"].agg(lambda v: v.max() - v.min())
     out = [f"[margin{note}] Accuracy range over omega at each b: "
-           + ", ".join(f"b=log {math.exp(b):.3g}: {100 * r:.1f} points" for b, r in spread.items())
+           + ", ".join(f"b={b_text(b)}: {100 * r:.1f} points" for b, r in spread.items())
            + f" (largest SEM of a cell {100 * float(s['sem'].max()):.1f} points)."]
     paper = d[d["margin"].map(lambda b: any(abs(b - p) < 1e-9 for p in PAPER_MARGINS))]
     tested = paper if paper["margin"].nunique() >= 2 else d
@@ -482,10 +482,33 @@ def margin_findings(df: pd.DataFrame) -> list[str]:
         out.append(f"[margin{note}] A larger b helps under label noise at omega {omega:g}? accuracy at "
                    f"b = {b_text(hi)} - at b = {b_text(lo)} = {est.text()}: "
                    f"{stats.verdict(est, blocked=unconverged(g))}.")
-    for (omega, b), g in d.groupby(["omega", "margin"]):
-        if set(HINGES) <= set(g.columns) and g[list(HINGES)].notna().any().any():
-            out.append(f"[margin{note}] omega {omega:g}, b = {b_text(b)}: {hinge_text(g)}.")
+    binding = hinge_map(df)
+    if not binding.empty:
+        one_loss = [f"omega {o}, b = {b}" for o, row in binding.iterrows() for b, cell in row.items()
+                    if cell.startswith("all active")]
+        out.append(f"[margin{note}] Where the margin binds (the table of active hinge terms): every term of Eq. 5, 6 "
+                   f"and 7 stays active, so the three are one loss, in {len(one_loss)} of {binding.size} "
+                   f"(omega, b) cells: {'; '.join(one_loss) if one_loss else 'none'}.")
     return out + aggregation_findings(df)
+
+
+def hinge_map(df: pd.DataFrame) -> pd.DataFrame:
+    """omega (rows) x b (columns) of the trained equation's rows: the mean share of active hinge
+    terms of Eq. 6 (5 and 7 in brackets), "all active" where every term of all three is active."""
+    d, _ = margin_rows(df)
+    d = d[d["model"] == "sesnn"] if not d.empty else d
+    if d.empty or not set(HINGES) <= set(d.columns) or d[list(HINGES)].isna().all().all():
+        return pd.DataFrame()
+    cells = {}
+    for (omega, b), g in d.groupby(["omega", "margin"]):
+        m = {h: 100 * float(g[h].mean()) for h in HINGES}
+        text = "all active" if all(g[h].min() >= 1 for h in HINGES) else \
+            f"Eq. 6 {m['hinge_active_sample']:.1f}% (Eq. 5 {m['hinge_active_neuron']:.1f}%, Eq. 7 {m['hinge_active_both']:.1f}%)"
+        cells.setdefault(f"{omega:g}", {})[b_text(b)] = text
+    t = pd.DataFrame(cells).T
+    t = t[[b_text(b) for b in sorted(d["margin"].unique())]]
+    t.index.name = "omega"
+    return t
 
 
 def aggregation_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -574,6 +597,10 @@ def section(df: pd.DataFrame, out) -> dict:
     if not t.empty:
         tables_.append(("SE-SNN - rival accuracy per FGS eps, paired over seeds (points, 95% t interval, "
                         "two-sided p); one verdict per eps", t))
+    t = hinge_map(df)
+    if not t.empty:
+        tables_.append(("Share of hinge terms (b - mean log σ)^+ active at the end of training (training set, mean "
+                        "over seeds), omega x b: where every term is active Eq. 5, 6 and 7 are one loss", t.reset_index()))
     t = aggregation_table(df)
     if not t.empty:
         fixed = fixed_text(t.attrs.get("fixed", {}))
