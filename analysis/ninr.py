@@ -471,6 +471,8 @@ def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
         out.append(f"{missing} rows carry no `label` column (written before search_spaces/ninr.py named the "
                    "regularisers): their arms are named by their fields here (\"regularizer=cdt, cdt_std=0.2\"), "
                    "and only NINR's are matched to a poster column (by placement and phase).")
+    for (label, arch), why in sorted(_skipped(df).items()):
+        out.append(f"[{arch}] {label}: not trained, so no claim is tested on it: {why}.")
     d, fixed = compare_rows(df)
     if d.empty:
         return out

@@ -264,3 +264,16 @@ def test_the_posters_value_sits_beside_ours_by_label_and_by_the_measured_phase()
     assert t.loc["none", "fc"].endswith("(poster 87.7 ± 2.6)") and t.loc["CDT (0.2)", "fc"].endswith("(poster 86.6 ± 0.9)")
     assert t.loc["in-NINR σ=10", "fc"].endswith("[decay] (poster 89.1 ± 0.7)")  # in-NINR (decay), by phase
     assert "poster" not in ninr.table(d.assign(image_size=8)).loc["none", "fc"]
+
+
+def test_an_arm_whose_phase_search_found_no_sigma_is_named_not_filled():
+    df = compare_frame({"none": [0.9, 0.91, 0.92]})
+    why = "no probe sigma gives a learning catapult for fc (in-NINR, lr 0.05, 400 steps): σ=1 decoupled"
+    skipped = pd.DataFrame([{"family": "ninr", "method": "ninr", "status": "skipped", "arch": "fc", "seed": s,
+                             "trial_key": f"cat-{s}", "label": "in-NINR (catapult σ)", "regularizer": "ninr",
+                             "placement": "in", "phase_target": "catapult", "message": why} for s in range(3)])
+    both = pd.concat([df, skipped], ignore_index=True)
+    assert ninr.table(both).loc["in-NINR (catapult σ)", "fc"] == f"not trained: {why}"
+    line = finding(both, "in-NINR (catapult σ): not trained")
+    assert line == f"[fc] in-NINR (catapult σ): not trained, so no claim is tested on it: {why}."
+    assert not [f for f in ninr.findings(both) if "catapult σ) [" in f]  # no verdict on an arm with no rows
