@@ -162,7 +162,8 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
     cells = {}
     for (label, arch), g in d.groupby(["label", "arch"]):
         phase = _majority(g["measured_phase"]) if "measured_phase" in g.columns else ""
-        text = stats.cell(g["accuracy"], count=True)
+        text = stats.cell(g["accuracy"], count=True,
+                          chance=1 / float(g["num_classes"].iloc[0]) if "num_classes" in g.columns else None)
         if diverged.get((label, arch)):
             text += f" +{diverged[(label, arch)]} diverged"
         if phase:

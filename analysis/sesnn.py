@@ -146,7 +146,7 @@ def label_noise_table(df: pd.DataFrame) -> pd.DataFrame:
     comparable = not protocol_differences(d, PAPER_PROTOCOL)
     cells: dict = {}
     for (label, p), g in d.groupby(["label", "label_noise"]):
-        text = stats.cell(g["accuracy"], count=True)
+        text = stats.cell(g["accuracy"], count=True, chance=1 / float(g["num_classes"].iloc[0]))
         if comparable and abs(p - ANCHOR_NOISE) < 1e-9 and label in ANCHORS:
             text += f" (paper {ANCHORS[label]})"
         cells.setdefault(label, {})[f"{100 * p:g}%"] = text
@@ -380,6 +380,7 @@ def defence_table(df: pd.DataFrame) -> pd.DataFrame:
             h = g[g["label"] == label]
             rows.append({"training": _training(a), "method": label}
                         | {_setting(*k): stats.cell(h[(h["attack"] == k[0]) & (h["eps"] == k[1])]["accuracy"],
+                                                    chance=1 / float(h["num_classes"].iloc[0]),
                                                     count=True) for k in keys})
     t = pd.DataFrame(rows)
     t.attrs["fixed"] = fixed

@@ -164,10 +164,15 @@ def fmt(mean, sem, scale: float = 100, digits: int = 2) -> str:
     return text + f" ± {sem * scale:.{digits}f}"
 
 
-def cell(values, scale: float = 100, digits: int = 2, count: bool = False) -> str:
-    """fmt() of the values' mean and SEM, with '(n=k)' when `count`."""
+CHANCE_MARGIN = 0.02  # an accuracy within this of chance (1 / classes) is flagged "at chance": a failed run
+
+
+def cell(values, scale: float = 100, digits: int = 2, count: bool = False, chance: float | None = None) -> str:
+    """fmt() of the values' mean and SEM, with '(n=k)' when `count`, and ' [at chance]' when the
+    mean is within CHANCE_MARGIN of `chance` or below it (a network that learned nothing)."""
     m, s, n = mean_sem(values)
-    return fmt(m, s, scale, digits) + (f" (n={n})" if count and n else "")
+    flag = " [at chance]" if chance is not None and n and m <= chance + CHANCE_MARGIN else ""
+    return fmt(m, s, scale, digits) + (f" (n={n})" if count and n else "") + flag
 
 
 # ---------------------------------------------------------------------------------------------

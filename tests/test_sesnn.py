@@ -561,7 +561,7 @@ def test_the_defence_is_tested_per_eps_never_on_a_band_average(tmp_path):
     t = analysis.defence_table(d)
     assert list(t.columns) == ["training", "method", "clean", "eps 0.1", "eps 0.2", "eps 0.3", "eps 0.4", "eps 0.5"]
     assert list(t["method"]) == ["Baseline", "Deep VIB", "SE-SNN"] and set(t["training"]) == {"normal training"}
-    assert t.set_index("method").loc["Baseline", "eps 0.5"] == "0.33 ± 0.33 (n=3)"
+    assert t.set_index("method").loc["Baseline", "eps 0.5"] == "0.33 ± 0.33 (n=3) [at chance]"  # below 10%: flagged
     # The paired difference per eps, with its interval and verdict: 5 eps x 2 rivals.
     diff = analysis.defence_difference_table(d)
     assert len(diff) == 10 and {"95% CI", "p", "verdict"} <= set(diff.columns)

@@ -153,3 +153,10 @@ def test_an_inert_arm_is_its_own_word_never_holds_or_undecided():
     assert inert.word == "inert" and not inert.holds and "learned no noise" in str(inert)
     assert stats.verdict(clear, inert="x", blocked="y").word == "inert"
     assert "**inert**" in stats.RULE
+
+
+def test_a_cell_at_chance_is_flagged():
+    assert stats.cell([0.10, 0.11, 0.09], chance=0.1).endswith("[at chance]")
+    assert stats.cell([0.115, 0.12, 0.118], chance=0.1).endswith("[at chance]")  # within 2 points
+    assert "chance" not in stats.cell([0.13, 0.14, 0.15], chance=0.1)
+    assert "chance" not in stats.cell([0.05, 0.06], count=True)  # no chance given: no flag
