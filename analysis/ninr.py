@@ -337,7 +337,8 @@ def phase_diagram(df: pd.DataFrame, out=None):
             ax.plot(s, 2 / (s ** 2 * h), "k--", lw=1, label="lr·λ = 2 (predicted)")
             ax.set_ylim(g["lr"].min() / 2, g["lr"].max() * 2)
         ax.set(xscale="log", yscale="log", xlabel="σ_eps", ylabel="learning rate", title=f"{arch}: measured phase")
-        ax.legend(fontsize=6, title="o agrees with prediction, X not", title_fontsize=6)
+    axes[0][-1].legend(fontsize=7, title="o: measured = predicted\nX: measured differs", title_fontsize=7,
+                       loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside the data
     fig.tight_layout()
     fig.plotted = t
     save(fig, out)
@@ -465,8 +466,8 @@ def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
             out.append(f"[{arch}] Phases measured over {len(g)} (sigma_eps, lr) cells: {counts}. The measured phase "
                        f"is the predicted one in {agree} of {len(scored)} cells (identical labels only; a count of "
                        "cells, not a test over seeds; the confusion table gives the rest)"
-                       + (f"; {failed} cells failed (the network learned nothing): no phase of learning" if failed
-                          else "") + ".")
+                       + (f"; {failed} cell{'s' if failed != 1 else ''} failed (the network learned nothing): "
+                          "no phase of learning" if failed else "") + ".")
     missing = unlabelled(df)
     if missing:
         out.append(f"{missing} rows carry no `label` column (written before search_spaces/ninr.py named the "

@@ -444,7 +444,7 @@ def test_agreement_counts_identical_labels_only_and_the_confusion_table_shows_th
                          for s, m, p in cells])
     found = [f for f in analysis.findings(rows) if f.startswith("[mlp3] Phases")]
     assert len(found) == 1 and "is the predicted one in 2 of 4 cells (identical labels only" in found[0]
-    assert "1 cells failed (the network learned nothing)" in found[0]
+    assert "1 cell failed (the network learned nothing)" in found[0]
     conf = analysis.confusion_table(rows).set_index("measured \\ predicted")
     assert conf.loc["divergent", "catapult"] == 1 and conf.loc["failed", "decay"] == 1
     assert conf.loc["decay", "decay"] == 1 and conf.loc["catapult", "catapult"] == 1
