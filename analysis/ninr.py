@@ -26,10 +26,11 @@ FAMILY = "ninr"
 KNOWN_CONFIG = ("dataset", "image_size", "channels", "arch", "regularizer", "placement", "sigma_eps", "l2",
                 "dropout_rate", "cdt_std", "optimizer", "lr", "momentum", "batch_size", "epochs", "steps",
                 "scheduler", "niw_init_scale", "fc_widths", "cnn_channels", "cnn_hidden", "mlp3_width", "test_noise",
-                "corruption", "strength")
+                "corruption", "strength", "phase_target")
 IGNORED = {"eval_batch_size", "trajectory_points", "hessian_points", "hessian_iters", "hessian_batch",
-           "phase_growth", "phase_shrink", "phase_divergence"}  # measurement settings, not results
-METHOD_FIELDS = {"regularizer", "placement", "sigma_eps", "cdt_std", "l2", "dropout_rate"}
+           "phase_growth", "phase_shrink", "phase_divergence", "phase_fit_share", "phase_failed_share",
+           "phase_chance_margin"}  # measurement settings, not results
+METHOD_FIELDS = {"regularizer", "placement", "sigma_eps", "phase_target", "cdt_std", "l2", "dropout_rate"}
 DRAWN = {"arch", "corruption", "strength"} | METHOD_FIELDS
 PREFERRED = {"test_noise": False}
 UNSTRUCTURED = ("gaussian_noise", "impulse_noise")

@@ -277,3 +277,10 @@ def test_an_arm_whose_phase_search_found_no_sigma_is_named_not_filled():
     line = finding(both, "in-NINR (catapult σ): not trained")
     assert line == f"[fc] in-NINR (catapult σ): not trained, so no claim is tested on it: {why}."
     assert not [f for f in ninr.findings(both) if "catapult σ) [" in f]  # no verdict on an arm with no rows
+
+
+def test_arms_that_differ_in_phase_target_are_drawn_side_by_side_not_sliced():
+    df = compare_frame({"none": [0.9, 0.91, 0.92], "in-NINR σ=10": [0.9, 0.905, 0.915]})
+    df["phase_target"] = np.where(df["regularizer"] == "ninr", "decay", "none")  # as ninr_compare writes it
+    t = ninr.table(df)
+    assert set(t.index) == {"none", "in-NINR σ=10"} and "phase_target" not in t.attrs.get("fixed", {})
