@@ -307,8 +307,8 @@ def param_space(plan: Plan, meta: dict, resources_cpu: float, cells: list[dict] 
     return base | {"seed": plan.seeds[0]} | dists
 
 
-AUTH_NOTE = ("Ray's token authentication is on, as NoiseTune's cluster setups need it: ignore Ray's hint to set "
-             "RAY_AUTH_MODE=disabled (a client of this cluster uses RAY_AUTH_MODE=token; README, 'On a cluster')")
+AUTH_NOTE = ("Ray's token authentication is on, as NoiseTune's cluster setups need it: ignore Ray's hint to opt "
+             "out of it (a client of this cluster sets RAY_AUTH_MODE to token; README, 'On a cluster')")
 
 
 class RayWords(logging.Filter):
@@ -323,7 +323,7 @@ class RayWords(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "RAY_AUTH_MODE=disabled" in message:
+        if "RAY_AUTH_MODE" in message and "opt out" in message:  # Ray's hint to switch token auth off
             if not self.said:
                 self.out(AUTH_NOTE, flush=True)
                 self.said = True
