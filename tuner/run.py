@@ -438,15 +438,24 @@ def optuna_remaining(plan: Plan) -> tuple[int, int]:
     return done, max(0, plan.args.num_samples - done)
 
 
-def summarize(plan: Plan) -> str:
-    """Status counts, and the experiment's metric (mean over seeds) on each trial's headline rows,
-    by the method's summary columns that vary."""
+def read_rows(plan: Plan) -> pd.DataFrame:
+    """Every row of the run's part files (empty if none); attrs["parts"] is how many files."""
     parts = plan.store.parts()
     if not parts:
-        return "no result rows yet"
+        return pd.DataFrame()
     import pyarrow.parquet as pq
     df = pd.concat([pq.read_table(p, filesystem=plan.store.fs).to_pandas() for p in parts], ignore_index=True)
-    lines = [f"{len(parts)} part files, {len(df)} rows; status: "
+    df.attrs["parts"] = len(parts)
+    return df
+
+
+def summarize(plan: Plan, df: pd.DataFrame | None = None) -> str:
+    """Status counts, and the experiment's metric (mean over seeds) on each trial's headline rows,
+    by the method's summary columns that vary."""
+    df = read_rows(plan) if df is None else df
+    if df.empty:
+        return "no result rows yet"
+    lines = [f"{df.attrs['parts']} part files, {len(df)} rows; status: "
              + ", ".join(f"{k}={v}" for k, v in df.groupby("status")["trial_key"].nunique().items())]
     metric = plan.exp.metric
     ok = df[df["status"] == "ok"]
@@ -635,15 +644,14 @@ def note(plan: Plan) -> None:
 DECIDING_SEEDS = 3  # seeds the first command to decide a claim runs (the reports' "run at least 3 seeds")
 
 
-def decide_line(plan: Plan) -> str:
+def decide_line(plan: Plan, df: pd.DataFrame | None = None) -> str:
     """For a grid run on fewer than DECIDING_SEEDS seeds, which command decides its claims and
     what it costs, from this run's own training time ('' otherwise)."""
     if plan.search != "grid" or len(plan.seeds) >= DECIDING_SEEDS or plan.args.only:
         return ""
-    import pyarrow.parquet as pq
-    parts = plan.store.parts()
-    seconds = sum(float(pq.read_table(p, columns=["train_seconds"], filesystem=plan.store.fs)
-                        .column("train_seconds")[0].as_py() or 0.0) for p in parts) if parts else 0.0
+    df = read_rows(plan) if df is None else df
+    seconds = 0.0 if df.empty or "train_seconds" not in df else \
+        float(df.drop_duplicates("trial_key")["train_seconds"].fillna(0.0).sum())
     per_seed = seconds / len(plan.seeds)
     extra = [s for s in range(DECIDING_SEEDS + len(plan.seeds)) if s not in plan.seeds][:DECIDING_SEEDS - len(plan.seeds)]
     seeds = ",".join(map(str, sorted(plan.seeds + extra)))
@@ -663,10 +671,11 @@ def _hours(seconds: float) -> str:
 
 def finish(plan: Plan) -> int:
     print(f"\nresults: {plan.store.results_location}")
-    print(summarize(plan))
+    rows = read_rows(plan)  # one read of the parts for the summary and the deciding command
+    print(summarize(plan, rows))
     print(f"driver peak RSS: {peak_rss_mib():.0f} MiB")
     note(plan)
-    line = decide_line(plan)
+    line = decide_line(plan, rows)
     if line:
         print(line, flush=True)
     return 0
