@@ -694,10 +694,10 @@ def findings(df: pd.DataFrame) -> list[str]:
             differences = protocol_differences(rows, PAPER_PROTOCOL)
             if not differences:
                 est = stats.estimate(ours - paper / 100)
-                out.append(f"{where} {label}: ours {stats.cell(ours)}%, paper {paper:.2f}% "
+                out.append(f"{where} {label}: ours {stats.cell(ours, unit='%')}, paper {paper:.2f}% "
                            f"(ours - paper: {est.text()}).")
             else:
-                out.append(f"{where} {label}: ours {stats.cell(ours)}%; paper's {paper:.2f}% is not comparable "
+                out.append(f"{where} {label}: ours {stats.cell(ours, unit='%')}; paper's {paper:.2f}% is not comparable "
                            f"({'; '.join(differences)}).")
     return out
 
@@ -705,7 +705,7 @@ def findings(df: pd.DataFrame) -> list[str]:
 def section(df: pd.DataFrame, out) -> dict:
     """The report section of this family's rows: Table 1, every figure with data, the findings."""
     table = table1(df)
-    made, skipped = draw(FIGURES, df, out)
+    made, skipped, captions = draw(FIGURES, df, out)
     fixed = fixed_text(table.attrs.get("fixed", {}))
     caption = (f"Table 1 layout: accuracy % mean ± SEM over seeds, n={table.attrs.get('n', '?')}, "
                "train = test law and placement" + (f"; {fixed}" if fixed else ""))
@@ -730,4 +730,4 @@ def section(df: pd.DataFrame, out) -> dict:
                      f"{MIN_SEEDS} seeds, (a') below {FALL_BAR * 100:g}% and (b) at least {GAP_BAR:g} on every seed "
                      "((b) not for (iv), which varies n)" + (f"; {held}" if held else ""), verdicts))
     return {"title": "Activation noise in EBM classification (activation-noise-ebm)",
-            "tables": tabs, "figures": made, "skipped": skipped, "findings": findings(df)}
+            "tables": tabs, "figures": made, "captions": captions, "skipped": skipped, "findings": findings(df)}

@@ -26,9 +26,10 @@ def save(fig, out):
     return fig
 
 
-def draw(figures: dict, df: pd.DataFrame, out) -> tuple[list[str], list[str]]:
-    """Draw each of a family's figures into `out`; (names drawn, "name (why not)" for the rest)."""
-    made, skipped = [], []
+def draw(figures: dict, df: pd.DataFrame, out) -> tuple[list[str], list[str], dict[str, str]]:
+    """Draw each of a family's figures into `out`; (names drawn, "name (why not)" for the rest,
+    name -> caption). A figure function explains every mark it draws in `fig.caption`."""
+    made, skipped, captions = [], [], {}
     for name, fn in figures.items():
         try:
             fig = fn(df, out=out / name)
@@ -37,7 +38,8 @@ def draw(figures: dict, df: pd.DataFrame, out) -> tuple[list[str], list[str]]:
             continue
         plt.close(fig)
         made.append(name)
-    return made, skipped
+        captions[name] = getattr(fig, "caption", "") or " ".join((fn.__doc__ or "").split("\n\n")[0].split())
+    return made, skipped, captions
 
 
 def need(df: pd.DataFrame, what: str) -> pd.DataFrame:
@@ -85,6 +87,8 @@ def heatmap(pivot: pd.DataFrame, title: str, xlabel: str, ylabel: str, diagonal:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
     fig.colorbar(im, ax=ax, label=label)
     fig.tight_layout()
+    fig.caption = (f"Each cell: the mean over seeds of {label}, written in it; the colour bar maps colour to it."
+                   + (" Red boxes: the diagonal, where the test setting equals the training setting." if diagonal else ""))
     return fig
 
 
@@ -97,17 +101,35 @@ def same(df, a, b):
 
 def lines(s: pd.DataFrame, groups, x: str, label, xlabel: str, title: str, style=None, legend_title=None,
           ylabel: str = "accuracy (%)", scale: float = 100):
-    """A summary's mean (times `scale`) with SEM bars against `x`, one line per group of `groups`."""
+    """A summary's mean (times `scale`) with SEM bars against `x`, one line per group of `groups`.
+
+    Every line has a colour of its own (tab10, or tab20 beyond ten lines, with a second marker and
+    dash pattern for its second half) and the legend sits outside the axes, never over the data.
+    An x axis with a single value keeps just that tick."""
+    keys = list(s.groupby(groups))
+    colours = plt.get_cmap("tab10" if len(keys) <= 10 else "tab20").colors
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, g in s.groupby(groups):
+    for i, (key, g) in enumerate(keys):
         g = g.sort_values(x)
-        ax.errorbar(g[x], g["mean"] * scale, yerr=g["sem"].fillna(0) * scale, marker="o", capsize=2,
-                    linestyle=style(key) if style else "-", label=label(key))
+        second = i >= len(colours)
+        ax.errorbar(g[x], g["mean"] * scale, yerr=g["sem"].fillna(0) * scale, marker="s" if second else "o",
+                    capsize=2, color=colours[i % len(colours)],
+                    linestyle=style(key) if style else ("--" if second else "-"), label=label(key))
+    single_x(ax, s[x])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(title=legend_title, fontsize=6 if legend_title else 7, ncol=2 if legend_title else 1)
+    ax.legend(title=legend_title, fontsize=6 if legend_title else 7, title_fontsize=7,
+              loc="upper left", bbox_to_anchor=(1.01, 1), ncol=2 if len(keys) > 12 else 1)
     fig.plotted = s
+    fig.caption = "Points: mean over seeds; bars: ± SEM (none with one seed)."
     return fig, ax
+
+
+def single_x(ax, xs) -> None:
+    """With a single x value, show that value as the only tick (not a made-up range around it)."""
+    values = pd.Series(xs).dropna().unique()
+    if len(values) == 1 and isinstance(values[0], (int, float, np.integer, np.floating)):
+        ax.set_xticks([values[0]], [fmt_value(values[0])])
 
 

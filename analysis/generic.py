@@ -11,7 +11,7 @@ import json
 
 import pandas as pd
 
-from analysis.stats import ok_rows, spread
+from analysis.stats import ok_rows, plural, spread
 
 
 def _summary_columns(df: pd.DataFrame) -> list[str]:
@@ -54,7 +54,7 @@ def metric_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         goal = f", {mode[0]}imised" if len(mode) == 1 else ""
         seeds = rows["seed"].nunique() if "seed" in rows.columns else "?"
         out.append((f"{metric}{goal} on each trial's headline rows, by {', '.join(by) or 'all rows'} "
-                    f"(mean, SEM and spread over {seeds} seeds)", table.round(6)))
+                    f"(mean, SEM and spread over {plural(seeds, 'seed')})", table.round(6)))
     return out
 
 

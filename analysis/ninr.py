@@ -10,7 +10,6 @@ column, which the trial writes from search_spaces/ninr.py.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import numpy as np
@@ -177,7 +176,7 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
             text += f" (poster {pm} ± {ps})"
         cells.setdefault(label, {})[arch] = text
     for (label, arch), k in diverged.items():
-        cells.setdefault(label, {}).setdefault(arch, f"all {k} trials diverged")
+        cells.setdefault(label, {}).setdefault(arch, ("the trial diverged" if k == 1 else f"all {k} trials diverged"))
     for (label, arch), why in _skipped(df).items():
         cells.setdefault(label, {}).setdefault(arch, f"not trained: {why}")
     t = pd.DataFrame(cells).T.sort_index()
@@ -207,25 +206,6 @@ def gain_table(df: pd.DataFrame, arms: str = "ninr") -> pd.DataFrame:
     t = pd.DataFrame(out)
     t.attrs["fixed"] = fixed
     return t
-
-
-def _number(values, sig: int = 3) -> str:
-    """Mean ± SEM over seeds (stats.fmt) of a measurement whose size varies by orders of magnitude,
-    the mean to `sig` significant digits and the SEM to two; scientific below 1e-3 and above 1e4;
-    the non-finite are counted."""
-    v = np.asarray(values, dtype=float)
-    bad = int((~np.isfinite(v)).sum())
-    m, s, n = stats.mean_sem(v)
-    note = f" ({bad} non-finite)" if bad else ""
-    if not n:
-        return "n/a" + note
-    if m == 0 or 1e-3 <= abs(m) < 1e4:
-        digits = 0 if m == 0 else max(0, min(8, sig - 1 - math.floor(math.log10(abs(m)))))
-        if np.isfinite(s) and s > 0:  # and the SEM to two significant digits
-            digits = max(digits, min(8, 1 - math.floor(math.log10(s))))
-        return stats.fmt(m, s, scale=1, digits=digits) + note
-    # stats.fmt's form, with the mean in scientific notation
-    return f"{m:.{sig - 1}e}" + (f" ± {s:.1e}" if np.isfinite(s) else " (1 seed)") + note
 
 
 def phase_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -270,7 +250,7 @@ def _phase_runs(df: pd.DataFrame) -> pd.DataFrame:
 def phase_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (arch, sigma_eps, lr): the measured phase (most common over seeds), the predicted one,
     lr * lambda at step 0, the NIW norm's final/initial ratio and the final training loss (NINR's
-    own: the mean over the last 10% of steps), each mean ± SEM over seeds, rounded (_number). A
+    own: the mean over the last 10% of steps), each mean ± SEM over seeds, rounded (stats.spread_cell). A
     diverged run has no lambda of its own: its prediction uses lr * sigma^2 * h, h the arch's
     median lambda / sigma^2 ("lambda from"). phase_values() gives the unrounded means."""
     d = _phase_runs(df)
@@ -278,9 +258,9 @@ def phase_table(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     g = d.groupby(["arch", "sigma_eps", "lr"])
     return pd.DataFrame({"measured": g["measured_phase"].agg(_majority), "predicted": g["predicted_phase"].agg(_majority),
-                         "lr*lambda": g["eta_lambda"].agg(_number), "lambda from": g["lambda_from"].agg(_majority),
-                         "NIW norm final/initial": g["niw_ratio"].agg(_number),
-                         "final loss": g["final_loss"].agg(_number), "seeds": g["seed"].nunique()}).reset_index()
+                         "lr*lambda": g["eta_lambda"].agg(stats.spread_cell), "lambda from": g["lambda_from"].agg(_majority),
+                         "NIW norm final/initial": g["niw_ratio"].agg(stats.spread_cell),
+                         "final loss": g["final_loss"].agg(stats.spread_cell), "seeds": g["seed"].nunique()}).reset_index()
 
 
 def phase_values(df: pd.DataFrame) -> pd.DataFrame:
@@ -342,6 +322,10 @@ def phase_diagram(df: pd.DataFrame, out=None):
                        loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside the data
     fig.tight_layout()
     fig.plotted = t
+    fig.caption = ("Each point: one (σ_eps, lr) cell, coloured by the phase measured on its runs. o: the measured "
+                   "phase is the predicted one; X: it differs. Dashed line, where the runs measured the curvature: "
+                   "the predicted boundary lr·λ = 2 with λ = σ_eps² h, h the median of λ / σ_eps² over the "
+                   "architecture's runs; log axes.")
     save(fig, out)
     return fig
 
@@ -378,6 +362,9 @@ def robustness(df: pd.DataFrame, out=None):
                  + (f"; {fixed_text(fixed)}" if fixed else ""), fontsize=9)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.plotted = s
+    fig.caption = ("One panel per (architecture, corruption); points: mean accuracy over seeds, bars: ± SEM (none "
+                   "with one seed); solid lines: NINR arms, dotted: the others; the clean test set is drawn in "
+                   "every panel at its strength 0.")
     save(fig, out)
     return fig
 
@@ -402,8 +389,10 @@ def niw_trajectories(df: pd.DataFrame, out=None):
             ax.plot(a["niw_norm_steps"], a["niw_norm"] / a["niw_norm"][0], lw=1,
                     color=PHASE_COLOURS.get(r["measured_phase"], "k"), label=f"σ={r['sigma_eps']:g} ({r['measured_phase']})")
         ax.set(yscale="log", xlabel="step", ylabel="NIW norm / initial", title=f"{arch}, lr {lr:g}")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
+    fig.caption = ("One line per σ_eps at the study's middle learning rate (first seed), coloured by the phase "
+                   "measured on that run; the NIW norm divided by its value at step 0, log y axis.")
     save(fig, out)
     return fig
 
@@ -447,7 +436,7 @@ def _at_chance(base: pd.DataFrame) -> str:
     per_seed = base.groupby("seed")["accuracy"].mean() - chance
     if stats.verdict(stats.estimate(per_seed.to_numpy())).holds:
         return ""
-    return (f"the unregularised arm's clean accuracy {stats.cell(base['accuracy'])}% is not above chance "
+    return (f"the unregularised arm's clean accuracy {stats.cell(base['accuracy'], unit='%')} is not above chance "
             f"({100 * chance:.0f}%) by the rule: there is no accuracy to keep or gain")
 
 
@@ -464,7 +453,7 @@ def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
             agree = sum(agrees(m, p) for m, p in zip(scored["measured"], scored["predicted"]))
             counts = ", ".join(f"{k} {v}" for k, v in g["measured"].value_counts().items())
             failed = int((g["measured"] == "failed").sum())
-            out.append(f"[{arch}] Phases measured over {len(g)} (sigma_eps, lr) cells: {counts}. The measured phase "
+            out.append(f"[{arch}] Phases measured over {stats.plural(len(g), '(sigma_eps, lr) cell')}: {counts}. The measured phase "
                        f"is the predicted one in {agree} of {len(scored)} cells (identical labels only; a count of "
                        "cells, not a test over seeds; the confusion table gives the rest)"
                        + (f"; {failed} cell{'s' if failed != 1 else ''} failed (the network learned nothing): "
@@ -495,8 +484,8 @@ def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
             loss = (f"; final training loss (mean over the last 10% of steps) below the initial one (mean over the "
                     f"first 10%) in {'every' if below else 'not every'} run")
         chance = f" (chance {100 / rows0['num_classes'].iloc[0]:.0f}%)" if "num_classes" in rows0.columns else ""
-        out.append(f"{where} Converged: unregularised clean accuracy {stats.cell(rows0['accuracy'])}% over "
-                   f"{rows0['seed'].nunique()} seeds{chance}{loss}.")
+        out.append(f"{where} Converged: unregularised clean accuracy {stats.cell(rows0['accuracy'], unit='%')} over "
+                   f"{stats.plural(rows0['seed'].nunique(), 'seed')}{chance}{loss}.")
         blocked = _at_chance(rows0)
         gone = _diverged_rows(df)
         gone = (gone[(gone["arch"] == arch) & (gone["regularizer"] == "ninr")] if "regularizer" in gone.columns
@@ -506,7 +495,7 @@ def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
             if rows.empty:  # every trial of the arm diverged
                 lost = diverged.get((label, arch), 0)
                 out.append(f"{where} {label} keeps clean accuracy? Not worse than {base} by more than {points}: "
-                           f"does not hold ({lost} of {lost} trials diverged).")
+                           f"does not hold ({'its one trial diverged' if lost == 1 else f'{lost} of {lost} trials diverged'}).")
                 continue
             est = stats.compare(clean, "label", label, base)
             keeps = str(stats.verdict(est, margin=margin, blocked=blocked))
@@ -515,7 +504,7 @@ def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
                 keeps = f"does not hold ({lost} of {rows['seed'].nunique() + lost} trials diverged; the rest: {keeps})"
             phase = _majority(rows["measured_phase"]) if "measured_phase" in rows.columns else ""
             out.append(f"{where} {label} [{phase}] keeps clean accuracy? Not worse than {base} by more than {points}: "
-                       f"{stats.cell(rows['accuracy'])}% vs {stats.cell(rows0['accuracy'])}%, difference "
+                       f"{stats.cell(rows['accuracy'], unit='%')} vs {stats.cell(rows0['accuracy'], unit='%')}, difference "
                        f"{est.text(null=-margin)}: {keeps}.")
             un, un_est = _band_gains(g, label, base, UNSTRUCTURED)
             st, st_est = _band_gains(g, label, base, STRUCTURED)
@@ -557,6 +546,6 @@ def section(df: pd.DataFrame, out) -> dict:
         tables_.append(("Gain over none per corruption and strength (accuracy points, each seed paired with none's "
                         "same seed; 95% t interval and p per cell, no band average)" + (f"; {fixed}" if fixed else ""),
                         gains))
-    made, skipped = draw(FIGURES, df, out)
+    made, skipped, captions = draw(FIGURES, df, out)
     return {"title": "Noise injection node regularisation (noise-injection-nodes)", "tables": tables_,
-            "figures": made, "skipped": skipped, "findings": findings(df)}
+            "figures": made, "captions": captions, "skipped": skipped, "findings": findings(df)}

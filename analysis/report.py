@@ -170,6 +170,11 @@ def _markdown(table: pd.DataFrame) -> str:
     return to_markdown(table)
 
 
+def _align(value) -> str:
+    """Numbers (and cells that start with one: '98.30 ± 0.20') align right; words align left."""
+    return "" if re.match(r"^\s*[-+−]?(\d|\.\d|n/a$)", str(value)) or str(value) == "" else " class='text'"
+
+
 def _html_table(table: pd.DataFrame) -> str:
     esc = html.escape
     if table.empty:
@@ -180,7 +185,8 @@ def _html_table(table: pd.DataFrame) -> str:
     h = ["<table><tr><th>" + esc(", ".join(map(str, names))) + "</th>"
          + "".join(f"<th>{esc(str(c))}</th>" for c in table.columns) + "</tr>"]
     for idx, row in table.iterrows():
-        h.append(f"<tr><th>{esc(str(idx))}</th>" + "".join(f"<td>{esc(str(v))}</td>" for v in row) + "</tr>")
+        h.append(f"<tr><th{_align(idx)}>{esc(str(idx))}</th>"
+                 + "".join(f"<td{_align(v)}>{esc(str(v))}</td>" for v in row) + "</tr>")
     return "".join(h) + "</table>"
 
 
@@ -203,13 +209,15 @@ def build(results, out, title: str | None = None) -> dict:
     if decided:
         md += ["", "## How a verdict is decided", "", stats.RULE]
     for s in parts:
-        md += ["", f"## {s['title']}", "", f"{s['rows']} rows, rendered by `{s['source']}`.", ""]
+        md += ["", f"## {s['title']}", "", f"{stats.plural(s['rows'], 'row')}, rendered by `{s['source']}`.", ""]
         if s.get("error"):
             md += [f"**This section failed**: {s['error']}", "", "```", s["trace"].rstrip(), "```", ""]
         for caption, table in s["tables"]:
             md += [f"### {caption}", "", _markdown(table)]
         if s["figures"]:
-            md += ["### Figures", ""] + [f"![{n}]({n}.png)\n" for n in s["figures"]]
+            md += ["### Figures", ""]
+            for n in s["figures"]:
+                md += [f"![{n}]({n}.png)", ""] + ([f"*{n}*: {s['captions'][n]}", ""] if n in s.get("captions", {}) else [])
         if s["skipped"]:
             md += ["Not drawn (no data in these results): " + "; ".join(s["skipped"]), ""]
         if s["findings"]:
@@ -220,6 +228,7 @@ def build(results, out, title: str | None = None) -> dict:
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
          "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
          "table{border-collapse:collapse}td,th{border:1px solid #999;padding:3px 8px;text-align:right}"
+         "td.text,th.text{text-align:left}figure{margin:0}figcaption{font-size:90%;color:#444;max-width:800px}"
          "img{max-width:100%}.error{color:#a00}</style></head><body>",
          f"<h1>{esc(title)}</h1><p>Source: <code>{esc(str(results))}</code></p><h2>Run metadata</h2><ul>"]
     h += [f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in meta.items()]
@@ -228,14 +237,16 @@ def build(results, out, title: str | None = None) -> dict:
         rule = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", esc(stats.RULE))
         h.append(f"<h2>How a verdict is decided</h2><p>{rule}</p>")
     for s in parts:
-        h.append(f"<h2>{esc(s['title'])}</h2><p>{s['rows']} rows, rendered by <code>{esc(s['source'])}</code>.</p>")
+        h.append(f"<h2>{esc(s['title'])}</h2><p>{stats.plural(s['rows'], 'row')}, rendered by <code>{esc(s['source'])}</code>.</p>")
         if s.get("error"):
             h.append(f"<p class='error'><b>This section failed</b>: {esc(s['error'])}</p><pre>{esc(s['trace'])}</pre>")
         for caption, table in s["tables"]:
             h.append(f"<h3>{esc(caption)}</h3>{_html_table(table)}")
         for n in s["figures"]:
             data = base64.b64encode((out / f"{n}.png").read_bytes()).decode()
-            h.append(f"<h3>{esc(n)}</h3><img alt='{esc(n)}' src='data:image/png;base64,{data}'>")
+            caption = s.get("captions", {}).get(n)
+            h.append(f"<figure><h3>{esc(n)}</h3><img alt='{esc(n)}' src='data:image/png;base64,{data}'>"
+                     + (f"<figcaption>{esc(caption)}</figcaption>" if caption else "") + "</figure>")
         if s["skipped"]:
             h.append("<p>Not drawn (no data in these results): " + esc("; ".join(s["skipped"])) + "</p>")
         if s["findings"]:

@@ -25,7 +25,7 @@ import math
 import pandas as pd
 
 from analysis import stats
-from analysis.figures import draw, heatmap, lines, plt, save
+from analysis.figures import draw, heatmap, lines, plt, save, single_x
 from analysis.stats import fixed_text, ok_rows, protocol_caveats, protocol_differences
 
 FAMILY = "sesnn"
@@ -173,6 +173,7 @@ def label_noise_curves(df: pd.DataFrame, out=None):
                     "Clean test accuracy under patterned label noise (mean ± SEM over seeds)"
                     + (f"\n{fixed_text(fixed)}" if fixed else ""),
                     style=lambda k: "-" if "SE-SNN" in str(k) else ":")
+    fig.caption += " Solid lines: SE-SNN variants; dotted: the baselines."
     save(fig, out)
     return fig
 
@@ -193,11 +194,14 @@ def fgs_curves(df: pd.DataFrame, out=None):
                         label=label, linestyle="-" if "SE-SNN" in label else ":")
         ax.set(xlabel="FGS eps (L-inf)", ylabel="accuracy (%)",
                title="normal training" if a == 0 else f"FGS training at eps {a:g}")
+        single_x(ax, s[s["adv_train_eps"] == a]["eps"])
         ax.legend(fontsize=7)
     fig.suptitle("Accuracy under untargeted FGS along the expected gradient (mean ± SEM over seeds)"
                  + (f"; {fixed_text(fixed)}" if fixed else ""), fontsize=9)
     fig.tight_layout()
     fig.plotted = s
+    fig.caption = ("Points: mean accuracy over seeds; bars: ± SEM (none with one seed). Solid lines: SE-SNN "
+                   "variants; dotted: the baselines.")
     save(fig, out)
     return fig
 
@@ -215,6 +219,8 @@ def entropy_of_flipped(df: pd.DataFrame, out=None):
     fig, ax = lines(s, ["label", "which"], "label_noise", lambda k: f"{k[0]}: {k[1]} labels", "label-noise strength p",
                     "Mean log σ on training samples (mean ± SEM over seeds)" + (f"\n{fixed_text(fixed)}" if fixed else ""),
                     style=lambda k: "-" if k[1] == "flipped" else ":", ylabel="mean log σ", scale=1)
+    fig.caption += (" Solid lines: training samples whose label was flipped; dotted: samples whose label was "
+                    "kept (Eq. 6 predicts solid above dotted).")
     save(fig, out)
     return fig
 
@@ -285,10 +291,10 @@ def label_noise_findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list
         m, s, n = stats.mean_sem(clean["accuracy"])
         tail = _tails(d)
         fell = (d["final_loss"] < d["initial_loss"]).all()
-        out.append(f"[label noise{note}] Training: Baseline on clean labels {stats.fmt(m, s)}% over {n} "
-                   f"seeds (chance {100 / clean['num_classes'].iloc[0]:.0f}%); final training loss below the first "
+        out.append(f"[label noise{note}] Training: Baseline on clean labels {stats.fmt(m, s, unit='%')} over "
+                   f"{stats.plural(n, 'seed')} (chance {100 / clean['num_classes'].iloc[0]:.0f}%); final training loss below the first "
                    f"in {'every' if fell else 'not every'} run; share of a run's loss decrease in its last 20% of "
-                   f"epochs: median {100 * tail.median():.1f}%, largest {100 * tail.abs().max():.1f}% "
+                   f"epochs: median {stats.number(100 * tail.median(), 2)}%, largest {stats.number(100 * tail.abs().max(), 2)}% "
                    f"(converged means below {100 * CONVERGED_SHARE:g}%).")
     levels = sorted(d["label_noise"].unique())
     at = ANCHOR_NOISE if ANCHOR_NOISE in levels else max(levels)
@@ -443,9 +449,9 @@ def defence_findings(df: pd.DataFrame) -> list[str]:
         clean = g[g["attack"] == "none"]
         for label, c in clean.groupby("label"):
             m, s, n = stats.mean_sem(c["accuracy"])
-            out.append(f"[defence, {training}{note}] {label} clean accuracy {stats.fmt(m, s)}% over {n} "
-                       f"seeds; the last 20% of epochs gave up to {100 * _tails(c).abs().max():.1f}% of a run's "
-                       f"loss decrease.")
+            out.append(f"[defence, {training}{note}] {label} clean accuracy {stats.fmt(m, s, unit='%')} over "
+                       f"{stats.plural(n, 'seed')}; the last 20% of epochs gave up to "
+                       f"{stats.number(100 * _tails(c).abs().max(), 2)}% of a run's loss decrease.")
         for rival in (BASELINE, VIB):
             mine = [c for c in comparisons if c["adv_train_eps"] == a and c["rival"] == rival]
             for c in mine:
@@ -607,6 +613,6 @@ def section(df: pd.DataFrame, out) -> dict:
         fixed = fixed_text(t.attrs.get("fixed", {}))
         tables_.append(("Eq. 5 / 6 / 7 where more than one ran: accuracy % and the share of hinge terms active at the "
                         "end of training (training set; %, mean ± SEM over seeds)" + (f"; {fixed}" if fixed else ""), t))
-    made, skipped = draw(FIGURES, df, out)
+    made, skipped, captions = draw(FIGURES, df, out)
     return {"title": "Stochastic networks with max-entropy regularisation (se-snn)", "tables": tables_,
-            "figures": made, "skipped": skipped, "findings": findings(df)}
+            "figures": made, "captions": captions, "skipped": skipped, "findings": findings(df)}

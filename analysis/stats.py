@@ -82,8 +82,12 @@ def protocol_differences(df: pd.DataFrame, protocol: dict) -> list[str]:
         have = sorted({str(v) for v in df[field].dropna().unique()})
         ok = all(_same(v, want) for v in df[field].dropna())
         if not ok or df[field].isna().any():
-            out.append(f"{field}={'/'.join(have)} (paper {want})")
+            out.append(f"{field}={'/'.join(have)} (paper {PAPER_WORDS.get((field, want), want)})")
     return out
+
+
+# A protocol value that reads wrong as a bare number: steps=0 is "train by epochs", not zero steps.
+PAPER_WORDS = {("steps", 0): "none: it trains by epochs"}
 
 
 def protocol_caveats(df: pd.DataFrame, protocol: dict) -> list[str]:
@@ -154,25 +158,66 @@ def mean_sem(values) -> tuple[float, float, int]:
     return float(v.mean()), sem, len(v)
 
 
-def fmt(mean, sem, scale: float = 100, digits: int = 2) -> str:
-    """'mean ± SEM' (times `scale`, percent by default); one seed has no SEM: '(1 seed)'."""
+def number(value, digits: int = 3) -> str:
+    """One number as a reader wants it: 'n/a' for a missing or non-finite value, an integer as an
+    integer, else `digits` significant digits (scientific only below 1e-3 or from 1e6 on)."""
+    if value is None or isinstance(value, str):
+        return "n/a" if value in (None, "") else value
+    v = float(value)
+    if not np.isfinite(v):
+        return "n/a"
+    if isinstance(value, (int, np.integer)) or (v == int(v) and 1 <= abs(v) < 1e6):
+        return f"{int(value):d}"
+    if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e6):
+        return f"{v:.{digits - 1}e}"
+    return f"{v:.{digits}g}"
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """'1 seed', '3 seeds' ('1 entry', '2 entries' with `many`)."""
+    return f"{count} {word if count == 1 else (many or word + 's')}"
+
+
+def fmt(mean, sem, scale: float = 100, digits: int = 2, unit: str = "") -> str:
+    """'mean ± SEM' (times `scale`, percent by default) with `unit` after the numbers; one seed has
+    no SEM: '76.67% (1 seed)'. A missing mean is 'n/a'."""
     if mean is None or not np.isfinite(float(mean)):
-        return ""
+        return "n/a"
     text = f"{mean * scale:.{digits}f}"
     if sem is None or not np.isfinite(float(sem)):
-        return text + " (1 seed)"
-    return text + f" ± {sem * scale:.{digits}f}"
+        return text + unit + " (1 seed)"
+    return text + f" ± {sem * scale:.{digits}f}" + unit
+
+
+def spread_cell(values, sig: int = 3) -> str:
+    """Mean ± SEM over seeds (fmt) of a measurement whose size varies by orders of magnitude,
+    the mean to `sig` significant digits and the SEM to two; scientific below 1e-3 and above 1e4;
+    the non-finite are counted."""
+    v = np.asarray(values, dtype=float)
+    bad = int((~np.isfinite(v)).sum())
+    m, s, n = mean_sem(v)
+    note = f" ({bad} non-finite)" if bad else ""
+    if not n:
+        return "n/a" + note
+    if m == 0 or 1e-3 <= abs(m) < 1e4:
+        digits = 0 if m == 0 else max(0, min(8, sig - 1 - math.floor(math.log10(abs(m)))))
+        if np.isfinite(s) and s > 0:  # and the SEM to two significant digits
+            digits = max(digits, min(8, 1 - math.floor(math.log10(s))))
+        return fmt(m, s, scale=1, digits=digits) + note
+    # fmt's form, with the mean in scientific notation
+    return f"{m:.{sig - 1}e}" + (f" ± {s:.1e}" if np.isfinite(s) else " (1 seed)") + note
 
 
 CHANCE_MARGIN = 0.02  # an accuracy within this of chance (1 / classes) is flagged "at chance": a failed run
 
 
-def cell(values, scale: float = 100, digits: int = 2, count: bool = False, chance: float | None = None) -> str:
+def cell(values, scale: float = 100, digits: int = 2, count: bool = False, chance: float | None = None,
+         unit: str = "") -> str:
     """fmt() of the values' mean and SEM, with '(n=k)' when `count`, and ' [at chance]' when the
     mean is within CHANCE_MARGIN of `chance` or below it (a network that learned nothing)."""
     m, s, n = mean_sem(values)
     flag = " [at chance]" if chance is not None and n and m <= chance + CHANCE_MARGIN else ""
-    return fmt(m, s, scale, digits) + (f" (n={n})" if count and n else "") + flag
+    return fmt(m, s, scale, digits, unit) + (f" (n={n})" if count and n > 1 else "") + flag
 
 
 # ---------------------------------------------------------------------------------------------

@@ -204,19 +204,26 @@ def std_maps(df: pd.DataFrame, out=None, images: int = 4):
     if not got:
         raise ValueError("no std_map artefacts")
     k = min(images, min(len(a["std_map"]) for _, a in got))
-    fig, axes = plt.subplots(len(got), 2 * k, figsize=(1.4 * 2 * k, 1.6 * len(got)), squeeze=False)
+    fig, axes = plt.subplots(len(got), 2 * k, figsize=(1.6 * 2 * k + 1, 1.8 * len(got)), squeeze=False)
     for i, (r, a) in enumerate(got):
+        maps = [np.moveaxis(a["std_map"][j], 0, -1).mean(-1) for j in range(k)]
+        top = max(float(np.max(m)) for m in maps) or 1.0  # one colour scale per row, so its maps compare
         for j in range(k):
-            img, sd = a["std_map_images"][j], a["std_map"][j]
-            axes[i, 2 * j].imshow(np.moveaxis(img, 0, -1).squeeze(), cmap="gray", vmin=0, vmax=1)
-            axes[i, 2 * j + 1].imshow(np.moveaxis(sd, 0, -1).mean(-1), cmap="magma")
+            img = a["std_map_images"][j]
+            axes[i, 2 * j].imshow(np.moveaxis(img, 0, -1).squeeze(), cmap="gray", vmin=0, vmax=1,
+                                  interpolation="nearest")
+            shown = axes[i, 2 * j + 1].imshow(maps[j], cmap="magma", vmin=0, vmax=top, interpolation="nearest")
             axes[i, 2 * j].set_title(f"y={int(a['std_map_labels'][j])}", fontsize=7)
-            axes[i, 2 * j + 1].set_title(f"σ max {sd.max():.3g}", fontsize=7)
+            axes[i, 2 * j + 1].set_title(f"σ max {stats.number(maps[j].max())}", fontsize=7)
         axes[i, 0].set_ylabel(f"{r['base']}\n{r['generator']} {r['mode']}", fontsize=7)
+        fig.colorbar(shown, ax=axes[i, :].tolist(), fraction=0.02, pad=0.01).set_label("σ", fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("Learned std maps beside their images (true label; first seed)", fontsize=9)
+    fig.suptitle("Learned std maps beside their images (true label; first seed)", fontsize=9, y=1.03)
+    fig.caption = ("Per generator (rows): test images (grey, pixel values 0-1) each followed by the std the "
+                   "generator learnt for it, averaged over channels (magma; the colour bar gives σ in the input's "
+                   "units, one scale per row). Pixels are drawn as squares, unsmoothed.")
     save(fig, out)
     return fig
 
@@ -241,7 +248,8 @@ def std_history(df: pd.DataFrame, out=None):
         raise ValueError("no std_history artefacts")
     ax.set_yscale("log")
     ax.set(xlabel="epoch (of the generator's phase)", ylabel="mean generated std", title="Generated std while training")
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.caption = "One line per generator trial (base / generator mode, draws m, seed s); log y axis."
     save(fig, out)
     return fig
 
@@ -323,6 +331,8 @@ def training_curves(df: pd.DataFrame, out=None):
     fig.suptitle("Fig. 3: training curves per epoch (mean ± SEM over seeds; band: SEM)", fontsize=9)
     fig.tight_layout()
     fig.plotted = s
+    fig.caption = ("One line per arm (base / row), the mean over seeds per epoch; shaded band: ± SEM (none with one "
+                   "seed); solid: the Baseline, dashed: the generators.")
     save(fig, out)
     return fig
 
@@ -346,6 +356,8 @@ def convergence_by_m(df: pd.DataFrame, out=None):
            title="Fig. 4: convergence against m (mean ± SEM over seeds)" + (f"\n{fixed_text(fixed)}" if fixed else ""))
     ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.plotted = s
+    fig.caption = ("One line per number of draws m (base / generator m=...), f's test accuracy per epoch, the mean "
+                   "over seeds; shaded band: ± SEM.")
     save(fig, out)
     return fig
 
@@ -432,7 +444,7 @@ def about_equal(est: stats.Estimate, margin: float = stats.MARGIN, inert: str = 
 
 
 def _arm(rows: pd.DataFrame) -> str:
-    return stats.cell(rows["accuracy"])
+    return stats.cell(rows["accuracy"], unit="%")
 
 
 def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
@@ -467,7 +479,7 @@ def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
                 est = stats.compare(arms, "arm", "generator", "baseline")
                 verdict = stats.verdict(est, +1, inert=inert)
                 out.append(f"{where} Claim: the generator {kind} beats the {baseline['row'].iloc[0]} "
-                           f"(Algorithm 2 vs f trained without noise). {_arm(scored)}% vs {_arm(baseline)}%: "
+                           f"(Algorithm 2 vs f trained without noise). {_arm(scored)} vs {_arm(baseline)}: "
                            f"{est.text()}: {verdict}. Learned std {ratio:.4g} of the input's; label-leak rate "
                            f"{scored['label_leak_rate'].mean():.3f} (chance 1/C).")
             if not clean.empty:
@@ -475,7 +487,7 @@ def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
                 _, text = about_equal(est, margin, inert, "with noise", "without")
                 out.append(f"{where} Claim (the paper: test-time noise is not necessary): {kind} scores about the "
                            f"same with noise at test as without it, within ±{pts} both ways (two non-inferiority "
-                           f"checks). {_arm(scored)}% vs {_arm(clean)}% ({clean['row'].iloc[0]}): {est.text()}: "
+                           f"checks). {_arm(scored)} vs {_arm(clean)} ({clean['row'].iloc[0]}): {est.text()}: "
                            f"{text}.")
         out += _random_noise(g, where)
     out += noise_size_findings(df, margin)
@@ -501,7 +513,7 @@ def clean_term_findings(df: pd.DataFrame) -> list[str]:
             at = g[g["clean_loss_weight"] == w]
             est = stats.compare(g, "clean_loss_weight", w, 0.0)
             out.append(f"{where} The clean term of Eq. 13 (lambda {w:g} against the authors' 0), {gen} generator "
-                       f"({mode}): accuracy {_arm(at)}% vs {_arm(zero)}%, lambda {w:g} - 0 = {est.text()} (measured, "
+                       f"({mode}): accuracy {_arm(at)} vs {_arm(zero)}, lambda {w:g} - 0 = {est.text()} (measured, "
                        f"no claim of the paper to test); learned std {at['std_ratio'].mean():.4g} vs "
                        f"{zero['std_ratio'].mean():.4g} of the input's"
                        + ("; both below inert_std_ratio: neither generator learned noise"
@@ -545,8 +557,8 @@ def noise_size_findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[
             inert = inert_reason(min(at["std_ratio"].mean(), ref["std_ratio"].mean()), inert_threshold(g))
             _, text = about_equal(est, margin, inert, f"m={m:g}", f"m={ms[0]:g}")
             out.append(f"{where} Claim (Fig. 4): the {name} generator ({mode}) reaches about the same accuracy with "
-                       f"m={m:g} noise draws per example as with m={ms[0]:g}, within ±{pts} both ways. {_arm(at)}% vs "
-                       f"{_arm(ref)}%: {est.text()}: {text}.")
+                       f"m={m:g} noise draws per example as with m={ms[0]:g}, within ±{pts} both ways. {_arm(at)} vs "
+                       f"{_arm(ref)}: {est.text()}: {text}.")
     return out
 
 
@@ -569,6 +581,6 @@ def section(df: pd.DataFrame, out) -> dict:
     if not diag.empty:
         tables_.append((f"Diagnostics of the VPN rows: accuracy % mean ± SEM, learned std / input std (inert below "
                         f"{INERT:g}), label-leak rate (chance 1/C)", diag.reset_index()))
-    made, skipped = draw(FIGURES, df, out)
+    made, skipped, captions = draw(FIGURES, df, out)
     return {"title": "Variational positive-incentive noise (variational-pi-noise)", "tables": tables_,
-            "figures": made, "skipped": skipped, "findings": findings(df)}
+            "figures": made, "captions": captions, "skipped": skipped, "findings": findings(df)}

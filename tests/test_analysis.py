@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -235,6 +236,17 @@ def test_report_writes_md_and_html(report):
     assert "(i) balanced noise beats none" in html
 
 
+def test_every_drawn_figure_has_its_caption_and_words_align_left(report):
+    out, info = report
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    assert "*heatmap_alpha*: Each cell: the mean over seeds of accuracy (%)" in md
+    assert "Red boxes: the diagonal, where the test setting equals the training setting." in html
+    assert html.count("<figcaption>") == len(info["figures"])  # every EBM figure explains its marks
+    assert re.search(r"<td>\d+\.\d+ ± ", html) and "<th class='text'>(0" in html  # numbers right, words left
+    assert "nan" not in md.replace("nanmean", "")
+
+
 def test_report_renders_in_headless_chromium(report, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -398,7 +410,7 @@ def test_fairness_table_reads_the_residual_and_gap_columns_per_training():
     assert row["(b) gap / class-mean std, independent"] == "3.50 ± 0.50"
     assert row["gap / gap std, common"] == "7.00 ± 1.00"
     assert "digits, 0, hidden, sigmoid" not in f.index  # no copies of the alpha 0 training
-    assert row.name in f.index and f.loc["digits, 0, full, sigmoid", "(b) gap / class-mean std, common"] == ""
+    assert row.name in f.index and f.loc["digits, 0, full, sigmoid", "(b) gap / class-mean std, common"] == "n/a"
 
 
 def verdicts(df) -> pd.DataFrame:

@@ -93,7 +93,7 @@ def test_seeds_to_decide_is_where_the_interval_would_clear_zero():
 
 def test_fmt_says_one_seed_rather_than_nan():
     assert stats.fmt(0.5, float("nan")) == "50.00 (1 seed)"
-    assert stats.fmt(0.5, 0.01) == "50.00 ± 1.00" and stats.fmt(float("nan"), 0.1) == ""
+    assert stats.fmt(0.5, 0.01) == "50.00 ± 1.00" and stats.fmt(float("nan"), 0.1) == "n/a"
 
 
 # What only analysis/stats.py may do: compute a SEM, a spread over seeds, an interval, a p or a
@@ -160,3 +160,32 @@ def test_a_cell_at_chance_is_flagged():
     assert stats.cell([0.115, 0.12, 0.118], chance=0.1).endswith("[at chance]")  # within 2 points
     assert "chance" not in stats.cell([0.13, 0.14, 0.15], chance=0.1)
     assert "chance" not in stats.cell([0.05, 0.06], count=True)  # no chance given: no flag
+
+
+def test_number_writes_missing_as_na_integers_plainly_and_extremes_in_scientific():
+    assert stats.number(float("nan")) == "n/a" and stats.number(None) == "n/a" and stats.number(float("inf")) == "n/a"
+    assert stats.number(3) == "3" and stats.number(np.int64(1500)) == "1500" and stats.number(12.0) == "12"
+    assert stats.number(9.637086186558008e-05) == "9.64e-05"
+    assert stats.number(0.9943532704620933) == "0.994"
+    assert stats.number(0.5) == "0.5" and stats.number(0.0) == "0"
+    assert stats.number(2.5e7) == "2.50e+07" and stats.number(123.456, 4) == "123.5"
+
+
+def test_fmt_puts_the_unit_after_the_numbers_and_plural_counts():
+    assert stats.fmt(0.7667, float("nan"), unit="%") == "76.67% (1 seed)"
+    assert stats.fmt(0.983, 0.002, unit="%") == "98.30 ± 0.20%"
+    assert stats.cell([0.05], unit="%", chance=0.1) == "5.00% (1 seed) [at chance]"
+    assert [stats.plural(n, "seed") for n in (0, 1, 3)] == ["0 seeds", "1 seed", "3 seeds"]
+    assert stats.plural(1, "entry", "entries") == "1 entry" and stats.plural(2, "entry", "entries") == "2 entries"
+
+
+def test_spread_cell_fits_the_digits_to_the_spread():
+    assert stats.spread_cell([1.0, 1.2, 1.4]) == "1.20 ± 0.12"  # SEM 0.115: two significant digits
+    assert stats.spread_cell([1e-5, 2e-5]) == "1.50e-05 ± 5.0e-06"
+    assert stats.spread_cell([float("nan")]) == "n/a (1 non-finite)"
+
+
+def test_a_protocol_of_zero_steps_reads_as_training_by_epochs():
+    d = pd.DataFrame({"steps": [3], "image_size": [8]})
+    assert stats.protocol_differences(d, {"steps": 0, "image_size": 32}) == [
+        "steps=3 (paper none: it trains by epochs)", "image_size=8 (paper 32)"]
