@@ -305,21 +305,37 @@ def phase_diagram(df: pd.DataFrame, out=None):
     archs = sorted(t["arch"].unique())
     fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 4), squeeze=False)
     d = phase_rows(df)
+    shown, drawn = {}, False
     for ax, arch in zip(axes[0], archs):
         g = t[t["arch"] == arch]
         for phase, colour in PHASE_COLOURS.items():
             p = g[g["measured"] == phase]
+            if p.empty:
+                continue
             ok = [agrees(m, q) for m, q in zip(p["measured"], p["predicted"])]
-            ax.scatter(p["sigma_eps"][ok], p["lr"][ok], c=colour, marker="o", s=60, label=f"{phase}")
+            ax.scatter(p["sigma_eps"][ok], p["lr"][ok], c=colour, marker="o", s=60)
             ax.scatter(p["sigma_eps"][[not o for o in ok]], p["lr"][[not o for o in ok]], c=colour, marker="X", s=70)
+            shown[phase] = colour
         h = curvature_per_noise(d[d["arch"] == arch])
+        low, high = g["lr"].min() / 2, g["lr"].max() * 2
+        ax.set_ylim(low, high)
         if not np.isnan(h):
             s = np.logspace(np.log10(g["sigma_eps"].min()), np.log10(g["sigma_eps"].max()), 100)
-            ax.plot(s, 2 / (s ** 2 * h), "k--", lw=1, label="lr·λ = 2 (predicted)")
-            ax.set_ylim(g["lr"].min() / 2, g["lr"].max() * 2)
+            boundary = 2 / (s ** 2 * h)
+            if ((boundary >= low) & (boundary <= high)).any():
+                ax.plot(s, boundary, "k--", lw=1)
+                drawn = True
+            else:  # say where it is rather than list a line nobody can see
+                side = "above" if boundary.min() > high else "below"
+                ax.text(0.02, 0.98 if side == "above" else 0.02,
+                        f"lr·λ = 2 lies {side} the grid\n(lr {stats.number(boundary.min())} to "
+                        f"{stats.number(boundary.max())})", transform=ax.transAxes, fontsize=7,
+                        va="top" if side == "above" else "bottom")
         ax.set(xscale="log", yscale="log", xlabel="σ_eps", ylabel="learning rate", title=f"{arch}: measured phase")
-    axes[0][-1].legend(fontsize=7, title="o: measured = predicted\nX: measured differs", title_fontsize=7,
-                       loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside the data
+    handles = [plt.Line2D([], [], color=c, marker="o", linestyle="", label=k) for k, c in shown.items()]
+    handles += [plt.Line2D([], [], color="k", linestyle="--", label="lr·λ = 2 (predicted)")] if drawn else []
+    axes[0][-1].legend(handles=handles, fontsize=7, title="o: measured = predicted\nX: measured differs",
+                       title_fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside the data
     fig.tight_layout()
     fig.plotted = t
     fig.caption = ("Each point: one (σ_eps, lr) cell, coloured by the phase measured on its runs. o: the measured "
@@ -388,11 +404,15 @@ def niw_trajectories(df: pd.DataFrame, out=None):
                 continue
             ax.plot(a["niw_norm_steps"], a["niw_norm"] / a["niw_norm"][0], lw=1,
                     color=PHASE_COLOURS.get(r["measured_phase"], "k"), label=f"σ={r['sigma_eps']:g} ({r['measured_phase']})")
-        ax.set(yscale="log", xlabel="step", ylabel="NIW norm / initial", title=f"{arch}, lr {lr:g}")
+        ax.set(xlabel="step", ylabel="NIW norm / initial", title=f"{arch}, lr {lr:g}")
+        low, high = ax.get_ylim()
+        if low > 0 and high / low > 10:  # a log axis only where the norm moves by orders of magnitude
+            ax.set_yscale("log")
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.caption = ("One line per σ_eps at the study's middle learning rate (first seed), coloured by the phase "
-                   "measured on that run; the NIW norm divided by its value at step 0, log y axis.")
+                   "measured on that run; the NIW norm divided by its value at step 0 (a log axis where it spans more "
+                   "than a factor of 10).")
     save(fig, out)
     return fig
 

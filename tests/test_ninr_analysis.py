@@ -284,3 +284,14 @@ def test_arms_that_differ_in_phase_target_are_drawn_side_by_side_not_sliced():
     df["phase_target"] = np.where(df["regularizer"] == "ninr", "decay", "none")  # as ninr_compare writes it
     t = ninr.table(df)
     assert set(t.index) == {"none", "in-NINR σ=10"} and "phase_target" not in t.attrs.get("fixed", {})
+
+
+def test_the_phase_diagram_lists_only_what_it_draws():
+    def legend(fig):
+        return [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+
+    both = ninr.phase_diagram(phase_frame())  # sigma 0.1 to 100: lr = 2 / (sigma^2 h) crosses the lr grid
+    assert legend(both) == ["decoupled", "divergent", "lr·λ = 2 (predicted)"]
+    one = ninr.phase_diagram(phase_frame().iloc[[0, 1]])  # sigma 0.1 only: the boundary lr ~ 10.5, above the grid
+    assert legend(one) == ["decoupled"]
+    assert any("lies above the grid" in t.get_text() for t in one.axes[0].texts)
