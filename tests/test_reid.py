@@ -13,7 +13,7 @@ from sklearn.metrics import average_precision_score
 
 from trainables.checks import ConfigError
 from trainables.data import DataError, MarketConfig, load_market1501, parse_market1501_name
-from trainables.reid import (ReidConfig, build_reid_model, feature_distances, market1501_eval,
+from trainables.reid import (ReidConfig, build_reid_model, extract_features, feature_distances, market1501_eval,
                              similarity_label_noise)
 
 # ---------------------------------------------------------------------------------------------
@@ -269,6 +269,18 @@ def test_reid_model_shapes(backbone, dim):
     assert model.fc.in_features == dim and model.fc.out_features == 7
     if backbone != "small_cnn":
         assert isinstance(model.backbone.layer4[-1], torch.nn.Module)  # the unit SE-SNN makes stochastic
+
+
+def test_extract_features_in_eval_mode_and_batch_free():
+    torch.manual_seed(0)
+    model = build_reid_model("resnet18", num_identities=3).train()
+    images = torch.randint(0, 256, (5, 3, 32, 16), dtype=torch.uint8)
+    one_by_one = extract_features(model, images, batch_size=1)
+    assert one_by_one.shape == (5, 512) and model.training  # the mode is restored
+    # Batch norm on running statistics: the same features whatever the batches (train mode would differ).
+    torch.testing.assert_close(extract_features(model, images, batch_size=4), one_by_one)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().features(images.float() / 255), one_by_one)
 
 
 def test_reid_model_weights_from_file(tmp_path):
