@@ -57,7 +57,9 @@ class ReidConfig:
     Stage 1 fine-tunes the (ImageNet-initialised) identity classifier; stage 2 keeps its weights,
     turns the last unit of the final residual block into a stochastic layer with a new randomly
     initialised sigma layer, and trains that layer and the classifier only (App. B.1). The
-    regulariser's margin b = 4 and weight 1e-2 are SE-SNN's own fields, not repeated here."""
+    regulariser's margin b = 4 and weight 1e-2 are SE-SNN's own fields, not repeated here. The paper
+    fine-tunes ImageNet weights: ``weights=None`` (random init) departs from it; its 2019 code would
+    have had torchvision's original ResNet-50 file (IMAGENET1K_V1, resnet50-0676ba61.pth)."""
 
     backbone: str = "resnet50"
     weights: str | None = None  # a local torchvision state-dict file (the paper: ImageNet weights); None: random
