@@ -19,7 +19,7 @@ from tests import reference_sesnn as ref
 from tests.conftest import notebook_output, refusal
 from trainables import sesnn
 from trainables.checks import ConfigError
-from trainables.corruptions import eot_fgsm, fgsm
+from trainables.corruptions import DrawMean, eot_cw_l2, eot_fgsm, fgsm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -297,6 +297,81 @@ def test_an_attack_leaves_the_models_gradients_alone():
     _, data, net = _net()
     eot_fgsm(net, data.x_test[:5], data.y_test[:5], 0.1, draws=2)
     assert all(p.grad is None for p in net.parameters())
+
+
+class _Noisy(torch.nn.Module):
+    """A linear model whose every forward adds fresh noise to its logits, recording each call's
+    input and output: what a stochastic network looks like to an attack."""
+
+    def __init__(self, fan_in: int, classes: int, scale: float):
+        super().__init__()
+        self.lin = torch.nn.Linear(fan_in, classes)
+        self.scale, self.gen, self.calls = scale, torch.Generator().manual_seed(5), []
+
+    def forward(self, x):
+        out = self.lin(x.flatten(1)) + self.scale * torch.randn((len(x), self.lin.out_features), generator=self.gen)
+        self.calls.append((x.detach().clone(), out.detach().clone()))
+        return out
+
+
+@pytest.mark.parametrize("output", ["logits", "probs"])
+def test_eot_cw_sees_the_mean_over_k_draws_in_every_model_call(monkeypatch, output):
+    """Every prediction and class gradient ART's CW takes is of DrawMean: K calls of the model on the
+    same input, whose outputs it averages (logits, or the log of the mean softmax)."""
+    torch.manual_seed(0)
+    model, k = _Noisy(6, 3, 0.5), 4
+    seen = []
+    forward = DrawMean.forward
+    monkeypatch.setattr(DrawMean, "forward", lambda self, x: seen.append(forward(self, x)) or seen[-1])
+    x = torch.rand(5, 6) * 0.2 + 0.4
+    y = model.lin(x).argmax(1)
+    model.calls.clear()
+    eot_cw_l2(model, x, y, draws=k, output=output, max_iter=3, binary_search_steps=2)
+    calls = model.calls[1:]  # the first: one pass on one image that reads the number of classes
+    assert len(seen) >= 6 and len(calls) == k * len(seen)  # predictions and gradients alike
+    for i, mean in enumerate(seen):
+        group = calls[k * i:k * (i + 1)]
+        assert all(torch.equal(g[0], group[0][0]) for g in group)  # one input, K draws
+        outs = torch.stack([g[1] for g in group])
+        assert not torch.allclose(outs[0], outs[1])  # the draws differ: sampling stays on under ART
+        want = outs.mean(0) if output == "logits" else torch.log(F.softmax(outs, -1).mean(0))
+        torch.testing.assert_close(mean.detach(), want, rtol=1e-6, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters()) and all(p.requires_grad for p in model.parameters())
+
+
+def test_eot_cw_keeps_se_snns_sampling_on_under_art():
+    """ART puts the classifier in eval mode; an SE-SNN's layers sample by their own switch, so the
+    K passes of one DrawMean call draw different noise."""
+    _, data, net = _net()
+    net.set_noise(True, torch.Generator().manual_seed(3))
+    outs = []
+    net.register_forward_hook(lambda m, i, o: outs.append(o.detach().clone()))
+    eot_cw_l2(net, data.x_test[:4], data.y_test[:4], draws=3, max_iter=1, binary_search_steps=1)
+    outs = outs[1:]  # after the probe that reads the number of classes
+    assert len(outs) % 3 == 0 and not torch.allclose(outs[0], outs[1])
+
+
+def test_cw_l2_finds_the_closed_form_minimal_perturbation_of_a_linear_model():
+    """Two classes, untargeted at confidence k: a linear model's adversarial set is the half-space
+    z_other >= z_y + k, so the minimal L2 perturbation is (z_y - z_other + k) / ||w_y - w_other||
+    (its projection stays inside the [0, 1] box here): CW cannot go below it and must come close.
+    (With more classes CW's max-over-others loss follows the highest rival logit, not the nearest
+    boundary, so only two classes give a closed form it must reach.)"""
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(8, 2)
+    x = 0.5 + 0.01 * torch.randn(6, 8)
+    with torch.no_grad():
+        z = lin(x)
+    y = z.argmax(1)
+    g = lin.weight.detach()[y] - lin.weight.detach()[1 - y]  # the margin's gradient per image
+    kappa = 1e-3
+    gaps = (z.gather(1, y[:, None]) - z.gather(1, 1 - y[:, None]) + kappa)[:, 0] / g.norm(dim=1)
+    nearest = x - gaps[:, None] * g / g.norm(dim=1, keepdim=True)
+    assert gaps.min() > 0.05 and 0 < nearest.min() and nearest.max() < 1  # inside the box
+    adv = eot_cw_l2(lin, x, y, confidence=kappa, max_iter=20, binary_search_steps=5, initial_const=1.0)
+    assert (lin(adv).argmax(1) != y).all()
+    ratio = (adv - x).flatten(1).norm(dim=1) / gaps
+    assert ratio.min() >= 1 - 1e-3 and ratio.max() <= 1.05, ratio
 
 
 # ---------------------------------------------------------------------------------------------
