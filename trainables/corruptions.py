@@ -157,4 +157,3 @@ def eot_cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, draws: int 
         for p, flag in frozen:
             p.requires_grad_(flag)
     return torch.from_numpy(adv).to(x.device, x.dtype)
-
