@@ -437,7 +437,9 @@ def cw_and_layer_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     if not t.empty:
         fixed = fixed_text(t.attrs.get("fixed", {}))
         out.append(("Untargeted CW-L2 over draws (ART): accuracy %, success rate % (of the images the clean row gets "
-                    "right) and mean L2 of the successful perturbations (mean ± SEM over seeds)"
+                    "right) and mean L2 of the successful perturbations (mean ± SEM over seeds); on a sampled "
+                    "network ART's line search compares fresh draws, so a low success rate may be the attack "
+                    "failing (README)"
                     + (f"; {fixed}" if fixed else ""), t))
     t = layers_table(df)
     if not t.empty:
