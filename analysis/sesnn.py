@@ -1,6 +1,7 @@
 """The SE-SNN family's analysis (se-snn): label-noise table and curves (Fig. 3a), FGS curves and
-a per-eps table (Fig. 2a), the omega x margin map (App. B.1), the entropy of flipped samples,
-findings.
+a per-eps table (Fig. 2a), the CW-L2 table and bars (Fig. 2b), the omega x margin map (App. B.1),
+accuracy against the number of stochastic layers (App. B.3), the per-epoch training loss of each
+method (App. B.4, from the trials' `epoch_loss` arrays), the entropy of flipped samples, findings.
 
 `section(df, out)` is what analysis.report renders for rows whose `family` is "sesnn". Tables and
 figures keep apart every configuration column that varies; one they do not draw is fixed to one
@@ -20,6 +21,7 @@ model and loss fields, and tests no claim that names a method.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -246,6 +248,217 @@ FIGURES = {"label_noise_curves": label_noise_curves, "entropy_of_flipped": entro
 
 
 # ---------------------------------------------------------------------------------------------
+# CW-L2 (Fig. 2b), the number of stochastic layers (App. B.3), the convergence curves (App. B.4)
+
+
+def cw_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The defence study's CW-L2 rows: method x training."""
+    d, fixed = defence_rows(df)
+    if d.empty or not (d["attack"] == "cw_l2").any():
+        return d.iloc[0:0], {}
+    return d[d["attack"] == "cw_l2"], fixed
+
+
+def cw_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Fig. 2b as numbers: under untargeted CW-L2, accuracy, the attack's success rate (of the
+    images the clean row gets right) and the mean L2 of its successful perturbations, mean ± SEM
+    over seeds per (training, method)."""
+    d, fixed = cw_rows(df)
+    if d.empty:
+        return pd.DataFrame()
+    rows = []
+    for a in sorted(d["adv_train_eps"].unique()):
+        g = d[d["adv_train_eps"] == a]
+        for label in _order(g["label"].unique()):
+            h = g[g["label"] == label]
+            l2 = stats.mean_sem(h["mean_l2"])
+            rows.append({"training": _training(a), "method": label, "images attacked": int(h["test_images"].max()),
+                         "accuracy %": stats.cell(h["accuracy"], count=True,
+                                                  chance=1 / float(h["num_classes"].iloc[0])),
+                         "success rate %": stats.cell(h["attack_success_rate"]),
+                         "mean L2 of successes": stats.fmt(l2[0], l2[1], scale=1, digits=3)})
+    t = pd.DataFrame(rows)
+    t.attrs["fixed"] = fixed
+    return t
+
+
+def cw_bars(df: pd.DataFrame, out=None):
+    """Fig. 2b: accuracy under untargeted CW-L2 per method (bars, mean ± SEM over seeds), one group
+    per training."""
+    d, fixed = cw_rows(df)
+    if d.empty:
+        raise ValueError("no CW-L2 rows")
+    s = stats.summarize(d, ["adv_train_eps", "label"])
+    labels = _order(s["label"].unique())
+    trainings = sorted(s["adv_train_eps"].unique())
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(labels) * len(trainings), 4))
+    width = 0.8 / len(trainings)
+    for k, a in enumerate(trainings):
+        g = s[s["adv_train_eps"] == a].set_index("label").reindex(labels)
+        ax.bar([i + k * width for i in range(len(labels))], 100 * g["mean"], width, yerr=100 * g["sem"].fillna(0),
+               capsize=3, label=_training(a))
+    ax.set_xticks([i + width * (len(trainings) - 1) / 2 for i in range(len(labels))], labels)
+    ax.set(ylabel="accuracy (%)", title="Accuracy under untargeted CW-L2 over draws (mean ± SEM over seeds)"
+           + (f"\n{fixed_text(fixed)}" if fixed else ""))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.plotted = s
+    save(fig, out)
+    return fig
+
+
+def cw_findings(df: pd.DataFrame) -> list[str]:
+    """Fig. 2b's claim, per training: SE-SNN is the most effective defence under CW-L2 (SE-SNN -
+    rival accuracy, paired over seeds), and the Baseline "fails completely" (its accuracy)."""
+    d, fixed = cw_rows(df)
+    if d.empty:
+        return []
+    note = f" ({fixed_text(fixed)})" if fixed else ""
+    out = []
+    for a, g in d.groupby("adv_train_eps"):
+        training = _training(a)
+        if BASELINE in set(g["label"]):
+            m, se, n = stats.mean_sem(g[g["label"] == BASELINE]["accuracy"])
+            out.append(f"[CW-L2, {training}{note}] Baseline accuracy under CW-L2 {stats.fmt(m, se, unit='%')} over {stats.plural(n, 'seed')} "
+                       f"(the paper: it \"fails completely\").")
+        for rival in (BASELINE, VIB):
+            if not {SESNN, rival} <= set(g["label"]):
+                continue
+            est = _compare(g, SESNN, rival)
+            out.append(f"[CW-L2, {training}{note}] SE-SNN beats {rival} under CW-L2? SE-SNN - {rival} = {est.text()}: "
+                       f"{stats.verdict(est, blocked=_unconverged_arms(g, SESNN, rival))}.")
+    return out
+
+
+LAYERS_DRAWN = {"model", "loss", "label_noise", "stochastic_layers"}
+
+
+def layers_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Unattacked cross-entropy rows by their number of stochastic layers (`stochastic_count`: 0
+    for the deterministic Baseline), under label noise; none unless SE-SNN rows differ in which
+    layers are stochastic (a layers_sesnn run)."""
+    d, fixed = _select(df, LAYERS_DRAWN, LABEL_PREFERRED)
+    if d.empty or "stochastic_layers" not in d.columns:
+        return d.iloc[0:0], {}
+    d = d[(d["loss"] == "ce") & d["model"].isin(["sesnn", "deterministic"])]
+    if d[d["model"] == "sesnn"]["stochastic_layers"].nunique() < 2 or not (d["label_noise"] > 0).any():
+        return d.iloc[0:0], {}
+    count = [0 if m == "deterministic" else len(json.loads(str(v))) for m, v in zip(d["model"], d["stochastic_layers"])]
+    return d.assign(stochastic_count=count), fixed
+
+
+def _layers_name(k) -> str:
+    return f"{int(k)} stochastic layer{'s' if int(k) != 1 else ''}"
+
+
+def layers_table(df: pd.DataFrame) -> pd.DataFrame:
+    """App. B.3 as numbers: clean test accuracy % per number of stochastic layers (rows: which
+    layers) and label-noise strength (columns), mean ± SEM over seeds."""
+    d, fixed = layers_rows(df)
+    if d.empty:
+        return pd.DataFrame()
+    cells = {}
+    for (k, which, p), g in d.groupby(["stochastic_count", "stochastic_layers", "label_noise"]):
+        name = f"{_layers_name(k)} ({'Baseline' if k == 0 else 'layers ' + str(which)})"
+        cells.setdefault(name, {})[f"{100 * p:g}%"] = stats.cell(g["accuracy"], count=True)
+    t = pd.DataFrame(cells).T.sort_index()
+    t = t[sorted(t.columns, key=lambda c: float(c[:-1]))]
+    t.index.name = "network"
+    t.attrs["fixed"] = fixed
+    return t
+
+
+def layers_curves(df: pd.DataFrame, out=None):
+    """App. B.3 (Fig. B.3): clean test accuracy against label-noise strength, one line per number of
+    stochastic layers."""
+    d, fixed = layers_rows(df)
+    if d.empty:
+        raise ValueError("no rows that differ in their number of stochastic layers")
+    s = stats.summarize(d, ["stochastic_count", "label_noise"])
+    fig, _ = lines(s, "stochastic_count", "label_noise", _layers_name, "label-noise strength p",
+                   "Clean test accuracy by number of stochastic layers (mean ± SEM over seeds)"
+                   + (f"\n{fixed_text(fixed)}" if fixed else ""), style=lambda k: "-" if k else ":")
+    save(fig, out)
+    return fig
+
+
+def layers_findings(df: pd.DataFrame) -> list[str]:
+    """App. B.3's claim, "increasing the number of SLs helps", tested per label-noise strength for
+    each step up in the count (paired over seeds)."""
+    d, fixed = layers_rows(df)
+    if d.empty:
+        return []
+    note = f" ({fixed_text(fixed)})" if fixed else ""
+    out = []
+    for p, g in d[d["label_noise"] > 0].groupby("label_noise"):
+        counts = sorted(g["stochastic_count"].unique())
+        for lo, hi in zip(counts, counts[1:]):
+            est = stats.compare(g, "stochastic_count", hi, lo)
+            why = unconverged(g[g["stochastic_count"].isin([lo, hi])])
+            out.append(f"[stochastic layers{note}] {_layers_name(hi)} beat {lo} at {100 * p:g}% label noise? "
+                       f"{hi} - {lo} = {est.text()}: {stats.verdict(est, blocked=why)}.")
+    return out
+
+
+def loss_curves(df: pd.DataFrame, out=None):
+    """App. B.4 (Fig. B.4): the training loss (task loss plus the weighted regulariser) of each
+    epoch per method, mean ± SEM over seeds, one panel per label-noise strength; forward's is
+    its corrected second stage. Needs the trials' arrays (a results folder)."""
+    from analysis.load import artefacts
+    d, fixed = label_noise_rows(df)
+    if d.empty:
+        d, fixed = layers_rows(df)
+    source = df.attrs.get("source")
+    if d.empty or not source:
+        raise ValueError("no label-noise rows with a results folder to read the per-epoch losses from")
+    long = []
+    for r in d.drop_duplicates("trial_key").to_dict("records"):
+        loss = artefacts(source, r["trial_key"]).get("epoch_loss")
+        if loss is not None:
+            long += [{"label": r["label"], "label_noise": r["label_noise"], "seed": r["seed"], "epoch": i + 1,
+                      "loss": float(v), "status": "ok"} for i, v in enumerate(loss)]
+    if not long:
+        raise ValueError("no epoch_loss arrays (trials written before SE-SNN kept them)")
+    s = stats.summarize(pd.DataFrame(long), ["label_noise", "label", "epoch"], metric="loss")
+    levels = sorted(s["label_noise"].unique())
+    fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 4), squeeze=False)
+    for ax, p in zip(axes[0], levels):
+        for label, g in s[s["label_noise"] == p].groupby("label"):
+            ax.plot(g["epoch"], g["mean"], lw=1.2, label=label, linestyle="-" if "SE-SNN" in label else ":")
+            ax.fill_between(g["epoch"], g["mean"] - g["sem"].fillna(0), g["mean"] + g["sem"].fillna(0), alpha=0.2)
+        ax.set(xlabel="epoch", ylabel="training loss", title=f"label noise {100 * p:g}%")
+    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("Training loss per epoch (mean ± SEM over seeds; band: SEM)"
+                 + (f"; {fixed_text(fixed)}" if fixed else ""), fontsize=9)
+    fig.tight_layout()
+    fig.plotted = s
+    save(fig, out)
+    return fig
+
+
+def cw_and_layer_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The section's CW-L2 and stochastic-layer tables, with their captions."""
+    out = []
+    t = cw_table(df)
+    if not t.empty:
+        fixed = fixed_text(t.attrs.get("fixed", {}))
+        out.append(("Untargeted CW-L2 over draws (ART): accuracy %, success rate % (of the images the clean row gets "
+                    "right) and mean L2 of the successful perturbations (mean ± SEM over seeds); on a sampled "
+                    "network ART's line search compares fresh draws, so a low success rate may be the attack "
+                    "failing (README)"
+                    + (f"; {fixed}" if fixed else ""), t))
+    t = layers_table(df)
+    if not t.empty:
+        fixed = fixed_text(t.attrs.get("fixed", {}))
+        out.append(("Clean test accuracy % under patterned label noise by number of stochastic layers (mean ± SEM "
+                    "over seeds)" + (f"; {fixed}" if fixed else ""), t.reset_index()))
+    return out
+
+
+FIGURES |= {"cw_bars": cw_bars, "layers_curves": layers_curves, "loss_curves": loss_curves}
+
+
+# ---------------------------------------------------------------------------------------------
 # Findings
 
 
@@ -369,7 +582,7 @@ def _training(a: float) -> str:
 
 
 def _setting(attack: str, eps: float) -> str:
-    return "clean" if attack == "none" else (f"eps {eps:g}" if attack == "fgsm" else f"{attack} eps {eps:g}")
+    return {"none": "clean", "fgsm": f"eps {eps:g}", "cw_l2": "CW-L2"}.get(attack, f"{attack} eps {eps:g}")
 
 
 def defence_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -578,7 +791,8 @@ def label_note(df: pd.DataFrame) -> list[str]:
 
 
 def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
-    return label_note(df) + label_noise_findings(df, margin) + defence_findings(df) + margin_findings(df)
+    return (label_note(df) + label_noise_findings(df, margin) + defence_findings(df) + cw_findings(df)
+            + margin_findings(df) + layers_findings(df))
 
 
 def section(df: pd.DataFrame, out) -> dict:
@@ -613,6 +827,8 @@ def section(df: pd.DataFrame, out) -> dict:
         fixed = fixed_text(t.attrs.get("fixed", {}))
         tables_.append(("Eq. 5 / 6 / 7 where more than one ran: accuracy % and the share of hinge terms active at the "
                         "end of training (training set; %, mean ± SEM over seeds)" + (f"; {fixed}" if fixed else ""), t))
+    for caption, t in cw_and_layer_tables(df):
+        tables_.append((caption, t))
     made, skipped, captions = draw(FIGURES, df, out)
     return {"title": "Stochastic networks with max-entropy regularisation (se-snn)", "tables": tables_,
             "figures": made, "captions": captions, "skipped": skipped, "findings": findings(df)}

@@ -1,9 +1,10 @@
-"""SE-SNN experiments (papers/se-snn.txt): label noise (Fig. 3a), adversarial defence (Fig. 2a)
-and the omega x margin sensitivity of Appendix B.1.
+"""SE-SNN experiments (papers/se-snn.txt): label noise (Fig. 3a), adversarial defence (Fig. 2a),
+the omega x margin sensitivity of Appendix B.1 and the number of stochastic layers of App. B.3.
 
     python -m tuner.run labelnoise_sesnn --preset quick    # six methods x label-noise strengths
     python -m tuner.run adversarial_sesnn --preset quick   # baseline / Deep VIB / SE-SNN x normal / FGS training
     python -m tuner.run margin_sesnn --preset quick        # omega x b at 40% label noise
+    python -m tuner.run layers_sesnn --preset quick        # 0, 1, 2 stochastic layers x label noise
 
 Each experiment fixes the paper's network for its task; `--set` can override any field.
 """
@@ -48,6 +49,11 @@ DEFENCE_NET = {"hidden": (1024, 1024, 256), "stochastic_layers": (2,), "aggregat
                "margin": math.log(16), "test_mode": "sample", "parallel_layer": False}
 ADV_TRAIN_EPS = 0.25  # FGS adversarial training's budget: Goodfellow et al.'s MNIST value (the paper gives none)
 FGS_EPS = {"paper": [0.1, 0.2, 0.3, 0.4, 0.5], "quick": [0.1, 0.2, 0.3, 0.4, 0.5], "smoke": [0.3]}
+# Fig. 2b: untargeted CW-L2 on the same networks (ART's CarliniL2Method on the mean over eot_draws
+# draws; its open parameters are the cw_* fields). Per preset, what it costs is set here: the
+# number of test images attacked and, for smoke, a two-step search.
+CW_FIELDS = {"paper": {}, "quick": {"cw_images": 100, "cw_binary_search_steps": 5},
+             "smoke": {"cw_images": 20, "cw_binary_search_steps": 2, "cw_max_iter": 2}}
 
 # App. B.1's omega {0.1, 0.01, 0.001} and b {log 1, log 4, log 16}, plus what it leaves open:
 # omega 1 (where the margin binds: bench/results/sesnn_binding_probe_cpu.txt) and the literal
@@ -59,6 +65,16 @@ MARGINS = {"paper": [math.log(1), math.log(4), math.log(16)],
 # 0.1 and 1 at b = log 1 and log 4); elsewhere every term is active and the three are one loss.
 AGGREGATION_POINTS = {"paper": [], "quick": [{"omega": o, "margin": b} for o in (1.0, 1e-1)
                                              for b in (math.log(1), math.log(4))], "smoke": []}
+
+
+# App. B.3: label noise against the number of stochastic layers (SL) of the label-noise MLP. "The
+# network with zero SL is the baseline" (the paper): Fig. 3a's Baseline; one SL makes the
+# penultimate layer (the second hidden layer) stochastic, two make both (SE-SNN of Fig. 3a).
+LAYER_METHODS = {
+    "0 SL (Baseline)": {"model": "deterministic", "loss": "ce", "stochastic_layers": ()},
+    "1 SL": {"model": "sesnn", "loss": "ce", "stochastic_layers": (1,)},
+    "2 SL (SE-SNN)": {"model": "sesnn", "loss": "ce", "stochastic_layers": (0, 1)},
+}
 
 
 def _small(preset: str, net: dict, hidden: tuple[int, ...]) -> dict:
@@ -94,11 +110,14 @@ def labelnoise_sesnn(preset: str) -> Space:
 
 
 def adversarial_sesnn(preset: str) -> Space:
-    """Fig. 2a: accuracy under untargeted FGS (expected gradient over draws), normal and FGS training."""
+    """Fig. 2a: accuracy under untargeted FGS (expected gradient over draws), normal and FGS training;
+    Fig. 2b: accuracy, success rate and mean L2 under untargeted CW-L2 (expected over draws)."""
     def tests(point: dict) -> list[dict]:
-        return _clean(point) + [{"attack": "fgsm", "eps": e} for e in FGS_EPS[preset]]
+        fgs = [{"attack": "fgsm", "eps": e} for e in FGS_EPS[preset]]
+        return _clean(point) + fgs + [{"attack": "cw_l2", "eps": 0.0}]
     return Space([fields | {"adv_train_eps": a} for fields in DEFENCE_METHODS.values() for a in (0.0, ADV_TRAIN_EPS)],
-                 tests, fixed=_small(preset, DEFENCE_NET, (16, 16, 8)), label=_labeller(DEFENCE_METHODS))
+                 tests, fixed=_small(preset, DEFENCE_NET, (16, 16, 8)) | CW_FIELDS[preset],
+                 label=_labeller(DEFENCE_METHODS))
 
 
 def margin_sesnn(preset: str) -> Space:
@@ -112,6 +131,14 @@ def margin_sesnn(preset: str) -> Space:
                  label=_labeller({"SE-SNN": LABEL_NOISE_METHODS["SE-SNN"]}))
 
 
+def layers_sesnn(preset: str) -> Space:
+    """App. B.3 (Fig. B.3): clean test accuracy under patterned label noise with 0, 1 or 2
+    stochastic layers, Eq. 6 at omega 1e-2 as in Fig. 3a; `stochastic_layers` says which."""
+    net = {k: v for k, v in _small(preset, LABEL_NOISE_NET, (16, 16)).items() if k != "stochastic_layers"}
+    return Space([LAYER_METHODS[k] | p for k in LAYER_METHODS for p in grid(label_noise=NOISE[preset])], _clean,
+                 fixed=net, label=_labeller(LAYER_METHODS))
+
+
 EXPERIMENTS = [
     Experiment("labelnoise_sesnn", "SE-SNN Fig. 3a: methods x patterned label noise, clean test accuracy", "sesnn",
                labelnoise_sesnn, default_seeds={"paper": 5, "quick": 3}),
@@ -119,4 +146,6 @@ EXPERIMENTS = [
                "sesnn", adversarial_sesnn, default_seeds={"paper": 20, "quick": 3}),
     Experiment("margin_sesnn", "SE-SNN App. B.1: omega x margin at 40% label noise", "sesnn", margin_sesnn,
                default_seeds={"paper": 5, "quick": 3}),
+    Experiment("layers_sesnn", "SE-SNN App. B.3: 0, 1, 2 stochastic layers x patterned label noise", "sesnn",
+               layers_sesnn, default_seeds={"paper": 5, "quick": 3}),
 ]

@@ -19,7 +19,7 @@ from tests import reference_sesnn as ref
 from tests.conftest import notebook_output, refusal
 from trainables import sesnn
 from trainables.checks import ConfigError
-from trainables.corruptions import eot_fgsm, fgsm
+from trainables.corruptions import DrawMean, eot_cw_l2, eot_fgsm, fgsm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -299,6 +299,122 @@ def test_an_attack_leaves_the_models_gradients_alone():
     assert all(p.grad is None for p in net.parameters())
 
 
+class _Noisy(torch.nn.Module):
+    """A linear model whose every forward adds fresh noise to its logits, recording each call's
+    input and output: what a stochastic network looks like to an attack."""
+
+    def __init__(self, fan_in: int, classes: int, scale: float):
+        super().__init__()
+        self.lin = torch.nn.Linear(fan_in, classes)
+        self.scale, self.gen, self.calls = scale, torch.Generator().manual_seed(5), []
+
+    def forward(self, x):
+        out = self.lin(x.flatten(1)) + self.scale * torch.randn((len(x), self.lin.out_features), generator=self.gen)
+        self.calls.append((x.detach().clone(), out.detach().clone()))
+        return out
+
+
+@pytest.mark.parametrize("output", ["logits", "probs"])
+def test_eot_cw_sees_the_mean_over_k_draws_in_every_model_call(monkeypatch, output):
+    """Every prediction and class gradient ART's CW takes is of DrawMean: K calls of the model on the
+    same input, whose outputs it averages (logits, or the log of the mean softmax)."""
+    torch.manual_seed(0)
+    model, k = _Noisy(6, 3, 0.5), 4
+    seen = []
+    forward = DrawMean.forward
+    monkeypatch.setattr(DrawMean, "forward", lambda self, x: seen.append(forward(self, x)) or seen[-1])
+    x = torch.rand(5, 6) * 0.2 + 0.4
+    y = model.lin(x).argmax(1)
+    model.calls.clear()
+    eot_cw_l2(model, x, y, draws=k, output=output, max_iter=3, binary_search_steps=2)
+    calls = model.calls[1:]  # the first: one pass on one image that reads the number of classes
+    assert len(seen) >= 6 and len(calls) == k * len(seen)  # predictions and gradients alike
+    for i, mean in enumerate(seen):
+        group = calls[k * i:k * (i + 1)]
+        assert all(torch.equal(g[0], group[0][0]) for g in group)  # one input, K draws
+        outs = torch.stack([g[1] for g in group])
+        assert not torch.allclose(outs[0], outs[1])  # the draws differ: sampling stays on under ART
+        want = outs.mean(0) if output == "logits" else torch.log(F.softmax(outs, -1).mean(0))
+        torch.testing.assert_close(mean.detach(), want, rtol=1e-6, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters()) and all(p.requires_grad for p in model.parameters())
+
+
+def test_eot_cw_keeps_se_snns_sampling_on_under_art():
+    """ART puts the classifier in eval mode; an SE-SNN's layers sample by their own switch, so the
+    K passes of one DrawMean call draw different noise."""
+    _, data, net = _net()
+    net.set_noise(True, torch.Generator().manual_seed(3))
+    outs = []
+    net.register_forward_hook(lambda m, i, o: outs.append(o.detach().clone()))
+    eot_cw_l2(net, data.x_test[:4], data.y_test[:4], draws=3, max_iter=1, binary_search_steps=1)
+    outs = outs[1:]  # after the probe that reads the number of classes
+    assert len(outs) % 3 == 0 and not torch.allclose(outs[0], outs[1])
+
+
+def test_cw_l2_finds_the_closed_form_minimal_perturbation_of_a_linear_model():
+    """Two classes, untargeted at confidence k: a linear model's adversarial set is the half-space
+    z_other >= z_y + k, so the minimal L2 perturbation is (z_y - z_other + k) / ||w_y - w_other||
+    (its projection stays inside the [0, 1] box here): CW cannot go below it and must come close.
+    (With more classes CW's max-over-others loss follows the highest rival logit, not the nearest
+    boundary, so only two classes give a closed form it must reach.)"""
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(8, 2)
+    x = 0.5 + 0.01 * torch.randn(6, 8)
+    with torch.no_grad():
+        z = lin(x)
+    y = z.argmax(1)
+    g = lin.weight.detach()[y] - lin.weight.detach()[1 - y]  # the margin's gradient per image
+    kappa = 1e-3
+    gaps = (z.gather(1, y[:, None]) - z.gather(1, 1 - y[:, None]) + kappa)[:, 0] / g.norm(dim=1)
+    nearest = x - gaps[:, None] * g / g.norm(dim=1, keepdim=True)
+    assert gaps.min() > 0.05 and 0 < nearest.min() and nearest.max() < 1  # inside the box
+    adv = eot_cw_l2(lin, x, y, confidence=kappa, max_iter=20, binary_search_steps=5, initial_const=1.0)
+    assert (lin(adv).argmax(1) != y).all()
+    ratio = (adv - x).flatten(1).norm(dim=1) / gaps
+    assert ratio.min() >= 1 - 1e-3 and ratio.max() <= 1.05, ratio
+
+
+def test_an_attacked_row_counts_successes_among_the_images_the_clean_row_gets_right(monkeypatch):
+    """Success rate and mean L2 by hand: labels made so that the first 20 images are right when
+    clean, a stand-in attack that swaps every even image for one the network labels otherwise."""
+    import dataclasses
+    cfg, data, net = _net(model="deterministic", parallel_layer=False)
+    x = data.x_test[:30]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_()  # larger than the init's weights: not every image gets one class
+        pred = net(x).argmax(1)
+    other = [int(torch.nonzero(pred != pred[i])[0]) for i in range(30)]
+    labels = torch.where(torch.arange(30) < 20, pred, (pred + 1) % data.num_classes)
+    data = dataclasses.replace(data, x_test=x, y_test=labels)
+    swapped = torch.stack([x[other[i]] if i % 2 == 0 else x[i] for i in range(30)])
+    monkeypatch.setattr(sesnn, "eot_cw_l2", lambda model, xs, ys, **kw: swapped[:len(xs)])
+    _, ecfg = sesnn.preset_configs("smoke", {"cw_images": 30})
+    clean, attacked = sesnn.evaluate(net, data, [{"attack": "none", "eps": 0.0}, {"attack": "cw_l2", "eps": 0.0}],
+                                     cfg, ecfg)
+    assert clean["accuracy"] == pytest.approx(20 / 30) and math.isnan(clean["attack_success_rate"])
+    with torch.no_grad():
+        after = (net(swapped).argmax(1) == labels).float().mean()
+    assert attacked["test_images"] == 30 and attacked["accuracy"] == pytest.approx(float(after))
+    assert attacked["attack_success_rate"] == pytest.approx(10 / 20)  # 10 of the 20 right ones swapped
+    l2 = (swapped - x).flatten(1).norm(dim=1)[:20:2]
+    assert attacked["mean_l2"] == pytest.approx(float(l2.mean()))
+
+
+def test_cw_attacks_the_first_cw_images_and_records_its_fields(monkeypatch):
+    cfg, data, net = _net()
+    got = {}
+    monkeypatch.setattr(sesnn, "eot_cw_l2", lambda model, xs, ys, **kw: got.update(kw, n=len(xs)) or xs)
+    _, ecfg = sesnn.preset_configs("smoke", {"cw_images": 7, "eot_draws": 3, "test_mode": "sample",
+                                             "cw_confidence": 0.5, "eot_output": "probs"})
+    (row,) = sesnn.evaluate(net, data, [{"attack": "cw_l2", "eps": 0.0}], cfg, ecfg)
+    assert got["n"] == 7 and got["draws"] == 3 and got["confidence"] == 0.5 and got["output"] == "probs"
+    assert row["test_images"] == 7 and row["attack_success_rate"] == 0 and math.isnan(row["mean_l2"])
+    _, ecfg = sesnn.preset_configs("smoke", {"eot_draws": 3, "test_mode": "mean"})
+    sesnn.evaluate(net, data, [{"attack": "cw_l2", "eps": 0.0}], cfg, ecfg)
+    assert got["draws"] == 1  # mu only: nothing to average
+
+
 # ---------------------------------------------------------------------------------------------
 # Training and evaluation
 
@@ -315,6 +431,23 @@ def test_forward_resumes_in_its_second_stage_to_the_uninterrupted_weights():
         assert torch.equal(a, b), name
     assert str(whole.columns) == str(resumed.columns)  # str: NaN columns compare equal
     np.testing.assert_array_equal(whole.artefacts["transition"], resumed.artefacts["transition"])
+    # App. B.4's per-epoch losses: each stage's, whole after a resume in the second stage too
+    assert whole.history == resumed.history and len(whole.history) == 6
+    for name in ("epoch_loss", "epoch_loss_stage1"):
+        np.testing.assert_array_equal(whole.artefacts[name], resumed.artefacts[name])
+    np.testing.assert_array_equal(whole.artefacts["epoch_loss_stage1"], whole.history[:3])
+    np.testing.assert_array_equal(whole.artefacts["epoch_loss"], whole.history[3:])
+
+
+def test_every_label_noise_method_keeps_its_per_epoch_training_loss():
+    """App. B.4: the loss the optimiser saw (task loss plus omega * Omega) of each epoch."""
+    from search_spaces.sesnn import LABEL_NOISE_METHODS
+    for name in ("Baseline", "SE-SNN", "Bootstrap-soft"):
+        cfg, _ = sesnn.preset_configs("smoke", LABEL_NOISE_METHODS[name] | {"label_noise": 0.4, "epochs": 3})
+        res = sesnn.train(cfg, sesnn.load_data(cfg))
+        assert list(res.artefacts) == ["epoch_loss"] and len(res.artefacts["epoch_loss"]) == 3, name
+        np.testing.assert_array_equal(res.artefacts["epoch_loss"], res.history)
+        assert res.artefacts["epoch_loss"][-1] == res.columns["final_loss"]
 
 
 def test_the_loss_tail_is_the_change_and_the_share_of_the_decrease_over_the_last_fifth():
@@ -364,6 +497,9 @@ def test_a_run_measures_the_label_noise_and_entropy_and_its_test_draws_are_seede
     ({"anchor_percentile": 0.0}, r"anchor_percentile=0.0 is out of range; allowed: \(0.0, 100.0\]"),
     ({"test_mode": "mc"}, r"test_mode='mc'.*allowed: mean, sample"),
     ({"hidden": ()}, r"hidden=\(\) is not allowed"),
+    ({"eot_output": "mean"}, r"eot_output='mean' is not allowed.*allowed: logits, probs"),
+    ({"cw_max_iter": 0}, r"cw_max_iter=0"),
+    ({"cw_initial_const": 0.0}, r"cw_initial_const=0.0 is out of range"),
 ])
 def test_bad_fields_are_one_line_naming_the_field(fields, message):
     with pytest.raises(ConfigError, match=message):
@@ -371,7 +507,8 @@ def test_bad_fields_are_one_line_naming_the_field(fields, message):
 
 
 @pytest.mark.parametrize("setting, message", [
-    ({"attack": "cw", "eps": 0.1}, r"attack='cw' is not allowed.*allowed: none, fgsm"),
+    ({"attack": "cw", "eps": 0.1}, r"attack='cw' is not allowed.*allowed: none, fgsm, cw_l2"),
+    ({"attack": "cw_l2", "eps": 0.1}, r"eps=0.1 with attack='cw_l2'; allowed: 0"),
     ({"attack": "fgsm", "eps": 1.5}, r"eps=1.5 is out of range; allowed: \[0.0, 1.0\]"),
     ({"attack": "none", "eps": 0.2}, r"eps=0.2 with attack='none'; allowed: 0"),
 ])
@@ -404,6 +541,35 @@ def test_the_experiments_cover_the_papers_figures():
     assert {p["margin"] for p in margin.train} == {math.log(1), math.log(4), math.log(16)}
     from tuner import registry
     assert registry.get("adversarial_sesnn").default_seeds["paper"] == 20
+
+
+def test_the_number_of_stochastic_layers_changes_the_network_and_each_row_says_which():
+    """App. B.3: 0 SL is the Baseline (no stochastic layer), 1 SL the penultimate layer, 2 SL both;
+    trained from one seed, the three networks' parameters differ."""
+    from search_spaces import sesnn as spaces
+    from trainables.common import config_row
+    space = spaces.layers_sesnn("smoke")
+    got = {}
+    for point in space.train:
+        cfg, _ = sesnn.preset_configs("smoke", space.fixed | point | {"epochs": 1})
+        res = sesnn.train(cfg, sesnn.load_data(cfg))
+        got[space.label(point)] = ([type(m).__name__ for m in res.model.hidden], res.columns["params_digest"],
+                                   config_row(cfg)["stochastic_layers"])
+    assert got["0 SL (Baseline)"][0] == ["Linear", "ParallelLinear"]
+    assert got["1 SL"][0] == ["Linear", "StochasticLinear"]
+    assert got["2 SL (SE-SNN)"][0] == ["StochasticLinear", "StochasticLinear"]
+    assert len({v[1] for v in got.values()}) == 3
+    assert [v[2] for v in got.values()] == ["[]", "[1]", "[0, 1]"]
+    assert len(spaces.layers_sesnn("paper").train) == 3 * 6
+
+
+def test_cw_l2_is_a_test_setting_of_every_defence_trial():
+    from search_spaces import sesnn as spaces
+    for preset in ("paper", "quick", "smoke"):
+        space = spaces.adversarial_sesnn(preset)
+        assert all({"attack": "cw_l2", "eps": 0.0} in space.tests(p) for p in space.train)
+        _, ecfg = sesnn.preset_configs(preset, space.fixed)
+        assert ecfg.cw_images == {"paper": 1000, "quick": 100, "smoke": 20}[preset]
 
 
 def test_every_grid_point_gets_its_label_from_the_search_spaces_dicts():
@@ -571,6 +737,78 @@ def test_the_defence_is_tested_per_eps_never_on_a_band_average(tmp_path):
     assert any("per eps" in c for c in captions) and any("one verdict per eps" in c for c in captions)
 
 
+def test_cw_l2_rows_get_their_table_and_a_verdict_per_training(tmp_path):
+    import pandas as pd
+    from analysis import sesnn as analysis
+    parts = [_defence_frame()]
+    for label, model, lead in (("Baseline", "deterministic", 0.0), ("Deep VIB", "vib", 0.02), ("SE-SNN", "sesnn", 0.1)):
+        parts.append(_rows(label, model, "ce", {"attack": "cw_l2", "eps": 0.0},
+                           [0.1 * b + lead + 0.001 * i for i, b in enumerate(BASE)], hidden="[1024, 1024, 256]",
+                           omega=0.1, margin=math.log(16), test_images=100, attack_success_rate=0.9 - lead,
+                           mean_l2=1.0 + 10 * lead))
+    d = pd.concat(parts, ignore_index=True)
+    t = analysis.cw_table(d).set_index("method")
+    assert list(t.index) == ["Baseline", "Deep VIB", "SE-SNN"] and (t["images attacked"] == 100).all()
+    assert t.loc["SE-SNN", "success rate %"] == "80.00 ± 0.00"
+    assert t.loc["SE-SNN", "mean L2 of successes"] == "2.000 ± 0.000"
+    assert "CW-L2" in analysis.defence_table(d).columns
+    assert not [c for c in analysis.defence_comparisons(d) if c["eps"] == 0.0]  # FGS verdicts stay FGS'
+    found = analysis.cw_findings(d)
+    assert _finding(found, "SE-SNN beats Baseline under CW-L2?").endswith(
+        "holds (the interval excludes zero in the claimed direction).")
+    assert "Baseline accuracy under CW-L2" in _finding(found, "fails completely")
+    captions = [c for c, _ in analysis.section(d, tmp_path)["tables"]]
+    assert any(c.startswith("Untargeted CW-L2") for c in captions)
+
+
+def _layers_frame():
+    import pandas as pd
+    parts = []
+    for label, model, which, lead in (("0 SL (Baseline)", "deterministic", "[]", 0.0), ("1 SL", "sesnn", "[1]", 0.05),
+                                      ("2 SL (SE-SNN)", "sesnn", "[0, 1]", 0.051)):
+        for p in (0.0, 0.4):
+            parts.append(_rows(label, model, "ce", {"label_noise": p},
+                               [b + (lead if p else 0.0) + 0.002 * i * (lead > 0.0505) for i, b in enumerate(BASE)],
+                               stochastic_layers=which))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_the_number_of_stochastic_layers_gets_a_table_curves_and_a_verdict_per_step(tmp_path):
+    from analysis import sesnn as analysis
+    d = _layers_frame()
+    t = analysis.layers_table(d)
+    assert list(t.index) == ["0 stochastic layers (Baseline)", "1 stochastic layer (layers [1])",
+                             "2 stochastic layers (layers [0, 1])"] and list(t.columns) == ["0%", "40%"]
+    found = analysis.layers_findings(d)
+    assert len(found) == 2  # 0 -> 1 and 1 -> 2 at the one noisy strength
+    assert _finding(found, "1 stochastic layer beat 0 at 40%").endswith(
+        "holds (the interval excludes zero in the claimed direction).")
+    assert ": undecided" in _finding(found, "2 stochastic layers beat 1 at 40%")
+    fig = analysis.layers_curves(d, out=tmp_path / "layers")
+    assert set(fig.plotted["stochastic_count"]) == {0, 1, 2}
+    assert analysis.layers_rows(_label_noise_frame([0.0] * 3))[0].empty  # no stochastic_layers that differ
+
+
+def test_the_loss_curves_average_each_methods_per_epoch_losses_over_seeds(tmp_path):
+    import pandas as pd
+    from analysis import load
+    from analysis import sesnn as analysis
+    d = _label_noise_frame([0.0] * 3)
+    folder = tmp_path / "results"
+    folder.mkdir()
+    losses = {}
+    for r in d.to_dict("records"):
+        losses[r["trial_key"]] = np.array([2.0, 1.0, 0.5]) * (1 + r["seed"]) + (r["label"] == "Forward")
+        pd.DataFrame([r]).to_parquet(folder / f"part-{r['trial_key']}.parquet")
+        np.savez(folder / f"part-{r['trial_key']}.npz", epoch_loss=losses[r["trial_key"]])
+    fig = analysis.loss_curves(load(tmp_path), out=tmp_path / "loss")
+    s = fig.plotted.set_index(["label_noise", "label", "epoch"])
+    assert s.loc[(0.4, "Forward", 1), "mean"] == pytest.approx(2.0 * 2 + 1)  # seeds 0, 1, 2: factors 1, 2, 3
+    assert s.loc[(0.4, "SE-SNN", 3), "mean"] == pytest.approx(0.5 * 2) and s.loc[(0.4, "SE-SNN", 3), "count"] == 3
+    with pytest.raises(ValueError, match="results folder"):
+        analysis.loss_curves(d)
+
+
 def test_a_larger_margin_is_tested_at_each_omega():
     import pandas as pd
     from analysis import sesnn as analysis
@@ -651,7 +889,8 @@ def smoke_runs(shared_smoke):
     """Real labelnoise_sesnn (2 seeds: an SEM) and adversarial_sesnn (1 seed) smoke runs through
     the CLI, in one storage folder (tests/conftest.py)."""
     label, adv = shared_smoke("labelnoise_sesnn")[0], shared_smoke("adversarial_sesnn")[0]
-    assert label.parent == adv.parent
+    layers = shared_smoke("layers_sesnn")[0]
+    assert label.parent == adv.parent == layers.parent
     return label.parent
 
 
@@ -662,9 +901,10 @@ def test_report_of_real_runs_draws_the_curves_table_and_findings(smoke_runs, tmp
 
     label = load(smoke_runs / "labelnoise_sesnn-smoke")
     assert set(label["loss"]) == {"forward", "ce"} and label["seed"].nunique() == 2
-    for run, figures, words in (("labelnoise_sesnn-smoke", {"label_noise_curves", "entropy_of_flipped"},
+    for run, figures, words in (("labelnoise_sesnn-smoke", {"label_noise_curves", "entropy_of_flipped", "loss_curves"},
                                  "beats Baseline under 40% label noise?"),
-                                ("adversarial_sesnn-smoke", {"fgs_curves"}, "under FGS")):
+                                ("adversarial_sesnn-smoke", {"fgs_curves", "cw_bars"}, "under CW-L2?"),
+                                ("layers_sesnn-smoke", {"layers_curves", "loss_curves"}, "[stochastic layers")):
         info = build(smoke_runs / run, tmp_path / run)
         md = (tmp_path / run / "report.md").read_text()
         assert "Stochastic networks with max-entropy regularisation" in md and "Traceback" not in md

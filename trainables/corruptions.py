@@ -18,6 +18,13 @@ Robustness Toolbox's `FastGradientMethod` (L-inf, clipped to [0, 1]), imported o
 `eot_fgsm` is the same step along the expected gradient over several forward passes of a model
 whose forward is random (Athalye et al. 2018's expectation over transformation): ART's FGSM
 takes the gradient of one pass, which understates the attack on a stochastic network.
+
+`eot_cw_l2` is ART's untargeted `CarliniL2Method` (Carlini & Wagner's L2 attack, with ART's line
+search) run on `DrawMean(model, draws)`, a module whose forward is the mean over `draws` forward
+passes: every prediction and every class gradient the attack asks for is then over the same K
+draws, and the gradient of the mean logits is the expected gradient over the draws (EOT). ART's
+own EoT preprocessors draw input transformations and return N x K outputs, which its CW attack
+cannot read; the model's own randomness needs this wrapper instead.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from torch import nn
 
 from trainables.checks import ConfigError, check_choice, check_range
 
+CW_OUTPUTS = ("logits", "probs")  # what DrawMean averages: logits, or softmax (read back as log mean softmax)
 CORRUPTIONS = ("clean", "gaussian_noise", "impulse_noise", "blur", "contrast", "rotation", "fgsm")
 UNIT_STRENGTH = ("impulse_noise", "contrast")  # strength is a share, at most 1
 
@@ -97,4 +105,55 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torc
                             clip_values=(0.0, 1.0), device_type="gpu" if x.device.type == "cuda" else "cpu")
     adv = FastGradientMethod(clf, eps=eps, norm=np.inf, batch_size=len(x)).generate(
         x.detach().cpu().numpy(), y=F.one_hot(y.cpu(), classes).numpy())
+    return torch.from_numpy(adv).to(x.device, x.dtype)
+
+
+class DrawMean(nn.Module):
+    """The mean over `draws` forward passes of a model whose forward is random (each pass draws
+    the model's own noise): of its logits (`output="logits"`: linear, so an attack's gradient is the
+    expected gradient over the draws), or the log of its mean softmax (`"probs"`: the predictive
+    distribution a sampled model tests with, as logits)."""
+
+    def __init__(self, model: nn.Module, draws: int = 1, output: str = "logits"):
+        super().__init__()
+        check_choice("output", output, CW_OUTPUTS)
+        self.model, self.draws, self.output = model, int(draws), output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = torch.stack([self.model(x) for _ in range(self.draws)])
+        if self.output == "logits":
+            return outs.mean(0)
+        return torch.log(F.softmax(outs, -1).mean(0))
+
+
+def eot_cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, draws: int = 1, output: str = "logits",
+              confidence: float = 0.0, learning_rate: float = 0.01, binary_search_steps: int = 10,
+              max_iter: int = 10, initial_const: float = 0.01, max_halving: int = 5, max_doubling: int = 5,
+              batch_size: int = 128) -> torch.Tensor:
+    """Untargeted CW-L2 (ART's CarliniL2Method; its defaults here) against the true labels `y`, on
+    DrawMean(model, draws, output); inputs in [0, 1]. An input for which no adversarial was found
+    comes back unchanged. The model's .grad fields are left alone (its parameters are frozen while
+    ART takes its class gradients) and its noise mode is the caller's."""
+    import numpy as np
+    from art.attacks.evasion import CarliniL2Method
+    from art.estimators.classification import PyTorchClassifier
+
+    wrapped = DrawMean(model, draws, output)
+    with torch.no_grad():
+        classes = model(x[:1]).shape[1]
+    frozen = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in frozen:
+        p.requires_grad_(False)
+    try:
+        clf = PyTorchClassifier(wrapped, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
+                                nb_classes=classes, clip_values=(0.0, 1.0),
+                                device_type="gpu" if x.device.type == "cuda" else "cpu")
+        attack = CarliniL2Method(clf, confidence=confidence, targeted=False, learning_rate=learning_rate,
+                                 binary_search_steps=binary_search_steps, max_iter=max_iter,
+                                 initial_const=initial_const, max_halving=max_halving, max_doubling=max_doubling,
+                                 batch_size=batch_size, verbose=False)
+        adv = attack.generate(x.detach().cpu().numpy().astype(np.float32), y=F.one_hot(y.cpu(), classes).numpy())
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
     return torch.from_numpy(adv).to(x.device, x.dtype)

@@ -32,7 +32,10 @@ Label noise is patterned: each class is flipped to one other class (drawn per se
 changes across runs and is fixed within one) with probability `label_noise`; test labels stay clean.
 At test time `test_mode=mean` passes mu only (the paper's pruning and label-noise tests);
 `sample` averages the softmax over `test_draws` draws. Attacks on a sampled model use the expected
-gradient over `eot_draws` draws (Athalye et al.'s EOT), as the paper does for its defence study.
+gradient over `eot_draws` draws (Athalye et al.'s EOT), as the paper does for its defence study:
+FGS steps along the mean of the draws' gradients; CW-L2 (ART's CarliniL2Method, untargeted) runs
+on the mean over `eot_draws` draws of the logits (`eot_output=logits`, whose gradient is the
+expected gradient) or of the softmax (`probs`), its open parameters the `cw_*` fields.
 Pruning (Tables 1-3) is not built yet.
 """
 
@@ -52,7 +55,7 @@ from torch import nn
 from trainables.checks import ConfigError, check_choice, check_int, check_keys, check_optional_int, check_range
 from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, loss_tail,
                                configs_from_preset, device_name, params_digest, resolve_device)
-from trainables.corruptions import eot_fgsm
+from trainables.corruptions import CW_OUTPUTS, eot_cw_l2, eot_fgsm
 from trainables.data import Data, DataConfig, load_dataset
 from trainables.injection import stream_seed
 from trainables.noise import make_generator
@@ -62,7 +65,7 @@ MODELS = ("deterministic", "sesnn", "vib")
 AGGREGATIONS = ("neuron", "sample", "both")
 LOSSES = ("ce", "bootstrap_soft", "bootstrap_hard", "forward")
 TEST_MODES = ("mean", "sample")
-ATTACKS = ("none", "fgsm")
+ATTACKS = ("none", "fgsm", "cw_l2")
 PROB_EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] before a log, as in Patrini et al.'s code
 
 
@@ -146,12 +149,30 @@ class SESNNEvalConfig:
     eot_draws: int = 10  # draws per expected gradient of an attack on a sampled model
     eval_seed: int | None = None  # seeds test-time draws; None: the trial's seed
     eval_batch_size: int = 1000
+    # CW-L2 (the paper gives none of these): ART's CarliniL2Method defaults, except the initial
+    # constant, 1 rather than ART's 0.01: on the closed-form linear case of tests/test_sesnn.py, at
+    # ART's other defaults, 0.01 left perturbations up to 16% above the minimal L2 and 1 within 3%.
+    eot_output: str = "logits"  # what an attack's draws average: logits (expected gradient) | probs (log mean softmax)
+    cw_confidence: float = 0.0  # kappa: the rival logit must beat the true one by this much
+    cw_learning_rate: float = 0.01
+    cw_binary_search_steps: int = 10
+    cw_max_iter: int = 10  # gradient steps per binary-search step (ART's line search in each)
+    cw_initial_const: float = 1.0
+    cw_max_halving: int = 5
+    cw_max_doubling: int = 5
+    cw_images: int = 1000  # the first this many test images are attacked by CW-L2 (0: all): its cost
 
     def __post_init__(self):
         check_choice("test_mode", self.test_mode, TEST_MODES)
-        for name in ("test_draws", "eot_draws", "eval_batch_size"):
+        for name in ("test_draws", "eot_draws", "eval_batch_size", "cw_binary_search_steps", "cw_max_iter"):
             check_int(name, getattr(self, name), 1)
+        for name in ("cw_max_halving", "cw_max_doubling", "cw_images"):
+            check_int(name, getattr(self, name), 0)
         check_optional_int("eval_seed", self.eval_seed, 0)
+        check_choice("eot_output", self.eot_output, CW_OUTPUTS)
+        check_range("cw_confidence", self.cw_confidence, 0.0)
+        for name in ("cw_learning_rate", "cw_initial_const"):
+            check_range(name, getattr(self, name), 0.0, low_open=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,6 +418,7 @@ def train_sesnn(cfg: SESNNConfig, data: Data, callback: Callable[[Progress], obj
     else:
         transition = state["transition"].to(device, torch.float32)
         epochs1 = int(state["stage1_epochs"])
+        history = list(state.get("stage1_history", []))  # a checkpoint from before it kept them: none
     torch.manual_seed(stream_seed(cfg.seed, "stage2_init"))  # a fresh network; a resumed one loads its state
     model = build_model(cfg, data, device)
     gen = make_generator(stream_seed(cfg.seed, "snn_train_stage2"), device)
@@ -405,11 +427,12 @@ def train_sesnn(cfg: SESNNConfig, data: Data, callback: Callable[[Progress], obj
     def with_stage1(p: Progress):
         if callback is None:
             return None
-        return callback(Progress(p.epoch, p.loss, lambda: p.state() | {"stage1_epochs": epochs1}, p.done))
+        return callback(Progress(p.epoch, p.loss, lambda: p.state() | {"stage1_epochs": epochs1,
+                                                                        "stage1_history": history}, p.done))
 
     res = _stage(cfg, model, x, y, transition, gen, with_stage1, state, epochs1)
     last_stage = list(res.history)
-    res.history = history + res.history if stage == 1 else res.history
+    res.history = history + res.history
     res.epochs_done += epochs1
     return _finish(cfg, res, last_stage, model, x, flipped, pattern, transition, start)
 
@@ -444,8 +467,19 @@ def _finish(cfg, res, last_stage, model, x, flipped, pattern, transition, start)
     model.eval()
     info["params_digest"] = params_digest(model)
     artefacts = {"transition": transition.cpu().numpy()} if transition is not None else {}
+    artefacts |= epoch_losses(res.history, last_stage)
     return TrainResult(model, res.status, res.epochs_done, res.history, time.perf_counter() - start, res.message,
                        artefacts, info)
+
+
+def epoch_losses(history: list[float], last_stage: list[float]) -> dict:
+    """App. B.4's convergence curve as a trial artefact: the training loss (task loss plus the
+    weighted regulariser) of each epoch of the network that is tested (`epoch_loss`; forward's
+    corrected training) and, for forward, of its first, plain cross-entropy stage."""
+    out = {"epoch_loss": np.asarray(last_stage, float)} if last_stage else {}
+    if len(history) > len(last_stage):
+        out["epoch_loss_stage1"] = np.asarray(history[:len(history) - len(last_stage)], float)
+    return out
 
 
 train = train_sesnn
@@ -456,37 +490,62 @@ train = train_sesnn
 
 
 def check_setting(setting) -> dict:
-    """A test setting is {"attack": "none" | "fgsm", "eps": L-inf budget} (eps 0 with none)."""
+    """A test setting is {"attack": "none" | "fgsm" | "cw_l2", "eps": FGS's L-inf budget} (eps 0
+    with none and with cw_l2, which has no budget: it finds the smallest L2 perturbation)."""
     if not isinstance(setting, dict):
         raise ConfigError(f"test setting={setting!r} is not allowed; allowed: a dict with keys attack, eps")
     check_keys("test setting", setting, ("attack", "eps"))
     attack, eps = setting.get("attack", "none"), setting.get("eps", 0.0)
     check_choice("attack", attack, ATTACKS)
     check_range("eps", eps, 0.0, 1.0)
-    if attack == "none" and eps != 0:
-        raise ConfigError(f"eps={eps!r} with attack='none'; allowed: 0")
+    if attack in ("none", "cw_l2") and eps != 0:
+        raise ConfigError(f"eps={eps!r} with attack={attack!r}; allowed: 0")
     return {"attack": attack, "eps": float(eps)}
 
 
 def evaluate(model: SNN, data: Data, settings, cfg: SESNNConfig, ecfg: SESNNEvalConfig, eval_seed: int = 0):
-    """One row per (attack, eps): clean-label test accuracy."""
+    """One row per (attack, eps): clean-label test accuracy. An attacked row adds the attack's
+    success rate (of the images the clean row classifies right, the share the attack changed and
+    the network then gets wrong) and the mean L2 norm of those successful perturbations (Carlini &
+    Wagner's measure); CW-L2 attacks the first `cw_images` test images, and its row is over those."""
     device = next(model.parameters()).device
     x, y = data.x_test.to(device), data.y_test.to(device)
     sample = ecfg.test_mode == "sample" and bool(model.stochastic)
+    draws = ecfg.eot_draws if sample else 1
     base = {"test_images": len(x), "num_classes": data.num_classes}
-    rows = []
+    rows, clean_right = [], None
     for s in (check_setting(s) for s in settings):
         t0 = time.perf_counter()
         gen = make_generator(stream_seed(eval_seed, "snn_test", s["attack"], s["eps"]), device)
-        xs = x
+        n = min(len(x), ecfg.cw_images or len(x)) if s["attack"] == "cw_l2" else len(x)
+        x0, y0 = x[:n], y[:n]
+        xs = x0
         if s["attack"] == "fgsm":
             model.set_noise(sample, gen)
             xs = torch.cat([eot_fgsm(model, x[i:i + ecfg.eval_batch_size], y[i:i + ecfg.eval_batch_size], s["eps"],
-                                     draws=ecfg.eot_draws if sample else 1)
+                                     draws=draws)
                             for i in range(0, len(x), ecfg.eval_batch_size)])
+        elif s["attack"] == "cw_l2":
+            model.set_noise(sample, gen)
+            xs = eot_cw_l2(model, x0, y0, draws=draws, output=ecfg.eot_output, confidence=ecfg.cw_confidence,
+                           learning_rate=ecfg.cw_learning_rate, binary_search_steps=ecfg.cw_binary_search_steps,
+                           max_iter=ecfg.cw_max_iter, initial_const=ecfg.cw_initial_const,
+                           max_halving=ecfg.cw_max_halving, max_doubling=ecfg.cw_max_doubling,
+                           batch_size=ecfg.eval_batch_size)
         probs = predict_probs(model, xs, sample, ecfg.test_draws, gen, ecfg.eval_batch_size)
-        rows.append(base | s | {"accuracy": float((probs.argmax(1) == y).float().mean()),
-                                "eval_seconds": time.perf_counter() - t0})
+        right = probs.argmax(1) == y0
+        row = base | s | {"test_images": n, "accuracy": float(right.float().mean()),
+                          "attack_success_rate": math.nan, "mean_l2": math.nan}
+        if s["attack"] != "none":
+            if clean_right is None:  # the clean row's predictions: the same draws
+                clean_gen = make_generator(stream_seed(eval_seed, "snn_test", "none", 0.0), device)
+                clean_right = predict_probs(model, x, sample, ecfg.test_draws, clean_gen,
+                                            ecfg.eval_batch_size).argmax(1) == y
+            l2 = (xs - x0).flatten(1).norm(dim=1)
+            success = clean_right[:n] & ~right & (l2 > 0)
+            row |= {"attack_success_rate": float(success.sum()) / max(1, int(clean_right[:n].sum())),
+                    "mean_l2": float(l2[success].mean()) if success.any() else math.nan}
+        rows.append(row | {"eval_seconds": time.perf_counter() - t0})
     model.set_noise(True, None)
     return rows
 
