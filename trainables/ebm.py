@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import math
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -69,19 +70,23 @@ class NoiseSpec:
     `sharing` (test noise only) is how draws relate across the class autoencoders within one
     sample: "independent" (a fresh draw per class, as separate autoencoders would have) or
     "common" (one draw shared by all classes: common random numbers, unbiased per class, lower
-    variance of the energy differences the argmin reads). The paper is silent (PROTOCOLS sec. 1).
+    variance of the energy differences the argmin reads, and 1/C of the numbers to draw). The
+    paper is silent (PROTOCOLS sec. 1). None: the evaluation's `EvalConfig.noise_sharing`, so
+    `--set noise_sharing=common` reaches every experiment; a setting that names it keeps it
+    (ablate_ebm sweeps both).
     """
 
     distribution: str = "gaussian"
     alpha: float = 0.0
     placement: str = "full"
-    sharing: str = "independent"
+    sharing: str | None = None
 
     def __post_init__(self):
         check_choice("distribution", self.distribution, DISTRIBUTIONS)
         check_range("alpha", self.alpha, 0.0)
         check_choice("placement", self.placement, tuple(PLACEMENTS))
-        check_choice("sharing", self.sharing, NOISE_SHARING)
+        if self.sharing is not None:
+            check_choice("sharing", self.sharing, NOISE_SHARING)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -173,10 +178,15 @@ class EvalConfig:
     # the noise stays: bench/results/ebm_sampling_cpu.txt; on AVX2-only CPUs bf16 is emulated, slower). Noise is drawn and energies summed in fp32, the same draws on the
     # same elements as fp32, so only rounding differs.
     precision: str = "fp32"
+    # Test noise across the class autoencoders for the settings that do not name their own
+    # (NoiseSpec.sharing): "independent" is the paper's separate autoencoders; "common" shares one
+    # draw per (image, draw) by every class, drawn once.
+    noise_sharing: str = "independent"
 
     def __post_init__(self):
         object.__setattr__(self, "n_checkpoints", check_checkpoints(self.n_checkpoints))
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("noise_sharing", self.noise_sharing, NOISE_SHARING)
         check_optional_int("eval_seed", self.eval_seed, 0)
         check_int("block_images", self.block_images, 1)
         check_int("block_draws", self.block_draws, 1)
@@ -595,10 +605,17 @@ class SamplingEvaluator:
         """An NCHW tensor viewed with its dimensions in memory order: NHWC when channels-last."""
         return h.permute(0, 2, 3, 1) if self.format == torch.channels_last else h
 
-    def draw_blocks_per_call(self, images: int) -> int:
-        """How many draw blocks one class's convolution call takes within the memory budget."""
+    def sharing(self, spec: NoiseSpec) -> str:
+        """The sharing a setting runs with: its own, else the evaluation's default."""
+        return spec.sharing or self.ecfg.noise_sharing
+
+    def draw_blocks_per_call(self, images: int, spec: NoiseSpec | None = None) -> int:
+        """How many draw blocks one class's convolution call takes within the memory budget.
+        Common noise holds every noisy layer's draws for the whole call (drawn once for all classes)."""
         acts = [math.prod(s) for s in self.shapes]
         per_pass = 4 * (3 * max(acts) + sum(acts) // 2)  # live activations, output, noise scratch
+        if spec is not None and self.sharing(spec) == "common":
+            per_pass += 4 * sum(acts[i - 1] for i in spec.layers)
         per_block = per_pass * images * self.ecfg.block_draws
         budget = self.ecfg.memory_mb * 2**20
         if budget == 0:
@@ -643,24 +660,40 @@ class SamplingEvaluator:
 
     def energies(self, x, clean, spec: NoiseSpec, image_block: int, d0: int, d1: int) -> torch.Tensor:
         """Energies (G, B, d1 - d0) for draws d0..d1-1 (d0 a multiple of block_draws). Layers up
-        to the first noisy one are deterministic, so they come from the clean pass."""
+        to the first noisy one are deterministic, so they come from the clean pass.
+
+        Independent noise is drawn class by class, layer by layer, just before it is used (it
+        stays in cache). Common noise is drawn once, every noisy layer in turn, and added to every
+        class's activation: the same generators in the same order, so class 0 sees the draws it
+        sees under independent noise, and 1/C of the numbers are drawn."""
         bd = self.ecfg.block_draws
         first_block, last_block = d0 // bd, (d1 - 1) // bd
         k = last_block - first_block + 1
         b = x.shape[0]
         streams = self.ecfg.noise_streams
-        def generators():
-            return [[make_generator(_noise_key(self.seed, spec, image_block, first_block + j, s), x.device)
-                     for s in range(streams)] for j in range(k)]
+        gens = [[make_generator(_noise_key(self.seed, spec, image_block, first_block + j, s), x.device)
+                 for s in range(streams)] for j in range(k)]
+        shapes = {i: (k * b * bd, *self.shapes[i - 1]) for i in spec.layers}  # NCHW, batch (block, image, draw)
 
-        gens = generators()
-        scratch = torch.empty(k, b * bd * max(math.prod(self.shapes[i - 1]) for i in spec.layers),
-                              device=x.device)
+        def draw(i: int, flat: torch.Tensor) -> torch.Tensor:
+            """Layer i's noise from flat scratch, in the activations' dtype and memory format.
+            z is in NCHW order in both precisions, so bf16 perturbs the same elements with the same
+            draws as fp32. One converting copy: an add_ of fp32 into bf16 took as long as drawing."""
+            z = flat[:math.prod(shapes[i])].view(k, -1)  # row j: draw block j
+            self._fill(z, spec.distribution, gens)
+            return z.view(shapes[i]).to(self.dtype, memory_format=self.format)
+
+        if self.sharing(spec) == "common":
+            flat = torch.empty(sum(math.prod(s) for s in shapes.values()), device=x.device)
+            offsets = itertools.accumulate((math.prod(shapes[i]) for i in spec.layers), initial=0)
+            shared = {i: draw(i, flat[o:]) for i, o in zip(spec.layers, offsets)}
+            noise = lambda i: shared[i]  # noqa: E731
+        else:
+            flat = torch.empty(max(math.prod(s) for s in shapes.values()), device=x.device)
+            noise = functools.partial(draw, flat=flat)
         start = spec.layers[0]
         out = []
         for c in range(self.bank.num_classes):
-            if c and spec.sharing == "common":
-                gens = generators()  # the same keys again: every class sees the same draws
             a = self.memory_order(clean[c][start - 1])  # batch order below is (draw block, image, draw)
             # contiguous(): with one image in the block, reshape keeps the expand's zero strides
             # (a view), and the in-place noise add below would write one element many times.
@@ -670,12 +703,7 @@ class SamplingEvaluator:
                 if i > start:
                     h = self.layer(c, i, h)
                 if i in spec.layers:
-                    z = scratch.view(-1)[:h.numel()].view(k, -1)  # row j: draw block j
-                    self._fill(z, spec.distribution, gens)
-                    # z is in NCHW order in both precisions, so bf16 perturbs the same elements
-                    # with the same draws as fp32. One converting copy first: an add_ of fp32 into
-                    # bf16 took as long as drawing the noise.
-                    h.add_(z.view(h.shape).to(h.dtype, memory_format=self.format), alpha=spec.alpha)
+                    h.add_(noise(i), alpha=spec.alpha)
             h = self.memory_order(h).reshape(k, b, bd, -1).float()
             e = (h - self.memory_order(x).reshape(1, b, 1, -1)).pow_(2).sum(-1)  # (k, B, bd)
             out.append(e.permute(1, 0, 2).reshape(b, k * bd))
@@ -695,7 +723,8 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
     alpha = 0 is deterministic: one pass, reported at every n with n_effective = 1. Test noise is
     keyed by `eval_seed`.
     """
-    settings = [check_setting(s) for s in settings]
+    # Each setting's sharing resolved, so its row says what ran.
+    settings = [replace(s, sharing=s.sharing or ecfg.noise_sharing) for s in map(check_setting, settings)]
     if not settings:
         raise ConfigError("settings is empty; allowed: a non-empty list of test noise settings")
     device = next(bank.parameters()).device
@@ -708,7 +737,7 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
     tallies = [DrawTally(ecfg.n_checkpoints if s.alpha > 0 else (1,)) for s in settings]
     seconds = [0.0] * len(settings)
     bi = ecfg.block_images
-    step = ev.draw_blocks_per_call(bi) * ecfg.block_draws
+    steps = [ev.draw_blocks_per_call(bi, s) * ecfg.block_draws for s in settings]
     for block, lo in enumerate(range(0, len(x_all), bi)):
         x, labels = x_all[lo:lo + bi], y_all[lo:lo + bi]
         t0 = time.perf_counter()
@@ -722,7 +751,7 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
             else:
                 def per_draw(d0, d1, spec=spec):
                     return ev.energies(x, clean, spec, block, d0, d1)
-                tallies[si].add_block(per_draw, labels, n_max, step)
+                tallies[si].add_block(per_draw, labels, n_max, steps[si])
             seconds[si] += time.perf_counter() - t0 + t_clean / len(settings)
 
     rows, total, labels_list = [], len(x_all), y_all.tolist()
