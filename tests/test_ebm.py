@@ -304,7 +304,7 @@ def test_rows_hold_the_setting_and_its_metrics_and_no_config_field(trained):
     ecfg = EvalConfig(n_checkpoints=(1,))
     row = evaluate(bank, data, SETTINGS[:1], cfg, ecfg)[0]
     expected = {"distribution_test", "alpha_test", "placement_test", "noise_sharing", "n", "n_effective",
-                "accuracy", "energy_mean", "energy_var", "test_images", "eval_seconds"}
+                "accuracy", "energy_mean", "energy_var", "test_images", "eval_seconds", "eval_seconds_at_n"}
     assert expected <= set(row)
     # noise_sharing is both: the eval config's default and the setting's column (what ran)
     assert set(row) & set(config_row(cfg, ecfg)) == {"noise_sharing"} == set(SETTING_COLUMNS.values()) & set(config_row(ecfg))
@@ -488,6 +488,22 @@ def test_a_trial_with_set_noise_sharing_records_it_in_every_row(tmp_path):
     rows = pd.read_parquet(part)
     assert set(rows["status"]) == {"ok"} and set(rows["noise_sharing"]) == {"common"}
     assert "noise_sharing" in rows["config_columns"].iloc[0]
+
+
+def test_rows_carry_the_seconds_spent_up_to_their_n(trained):
+    """Accuracy per second: eval_seconds_at_n grows with n within a noisy setting (each n costs its
+    draws), is flat for a noise-free one (one pass), and never exceeds the setting's eval_seconds."""
+    bank, data, cfg = trained
+    ecfg = EvalConfig(n_checkpoints=(1, 10, 60), block_images=24, block_draws=1, memory_mb=1)
+    rows = evaluate(bank, data, [NoiseSpec("gaussian", 0.0), NoiseSpec("gaussian", 0.5), NoiseSpec("cauchy", 0.3)], cfg, ecfg)
+    for setting in range(3):
+        at = [r["eval_seconds_at_n"] for r in rows[3 * setting:3 * setting + 3]]
+        total = rows[3 * setting]["eval_seconds"]
+        assert 0 < at[0] and at[-1] <= total + 1e-9
+        if setting == 0:
+            assert at[0] == at[1] == at[2]
+        else:
+            assert at[0] < at[1] < at[2] and at[2] > 2 * at[0], at  # 60 draws cost well over 1
 
 
 def test_hidden_placement_puts_no_noise_on_the_output_layer(trained):

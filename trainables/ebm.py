@@ -735,7 +735,8 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
     ev = SamplingEvaluator(bank, cfg.noise_params, ecfg, side, eval_seed)
     n_max = ecfg.n_checkpoints[-1]
     tallies = [DrawTally(ecfg.n_checkpoints if s.alpha > 0 else (1,)) for s in settings]
-    seconds = [0.0] * len(settings)
+    seconds = [0.0] * len(settings)  # the whole evaluation of each setting
+    clean_share = 0.0  # each setting's share of the clean passes, which every n needs
     bi = ecfg.block_images
     steps = [ev.draw_blocks_per_call(bi, s) * ecfg.block_draws for s in settings]
     for block, lo in enumerate(range(0, len(x_all), bi)):
@@ -744,14 +745,15 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
         clean = ev.clean(x)
         clean_energy = torch.stack([(acts[-1] - x).pow(2).flatten(1).sum(-1) for acts in clean]).unsqueeze(-1)
         t_clean = time.perf_counter() - t0
+        clean_share += t_clean / len(settings)
         for si, spec in enumerate(settings):
             t0 = time.perf_counter()
             if spec.alpha == 0:
-                tallies[si].add_block(lambda d0, d1: clean_energy, labels, 1, 1)
+                tallies[si].add_block(lambda d0, d1: clean_energy, labels, 1, 1, time.perf_counter)
             else:
                 def per_draw(d0, d1, spec=spec):
                     return ev.energies(x, clean, spec, block, d0, d1)
-                tallies[si].add_block(per_draw, labels, n_max, steps[si])
+                tallies[si].add_block(per_draw, labels, n_max, steps[si], time.perf_counter)
             seconds[si] += time.perf_counter() - t0 + t_clean / len(settings)
 
     rows, total, labels_list = [], len(x_all), y_all.tolist()
@@ -766,6 +768,8 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
             "energy_gap_median": t.median_gap(m), "energy_mean_std_median": t.median_mean_std(m),
             "energy_gap_std_median": t.median_gap_std(m),
             "test_images": total, "eval_seconds": secs,
+            # The evaluation's seconds up to this n (draws past n not counted): accuracy per second.
+            "eval_seconds_at_n": t.seconds[m] + clean_share,
             # Per image, in test-set order: what a paired comparison of two models needs.
             "predictions": t.predictions(m), "labels": labels_list})]
     return rows
