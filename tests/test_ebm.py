@@ -286,9 +286,12 @@ def test_noisy_inference_is_not_degenerate(trained):
     assert noisy["energy_var"] > 0
 
 
-def test_bf16_inference_matches_fp32_within_tolerance(trained):
+def test_bf16_inference_matches_fp32_within_tolerance(trained, monkeypatch):
     """bf16 draws the same noise onto the same elements as fp32: only the layer arithmetic differs,
-    so accuracy moves by at most 2 of 72 images and mean energy by under 1%."""
+    so accuracy moves by at most 2 of 72 images and mean energy by under 1%. (Run as if the
+    hardware had native bf16, so an AVX2 CPU tests the bf16 arithmetic too.)"""
+    import trainables.ebm as ebm
+    monkeypatch.setattr(ebm, "fast_bf16", lambda device: (True, "test: native"))
     bank, data, cfg = trained
     ecfg = EvalConfig(n_checkpoints=(1, 20))
     fp32 = _by_key(evaluate(bank, data, SETTINGS, cfg, ecfg))
@@ -296,6 +299,39 @@ def test_bf16_inference_matches_fp32_within_tolerance(trained):
     for key, row in fp32.items():
         assert abs(bf16[key]["accuracy"] - row["accuracy"]) <= 2 / len(data.y_test) + 1e-9
         assert bf16[key]["energy_mean"] == pytest.approx(row["energy_mean"], rel=1e-2)
+        assert (bf16[key]["eval_precision"], row["eval_precision"]) == ("bf16", "fp32")
+        assert bf16[key]["eval_path"] == row["eval_path"] == "fused_bank"
+
+
+def test_bf16_without_native_hardware_warns_once_and_runs_and_records_fp32(trained, monkeypatch):
+    import warnings
+
+    import trainables.ebm as ebm
+    monkeypatch.setattr(ebm, "fast_bf16", lambda device: (False, "test: emulated"))
+    monkeypatch.setattr(ebm, "_BF16_WARNED", set())
+    bank, data, cfg = trained
+    ecfg = EvalConfig(n_checkpoints=(1, 6))
+    fp32 = evaluate(bank, data, SETTINGS[:2], cfg, ecfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asked = [evaluate(bank, data, SETTINGS[:2], cfg, dataclasses.replace(ecfg, precision="bf16")) for _ in range(2)]
+    (warning,) = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert "precision=bf16 runs as fp32" in str(warning.message) and "test: emulated" in str(warning.message)
+    for rows in asked:
+        assert {r["eval_precision"] for r in rows} == {"fp32"}
+        for a, b in zip(rows, fp32):  # the very fp32 computation
+            assert a["predictions"] == b["predictions"] and a["energy_mean"] == b["energy_mean"]
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    from trainables.common import cpu_flags, fast_bf16
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert cpu_flags(str(info)) == {"fpu", "sse2", "avx2", "fma"} and cpu_flags(str(tmp_path / "none")) == set()
+    cpu = torch.device("cpu")
+    assert fast_bf16(cpu, {"avx2", "fma"})[0] is False and "emulated" in fast_bf16(cpu, {"avx2"})[1]
+    assert fast_bf16(cpu, {"avx512f", "avx512_bf16"})[0] is True
+    assert fast_bf16(cpu, {"amx_bf16", "amx_tile"})[0] is True
 
 
 def test_rows_hold_the_setting_and_its_metrics_and_no_config_field(trained):

@@ -29,6 +29,7 @@ import functools
 import itertools
 import math
 import time
+import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -43,7 +44,7 @@ from trainables import discriminative
 from trainables.checks import (ConfigError, check_choice, check_int, check_keys, check_optional_int,
                                check_range)
 from trainables.common import (STATUS_DIVERGED, STATUS_OK, Method, Progress, TrainResult, loss_tail,
-                               configs_from_preset, device_name, resolve_device)
+                               configs_from_preset, device_name, fast_bf16, resolve_device)
 from trainables.data import Data, DataConfig, load_dataset
 from trainables.noise import DISTRIBUTIONS, NoiseParams, fill_, make_generator
 from trainables.sampling import DrawTally, check_checkpoints, rows_at_checkpoints, rows_at_largest_n
@@ -176,7 +177,8 @@ class EvalConfig:
     # Layer arithmetic of sampling inference: "bf16" runs the convolutions in bfloat16, channels-last
     # (bf16 matmul 4.1x fp32 on an avx512_bf16 CPU, end to end only 1.08-1.12x fused fp32, as drawing
     # the noise stays: bench/results/ebm_sampling_cpu.txt; on AVX2-only CPUs bf16 is emulated, slower). Noise is drawn and energies summed in fp32, the same draws on the
-    # same elements as fp32, so only rounding differs.
+    # same elements as fp32, so only rounding differs. Where bf16 is not native (common.fast_bf16)
+    # it runs fp32, with one warning; the rows' eval_precision says which ran.
     precision: str = "fp32"
     # Test noise across the class autoencoders for the settings that do not name their own
     # (NoiseSpec.sharing): "independent" is the paper's separate autoencoders; "common" shares one
@@ -574,6 +576,26 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=torch.get_num_threads(), thread_name_prefix="noise")
 
 
+EVAL_PATH = "fused_bank"  # how sampling inference runs (SamplingEvaluator): the rows' eval_path
+_BF16_WARNED: set[str] = set()  # the devices already warned that bf16 runs as fp32 there
+
+
+def precision_that_runs(precision: str, device: torch.device) -> str:
+    """The layer precision sampling inference runs at: bf16 only where the hardware has it
+    natively (common.fast_bf16); elsewhere bf16 is emulated and slower than fp32 (0.12-0.52x of
+    the plain loop on an AVX2 CPU, issue 35), so it runs fp32, with one warning per device."""
+    if precision != "bf16":
+        return precision
+    native, why = fast_bf16(device)
+    if native:
+        return "bf16"
+    if str(device) not in _BF16_WARNED:
+        _BF16_WARNED.add(str(device))
+        warnings.warn(f"precision=bf16 runs as fp32 on {device}: {why}; the rows' eval_precision says so",
+                      RuntimeWarning, stacklevel=3)
+    return "fp32"
+
+
 class SamplingEvaluator:
     """Energies of a trained bank under test-time noise, block by block.
 
@@ -590,8 +612,9 @@ class SamplingEvaluator:
         self.seed = seed  # the evaluation seed: keys the noise generators
         self.shapes = [(c, h, w) for h, w, c in bank.layer_shapes(side)]  # NCHW per image
         # bf16: channels-last activations and weights, where oneDNN's bf16 kernels are fastest.
-        self.dtype = torch.bfloat16 if ecfg.precision == "bf16" else torch.float32
-        self.format = torch.channels_last if ecfg.precision == "bf16" else torch.contiguous_format
+        self.precision = precision_that_runs(ecfg.precision, bank.weights[0].device)
+        self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self.format = torch.channels_last if self.precision == "bf16" else torch.contiguous_format
         self.layers = [[(w.to(self.dtype, memory_format=self.format), b.to(self.dtype)) for w, b in bank.nchw_layers(c)]
                        for c in range(bank.num_classes)]
         # oneDNN's transposed convolution is slow with very few output channels (5x at 1 channel,
@@ -767,7 +790,7 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
             # std means n was large enough for the argmin.
             "energy_gap_median": t.median_gap(m), "energy_mean_std_median": t.median_mean_std(m),
             "energy_gap_std_median": t.median_gap_std(m),
-            "test_images": total, "eval_seconds": secs,
+            "test_images": total, "eval_seconds": secs, "eval_precision": ev.precision, "eval_path": EVAL_PATH,
             # The evaluation's seconds up to this n (draws past n not counted): accuracy per second.
             "eval_seconds_at_n": t.seconds[m] + clean_share,
             # Per image, in test-set order: what a paired comparison of two models needs.
