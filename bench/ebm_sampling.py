@@ -14,7 +14,7 @@ measured, the accuracy of fp32 against bf16 on digits with a briefly trained ban
 matmul peak is measured at 2048^3 only where bf16 is native (emulated, that product ran over
 10 min on an AVX2 CPU), else at 256^3.
 
-    python bench/ebm_sampling.py --out bench/results/ebm_sampling_cpu_avx2.txt   # CPU, under 10 min on 2 cores
+    python bench/ebm_sampling.py --out bench/results/ebm_sampling_cpu.txt   # CPU (wall times: bench/README.md)
     python bench/ebm_sampling.py --device cuda --sizes 32 --images 2000 --draws 100
 """
 

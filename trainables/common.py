@@ -125,7 +125,8 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
 def fast_bf16(device: torch.device, flags: set[str] | None = None) -> tuple[bool, str]:
     """Whether bfloat16 layers run natively on `device`, and a few words saying why (for a warning
     or a bench line). On a CPU without native bf16, PyTorch emulates it: oneDNN's convolutions give
-    way to aten's slow ones and a bf16 matmul crawls (bench/results/ebm_sampling_cpu_avx2.txt), so
+    way to aten's slow ones and a bf16 matmul crawls (issue 35; the matmul line of
+    bench/results/ebm_sampling_cpu_avx2_32px.txt), so
     bf16 only pays on AVX-512 BF16 / AMX / Arm BF16 CPUs and on GPUs from compute capability 8.0
     (Ampere tensor cores) on."""
     if device.type == "cuda":
