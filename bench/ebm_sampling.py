@@ -5,12 +5,16 @@ activation noise after every layer (full placement). The plain reference, writte
 purpose, is what a researcher would write: C separate `nn.Module` autoencoders, a loop over
 classes and over draws, each call a batch of test images with `randn_like` noise added by a hook.
 The fused path is `trainables.ebm.evaluate` end to end (noise generation, energies, running
-sums, checkpoints), in fp32 and in bf16 (EvalConfig.precision). All run the same number of passes
+sums, checkpoints), in fp32 and, where the hardware runs it natively (trainables.common.fast_bf16),
+in bf16 (EvalConfig.precision), each with independent and with common test noise
+(EvalConfig.noise_sharing: common draws 1/C of the numbers). All run the same number of passes
 on the same random images and weights. Also printed: the rate at which the noise alone can be
-drawn (a ceiling on any path that draws it), a profile of each fused path, and the accuracy of
-fp32 against bf16 on digits with a briefly trained bank.
+drawn (a ceiling on any path that draws it), a profile of each fused path, and, where bf16 is
+measured, the accuracy of fp32 against bf16 on digits with a briefly trained bank. The bf16
+matmul peak is measured at 2048^3 only where bf16 is native (emulated, that product ran over
+10 min on an AVX2 CPU), else at 256^3.
 
-    python bench/ebm_sampling.py --out bench/results/ebm_sampling_cpu.txt   # CPU, ~6 min on 2 cores
+    python bench/ebm_sampling.py --out bench/results/ebm_sampling_cpu.txt   # CPU (wall times: bench/README.md)
     python bench/ebm_sampling.py --device cuda --sizes 32 --images 2000 --draws 100
 """
 
@@ -26,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import Report  # noqa: E402
-from trainables.common import device_name, resolve_device  # noqa: E402
+from trainables.common import device_name, fast_bf16, resolve_device  # noqa: E402
 from trainables.data import Data, DataConfig  # noqa: E402
 from trainables.data import load_dataset  # noqa: E402
 from trainables.ebm import (Autoencoder, AutoencoderBank, EBMConfig, EvalConfig, NoiseSpec, SamplingEvaluator,  # noqa: E402
@@ -85,7 +89,8 @@ def noise_passes_per_second(side: int, classes: int, device, reps=3) -> float:
     per_pass = sum(c * h * w for c, h, w in ev.shapes)
     z = torch.empty(4, 2**20, device=device)
     gens = [[make_generator(4 * j + s, device) for s in range(ev.ecfg.noise_streams)] for j in range(4)]
-    t = timed(lambda: ev._fill(z, "gaussian", gens), device, reps)
+    fill = {"noise": lambda: ev._fill(z, "gaussian", gens)}
+    t = timed_rounds(fill, fill, device, reps)["noise"]
     return z.numel() / t / per_pass
 
 
@@ -121,16 +126,39 @@ def bf16_accuracy(steps: int, n_max: int, log) -> None:
             f"{100 * (b['accuracy'] - a['accuracy']):+.2f} | {a['energy_mean']:.4f} | {b['energy_mean']:.4f} |")
 
 
-def timed(fn, device, reps: int) -> float:
-    fn()  # warm-up
-    sync(device)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
+def timed_rounds(paths: dict, warm: dict, device, reps: int) -> dict[str, float]:
+    """Best time of each path over `reps` interleaved rounds (every path once per round, so load
+    from other work on a shared machine hits all paths alike), after one warm-up call each on a
+    small slice (`warm`: the same path on fewer images: first-call costs, not the measurement)."""
+    for fn in warm.values():
         fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t)
+    sync(device)
+    best = {name: float("inf") for name in paths}
+    for _ in range(reps):
+        for name, fn in paths.items():
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            best[name] = min(best[name], time.perf_counter() - t)
     return best
+
+
+def fill_share(run) -> tuple[float, float]:
+    """(seconds drawing the noise, seconds in all) of one call of `run`."""
+    fill = [0.0]
+    real_fill = SamplingEvaluator._fill
+
+    def timed_fill(*a):
+        t0 = time.perf_counter()
+        real_fill(*a)
+        fill[0] += time.perf_counter() - t0
+    SamplingEvaluator._fill = timed_fill
+    try:
+        t0 = time.perf_counter()
+        run()
+        return fill[0], time.perf_counter() - t0
+    finally:
+        SamplingEvaluator._fill = real_fill
 
 
 def main() -> None:
@@ -140,24 +168,34 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--images", type=int, default=450)
     p.add_argument("--draws", type=int, default=20)
-    p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--reps", type=int, default=2, help="interleaved rounds; each path's best is kept")
     p.add_argument("--memory-mb", type=int, default=0, help="0 = EvalConfig's auto budget")
     p.add_argument("--block-images", type=int, default=32)
-    p.add_argument("--precisions", default="fp32,bf16")
-    p.add_argument("--accuracy-steps", type=int, default=300, help="0 = skip the fp32 vs bf16 accuracy check")
-    p.add_argument("--profile", type=int, default=1, help="1 = print a torch.profiler table per fused path")
+    p.add_argument("--precisions", default="auto", help="auto: fp32, and bf16 where the hardware runs it natively")
+    p.add_argument("--sharings", default="independent,common", help="test-noise sharing of the fused paths")
+    p.add_argument("--accuracy-steps", type=int, default=300,
+                   help="0 = skip the fp32 vs bf16 accuracy check (run only where bf16 is measured)")
+    p.add_argument("--profile", type=int, default=1,
+                   help="1 = a torch.profiler table per fused path, on a fifth of the images")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     device = resolve_device(args.device)
-    precisions = args.precisions.split(",")
+    bf16_ok, bf16_why = fast_bf16(device)
+    precisions = (["fp32", "bf16"] if bf16_ok else ["fp32"]) if args.precisions == "auto" else args.precisions.split(",")
+    sharings = args.sharings.split(",")
     profiles = []
     torch.manual_seed(0)
-    peak = matmul_gflops(device)
-    peak16 = matmul_gflops(device, torch.bfloat16)
     log = Report("ebm_sampling", f"{device_name(device)}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    log(f"matmul 2048^3: fp32 {peak:.0f} GFLOP/s (the practical limit), bf16 {peak16:.0f} GFLOP/s")
+    peak = matmul_gflops(device)
+    # Emulated bf16 crawls (a 2048^3 product ran over 10 min on an AVX2 CPU): measured small there.
+    size16 = 2048 if bf16_ok else 256
+    peak16 = matmul_gflops(device, torch.bfloat16, size16)
+    log(f"matmul: fp32 2048^3 {peak:.0f} GFLOP/s (the practical limit), bf16 {size16}^3 {peak16:.1f} GFLOP/s")
+    log(f"bf16: {'native' if bf16_ok else 'not native'}: {bf16_why}"
+        + ("" if bf16_ok or "bf16" in precisions else "; bf16 paths and their accuracy check skipped "
+           "(EvalConfig(precision='bf16') runs fp32 here)"))
     log(f"work: {args.classes} classes x {args.images} images x {args.draws} draws, Gaussian alpha 0.5, full placement, "
-        f"best of {args.reps} reps after a warm-up")
+        f"best of {args.reps} interleaved rounds after a warm-up")
     log("\n| side | path | passes/s | GFLOP/s | % of fp32 matmul | % of bf16 matmul | speed-up |")
     log("|---|---|---|---|---|---|---|")
     for side in [int(s) for s in args.sizes.split(",")]:
@@ -165,32 +203,30 @@ def main() -> None:
         bank = AutoencoderBank.from_autoencoders(aes).to(device)
         x = torch.rand(args.images, 1, side, side, device=device)
         y = torch.randint(0, args.classes, (args.images,), device=device)
+        few = max(1, args.images // 5)
         data = Data("random", x, y, x, y, [str(c) for c in range(args.classes)])
+        small = Data("random", x, y, x[:few], y[:few], data.class_names)
         cfg = EBMConfig(data=DataConfig(image_size=side), device=str(device))
         passes = args.classes * args.images * args.draws
         fpp = flops_per_pass(side)
-        with torch.no_grad():
-            times = {"plain loop": timed(lambda: plain_loop(aes, x, args.draws, 0.5), device, args.reps)}
-            for prec in precisions:
+        paths = {"plain loop": lambda: plain_loop(aes, x, args.draws, 0.5)}
+        warm = {"plain loop": lambda: plain_loop(aes, x[:few], args.draws, 0.5)}
+        for prec in precisions:
+            for sharing in sharings:
                 ecfg = EvalConfig(n_checkpoints=(args.draws,), memory_mb=args.memory_mb,
-                                  block_images=args.block_images, precision=prec)
-                run = functools.partial(evaluate, bank, data, [NoiseSpec("gaussian", 0.5)], cfg, ecfg)
-                times[f"fused bank {prec}"] = timed(run, device, args.reps)
-                if args.profile and device.type == "cpu":
-                    fill = [0.0]
-                    real_fill = SamplingEvaluator._fill
-
-                    def timed_fill(*a):
-                        t0 = time.perf_counter()
-                        real_fill(*a)
-                        fill[0] += time.perf_counter() - t0
-                    SamplingEvaluator._fill = timed_fill
-                    t0 = time.perf_counter()
-                    run()
-                    total = time.perf_counter() - t0
-                    SamplingEvaluator._fill = real_fill
-                    profiles.append(f"\n### fused bank {prec}, {side} px: drawing the noise (thread pool) took "
-                                    f"{fill[0]:.2f} s of {total:.2f} s ({100 * fill[0] / total:.0f}%, timed run)\n")
+                                  block_images=args.block_images, precision=prec, noise_sharing=sharing)
+                name = f"fused bank {prec} {sharing}"
+                paths[name] = functools.partial(evaluate, bank, data, [NoiseSpec("gaussian", 0.5)], cfg, ecfg)
+                warm[name] = functools.partial(evaluate, bank, small, [NoiseSpec("gaussian", 0.5)], cfg, ecfg)
+        with torch.no_grad():
+            times = timed_rounds(paths, warm, device, args.reps)
+            if args.profile and device.type == "cpu":
+                for name, run in warm.items():
+                    if name == "plain loop":
+                        continue
+                    fill, total = fill_share(run)
+                    profiles.append(f"\n### {name}, {side} px, {few} images: drawing the noise (thread pool) took "
+                                    f"{fill:.2f} s of {total:.2f} s ({100 * fill / total:.0f}%, timed run)\n")
                     profiles.append(profile_table(run))
         for name, t in times.items():
             rate = passes / t
@@ -199,13 +235,20 @@ def main() -> None:
                 f"{100 * gflops / peak16:.0f}% | {times['plain loop'] / t:.2f}x |")
         if device.type == "cpu":
             noise = noise_passes_per_second(side, args.classes, device)
-            log(f"| {side} | noise draws alone (ceiling) | {noise:,.0f} | | | | {noise * times['plain loop'] / passes:.2f}x |")
+            log(f"| {side} | noise draws alone, independent (ceiling) | {noise:,.0f} | | | | "
+                f"{noise * times['plain loop'] / passes:.2f}x |")
+            log(f"| {side} | noise draws alone, common (ceiling: 1/{args.classes} of the numbers) | "
+                f"{noise * args.classes:,.0f} | | | | {noise * args.classes * times['plain loop'] / passes:.2f}x |")
+        for prec in precisions:
+            if {"independent", "common"} <= set(sharings):
+                ratio = times[f"fused bank {prec} independent"] / times[f"fused bank {prec} common"]
+                log(f"| {side} | common over independent, {prec} | | | | | {ratio:.2f}x |")
     log(f"\nFLOPs per pass: {flops_per_pass(16) / 1e6:.2f} M at 16 px, {flops_per_pass(32) / 1e6:.2f} M at 32 px")
     if profiles:
         log("\n## Profiles (torch.profiler, top operators by self CPU time; main thread only)")
         for s in profiles:
             log(s)
-    if args.accuracy_steps and device.type == "cpu":
+    if args.accuracy_steps and device.type == "cpu" and "bf16" in precisions:
         bf16_accuracy(args.accuracy_steps, 100, log)
     log.save(args.out)
 

@@ -9,6 +9,10 @@ Each function returns the Space of one preset. Cost notes are for the paper pres
     python -m tuner.run discriminative_ebm --preset paper   # Appendix E / Figs. 10-11
     python -m tuner.run ablate_ebm --preset fair      # what the findings depend on: 10 trainings/seed
     python -m tuner.run tune_ebm --search optuna      # TPE over alpha_train, alpha_test, law
+
+Every one of them takes `--set noise_sharing=common` (EvalConfig.noise_sharing): one test-noise
+draw per (image, draw) shared by all class autoencoders, drawn once; the default `independent` is
+the paper's. ablate_ebm's noisy test settings name their sharing (it sweeps both), so it keeps them.
 """
 
 from __future__ import annotations

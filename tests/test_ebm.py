@@ -11,7 +11,7 @@ from trainables.data import Data, DataConfig
 from trainables.ebm import (Autoencoder, AutoencoderBank, EBMConfig, EvalConfig, evaluate,
                             preset_configs, train_bank)
 from trainables.checks import ConfigError
-from trainables.ebm import NoiseSpec
+from trainables.ebm import SETTING_COLUMNS, NoiseSpec
 from trainables.noise import NoiseParams, fill_, make_generator
 
 
@@ -286,9 +286,12 @@ def test_noisy_inference_is_not_degenerate(trained):
     assert noisy["energy_var"] > 0
 
 
-def test_bf16_inference_matches_fp32_within_tolerance(trained):
+def test_bf16_inference_matches_fp32_within_tolerance(trained, monkeypatch):
     """bf16 draws the same noise onto the same elements as fp32: only the layer arithmetic differs,
-    so accuracy moves by at most 2 of 72 images and mean energy by under 1%."""
+    so accuracy moves by at most 2 of 72 images and mean energy by under 1%. (Run as if the
+    hardware had native bf16, so an AVX2 CPU tests the bf16 arithmetic too.)"""
+    import trainables.ebm as ebm
+    monkeypatch.setattr(ebm, "fast_bf16", lambda device: (True, "test: native"))
     bank, data, cfg = trained
     ecfg = EvalConfig(n_checkpoints=(1, 20))
     fp32 = _by_key(evaluate(bank, data, SETTINGS, cfg, ecfg))
@@ -296,6 +299,39 @@ def test_bf16_inference_matches_fp32_within_tolerance(trained):
     for key, row in fp32.items():
         assert abs(bf16[key]["accuracy"] - row["accuracy"]) <= 2 / len(data.y_test) + 1e-9
         assert bf16[key]["energy_mean"] == pytest.approx(row["energy_mean"], rel=1e-2)
+        assert (bf16[key]["eval_precision"], row["eval_precision"]) == ("bf16", "fp32")
+        assert bf16[key]["eval_path"] == row["eval_path"] == "fused_bank"
+
+
+def test_bf16_without_native_hardware_warns_once_and_runs_and_records_fp32(trained, monkeypatch):
+    import warnings
+
+    import trainables.ebm as ebm
+    monkeypatch.setattr(ebm, "fast_bf16", lambda device: (False, "test: emulated"))
+    monkeypatch.setattr(ebm, "_BF16_WARNED", set())
+    bank, data, cfg = trained
+    ecfg = EvalConfig(n_checkpoints=(1, 6))
+    fp32 = evaluate(bank, data, SETTINGS[:2], cfg, ecfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asked = [evaluate(bank, data, SETTINGS[:2], cfg, dataclasses.replace(ecfg, precision="bf16")) for _ in range(2)]
+    (warning,) = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert "precision=bf16 runs as fp32" in str(warning.message) and "test: emulated" in str(warning.message)
+    for rows in asked:
+        assert {r["eval_precision"] for r in rows} == {"fp32"}
+        for a, b in zip(rows, fp32):  # the very fp32 computation
+            assert a["predictions"] == b["predictions"] and a["energy_mean"] == b["energy_mean"]
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    from trainables.common import cpu_flags, fast_bf16
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert cpu_flags(str(info)) == {"fpu", "sse2", "avx2", "fma"} and cpu_flags(str(tmp_path / "none")) == set()
+    cpu = torch.device("cpu")
+    assert fast_bf16(cpu, {"avx2", "fma"})[0] is False and "emulated" in fast_bf16(cpu, {"avx2"})[1]
+    assert fast_bf16(cpu, {"avx512f", "avx512_bf16"})[0] is True
+    assert fast_bf16(cpu, {"amx_bf16", "amx_tile"})[0] is True
 
 
 def test_rows_hold_the_setting_and_its_metrics_and_no_config_field(trained):
@@ -303,10 +339,11 @@ def test_rows_hold_the_setting_and_its_metrics_and_no_config_field(trained):
     bank, data, cfg = trained
     ecfg = EvalConfig(n_checkpoints=(1,))
     row = evaluate(bank, data, SETTINGS[:1], cfg, ecfg)[0]
-    expected = {"distribution_test", "alpha_test", "placement_test", "n", "n_effective",
-                "accuracy", "energy_mean", "energy_var", "test_images", "eval_seconds"}
+    expected = {"distribution_test", "alpha_test", "placement_test", "noise_sharing", "n", "n_effective",
+                "accuracy", "energy_mean", "energy_var", "test_images", "eval_seconds", "eval_seconds_at_n"}
     assert expected <= set(row)
-    assert not set(row) & set(config_row(cfg, ecfg))
+    # noise_sharing is both: the eval config's default and the setting's column (what ran)
+    assert set(row) & set(config_row(cfg, ecfg)) == {"noise_sharing"} == set(SETTING_COLUMNS.values()) & set(config_row(ecfg))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,6 +426,120 @@ def test_common_and_independent_noise_agree_in_mean_energy_within_sampling_error
     assert z.abs().max() < 5 and abs(float(z.mean())) < 0.5, z
     # ...while the differences the argmin reads vary less with common noise.
     assert float((a[1] - a[0]).var(-1).mean()) < float((b[1] - b[0]).var(-1).mean())
+
+
+def _counting_fill(monkeypatch) -> list[int]:
+    """Patch the sampler sampling inference draws through; the list holds how many numbers it drew."""
+    import threading
+
+    import trainables.ebm as ebm
+    drawn, lock = [0], threading.Lock()
+
+    def counting(out, *args, **kwargs):
+        with lock:
+            drawn[0] += out.numel()
+        return fill_(out, *args, **kwargs)
+
+    monkeypatch.setattr(ebm, "fill_", counting)
+    return drawn
+
+
+def test_common_noise_draws_one_number_per_image_draw_and_neuron_a_cth_of_independent(trained, monkeypatch):
+    bank, data, cfg = trained
+    drawn = _counting_fill(monkeypatch)
+    ecfg = EvalConfig(n_checkpoints=(1, 10), block_images=16, block_draws=5)
+    counts = {}
+    for sharing in ("common", "independent"):
+        drawn[0] = 0
+        evaluate(bank, data, [NoiseSpec("gaussian", 0.5, sharing=sharing)], cfg, ecfg)
+        counts[sharing] = drawn[0]
+    # 8 px, widths (30, 73, 100), full placement: 30*4*4 + 73*2*2 + 100*1*1 + 73*2*2 + 30*4*4 + 1*8*8
+    per_pass = 480 + 292 + 100 + 292 + 480 + 64
+    assert counts["common"] == len(data.y_test) * 10 * per_pass
+    assert counts["independent"] == bank.num_classes * counts["common"]
+
+
+@pytest.mark.parametrize("sharing", ["common", "independent"])
+def test_noise_does_not_depend_on_how_many_draw_blocks_a_call_takes(trained, sharing):
+    """The keyed streams: energies are bit-identical whether draws 0..19 come in one call or two,
+    and a whole evaluation under a 1 MB budget (one draw block a call) equals one with all in a call."""
+    from trainables.ebm import SamplingEvaluator
+    bank, data, cfg = trained
+    spec = NoiseSpec("student_t", 0.6, "odd", sharing)
+    ev = SamplingEvaluator(bank, cfg.noise_params, EvalConfig(block_draws=5, memory_mb=1), 8, seed=2)
+    x = data.x_test[:16]
+    with torch.no_grad():
+        clean = ev.clean(x)
+        whole = ev.energies(x, clean, spec, 3, 0, 20)
+        parts = torch.cat([ev.energies(x, clean, spec, 3, 0, 10), ev.energies(x, clean, spec, 3, 10, 15),
+                           ev.energies(x, clean, spec, 3, 15, 20)], -1)
+    assert torch.equal(whole, parts)
+    ecfg = EvalConfig(n_checkpoints=(1, 10, 30), block_images=16, block_draws=10)
+    small, big = (dataclasses.replace(ecfg, memory_mb=m) for m in (1, 100_000))
+    assert SamplingEvaluator(bank, cfg.noise_params, small, 8).draw_blocks_per_call(16, spec) == 1
+    assert SamplingEvaluator(bank, cfg.noise_params, big, 8).draw_blocks_per_call(16, spec) >= 3
+    for a, b in zip(evaluate(bank, data, [spec], cfg, small), evaluate(bank, data, [spec], cfg, big)):
+        assert a["predictions"] == b["predictions"] and a["accuracy"] == b["accuracy"]
+        assert a["energy_mean"] == pytest.approx(b["energy_mean"], rel=1e-12)
+
+
+def test_noise_sharing_is_the_default_of_settings_that_name_none(trained):
+    bank, data, cfg = trained
+    ecfg = EvalConfig(n_checkpoints=(1, 5), noise_sharing="common")
+    settings = [NoiseSpec("gaussian", 0.5), NoiseSpec("gaussian", 0.5, sharing="independent")]
+    rows = evaluate(bank, data, settings, cfg, ecfg)
+    assert [r["noise_sharing"] for r in rows] == ["common", "common", "independent", "independent"]
+    as_named = evaluate(bank, data, [NoiseSpec("gaussian", 0.5, sharing="common")], cfg, EvalConfig(n_checkpoints=(1, 5)))
+    assert [r["predictions"] for r in as_named] == [r["predictions"] for r in rows[:2]]
+    with pytest.raises(ConfigError, match="noise_sharing.*independent, common"):
+        EvalConfig(noise_sharing="shared")
+
+
+@pytest.mark.parametrize("name", ["grid_ebm", "dist_ebm", "layers_ebm", "dropout_ebm", "ablate_ebm", "tune_ebm"])
+def test_every_ebm_experiment_takes_noise_sharing_with_set(name):
+    from tuner import registry
+    exp = registry.EXPERIMENTS[name]
+    space = exp.space("smoke")
+    point = space.train[0] if space.train else {"alpha_train": 0.5, "alpha_test": 0.5, "distribution_train": "gaussian"}
+    _, ecfg, _ = registry.trial_configs(exp, "smoke", point | {"seed": 0}, {"noise_sharing": "common"})
+    assert ecfg.noise_sharing == "common"
+    _, ecfg, _ = registry.trial_configs(exp, "smoke", point | {"seed": 0}, {})
+    assert ecfg.noise_sharing == "independent"  # the paper's separate autoencoders
+    with pytest.raises(ConfigError, match="noise_sharing"):
+        registry.trial_configs(exp, "smoke", point | {"seed": 0}, {"noise_sharing": "both"})
+
+
+def test_a_trial_with_set_noise_sharing_records_it_in_every_row(tmp_path):
+    import pandas as pd
+
+    from tuner import trial
+    from tuner.registry import EXPERIMENTS
+    from tuner.store import ResultStore
+    point = EXPERIMENTS["grid_ebm"].space("smoke").train[1]  # alpha_train 0.5; tests at 0 and 0.5
+    config = {"experiment": "grid_ebm", "preset": "smoke", "seed": 0, "point": point,
+              "overrides": {"noise_sharing": "common"}, "storage": str(tmp_path), "name": "common",
+              "meta": {}, "threads": 1}
+    trial.run_trial(config, local=True)
+    (part,) = ResultStore(str(tmp_path), "common").parts()
+    rows = pd.read_parquet(part)
+    assert set(rows["status"]) == {"ok"} and set(rows["noise_sharing"]) == {"common"}
+    assert "noise_sharing" in rows["config_columns"].iloc[0]
+
+
+def test_rows_carry_the_seconds_spent_up_to_their_n(trained):
+    """Accuracy per second: eval_seconds_at_n grows with n within a noisy setting (each n costs its
+    draws), is flat for a noise-free one (one pass), and never exceeds the setting's eval_seconds."""
+    bank, data, cfg = trained
+    ecfg = EvalConfig(n_checkpoints=(1, 10, 60), block_images=24, block_draws=1, memory_mb=1)
+    rows = evaluate(bank, data, [NoiseSpec("gaussian", 0.0), NoiseSpec("gaussian", 0.5), NoiseSpec("cauchy", 0.3)], cfg, ecfg)
+    for setting in range(3):
+        at = [r["eval_seconds_at_n"] for r in rows[3 * setting:3 * setting + 3]]
+        total = rows[3 * setting]["eval_seconds"]
+        assert 0 < at[0] and at[-1] <= total + 1e-9
+        if setting == 0:
+            assert at[0] == at[1] == at[2]
+        else:
+            assert at[0] < at[1] < at[2] and at[2] > 2 * at[0], at  # 60 draws cost well over 1
 
 
 def test_hidden_placement_puts_no_noise_on_the_output_layer(trained):

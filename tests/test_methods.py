@@ -27,7 +27,7 @@ EXTRA_METHODS, EXTRA_EXPERIMENTS = registry.load(list(TEST_FAMILIES))
 METHODS = registry.METHODS | EXTRA_METHODS
 EXPERIMENTS = registry.EXPERIMENTS | EXTRA_EXPERIMENTS
 # Columns that differ between two runs of the same trial by design (ids, hosts, clocks).
-VOLATILE = {"trial_id", "host", "node_id", "train_seconds", "eval_seconds", "traceback"}
+VOLATILE = {"trial_id", "host", "node_id", "train_seconds", "eval_seconds", "eval_seconds_at_n", "traceback"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -107,6 +107,40 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+# CPU flags of native bfloat16 arithmetic: AVX-512 BF16 and AMX on x86, the BF16 extension on Arm.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags as the kernel lists them (x86 `flags`, Arm `Features`); empty where
+    there is no such file (not Linux)."""
+    try:
+        with open(path) as f:
+            return {flag for line in f if line.split(":")[0].strip() in ("flags", "Features")
+                    for flag in line.split(":", 1)[1].split()}
+    except OSError:
+        return set()
+
+
+def fast_bf16(device: torch.device, flags: set[str] | None = None) -> tuple[bool, str]:
+    """Whether bfloat16 layers run natively on `device`, and a few words saying why (for a warning
+    or a bench line). On a CPU without native bf16, PyTorch emulates it: oneDNN's convolutions give
+    way to aten's slow ones and a bf16 matmul crawls (issue 35; the matmul line of
+    bench/results/ebm_sampling_cpu_avx2_32px.txt), so
+    bf16 only pays on AVX-512 BF16 / AMX / Arm BF16 CPUs and on GPUs from compute capability 8.0
+    (Ampere tensor cores) on."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return major >= 8, f"CUDA compute capability {major}.{minor} ({'>=' if major >= 8 else '<'} 8.0)"
+    if device.type != "cpu":
+        return False, f"no bf16 check for device type {device.type}"
+    have = sorted(set(BF16_CPU_FLAGS) & (cpu_flags() if flags is None else flags))
+    capability = torch.backends.cpu.get_cpu_capability()
+    if have:
+        return True, f"CPU {capability} with {', '.join(have)}"
+    return False, f"CPU {capability} without {', '.join(BF16_CPU_FLAGS)} (bf16 is emulated)"
+
+
 @dataclass
 class Progress:
     """What a training loop hands its callback after each epoch."""

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import math
 import time
+import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -42,7 +44,7 @@ from trainables import discriminative
 from trainables.checks import (ConfigError, check_choice, check_int, check_keys, check_optional_int,
                                check_range)
 from trainables.common import (STATUS_DIVERGED, STATUS_OK, Method, Progress, TrainResult, loss_tail,
-                               configs_from_preset, device_name, resolve_device)
+                               configs_from_preset, device_name, fast_bf16, resolve_device)
 from trainables.data import Data, DataConfig, load_dataset
 from trainables.noise import DISTRIBUTIONS, NoiseParams, fill_, make_generator
 from trainables.sampling import DrawTally, check_checkpoints, rows_at_checkpoints, rows_at_largest_n
@@ -69,19 +71,23 @@ class NoiseSpec:
     `sharing` (test noise only) is how draws relate across the class autoencoders within one
     sample: "independent" (a fresh draw per class, as separate autoencoders would have) or
     "common" (one draw shared by all classes: common random numbers, unbiased per class, lower
-    variance of the energy differences the argmin reads). The paper is silent (PROTOCOLS sec. 1).
+    variance of the energy differences the argmin reads, and 1/C of the numbers to draw). The
+    paper is silent (PROTOCOLS sec. 1). None: the evaluation's `EvalConfig.noise_sharing`, so
+    `--set noise_sharing=common` reaches every experiment; a setting that names it keeps it
+    (ablate_ebm sweeps both).
     """
 
     distribution: str = "gaussian"
     alpha: float = 0.0
     placement: str = "full"
-    sharing: str = "independent"
+    sharing: str | None = None
 
     def __post_init__(self):
         check_choice("distribution", self.distribution, DISTRIBUTIONS)
         check_range("alpha", self.alpha, 0.0)
         check_choice("placement", self.placement, tuple(PLACEMENTS))
-        check_choice("sharing", self.sharing, NOISE_SHARING)
+        if self.sharing is not None:
+            check_choice("sharing", self.sharing, NOISE_SHARING)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -171,12 +177,18 @@ class EvalConfig:
     # Layer arithmetic of sampling inference: "bf16" runs the convolutions in bfloat16, channels-last
     # (bf16 matmul 4.1x fp32 on an avx512_bf16 CPU, end to end only 1.08-1.12x fused fp32, as drawing
     # the noise stays: bench/results/ebm_sampling_cpu.txt; on AVX2-only CPUs bf16 is emulated, slower). Noise is drawn and energies summed in fp32, the same draws on the
-    # same elements as fp32, so only rounding differs.
+    # same elements as fp32, so only rounding differs. Where bf16 is not native (common.fast_bf16)
+    # it runs fp32, with one warning; the rows' eval_precision says which ran.
     precision: str = "fp32"
+    # Test noise across the class autoencoders for the settings that do not name their own
+    # (NoiseSpec.sharing): "independent" is the paper's separate autoencoders; "common" shares one
+    # draw per (image, draw) by every class, drawn once.
+    noise_sharing: str = "independent"
 
     def __post_init__(self):
         object.__setattr__(self, "n_checkpoints", check_checkpoints(self.n_checkpoints))
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("noise_sharing", self.noise_sharing, NOISE_SHARING)
         check_optional_int("eval_seed", self.eval_seed, 0)
         check_int("block_images", self.block_images, 1)
         check_int("block_draws", self.block_draws, 1)
@@ -564,6 +576,26 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=torch.get_num_threads(), thread_name_prefix="noise")
 
 
+EVAL_PATH = "fused_bank"  # how sampling inference runs (SamplingEvaluator): the rows' eval_path
+_BF16_WARNED: set[str] = set()  # the devices already warned that bf16 runs as fp32 there
+
+
+def precision_that_runs(precision: str, device: torch.device) -> str:
+    """The layer precision sampling inference runs at: bf16 only where the hardware has it
+    natively (common.fast_bf16); elsewhere bf16 is emulated and slower than fp32 (0.12-0.52x of
+    the plain loop on an AVX2 CPU, issue 35), so it runs fp32, with one warning per device."""
+    if precision != "bf16":
+        return precision
+    native, why = fast_bf16(device)
+    if native:
+        return "bf16"
+    if str(device) not in _BF16_WARNED:
+        _BF16_WARNED.add(str(device))
+        warnings.warn(f"precision=bf16 runs as fp32 on {device}: {why}; the rows' eval_precision says so",
+                      RuntimeWarning, stacklevel=3)
+    return "fp32"
+
+
 class SamplingEvaluator:
     """Energies of a trained bank under test-time noise, block by block.
 
@@ -580,8 +612,9 @@ class SamplingEvaluator:
         self.seed = seed  # the evaluation seed: keys the noise generators
         self.shapes = [(c, h, w) for h, w, c in bank.layer_shapes(side)]  # NCHW per image
         # bf16: channels-last activations and weights, where oneDNN's bf16 kernels are fastest.
-        self.dtype = torch.bfloat16 if ecfg.precision == "bf16" else torch.float32
-        self.format = torch.channels_last if ecfg.precision == "bf16" else torch.contiguous_format
+        self.precision = precision_that_runs(ecfg.precision, bank.weights[0].device)
+        self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self.format = torch.channels_last if self.precision == "bf16" else torch.contiguous_format
         self.layers = [[(w.to(self.dtype, memory_format=self.format), b.to(self.dtype)) for w, b in bank.nchw_layers(c)]
                        for c in range(bank.num_classes)]
         # oneDNN's transposed convolution is slow with very few output channels (5x at 1 channel,
@@ -595,10 +628,17 @@ class SamplingEvaluator:
         """An NCHW tensor viewed with its dimensions in memory order: NHWC when channels-last."""
         return h.permute(0, 2, 3, 1) if self.format == torch.channels_last else h
 
-    def draw_blocks_per_call(self, images: int) -> int:
-        """How many draw blocks one class's convolution call takes within the memory budget."""
+    def sharing(self, spec: NoiseSpec) -> str:
+        """The sharing a setting runs with: its own, else the evaluation's default."""
+        return spec.sharing or self.ecfg.noise_sharing
+
+    def draw_blocks_per_call(self, images: int, spec: NoiseSpec | None = None) -> int:
+        """How many draw blocks one class's convolution call takes within the memory budget.
+        Common noise holds every noisy layer's draws for the whole call (drawn once for all classes)."""
         acts = [math.prod(s) for s in self.shapes]
         per_pass = 4 * (3 * max(acts) + sum(acts) // 2)  # live activations, output, noise scratch
+        if spec is not None and self.sharing(spec) == "common":
+            per_pass += 4 * sum(acts[i - 1] for i in spec.layers)
         per_block = per_pass * images * self.ecfg.block_draws
         budget = self.ecfg.memory_mb * 2**20
         if budget == 0:
@@ -643,24 +683,40 @@ class SamplingEvaluator:
 
     def energies(self, x, clean, spec: NoiseSpec, image_block: int, d0: int, d1: int) -> torch.Tensor:
         """Energies (G, B, d1 - d0) for draws d0..d1-1 (d0 a multiple of block_draws). Layers up
-        to the first noisy one are deterministic, so they come from the clean pass."""
+        to the first noisy one are deterministic, so they come from the clean pass.
+
+        Independent noise is drawn class by class, layer by layer, just before it is used (it
+        stays in cache). Common noise is drawn once, every noisy layer in turn, and added to every
+        class's activation: the same generators in the same order, so class 0 sees the draws it
+        sees under independent noise, and 1/C of the numbers are drawn."""
         bd = self.ecfg.block_draws
         first_block, last_block = d0 // bd, (d1 - 1) // bd
         k = last_block - first_block + 1
         b = x.shape[0]
         streams = self.ecfg.noise_streams
-        def generators():
-            return [[make_generator(_noise_key(self.seed, spec, image_block, first_block + j, s), x.device)
-                     for s in range(streams)] for j in range(k)]
+        gens = [[make_generator(_noise_key(self.seed, spec, image_block, first_block + j, s), x.device)
+                 for s in range(streams)] for j in range(k)]
+        shapes = {i: (k * b * bd, *self.shapes[i - 1]) for i in spec.layers}  # NCHW, batch (block, image, draw)
 
-        gens = generators()
-        scratch = torch.empty(k, b * bd * max(math.prod(self.shapes[i - 1]) for i in spec.layers),
-                              device=x.device)
+        def draw(i: int, flat: torch.Tensor) -> torch.Tensor:
+            """Layer i's noise from flat scratch, in the activations' dtype and memory format.
+            z is in NCHW order in both precisions, so bf16 perturbs the same elements with the same
+            draws as fp32. One converting copy: an add_ of fp32 into bf16 took as long as drawing."""
+            z = flat[:math.prod(shapes[i])].view(k, -1)  # row j: draw block j
+            self._fill(z, spec.distribution, gens)
+            return z.view(shapes[i]).to(self.dtype, memory_format=self.format)
+
+        if self.sharing(spec) == "common":
+            flat = torch.empty(sum(math.prod(s) for s in shapes.values()), device=x.device)
+            offsets = itertools.accumulate((math.prod(shapes[i]) for i in spec.layers), initial=0)
+            shared = {i: draw(i, flat[o:]) for i, o in zip(spec.layers, offsets)}
+            noise = lambda i: shared[i]  # noqa: E731
+        else:
+            flat = torch.empty(max(math.prod(s) for s in shapes.values()), device=x.device)
+            noise = functools.partial(draw, flat=flat)
         start = spec.layers[0]
         out = []
         for c in range(self.bank.num_classes):
-            if c and spec.sharing == "common":
-                gens = generators()  # the same keys again: every class sees the same draws
             a = self.memory_order(clean[c][start - 1])  # batch order below is (draw block, image, draw)
             # contiguous(): with one image in the block, reshape keeps the expand's zero strides
             # (a view), and the in-place noise add below would write one element many times.
@@ -670,12 +726,7 @@ class SamplingEvaluator:
                 if i > start:
                     h = self.layer(c, i, h)
                 if i in spec.layers:
-                    z = scratch.view(-1)[:h.numel()].view(k, -1)  # row j: draw block j
-                    self._fill(z, spec.distribution, gens)
-                    # z is in NCHW order in both precisions, so bf16 perturbs the same elements
-                    # with the same draws as fp32. One converting copy first: an add_ of fp32 into
-                    # bf16 took as long as drawing the noise.
-                    h.add_(z.view(h.shape).to(h.dtype, memory_format=self.format), alpha=spec.alpha)
+                    h.add_(noise(i), alpha=spec.alpha)
             h = self.memory_order(h).reshape(k, b, bd, -1).float()
             e = (h - self.memory_order(x).reshape(1, b, 1, -1)).pow_(2).sum(-1)  # (k, B, bd)
             out.append(e.permute(1, 0, 2).reshape(b, k * bd))
@@ -695,7 +746,8 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
     alpha = 0 is deterministic: one pass, reported at every n with n_effective = 1. Test noise is
     keyed by `eval_seed`.
     """
-    settings = [check_setting(s) for s in settings]
+    # Each setting's sharing resolved, so its row says what ran.
+    settings = [replace(s, sharing=s.sharing or ecfg.noise_sharing) for s in map(check_setting, settings)]
     if not settings:
         raise ConfigError("settings is empty; allowed: a non-empty list of test noise settings")
     device = next(bank.parameters()).device
@@ -706,23 +758,25 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
     ev = SamplingEvaluator(bank, cfg.noise_params, ecfg, side, eval_seed)
     n_max = ecfg.n_checkpoints[-1]
     tallies = [DrawTally(ecfg.n_checkpoints if s.alpha > 0 else (1,)) for s in settings]
-    seconds = [0.0] * len(settings)
+    seconds = [0.0] * len(settings)  # the whole evaluation of each setting
+    clean_share = 0.0  # each setting's share of the clean passes, which every n needs
     bi = ecfg.block_images
-    step = ev.draw_blocks_per_call(bi) * ecfg.block_draws
+    steps = [ev.draw_blocks_per_call(bi, s) * ecfg.block_draws for s in settings]
     for block, lo in enumerate(range(0, len(x_all), bi)):
         x, labels = x_all[lo:lo + bi], y_all[lo:lo + bi]
         t0 = time.perf_counter()
         clean = ev.clean(x)
         clean_energy = torch.stack([(acts[-1] - x).pow(2).flatten(1).sum(-1) for acts in clean]).unsqueeze(-1)
         t_clean = time.perf_counter() - t0
+        clean_share += t_clean / len(settings)
         for si, spec in enumerate(settings):
             t0 = time.perf_counter()
             if spec.alpha == 0:
-                tallies[si].add_block(lambda d0, d1: clean_energy, labels, 1, 1)
+                tallies[si].add_block(lambda d0, d1: clean_energy, labels, 1, 1, time.perf_counter)
             else:
                 def per_draw(d0, d1, spec=spec):
                     return ev.energies(x, clean, spec, block, d0, d1)
-                tallies[si].add_block(per_draw, labels, n_max, step)
+                tallies[si].add_block(per_draw, labels, n_max, steps[si], time.perf_counter)
             seconds[si] += time.perf_counter() - t0 + t_clean / len(settings)
 
     rows, total, labels_list = [], len(x_all), y_all.tolist()
@@ -736,7 +790,9 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
             # std means n was large enough for the argmin.
             "energy_gap_median": t.median_gap(m), "energy_mean_std_median": t.median_mean_std(m),
             "energy_gap_std_median": t.median_gap_std(m),
-            "test_images": total, "eval_seconds": secs,
+            "test_images": total, "eval_seconds": secs, "eval_precision": ev.precision, "eval_path": EVAL_PATH,
+            # The evaluation's seconds up to this n (draws past n not counted): accuracy per second.
+            "eval_seconds_at_n": t.seconds[m] + clean_share,
             # Per image, in test-set order: what a paired comparison of two models needs.
             "predictions": t.predictions(m), "labels": labels_list})]
     return rows

@@ -117,7 +117,11 @@ def run_trial(config: dict, local: bool = False) -> None:
                 rows, more = rows
                 arrays |= more
             final = {id(r) for r in method.final_rows(rows)}
-            rows = [assemble(fields, run, r, done | {"status": STATUS_OK, "message": "", "headline": id(r) in final})
+            # A config field that is also a setting column (e.g. a noise-sharing mode) is the default
+            # of settings that do not name it: the setting row, which says what ran, carries it.
+            defaults = set(fields) & set(method.setting_columns.values())
+            rows = [assemble({k: v for k, v in fields.items() if k not in defaults or k not in r}, run, r,
+                             done | {"status": STATUS_OK, "message": "", "headline": id(r) in final})
                     for r in rows]
         else:
             rows = [assemble(fields, run, {}, done | {"status": result.status, "message": result.message,
