@@ -309,6 +309,26 @@ def load(path_or_uri, experiment: str | None = None, columns: list[str] | None =
     return df
 
 
+def query(path_or_uri, sql: str) -> pd.DataFrame:
+    """SQL over a results folder, by DuckDB (an optional extra: `pip install duckdb`): the rows,
+    read as `load` reads them (the compacted dataset while it is fresh, a local folder or a URI,
+    unreadable parts named), are the table `results`, handed to DuckDB as Arrow without a copy.
+
+        query("results/<name>", "select status, count(distinct trial_key) from results group by status")
+    """
+    try:
+        import duckdb
+    except ImportError as exc:
+        raise ImportError("analysis.query needs DuckDB: pip install duckdb (or the package's [sql] extra)") from exc
+    rows = read(path_or_uri)
+    table = rows.table
+    for name, values in rows.objects.items():  # numbers in some parts, text in others: as text here
+        table = table.append_column(name, pa.array(values.map(lambda v: None if v is None else str(v)), pa.string()))
+    with duckdb.connect() as con:
+        con.register("results", table)
+        return con.sql(sql).df()
+
+
 def artefacts(path_or_uri, trial_key: str) -> dict[str, np.ndarray]:
     """The arrays a trial stored beside its part file (part-<key>.npz), by trial key; {} if none."""
     fs, parts = part_files(str(path_or_uri))

@@ -177,3 +177,22 @@ def test_a_folder_above_several_runs_reads_each_runs_fresh_compaction_or_its_par
     df = load(tmp_path)
     assert [Path(p).parent.parent.name for p in df.attrs["compacted"]] == ["run"] and df.attrs["parts"] == 8
     same(df, pd.concat([by_pandas(one), by_pandas(two)], ignore_index=True))
+
+
+@pytest.mark.parametrize("compacted", [False, True])
+def test_query_answers_sql_over_the_rows_load_reads(tmp_path, compacted):
+    """analysis.query: DuckDB over the same rows; checked against pandas on the reference frame."""
+    from analysis import query
+
+    store = run_folder(tmp_path)
+    if compacted:
+        compact.compact(store)
+    got = query(store.root, "select seed, avg(accuracy) as acc, count(*) as rows, max(label) as label "
+                            "from results where status = 'ok' and n >= 10 group by seed order by seed")
+    full = by_pandas(store)
+    ok = full[(full["status"] == "ok") & (full["n"] >= 10)]
+    want = ok.groupby("seed").agg(acc=("accuracy", "mean"), rows=("accuracy", "size"), label=("label", "max")).reset_index()
+    assert got["seed"].tolist() == want["seed"].tolist() == [0, 1, 2, 4, 5]
+    np.testing.assert_allclose(got["acc"], want["acc"])
+    assert got["rows"].tolist() == [4] * 5
+    assert got["label"].tolist()[-2:] == ["label 4", "label 5"] and got["label"].isna().sum() == 3
