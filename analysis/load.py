@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
