@@ -4,7 +4,7 @@ Deliberately independent of `tuner`, `trainables`, `search_spaces` and Ray, so i
 any copied results folder (a laptop, CI, a bucket).
 """
 
-from analysis.load import artefacts, load
+from analysis.load import artefacts, load, query
 from analysis.stats import summarize
 
-__all__ = ["artefacts", "load", "summarize"]
+__all__ = ["artefacts", "load", "query", "summarize"]

@@ -208,6 +208,7 @@ def test_notebook_executes_headless(tmp_path):
     folder = write_parts(frame(), tmp_path / "exp")
     out = notebook_output("ebm", folder)
     assert "(i) balanced noise beats none: (0.9, 0.9) - (0, 0)" in out
+    assert f"ok rows by SQL: {(frame()['status'] == 'ok').sum()}" in out  # analysis.query's cell
 
 
 def test_notebook_prints_the_verdicts_of_an_ablation(tmp_path):

@@ -133,6 +133,31 @@ def test_a_lock_left_by_a_dead_driver_on_this_host_is_taken_over_but_not_one_fro
 # End to end
 
 
+def test_load_and_compaction_on_a_bucket_and_a_new_part_makes_it_stale(s3_env):
+    """analysis.load on s3:// (parts read concurrently, one GET each), tuner.compact writing the
+    compacted dataset into the bucket, the loader reading it while fresh and the parts after a
+    later trial's part."""
+    from analysis.load import load
+    from tuner.compact import compact, store_of
+
+    storage = f"s3://{BUCKET}/compaction"
+    store = ResultStore(storage, "run")
+    store.check()
+    for i in range(3):
+        store.write_part(f"k{i}", [{"trial_key": f"k{i}", "seed": i, "accuracy": 0.5 + i, "status": "ok"}] * 2)
+    parts = _parts(store.fs, store.results)
+    df = load(f"{storage}/run")
+    assert len(df) == 6 and df.attrs["compacted"] == []
+    line = compact(store_of(f"{storage}/run/results"))
+    assert line.startswith("compacted 3 parts (6 rows) into ")
+    fresh = load(f"{storage}/run")
+    assert fresh.attrs["compacted"] and fresh.attrs["compacted"][0].startswith(f"{BUCKET}/compaction/run/compacted/rows-")
+    assert fresh.equals(df) and _parts(store.fs, store.results) == parts  # the parts stay, untouched
+    store.write_part("k9", [{"trial_key": "k9", "seed": 9, "accuracy": 0.1, "status": "ok"}])
+    later = load(f"{storage}/run", columns=["seed"], filters=[("seed", ">", 1)])
+    assert later.attrs["compacted"] == [] and later["seed"].tolist() == [2, 2, 9]
+
+
 @pytest.mark.slow
 def test_a_sweep_into_a_bucket_writes_parts_tune_state_and_resumes_without_rerunning(s3_env):
     storage = f"s3://{BUCKET}/sweeps"

@@ -341,8 +341,10 @@ def test_local_backend_writes_the_rows_resumes_and_says_a_demo_is_a_demo(tmp_pat
     rows = load(tmp_path / "grid_ebm-smoke")
     assert sorted(rows["alpha_train"].unique()) == [0.0, 0.5] and (rows["status"] == "ok").all()
     assert rows["ray_version"].notna().all() and rows["residual_initial"].notna().all()
+    assert "compacted 2 parts (" in out and rows.attrs["compacted"]  # the run's end wrote the compacted dataset
     assert main(args) == 0
-    assert "all 2 trials have part files" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "all 2 trials have part files" in out and "compacted dataset of 2 parts is current" in out
 
 
 def test_only_runs_a_slice_and_the_whole_sweep_later_keeps_it(tmp_path, capsys):
@@ -358,6 +360,7 @@ def test_only_runs_a_slice_and_the_whole_sweep_later_keeps_it(tmp_path, capsys):
     assert main(args) == 0
     rows = load(tmp_path / "grid_ebm-smoke")
     assert sorted(rows["alpha_train"].unique()) == [0.0, 0.5] and len(list(results.glob("part-*.parquet"))) == 2
+    assert rows.attrs["compacted"]  # the slice's compaction went stale with the new part; the run's end wrote it again
     assert sliced.read_bytes() == before, "the sliced trial was trained again"
 
 

@@ -439,14 +439,12 @@ def optuna_remaining(plan: Plan) -> tuple[int, int]:
 
 
 def read_rows(plan: Plan) -> pd.DataFrame:
-    """Every row of the run's part files (empty if none); attrs["parts"] is how many files."""
-    parts = plan.store.parts()
-    if not parts:
+    """Every row of the run's part files (empty if none), by analysis.load (the compacted dataset
+    while it is current; an unreadable part is warned about by name); attrs["parts"] is how many files."""
+    if not plan.store.parts():
         return pd.DataFrame()
-    import pyarrow.parquet as pq
-    df = pd.concat([pq.read_table(p, filesystem=plan.store.fs).to_pandas() for p in parts], ignore_index=True)
-    df.attrs["parts"] = len(parts)
-    return df
+    from analysis.load import load  # here: the analysis package is not needed before a run ends
+    return load(plan.store.results_location)
 
 
 def summarize(plan: Plan, df: pd.DataFrame | None = None) -> str:
@@ -671,7 +669,12 @@ def _hours(seconds: float) -> str:
 
 def finish(plan: Plan) -> int:
     print(f"\nresults: {plan.store.results_location}")
-    rows = read_rows(plan)  # one read of the parts for the summary and the deciding command
+    try:  # the parts as one file for fast reads (tuner/compact.py); the parts are the record either way
+        from tuner.compact import compact
+        print(compact(plan.store), flush=True)
+    except Exception as exc:  # noqa: BLE001 - a finished run never fails on its read cache
+        print(f"not compacted ({type(exc).__name__}: {exc}); analysis.load reads the parts", flush=True)
+    rows = read_rows(plan)  # one read (of the compacted file) for the summary and the deciding command
     print(summarize(plan, rows))
     print(f"driver peak RSS: {peak_rss_mib():.0f} MiB")
     note(plan)
