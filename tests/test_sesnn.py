@@ -8,16 +8,18 @@ what they must recover; the attack against ART's FGSM and against finite differe
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from tests import reference_sesnn as ref
 from tests.conftest import notebook_output, refusal
-from trainables import sesnn
+from trainables import pruning, sesnn
 from trainables.checks import ConfigError
 from trainables.corruptions import DrawMean, eot_cw_l2, eot_fgsm, fgsm
 
@@ -519,6 +521,201 @@ def test_bad_test_settings_are_one_line_naming_the_field(setting, message):
 
 def test_a_bad_value_on_the_command_line_is_refused_before_ray_starts():
     assert refusal("adversarial_sesnn", "--preset", "smoke", "--set", "omega=-1").startswith("error: omega=-1 is out of range")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pruning (Sec. 4.1): the compression networks, Eq. 5 per channel, the pipeline
+
+
+def _lenet(widths=(4, 6, 12), **fields):
+    cfg, ecfg = sesnn.prune_preset_configs("smoke", {"widths": widths} | fields)
+    data = sesnn.load_data(cfg)
+    torch.manual_seed(0)
+    return cfg, ecfg, data, sesnn.build_compression_net(cfg, data, cfg.hidden_widths, "cpu")
+
+
+def _lenet_counts(w1, w2, w3, classes=10):
+    """LeNet-5-Caffe on 28 px by hand: conv5x5 -> 24x24, pool -> 12, conv5x5 -> 8x8, pool -> 4x4.
+    (multiplications, weights, feature-map elements) of the mu-only network."""
+    mults = 24 * 24 * w1 * 25 + 8 * 8 * w2 * w1 * 25 + 16 * w2 * w3 + w3 * classes
+    weights = w1 * 25 + w2 * w1 * 25 + 16 * w2 * w3 + w3 * classes
+    maps = 24 * 24 * w1 + 8 * 8 * w2 + w3 + classes
+    return mults, weights, maps
+
+
+def test_the_compression_networks_have_the_papers_layers():
+    _, _, data, net = _lenet(widths=())
+    assert net.widths == (20, 50, 500) and type(net.stochastic[0]).__name__ == "StochasticConv2d"
+    assert [type(m).__name__ for m in net.stochastic] == ["StochasticConv2d"] * 2 + ["StochasticLinear"]
+    assert net.classifier.in_features == 500 and net.stochastic[2].mu.in_features == 50 * 4 * 4
+    x = data.x_test[:1]
+    deployed = net.deployed()
+    assert pruning.multiplications(deployed, x) == _lenet_counts(20, 50, 500)[0] == 2_293_000
+    assert pruning.weight_count(deployed) == _lenet_counts(20, 50, 500)[1] == 430_500
+    assert pruning.feature_map_size(deployed, x) == _lenet_counts(20, 50, 500)[2]
+    assert sesnn.PruneConfig(arch="vgg16").hidden_widths == (64, 64, 128, 128, 256, 256, 256, *[512] * 8)
+    assert sesnn.PruneConfig(arch="vgg16_cifar100").hidden_widths == (64, 64, 128, 128, *[256] * 4, *[512] * 8)
+    vgg = sesnn.CompressionNet("vgg16", tuple(range(1, 16)), 3, 32, 10, 1e-6, True)  # narrow: the shape is tested
+    assert [type(m).__name__ for m in vgg.stochastic] == ["StochasticConv2d"] * 13 + ["StochasticLinear"] * 2
+    assert sum(isinstance(m, nn.MaxPool2d) for m in vgg.body) == 5 and vgg.stochastic[13].mu.in_features == 13
+    assert isinstance(vgg.stochastic[0].norm, nn.BatchNorm2d) and vgg.classifier.in_features == 15
+    c100 = sesnn.CompressionNet("vgg16_cifar100", tuple(range(1, 17)), 3, 32, 100, 1e-6, True)
+    assert len(c100.stochastic) == 16 and all(isinstance(m, sesnn.StochasticConv2d) for m in c100.stochastic)
+    assert isinstance(c100.body[-2], nn.AvgPool2d) and c100.classifier.in_features == 16  # 32 px -> 1x1
+
+
+def test_the_stochastic_conv_layer_draws_one_gaussian_per_channel_and_position():
+    layer = sesnn.StochasticConv2d(2, 3, 3, 1, 1e-6, norm=False).double()
+    h = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    layer.generator = torch.Generator().manual_seed(4)
+    z = layer(h)
+    eps = torch.randn((2, 3, 5, 5), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    mu = F.conv2d(h, layer.mu.weight, layer.mu.bias, padding=1)
+    sigma = F.softplus(F.conv2d(h, layer.log_scale.weight, layer.log_scale.bias, padding=1)) + 1e-6
+    torch.testing.assert_close(z, mu + eps * sigma)
+    layer.sample = False
+    torch.testing.assert_close(layer(h), mu)  # test time: mu only
+
+
+def test_eq_5_per_channel_averages_each_channels_log_sigma_over_samples_and_positions():
+    cfg, _, data, net = _lenet(omega=0.5, margin=0.3)
+    net.set_noise(True, torch.Generator().manual_seed(1))
+    net(data.x_train[:3])
+    want = 0.0
+    for m in net.stochastic:
+        log_sigma = torch.log(m.last[1].detach().double())
+        per_unit = [float(log_sigma[:, j].mean()) for j in range(log_sigma.shape[1])]  # over N (and H, W)
+        want += sum(max(cfg.margin - v, 0.0) for v in per_unit) / len(per_unit)
+    assert float(sesnn.prune_regulariser(net, cfg)) == pytest.approx(cfg.omega * want, rel=1e-5)
+
+
+def test_removing_never_active_units_leaves_every_logit_unchanged():
+    """Units forced silent (mu = -1 everywhere) and any found silent on the batch are removed; the
+    removed terms were exact zeros, so the logits on that batch stay the same (equal up to the
+    order in which the shorter sums are added: 1 ulp of float64)."""
+    _, _, data, net = _lenet()
+    net = net.double()
+    with torch.no_grad():
+        for m, silent in zip(net.stochastic, ([1], [0, 4], [3, 7, 8])):
+            m.mu.weight[silent] = 0
+            m.mu.bias[silent] = -1.0
+    x = data.x_train.double()
+    peaks, _ = sesnn.unit_statistics(net, x, 64)
+    dead = [pruning.inactive_units(p) for p in peaks]
+    assert all(set(s) <= set(d) for s, d in zip(([1], [0, 4], [3, 7, 8]), dead))
+    with torch.no_grad():
+        before = net(x)
+    sesnn.remove_stochastic_units(net, dead)
+    assert net.widths == tuple(w - len(d) for w, d in zip((4, 6, 12), dead))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), before, rtol=0, atol=1e-14)
+    assert before.abs().max() > 1e-3  # the logits are not trivially zero
+
+
+def test_a_pruned_networks_measures_equal_a_network_built_at_the_kept_widths():
+    cfg, _, data, net = _lenet()
+    sesnn.remove_stochastic_units(net, [[0], [2, 5], [1, 4, 6, 9]])
+    assert net.widths == (3, 4, 8)
+    assert net.stochastic[1].log_scale.in_channels == 3 and net.stochastic[2].log_scale.in_features == 4 * 16
+    small = sesnn.build_compression_net(cfg, data, (3, 4, 8), "cpu")
+    x = data.x_test[:1]
+    for measure in (pruning.multiplications, pruning.feature_map_size):
+        assert measure(net.deployed(), x) == measure(small.deployed(), x)
+    assert pruning.weight_count(net.deployed()) == pruning.weight_count(small.deployed())
+    assert (pruning.multiplications(net.deployed(), x), pruning.weight_count(net.deployed()),
+            pruning.feature_map_size(net.deployed(), x)) == _lenet_counts(3, 4, 8)
+
+
+def test_the_unit_of_highest_mean_log_sigma_goes_first():
+    """Hand-made entropies: sigma predictors with zero weights and chosen biases give every unit a
+    constant log sigma = log(softplus(bias) + floor); the ranking removes the largest ones first,
+    across layers, leaving one unit per layer."""
+    _, _, data, net = _lenet()
+    biases = ([0.0, 3.0, -1.0, 0.5], [2.0, -2.0, 4.0, 1.0, 0.1, -0.5], [float(v) for v in range(-6, 6)])
+    with torch.no_grad():
+        for m, b in zip(net.stochastic, biases):
+            m.log_scale.weight.zero_()
+            m.log_scale.bias.copy_(torch.tensor(b))
+    _, scores = sesnn.unit_statistics(net, data.x_train, 32)
+    for s, b in zip(scores, biases):
+        want = torch.log(F.softplus(torch.tensor(b, dtype=torch.float64)) + 1e-6)
+        torch.testing.assert_close(s, want, rtol=1e-6, atol=1e-6)
+    assert pruning.least_important(scores, 1) == [[], [], [11]]  # bias 5
+    assert pruning.least_important(scores, 3) == [[], [2], [10, 11]]  # 5, 4 (layer 2), 4 (layer 3)
+    assert pruning.least_important(scores, 5) == [[1], [2], [9, 10, 11]]  # then 3, 3: layer 1 first on a tie
+
+
+def _pipeline(**fields):
+    cfg, ecfg = sesnn.prune_preset_configs("smoke", {"max_rounds": 4, "prune_per_step": 2} | fields)
+    return cfg, ecfg, sesnn.load_data(cfg)
+
+
+def test_a_pipeline_resumed_from_its_checkpoints_ends_as_one_run_straight_through(one_thread):
+    cfg, _, data = _pipeline()
+    states = []
+    whole = sesnn.train_prune(cfg, data, callback=lambda p: states.append((p.epoch, p.metrics, p.state())))
+    assert whole.columns["stop_reason"] == "max_rounds" and whole.columns["prune_rounds"] == 4
+    assert [e for e, _, _ in states] == [1, 2, 3, 4, 5, 6]  # two training epochs, then one per round
+    units = [m["units"] for _, m, _ in states]
+    assert units[0] == units[1] == 22 and units[2:] == sorted(units[2:], reverse=True) and units[-1] < units[2]
+    assert units[-1] == sum(whole.model.pruned.widths)
+    for epoch, _, state in (states[0], states[3]):  # mid-training, and mid-pruning after round 2
+        state = torch.load(_saved(state), weights_only=True)  # what a trial's checkpoint holds
+        resumed = sesnn.train_prune(cfg, data, state=state)
+        assert resumed.model.pruned.widths == whole.model.pruned.widths, epoch
+        assert resumed.columns["params_digest"] == whole.columns["params_digest"], epoch
+        assert resumed.columns == whole.columns | {"device_name": resumed.columns["device_name"]}
+
+
+def _saved(state: dict):
+    import io
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return buf
+
+
+def test_the_pipeline_keeps_the_last_network_within_the_error_budget(one_thread):
+    """Budget 0 on the held-out images: the first round that costs accuracy is undone and ends
+    the pipeline; every kept round stayed within it."""
+    cfg, ecfg, data = _pipeline(error_budget=0.0, max_rounds=0, prune_per_step=3, val_size=40, epochs=6,
+                                train_limit=30)
+    res = sesnn.train_prune(cfg, data)
+    c = res.columns
+    assert c["stop_reason"] in ("budget", "one_unit_per_layer")
+    assert (res.artefacts["prune_budget_accuracy"] >= c["budget_accuracy_start"]).all()
+    assert c["budget_accuracy_end"] >= c["budget_accuracy_start"] and c["budget_images"] == 40
+    assert c["units_left"] == sum(res.model.pruned.widths) == c["units_trained"] - c["units_batch_pruned"] \
+        - c["units_removed_iteratively"]
+    rows = sesnn.evaluate_prune(res.model, data, [{"stage": s} for s in sesnn.PRUNE_STAGES], cfg, ecfg)
+    trained, batch, pruned = rows
+    assert trained["size_pct"] == trained["memory_pct"] == 100.0 and trained["architecture"] == "4-6-12-10"
+    assert pruned["architecture"] == sesnn.architecture(res.model.pruned.widths, 10)
+    assert pruned["mflops"] == pytest.approx(_lenet_counts(*res.model.pruned.widths)[0] / 1e6)
+    assert pruned["size_pct"] == pytest.approx(100 * _lenet_counts(*res.model.pruned.widths)[1]
+                                               / _lenet_counts(4, 6, 12)[1])
+    assert pruned["error"] == pytest.approx(1 - pruned["accuracy"])
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"widths": (4, 6)}, "widths=(4, 6) is not allowed; allowed: () or 3 integers"),
+    ({"arch": "resnet"}, "arch='resnet'"),
+    ({"error_budget": -0.1}, "error_budget"),
+    ({"budget_data": "train"}, "budget_data='train'"),
+    ({"prune_per_step": 0}, "prune_per_step"),
+])
+def test_bad_pruning_fields_are_one_line_naming_the_field(fields, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        sesnn.prune_preset_configs("smoke", fields)
+
+
+def test_a_held_out_set_as_large_as_the_training_set_and_a_bad_image_size_are_refused_before_training():
+    cfg, _, data = _pipeline(val_size=80)
+    with pytest.raises(ConfigError, match="val_size=80 leaves no training images of 80"):
+        sesnn.train_prune(cfg, data)
+    cfg, _, data = _pipeline(image_size=12)
+    with pytest.raises(ConfigError, match="arch='lenet5' cannot take image_size=12"):
+        sesnn.train_prune(cfg, data)
 
 
 # ---------------------------------------------------------------------------------------------
