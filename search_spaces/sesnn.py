@@ -149,7 +149,8 @@ PRUNE_ARMS = {"SE-SNN": {"omega": 1e-4}, "Baseline (ω=0)": {"omega": 0.0}}
 PRUNE_NETS = {
     "paper": [{"arch": "lenet5", "dataset": "mnist", "image_size": 28, "channels": 1},
               {"arch": "vgg16", "dataset": "cifar10", "image_size": 32, "channels": 3, "batch_norm": True,
-               "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "epochs": 200, "finetune_lr": 1e-3}],
+               "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "epochs": 200, "finetune_lr": 1e-3,
+               "rank_size": 5000}],  # the ranking reads 5,000 images a round, not all 45,000: ~5,000 rounds
     "quick": [{}], "smoke": [{}],
 }
 
