@@ -7,6 +7,7 @@ what they must recover; the attack against ART's FGSM and against finite differe
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -1075,6 +1076,51 @@ def test_the_analysis_keeps_no_statistics_of_its_own():
     assert not {"_cell", "_diff_text", "_paired"} & names
     text = (REPO / "analysis" / "sesnn.py").read_text()
     assert "scipy" not in text and "ddof" not in text and ".sem(" not in text
+
+
+def _prune_frame(widths: str = "[]", dataset: str = "mnist", se_mflops=(0.06, 0.07, 0.065)):
+    """Fabricated sesnn_prune rows: two arms x three stages x three seeds of LeNet-5."""
+    import pandas as pd
+    rows = []
+    for label, omega, pruned in (("SE-SNN", 1e-4, se_mflops), ("Baseline (ω=0)", 0.0, (0.30, 0.28, 0.35))):
+        for seed, mf in enumerate(pruned):
+            for stage, mflops, arch in (("trained", 2.293, "20-50-500-10"), ("batch_pruned", 1.0, "9-30-400-10"),
+                                        ("pruned", mf, "3-12-140-10")):
+                rows.append({"family": "sesnn", "method": "sesnn_prune", "status": "ok", "label": label,
+                             "arch": "lenet5", "dataset": dataset, "image_size": 28, "channels": 1, "widths": widths,
+                             "omega": omega, "margin": math.log(4), "prune_per_step": 1, "seed": seed,
+                             "stage": stage, "mflops": mflops, "size_pct": 100 * mflops / 2.293,
+                             "memory_pct": 50.0, "error": 0.01 + 0.001 * seed, "architecture": arch,
+                             "config_columns": json.dumps(["arch", "dataset", "image_size", "channels", "widths",
+                                                           "omega", "margin", "prune_per_step"])})
+    return pd.DataFrame(rows)
+
+
+def test_the_compression_table_has_tables_1_3s_columns_and_the_paper_row_only_where_the_protocol_matches():
+    from analysis import sesnn as analysis
+    ((caption, t),) = analysis.compression_tables(_prune_frame())
+    assert list(t.columns) == ["method", *analysis.COMPRESSION_COLUMNS]
+    assert list(t["method"])[:3] == ["SE-SNN (pruned)", "SE-SNN (never-active units removed)", "SE-SNN (unpruned)"]
+    paper = t[t["method"] == "SE-SNN (paper)"].iloc[0]
+    assert (paper["Model size (%)"], paper["FLOPs (Mil)"], paper["Memory (%)"], paper["Error (%)"]) == \
+        ("2.35", "0.061", "11.08", "0.9")
+    ours = t[t["method"] == "SE-SNN (pruned)"].iloc[0]
+    assert ours["FLOPs (Mil)"].startswith("0.065 ±") and ours["Architecture"] == "3-12-140-10"
+    assert ours["Error (%)"].startswith("1.10 ±")  # error fractions shown in %
+    assert "where the protocol matches" in caption
+    ((caption, t),) = analysis.compression_tables(_prune_frame(widths="[4, 6, 12]"))
+    assert "SE-SNN (paper)" not in set(t["method"]) and "widths=[4, 6, 12]" in caption
+    ((caption, t),) = analysis.compression_tables(_prune_frame(dataset="mnist5k"))
+    assert "SE-SNN (paper)" in set(t["method"]) and "5,000-image subset" in caption
+
+
+def test_what_the_entropy_adds_is_one_verdict_on_flops_paired_over_seeds():
+    from analysis import sesnn as analysis
+    (found,) = analysis.compression_findings(_prune_frame())
+    assert "fewer FLOPs than Baseline (ω=0)" in found and "holds" in found
+    (found,) = analysis.compression_findings(_prune_frame(se_mflops=(0.4, 0.2, 0.33)))
+    assert "undecided" in found
+    assert analysis.compression_findings(_prune_frame().query("label == 'SE-SNN'")) == []
 
 
 # ---------------------------------------------------------------------------------------------
