@@ -795,6 +795,21 @@ def test_every_grid_point_gets_its_label_from_the_search_spaces_dicts():
     assert set(analysis.ANCHORS) <= given and not hasattr(analysis, "LABELS")
 
 
+def test_the_pruning_experiment_runs_both_arms_on_the_papers_networks_with_labels_from_its_arms():
+    from analysis import sesnn as analysis
+    from search_spaces import sesnn as spaces
+    paper = spaces.prune_sesnn("paper")
+    assert {(p["arch"], p["dataset"]) for p in paper.train} == {("lenet5", "mnist"), ("vgg16", "cifar10")}
+    for preset in ("paper", "quick", "smoke"):
+        space = spaces.prune_sesnn(preset)
+        assert sorted(space.label(p) for p in space.train) == sorted(list(spaces.PRUNE_ARMS) * len(spaces.PRUNE_NETS[preset]))
+        assert space.tests(space.train[0]) == [{"stage": s} for s in sesnn.PRUNE_STAGES]
+    assert {p["omega"] for p in paper.train} == {1e-4, 0.0}
+    assert {analysis.SESNN, analysis.BASELINE_PRUNE} == set(spaces.PRUNE_ARMS)
+    cfg, _ = sesnn.prune_preset_configs("paper")
+    assert (cfg.omega, cfg.margin, cfg.prune_per_step, cfg.hidden_widths) == (1e-4, math.log(4), 1, (20, 50, 500))
+
+
 # ---------------------------------------------------------------------------------------------
 # Analysis on fabricated frames: each claim under the one verdict rule (analysis/stats.py)
 
