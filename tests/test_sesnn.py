@@ -587,7 +587,7 @@ def test_eq_5_per_channel_averages_each_channels_log_sigma_over_samples_and_posi
         log_sigma = torch.log(m.last[1].detach().double())
         per_unit = [float(log_sigma[:, j].mean()) for j in range(log_sigma.shape[1])]  # over N (and H, W)
         want += sum(max(cfg.margin - v, 0.0) for v in per_unit) / len(per_unit)
-    assert float(sesnn.prune_regulariser(net, cfg)) == pytest.approx(cfg.omega * want, rel=1e-5)
+    assert float(sesnn.prune_regulariser(net, cfg).detach()) == pytest.approx(cfg.omega * want, rel=1e-5)
 
 
 def test_removing_never_active_units_leaves_every_logit_unchanged():
