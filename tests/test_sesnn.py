@@ -627,6 +627,26 @@ def test_a_pruned_networks_measures_equal_a_network_built_at_the_kept_widths():
             pruning.feature_map_size(net.deployed(), x)) == _lenet_counts(3, 4, 8)
 
 
+@pytest.mark.parametrize("arch", ["vgg16", "vgg16_cifar100"])
+def test_a_pruned_vgg_equals_one_built_at_the_kept_widths(arch):
+    """BatchNorm on mu, five pools, the last conv's channels into the flatten (or the classifier)."""
+    widths = tuple(3 + i % 4 for i in range(len(sesnn.PruneConfig(arch=arch).hidden_widths)))
+    torch.manual_seed(0)
+    net = sesnn.CompressionNet(arch, widths, 3, 32, 10, 1e-6, True)
+    removals = [[0] if k in (0, 6, len(widths) - 1, len(widths) - 3) else [] for k in range(len(widths))]
+    removals[len(widths) - 2] = [1, 2]
+    sesnn.remove_stochastic_units(net, removals)
+    kept = tuple(w - len(r) for w, r in zip(widths, removals))
+    assert net.widths == kept
+    small = sesnn.CompressionNet(arch, kept, 3, 32, 10, 1e-6, True)
+    x = torch.rand(2, 3, 32, 32)
+    assert all(m.norm.num_features == w for m, w in zip(net.stochastic, kept) if isinstance(m.norm, nn.BatchNorm2d))
+    assert pruning.multiplications(net.deployed(), x) == pruning.multiplications(small.deployed(), x)
+    assert pruning.weight_count(net.deployed()) == pruning.weight_count(small.deployed())
+    net.set_noise(True, torch.Generator().manual_seed(0))
+    assert net(x).shape == (2, 10)  # the sigma predictors were resized with their mu
+
+
 def test_the_unit_of_highest_mean_log_sigma_goes_first():
     """Hand-made entropies: sigma predictors with zero weights and chosen biases give every unit a
     constant log sigma = log(softplus(bias) + floor); the ranking removes the largest ones first,
@@ -799,7 +819,8 @@ def test_the_pruning_experiment_runs_both_arms_on_the_papers_networks_with_label
     from analysis import sesnn as analysis
     from search_spaces import sesnn as spaces
     paper = spaces.prune_sesnn("paper")
-    assert {(p["arch"], p["dataset"]) for p in paper.train} == {("lenet5", "mnist"), ("vgg16", "cifar10")}
+    assert {(p["arch"], p["dataset"]) for p in paper.train} == {("lenet5", "mnist"), ("vgg16", "cifar10"),
+                                                                ("vgg16_cifar100", "cifar100")}
     for preset in ("paper", "quick", "smoke"):
         space = spaces.prune_sesnn(preset)
         assert sorted(space.label(p) for p in space.train) == sorted(list(spaces.PRUNE_ARMS) * len(spaces.PRUNE_NETS[preset]))

@@ -1036,8 +1036,8 @@ def describe_prune(cfg: PruneConfig, ecfg: PruneEvalConfig, settings) -> str:
 
 
 PRUNE_PRESET_NOTES = {
-    "paper": "note: the VGG16 point trains without crop/flip augmentation (not built here), so its error is not "
-             "Table 2's; epochs, fine-tuning steps and the error budget are ours (the paper gives none)",
+    "paper": "note: the VGG16 points train without crop/flip augmentation (not built here), so their errors are "
+             "not Tables 2-3's; epochs, fine-tuning steps and the error budget are ours (the paper gives none)",
     "quick": "note: LeNet-5 on 3,500 mnist5k images, five units removed a round (the paper: one), so no paper "
              "row beside it; its errors are several times full MNIST's",
     "smoke": "note: --preset smoke checks that the pipeline runs (narrow LeNet-5, 80 images, three rounds); its "
