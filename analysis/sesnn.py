@@ -876,7 +876,8 @@ def compression_findings(df: pd.DataFrame) -> list[str]:
         est = stats.compare(g, "label", SESNN, BASELINE_PRUNE, metric="mflops")
         v = stats.verdict(est, direction=-1, scale=1, unit=" MFLOPs")
         found.append(f"{arch} on {dataset}: SE-SNN's pruned network needs fewer FLOPs than {BASELINE_PRUNE}'s "
-                     f"under the same pipeline and budget? {v} (difference {est.mean:+.4g} MFLOPs, n={est.n})")
+                     f"under the same pipeline and budget? {v} (difference {stats.number(est.mean)} MFLOPs over "
+                     f"{stats.plural(est.n, 'seed')})")
     return found
 
 
