@@ -1197,3 +1197,14 @@ def test_report_of_real_runs_draws_the_curves_table_and_findings(smoke_runs, tmp
 def test_notebook_executes_headless_on_a_real_run(smoke_runs):
     out = notebook_output("sesnn", smoke_runs / "labelnoise_sesnn-smoke")
     assert "label noise?" in out
+
+
+@pytest.mark.slow
+def test_report_of_a_real_pruning_run_draws_the_compression_table(shared_smoke, tmp_path):
+    from analysis.report import build
+    folder = shared_smoke("prune_sesnn")[0]
+    build(folder, tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Compression of lenet5 on mnist5k" in md and "Traceback" not in md
+    assert "| SE-SNN (unpruned) | 100.00 (1 seed) |" in md and "4-6-12-10" in md
+    assert "needs fewer FLOPs than Baseline (ω=0)'s" in md
