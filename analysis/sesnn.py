@@ -1,7 +1,8 @@
 """The SE-SNN family's analysis (se-snn): label-noise table and curves (Fig. 3a), FGS curves and
 a per-eps table (Fig. 2a), the CW-L2 table and bars (Fig. 2b), the omega x margin map (App. B.1),
 accuracy against the number of stochastic layers (App. B.3), the per-epoch training loss of each
-method (App. B.4, from the trials' `epoch_loss` arrays), the entropy of flipped samples, findings.
+method (App. B.4, from the trials' `epoch_loss` arrays), the entropy of flipped samples,
+the compression tables of Tables 1-3 (method sesnn_prune), findings.
 
 `section(df, out)` is what analysis.report renders for rows whose `family` is "sesnn". Tables and
 figures keep apart every configuration column that varies; one they do not draw is fixed to one
@@ -790,9 +791,99 @@ def label_note(df: pd.DataFrame) -> list[str]:
             f"Re-run the experiment to get labelled rows."]
 
 
+# ---------------------------------------------------------------------------------------------
+# Compression by pruning (Tables 1-3): rows of the method sesnn_prune
+
+PRUNE_METHOD = "sesnn_prune"
+BASELINE_PRUNE = "Baseline (ω=0)"  # search_spaces/sesnn.py PRUNE_ARMS; SESNN is the other arm
+# Tables 1-3's SE-SNN rows: (arch, dataset) -> model size %, FLOPs (millions), memory %, error %.
+PRUNE_ANCHORS = {("lenet5", "mnist"): (2.35, 0.061, 11.08, 0.9), ("vgg16", "cifar10"): (2.57, 53.61, 49.41, 8.0),
+                 ("vgg16_cifar100", "cifar100"): (14.93, 181.31, 70.16, 26.2)}
+IMAGE_SIZES = {"mnist": 28, "cifar10": 32, "cifar100": 32}
+# What must match for the paper's row to sit beside ours (each table adds its data set, image size
+# and architecture): the unpruned widths, Eq. 5's omega and b, one unit removed per round.
+PRUNE_PROTOCOL = {"widths": "[]", "omega": 1e-4, "margin": math.log(4), "prune_per_step": 1}
+PRUNE_KEPT = {"arch", "dataset", "image_size", "channels", "omega", "stage", "label"}
+PRUNE_IGNORED = {"eval_batch_size"}
+STAGE_NAMES = {"pruned": "pruned", "batch_pruned": "never-active units removed", "trained": "unpruned"}
+COMPRESSION_COLUMNS = ("Model size (%)", "FLOPs (Mil)", "Memory (%)", "Error (%)", "Architecture")
+
+
+def prune_rows(df: pd.DataFrame) -> pd.DataFrame:
+    d = ok_rows(df)
+    return d[d["method"] == PRUNE_METHOD] if "method" in d.columns else d.iloc[0:0]
+
+
+def _arm(d: pd.DataFrame) -> pd.Series:
+    """The rows' own label, else their omega ("ω=0.0001")."""
+    given = d["label"].astype("string") if "label" in d.columns else pd.Series(pd.NA, index=d.index, dtype="string")
+    raw = "ω=" + d["omega"].map(lambda v: f"{float(v):g}")
+    return given.where((given.str.len() > 0).fillna(False)).fillna(raw).astype(str)
+
+
+def compression_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(caption, table) per network and data set in Tables 1-3's layout: a row per arm and stage
+    (mean ± SEM over seeds; the architectures the seeds reached), the paper's SE-SNN row beside
+    ours only where the protocol matches."""
+    d = prune_rows(df)
+    out = []
+    if d.empty:
+        return out
+    for (arch, dataset), g in d.groupby(["arch", "dataset"]):
+        g, fixed = stats.one_setting(g, PRUNE_KEPT, {}, (), PRUNE_IGNORED)
+        g = g.assign(label=_arm(g))
+        rows = {}
+        for (label, stage), h in sorted(g.groupby(["label", "stage"]), key=lambda kv: (
+                "SE-SNN" not in kv[0][0], kv[0][0], list(STAGE_NAMES).index(kv[0][1]))):
+            rows[f"{label} ({STAGE_NAMES[stage]})"] = dict(zip(COMPRESSION_COLUMNS, (
+                stats.cell(h["size_pct"], scale=1), stats.cell(h["mflops"], scale=1, digits=3),
+                stats.cell(h["memory_pct"], scale=1), stats.cell(h["error"]),
+                "; ".join(sorted(set(h["architecture"]))))))
+        parent = next((p for p in IMAGE_SIZES if not protocol_differences(g, {"dataset": p})), str(dataset))
+        anchor = PRUNE_ANCHORS.get((arch, parent))
+        ours = g[g["label"] == SESNN]
+        protocol = {"dataset": parent, "image_size": IMAGE_SIZES.get(parent), "arch": arch} | PRUNE_PROTOCOL
+        differs = protocol_differences(ours, protocol) if not ours.empty else ["no SE-SNN rows"]
+        if anchor and not differs:
+            rows[f"{SESNN} (paper)"] = dict(zip(COMPRESSION_COLUMNS, (*map(str, anchor), "")))
+            caveats = protocol_caveats(ours, protocol)
+            note = "the paper's row where the protocol matches" + (f" (the one remaining difference: "
+                                                                    f"{'; '.join(caveats)})" if caveats else "")
+        else:
+            note = ("no paper row: the protocol differs (" + "; ".join(differs) + ")") if anchor else \
+                "no paper row for this network"
+        t = pd.DataFrame(rows).T
+        t.index.name = "method"
+        caption = (f"Compression of {arch} on {dataset} (Tables 1-3 layout; mean ± SEM over seeds): size = % of the "
+                   "unpruned network's nonzero weights, FLOPs = multiplications of one image, memory = % of its "
+                   f"feature-map elements, test error with mu passed; {note}")
+        out.append((caption + (f"; {fixed_text(fixed)}" if fixed else ""), t.reset_index()))
+    return out
+
+
+def compression_findings(df: pd.DataFrame) -> list[str]:
+    """What the entropy adds: SE-SNN's pruned network needs fewer FLOPs than the same pipeline
+    with omega 0, paired over seeds, per network and data set."""
+    d = prune_rows(df)
+    found = []
+    if d.empty:
+        return found
+    d = d[d["stage"] == "pruned"].assign(label=_arm(d[d["stage"] == "pruned"]))
+    for (arch, dataset), g in d.groupby(["arch", "dataset"]):
+        g, _ = stats.one_setting(g, PRUNE_KEPT, {}, (), PRUNE_IGNORED)
+        if not {SESNN, BASELINE_PRUNE} <= set(g["label"]):
+            continue
+        est = stats.compare(g, "label", SESNN, BASELINE_PRUNE, metric="mflops")
+        v = stats.verdict(est, direction=-1, scale=1, unit=" MFLOPs")
+        found.append(f"{arch} on {dataset}: SE-SNN's pruned network needs fewer FLOPs than {BASELINE_PRUNE}'s "
+                     f"under the same pipeline and budget? {v} (difference {stats.number(est.mean)} MFLOPs over "
+                     f"{stats.plural(est.n, 'seed')})")
+    return found
+
+
 def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
     return (label_note(df) + label_noise_findings(df, margin) + defence_findings(df) + cw_findings(df)
-            + margin_findings(df) + layers_findings(df))
+            + margin_findings(df) + layers_findings(df) + compression_findings(df))
 
 
 def section(df: pd.DataFrame, out) -> dict:
@@ -829,6 +920,7 @@ def section(df: pd.DataFrame, out) -> dict:
                         "end of training (training set; %, mean ± SEM over seeds)" + (f"; {fixed}" if fixed else ""), t))
     for caption, t in cw_and_layer_tables(df):
         tables_.append((caption, t))
+    tables_ += compression_tables(df)
     made, skipped, captions = draw(FIGURES, df, out)
     return {"title": "Stochastic networks with max-entropy regularisation (se-snn)", "tables": tables_,
             "figures": made, "captions": captions, "skipped": skipped, "findings": findings(df)}

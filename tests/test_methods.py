@@ -192,3 +192,12 @@ def test_without_a_label_or_a_final_loss_of_its_own_a_row_has_the_trials_default
     history = list(faulty.train(faulty.FaultyConfig(), None).history)
     assert set(rows["label"]) == {""} and set(rows["final_loss"]) == {history[-1]}
     assert set(rows["eval_seed"]) == {0}  # faulty's eval config has no eval_seed: the trial's seed
+
+
+def test_a_methods_own_progress_metrics_reach_tune_beside_the_common_ones(monkeypatch):
+    from trainables.common import Progress
+    got = []
+    monkeypatch.setattr(ray_tune, "report", lambda metrics, checkpoint=None: got.append(metrics))
+    report = trial._reporter(checkpoint_seconds=1e9)
+    report(Progress(3, 0.5, dict, 0.6, {"units": 18.0, "epoch": -1.0}))
+    assert got == [{"units": 18.0, "epoch": 3, "loss": 0.5, "done_share": 0.6}]  # the common ones win

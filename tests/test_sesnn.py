@@ -2,22 +2,27 @@
 
 The fast path is checked against `reference_sesnn.py`, written from the papers' equations with
 explicit loops and fed the same noise; the label-noise generator and the anchor estimate against
-what they must recover; the attack against ART's FGSM and against finite differences.
+what they must recover; the attack against ART's FGSM and against finite differences; the
+compression networks and their pruning against hand counts of LeNet-5 and against networks built
+at the kept widths, the ranking against hand-made entropies, resume against a straight run.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from tests import reference_sesnn as ref
 from tests.conftest import notebook_output, refusal
-from trainables import sesnn
+from trainables import pruning, sesnn
 from trainables.checks import ConfigError
 from trainables.corruptions import DrawMean, eot_cw_l2, eot_fgsm, fgsm
 
@@ -522,6 +527,221 @@ def test_a_bad_value_on_the_command_line_is_refused_before_ray_starts():
 
 
 # ---------------------------------------------------------------------------------------------
+# Pruning (Sec. 4.1): the compression networks, Eq. 5 per channel, the pipeline
+
+
+def _lenet(widths=(4, 6, 12), **fields):
+    cfg, ecfg = sesnn.prune_preset_configs("smoke", {"widths": widths} | fields)
+    data = sesnn.load_data(cfg)
+    torch.manual_seed(0)
+    return cfg, ecfg, data, sesnn.build_compression_net(cfg, data, cfg.hidden_widths, "cpu")
+
+
+def _lenet_counts(w1, w2, w3, classes=10):
+    """LeNet-5-Caffe on 28 px by hand: conv5x5 -> 24x24, pool -> 12, conv5x5 -> 8x8, pool -> 4x4.
+    (multiplications, weights, feature-map elements) of the mu-only network."""
+    mults = 24 * 24 * w1 * 25 + 8 * 8 * w2 * w1 * 25 + 16 * w2 * w3 + w3 * classes
+    weights = w1 * 25 + w2 * w1 * 25 + 16 * w2 * w3 + w3 * classes
+    maps = 24 * 24 * w1 + 8 * 8 * w2 + w3 + classes
+    return mults, weights, maps
+
+
+def test_the_compression_networks_have_the_papers_layers():
+    _, _, data, net = _lenet(widths=())
+    assert net.widths == (20, 50, 500) and type(net.stochastic[0]).__name__ == "StochasticConv2d"
+    assert [type(m).__name__ for m in net.stochastic] == ["StochasticConv2d"] * 2 + ["StochasticLinear"]
+    assert net.classifier.in_features == 500 and net.stochastic[2].mu.in_features == 50 * 4 * 4
+    x = data.x_test[:1]
+    deployed = net.deployed()
+    assert pruning.multiplications(deployed, x) == _lenet_counts(20, 50, 500)[0] == 2_293_000
+    assert pruning.weight_count(deployed) == _lenet_counts(20, 50, 500)[1] == 430_500
+    assert pruning.feature_map_size(deployed, x) == _lenet_counts(20, 50, 500)[2]
+    assert sesnn.PruneConfig(arch="vgg16").hidden_widths == (64, 64, 128, 128, 256, 256, 256, *[512] * 8)
+    assert sesnn.PruneConfig(arch="vgg16_cifar100").hidden_widths == (64, 64, 128, 128, *[256] * 4, *[512] * 8)
+    vgg = sesnn.CompressionNet("vgg16", tuple(range(1, 16)), 3, 32, 10, 1e-6, True)  # narrow: the shape is tested
+    assert [type(m).__name__ for m in vgg.stochastic] == ["StochasticConv2d"] * 13 + ["StochasticLinear"] * 2
+    assert sum(isinstance(m, nn.MaxPool2d) for m in vgg.body) == 5 and vgg.stochastic[13].mu.in_features == 13
+    assert isinstance(vgg.stochastic[0].norm, nn.BatchNorm2d) and vgg.classifier.in_features == 15
+    c100 = sesnn.CompressionNet("vgg16_cifar100", tuple(range(1, 17)), 3, 32, 100, 1e-6, True)
+    assert len(c100.stochastic) == 16 and all(isinstance(m, sesnn.StochasticConv2d) for m in c100.stochastic)
+    assert isinstance(c100.body[-2], nn.AvgPool2d) and c100.classifier.in_features == 16  # 32 px -> 1x1
+
+
+def test_the_stochastic_conv_layer_draws_one_gaussian_per_channel_and_position():
+    layer = sesnn.StochasticConv2d(2, 3, 3, 1, 1e-6, norm=False).double()
+    h = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    layer.generator = torch.Generator().manual_seed(4)
+    z = layer(h)
+    eps = torch.randn((2, 3, 5, 5), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    mu = F.conv2d(h, layer.mu.weight, layer.mu.bias, padding=1)
+    sigma = F.softplus(F.conv2d(h, layer.log_scale.weight, layer.log_scale.bias, padding=1)) + 1e-6
+    torch.testing.assert_close(z, mu + eps * sigma)
+    layer.sample = False
+    torch.testing.assert_close(layer(h), mu)  # test time: mu only
+
+
+def test_eq_5_per_channel_averages_each_channels_log_sigma_over_samples_and_positions():
+    cfg, _, data, net = _lenet(omega=0.5, margin=0.3)
+    net.set_noise(True, torch.Generator().manual_seed(1))
+    net(data.x_train[:3])
+    want = 0.0
+    for m in net.stochastic:
+        log_sigma = torch.log(m.last[1].detach().double())
+        per_unit = [float(log_sigma[:, j].mean()) for j in range(log_sigma.shape[1])]  # over N (and H, W)
+        want += sum(max(cfg.margin - v, 0.0) for v in per_unit) / len(per_unit)
+    assert float(sesnn.prune_regulariser(net, cfg).detach()) == pytest.approx(cfg.omega * want, rel=1e-5)
+
+
+def test_removing_never_active_units_leaves_every_logit_unchanged():
+    """Units forced silent (mu = -1 everywhere) and any found silent on the batch are removed; the
+    removed terms were exact zeros, so the logits on that batch stay the same (equal up to the
+    order in which the shorter sums are added: 1 ulp of float64)."""
+    _, _, data, net = _lenet()
+    net = net.double()
+    with torch.no_grad():
+        for m, silent in zip(net.stochastic, ([1], [0, 4], [3, 7, 8])):
+            m.mu.weight[silent] = 0
+            m.mu.bias[silent] = -1.0
+    x = data.x_train.double()
+    peaks, _ = sesnn.unit_statistics(net, x, 64)
+    dead = [pruning.inactive_units(p) for p in peaks]
+    assert all(set(s) <= set(d) for s, d in zip(([1], [0, 4], [3, 7, 8]), dead))
+    with torch.no_grad():
+        before = net(x)
+    sesnn.remove_stochastic_units(net, dead)
+    assert net.widths == tuple(w - len(d) for w, d in zip((4, 6, 12), dead))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), before, rtol=0, atol=1e-14)
+    assert before.abs().max() > 1e-3  # the logits are not trivially zero
+
+
+def test_a_pruned_networks_measures_equal_a_network_built_at_the_kept_widths():
+    cfg, _, data, net = _lenet()
+    sesnn.remove_stochastic_units(net, [[0], [2, 5], [1, 4, 6, 9]])
+    assert net.widths == (3, 4, 8)
+    assert net.stochastic[1].log_scale.in_channels == 3 and net.stochastic[2].log_scale.in_features == 4 * 16
+    small = sesnn.build_compression_net(cfg, data, (3, 4, 8), "cpu")
+    x = data.x_test[:1]
+    for measure in (pruning.multiplications, pruning.feature_map_size):
+        assert measure(net.deployed(), x) == measure(small.deployed(), x)
+    assert pruning.weight_count(net.deployed()) == pruning.weight_count(small.deployed())
+    assert (pruning.multiplications(net.deployed(), x), pruning.weight_count(net.deployed()),
+            pruning.feature_map_size(net.deployed(), x)) == _lenet_counts(3, 4, 8)
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "vgg16_cifar100"])
+def test_a_pruned_vgg_equals_one_built_at_the_kept_widths(arch):
+    """BatchNorm on mu, five pools, the last conv's channels into the flatten (or the classifier)."""
+    widths = tuple(3 + i % 4 for i in range(len(sesnn.PruneConfig(arch=arch).hidden_widths)))
+    torch.manual_seed(0)
+    net = sesnn.CompressionNet(arch, widths, 3, 32, 10, 1e-6, True)
+    removals = [[0] if k in (0, 6, len(widths) - 1, len(widths) - 3) else [] for k in range(len(widths))]
+    removals[len(widths) - 2] = [1, 2]
+    sesnn.remove_stochastic_units(net, removals)
+    kept = tuple(w - len(r) for w, r in zip(widths, removals))
+    assert net.widths == kept
+    small = sesnn.CompressionNet(arch, kept, 3, 32, 10, 1e-6, True)
+    x = torch.rand(2, 3, 32, 32)
+    assert all(m.norm.num_features == w for m, w in zip(net.stochastic, kept) if isinstance(m.norm, nn.BatchNorm2d))
+    assert pruning.multiplications(net.deployed(), x) == pruning.multiplications(small.deployed(), x)
+    assert pruning.weight_count(net.deployed()) == pruning.weight_count(small.deployed())
+    net.set_noise(True, torch.Generator().manual_seed(0))
+    assert net(x).shape == (2, 10)  # the sigma predictors were resized with their mu
+
+
+def test_the_unit_of_highest_mean_log_sigma_goes_first():
+    """Hand-made entropies: sigma predictors with zero weights and chosen biases give every unit a
+    constant log sigma = log(softplus(bias) + floor); the ranking removes the largest ones first,
+    across layers, leaving one unit per layer."""
+    _, _, data, net = _lenet()
+    biases = ([0.0, 3.0, -1.0, 0.5], [2.0, -2.0, 4.0, 1.0, 0.1, -0.5], [float(v) for v in range(-6, 6)])
+    with torch.no_grad():
+        for m, b in zip(net.stochastic, biases):
+            m.log_scale.weight.zero_()
+            m.log_scale.bias.copy_(torch.tensor(b))
+    _, scores = sesnn.unit_statistics(net, data.x_train, 32)
+    for s, b in zip(scores, biases):
+        want = torch.log(F.softplus(torch.tensor(b, dtype=torch.float64)) + 1e-6)
+        torch.testing.assert_close(s, want, rtol=1e-6, atol=1e-6)
+    assert pruning.least_important(scores, 1) == [[], [], [11]]  # bias 5
+    assert pruning.least_important(scores, 3) == [[], [2], [10, 11]]  # 5, 4 (layer 2), 4 (layer 3)
+    assert pruning.least_important(scores, 5) == [[1], [2], [9, 10, 11]]  # then 3, 3: layer 1 first on a tie
+
+
+def _pipeline(**fields):
+    cfg, ecfg = sesnn.prune_preset_configs("smoke", {"max_rounds": 4, "prune_per_step": 2} | fields)
+    return cfg, ecfg, sesnn.load_data(cfg)
+
+
+def test_a_pipeline_resumed_from_its_checkpoints_ends_as_one_run_straight_through(one_thread):
+    cfg, _, data = _pipeline()
+    states = []
+    whole = sesnn.train_prune(cfg, data, callback=lambda p: states.append((p.epoch, p.metrics, p.state())))
+    assert whole.columns["stop_reason"] == "max_rounds" and whole.columns["prune_rounds"] == 4
+    assert [e for e, _, _ in states] == [1, 2, 3, 4, 5, 6]  # two training epochs, then one per round
+    units = [m["units"] for _, m, _ in states]
+    assert units[0] == units[1] == 22 and units[2:] == sorted(units[2:], reverse=True) and units[-1] < units[2]
+    assert units[-1] == sum(whole.model.pruned.widths)
+    for epoch, _, state in (states[0], states[3]):  # mid-training, and mid-pruning after round 2
+        state = torch.load(_saved(state), weights_only=True)  # what a trial's checkpoint holds
+        resumed = sesnn.train_prune(cfg, data, state=state)
+        assert resumed.model.pruned.widths == whole.model.pruned.widths, epoch
+        assert resumed.columns["params_digest"] == whole.columns["params_digest"], epoch
+        assert resumed.columns == whole.columns | {"device_name": resumed.columns["device_name"]}
+
+
+def _saved(state: dict):
+    import io
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return buf
+
+
+def test_the_pipeline_keeps_the_last_network_within_the_error_budget(one_thread):
+    """Budget 0 on the held-out images: the first round that costs accuracy is undone and ends
+    the pipeline; every kept round stayed within it."""
+    cfg, ecfg, data = _pipeline(error_budget=0.0, max_rounds=0, prune_per_step=3, val_size=40, epochs=6,
+                                train_limit=30)
+    res = sesnn.train_prune(cfg, data)
+    c = res.columns
+    assert c["stop_reason"] in ("budget", "one_unit_per_layer")
+    assert (res.artefacts["prune_budget_accuracy"] >= c["budget_accuracy_start"]).all()
+    assert c["budget_accuracy_end"] >= c["budget_accuracy_start"] and c["budget_images"] == 40
+    assert c["units_left"] == sum(res.model.pruned.widths) == c["units_trained"] - c["units_batch_pruned"] \
+        - c["units_removed_iteratively"]
+    rows = sesnn.evaluate_prune(res.model, data, [{"stage": s} for s in sesnn.PRUNE_STAGES], cfg, ecfg)
+    trained, batch, pruned = rows
+    assert trained["size_pct"] == trained["memory_pct"] == 100.0 and trained["architecture"] == "4-6-12-10"
+    assert pruned["architecture"] == sesnn.architecture(res.model.pruned.widths, 10)
+    assert pruned["mflops"] == pytest.approx(_lenet_counts(*res.model.pruned.widths)[0] / 1e6)
+    assert pruned["size_pct"] == pytest.approx(100 * _lenet_counts(*res.model.pruned.widths)[1]
+                                               / _lenet_counts(4, 6, 12)[1])
+    assert pruned["error"] == pytest.approx(1 - pruned["accuracy"])
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"widths": (4, 6)}, "widths=(4, 6) is not allowed; allowed: () or 3 integers"),
+    ({"arch": "resnet"}, "arch='resnet'"),
+    ({"error_budget": -0.1}, "error_budget"),
+    ({"budget_data": "train"}, "budget_data='train'"),
+    ({"prune_per_step": 0}, "prune_per_step"),
+])
+def test_bad_pruning_fields_are_one_line_naming_the_field(fields, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        sesnn.prune_preset_configs("smoke", fields)
+
+
+def test_a_held_out_set_as_large_as_the_training_set_and_a_bad_image_size_are_refused_before_training():
+    cfg, _, data = _pipeline(val_size=80)
+    with pytest.raises(ConfigError, match="val_size=80 leaves no training images of 80"):
+        sesnn.train_prune(cfg, data)
+    cfg, _, data = _pipeline(image_size=12)
+    with pytest.raises(ConfigError, match="arch='lenet5' cannot take image_size=12"):
+        sesnn.train_prune(cfg, data)
+
+
+# ---------------------------------------------------------------------------------------------
 # Experiments
 
 
@@ -595,6 +815,22 @@ def test_every_grid_point_gets_its_label_from_the_search_spaces_dicts():
     given = set(spaces.LABEL_NOISE_METHODS) | set(spaces.DEFENCE_METHODS)
     assert {analysis.SESNN, analysis.SESNN_FORWARD, analysis.BASELINE, analysis.FORWARD, analysis.VIB} <= given
     assert set(analysis.ANCHORS) <= given and not hasattr(analysis, "LABELS")
+
+
+def test_the_pruning_experiment_runs_both_arms_on_the_papers_networks_with_labels_from_its_arms():
+    from analysis import sesnn as analysis
+    from search_spaces import sesnn as spaces
+    paper = spaces.prune_sesnn("paper")
+    assert {(p["arch"], p["dataset"]) for p in paper.train} == {("lenet5", "mnist"), ("vgg16", "cifar10"),
+                                                                ("vgg16_cifar100", "cifar100")}
+    for preset in ("paper", "quick", "smoke"):
+        space = spaces.prune_sesnn(preset)
+        assert sorted(space.label(p) for p in space.train) == sorted(list(spaces.PRUNE_ARMS) * len(spaces.PRUNE_NETS[preset]))
+        assert space.tests(space.train[0]) == [{"stage": s} for s in sesnn.PRUNE_STAGES]
+    assert {p["omega"] for p in paper.train} == {1e-4, 0.0}
+    assert {analysis.SESNN, analysis.BASELINE_PRUNE} == set(spaces.PRUNE_ARMS)
+    cfg, _ = sesnn.prune_preset_configs("paper")
+    assert (cfg.omega, cfg.margin, cfg.prune_per_step, cfg.hidden_widths) == (1e-4, math.log(4), 1, (20, 50, 500))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -880,6 +1116,51 @@ def test_the_analysis_keeps_no_statistics_of_its_own():
     assert "scipy" not in text and "ddof" not in text and ".sem(" not in text
 
 
+def _prune_frame(widths: str = "[]", dataset: str = "mnist", se_mflops=(0.06, 0.07, 0.065)):
+    """Fabricated sesnn_prune rows: two arms x three stages x three seeds of LeNet-5."""
+    import pandas as pd
+    rows = []
+    for label, omega, pruned in (("SE-SNN", 1e-4, se_mflops), ("Baseline (ω=0)", 0.0, (0.30, 0.28, 0.35))):
+        for seed, mf in enumerate(pruned):
+            for stage, mflops, arch in (("trained", 2.293, "20-50-500-10"), ("batch_pruned", 1.0, "9-30-400-10"),
+                                        ("pruned", mf, "3-12-140-10")):
+                rows.append({"family": "sesnn", "method": "sesnn_prune", "status": "ok", "label": label,
+                             "arch": "lenet5", "dataset": dataset, "image_size": 28, "channels": 1, "widths": widths,
+                             "omega": omega, "margin": math.log(4), "prune_per_step": 1, "seed": seed,
+                             "stage": stage, "mflops": mflops, "size_pct": 100 * mflops / 2.293,
+                             "memory_pct": 50.0, "error": 0.01 + 0.001 * seed, "architecture": arch,
+                             "config_columns": json.dumps(["arch", "dataset", "image_size", "channels", "widths",
+                                                           "omega", "margin", "prune_per_step"])})
+    return pd.DataFrame(rows)
+
+
+def test_the_compression_table_has_tables_1_3s_columns_and_the_paper_row_only_where_the_protocol_matches():
+    from analysis import sesnn as analysis
+    ((caption, t),) = analysis.compression_tables(_prune_frame())
+    assert list(t.columns) == ["method", *analysis.COMPRESSION_COLUMNS]
+    assert list(t["method"])[:3] == ["SE-SNN (pruned)", "SE-SNN (never-active units removed)", "SE-SNN (unpruned)"]
+    paper = t[t["method"] == "SE-SNN (paper)"].iloc[0]
+    assert (paper["Model size (%)"], paper["FLOPs (Mil)"], paper["Memory (%)"], paper["Error (%)"]) == \
+        ("2.35", "0.061", "11.08", "0.9")
+    ours = t[t["method"] == "SE-SNN (pruned)"].iloc[0]
+    assert ours["FLOPs (Mil)"].startswith("0.065 ±") and ours["Architecture"] == "3-12-140-10"
+    assert ours["Error (%)"].startswith("1.10 ±")  # error fractions shown in %
+    assert "where the protocol matches" in caption
+    ((caption, t),) = analysis.compression_tables(_prune_frame(widths="[4, 6, 12]"))
+    assert "SE-SNN (paper)" not in set(t["method"]) and "widths=[4, 6, 12]" in caption
+    ((caption, t),) = analysis.compression_tables(_prune_frame(dataset="mnist5k"))
+    assert "SE-SNN (paper)" in set(t["method"]) and "5,000-image subset" in caption
+
+
+def test_what_the_entropy_adds_is_one_verdict_on_flops_paired_over_seeds():
+    from analysis import sesnn as analysis
+    (found,) = analysis.compression_findings(_prune_frame())
+    assert "fewer FLOPs than Baseline (ω=0)" in found and "holds" in found
+    (found,) = analysis.compression_findings(_prune_frame(se_mflops=(0.4, 0.2, 0.33)))
+    assert "undecided" in found
+    assert analysis.compression_findings(_prune_frame().query("label == 'SE-SNN'")) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end: tuner.run, the report, the notebook
 
@@ -916,3 +1197,14 @@ def test_report_of_real_runs_draws_the_curves_table_and_findings(smoke_runs, tmp
 def test_notebook_executes_headless_on_a_real_run(smoke_runs):
     out = notebook_output("sesnn", smoke_runs / "labelnoise_sesnn-smoke")
     assert "label noise?" in out
+
+
+@pytest.mark.slow
+def test_report_of_a_real_pruning_run_draws_the_compression_table(shared_smoke, tmp_path):
+    from analysis.report import build
+    folder = shared_smoke("prune_sesnn")[0]
+    build(folder, tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Compression of lenet5 on mnist5k" in md and "Traceback" not in md
+    assert "| SE-SNN (unpruned) | 100.00 (1 seed) |" in md and "4-6-12-10" in md
+    assert "needs fewer FLOPs than Baseline (ω=0)'s" in md

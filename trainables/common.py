@@ -149,6 +149,7 @@ class Progress:
     loss: float
     state: Callable[[], dict]  # builds a checkpoint dict on demand (cost paid only when saved)
     done: float = float("nan")  # share of the whole training done (0-1; NaN: not known)
+    metrics: dict[str, float] = field(default_factory=dict)  # more of the method's own progress (reported as is)
 
 
 @dataclass

@@ -175,7 +175,7 @@ def _reporter(checkpoint_seconds: float, watch: TrialMetrics | None = None):
         now = time.monotonic()
         if watch is not None:
             watch.epoch(now)
-        metrics = {"epoch": progress.epoch, "loss": progress.loss, "done_share": progress.done}
+        metrics = dict(progress.metrics) | {"epoch": progress.epoch, "loss": progress.loss, "done_share": progress.done}
         if now - last["checkpoint"] >= checkpoint_seconds:
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(progress.state(), os.path.join(folder, "state.pt"))
