@@ -528,3 +528,6 @@ METHOD = Method(
     final_rows=final_rows, describe=describe, diverging={"lr": 1e30})
 
 METHODS = [METHOD]
+
+from trainables.reid import REID_METHOD  # noqa: E402  (Table 4's re-identification study: trainables/reid.py's last section)
+METHODS.append(REID_METHOD)
