@@ -587,7 +587,7 @@ def _finish_reid(cfg: ReidStudyConfig, data: ReidData, res: TrainResult, carry: 
             "initial_loss": float(last[0]) if last else nan, "final_loss": float(last[-1]) if last else nan,
             **dict(zip(("loss_tail_change", "loss_tail_share"), loss_tail(last))),
             "sigma_clean": nan, "sigma_noisy": nan, "trunk_unchanged": None}
-    artefacts = {}
+    artefacts = {"noisy_labels": carry["noisy"].numpy(), "train_flipped": flipped.numpy()} if "noisy" in carry else {}
     if "transition" in carry:
         artefacts["transition"] = carry["transition"].numpy()
     if isinstance(model.backbone, StochasticUnit):
@@ -607,8 +607,7 @@ def _finish_reid(cfg: ReidStudyConfig, data: ReidData, res: TrainResult, carry: 
         k = min(cfg.extreme_images, len(sigma))
         order = torch.argsort(sigma, descending=True, stable=True)
         high, low = order[:k], order.flip(0)[:k]
-        artefacts |= {"train_sigma": sigma.numpy(), "train_flipped": flipped.numpy(),
-                      "sigma_high_index": high.numpy(), "sigma_low_index": low.numpy(),
+        artefacts |= {"train_sigma": sigma.numpy(), "sigma_high_index": high.numpy(), "sigma_low_index": low.numpy(),
                       "sigma_high_images": data.train.images[high].numpy(),
                       "sigma_low_images": data.train.images[low].numpy()}
     model.eval()
@@ -654,7 +653,7 @@ REID_PRESETS: dict[str, dict] = {
     "paper": {"dataset": "market1501", "backbone": "resnet50"},
     # The PROXY (ReidProxyConfig): mnist5k digits 0-5 train, 6-9 query/gallery, 28 px, small_cnn.
     "quick": {"dataset": "proxy", "backbone": "small_cnn", "proxy_dataset": "mnist5k", "proxy_image_size": 28,
-              "stage1_iterations": 1500, "stage2_iterations": 500},
+              "stage1_iterations": 1500, "stage2_iterations": 750},  # stage 2: 10 epochs, so its loss tail is measured
     # Seconds: the proxy on digits at 8 px, 8 images per identity.
     "smoke": {"dataset": "proxy", "backbone": "small_cnn", "proxy_dataset": "digits", "proxy_image_size": 8,
               "proxy_train_limit": 8, "proxy_queries": 3, "stage1_iterations": 6, "stage2_iterations": 6,

@@ -1,0 +1,193 @@
+"""SE-SNN's re-identification study (trainables/reid.py's last section): the digits proxy's split,
+stage 2's surgery against torchvision's own blocks, what stage 2 trains (the layers before the last
+unit bit-identical), the label-noise levels, sigma used in training and never at test time, resume
+in stage 2, and a smoke trial through the Method end to end."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from trainables.checks import ConfigError
+from trainables.data import DataError, ReidProxyConfig, load_reid_proxy
+from trainables.reid import (REID_METHOD, StochasticUnit, _preactivation, extract_features, reid_configs,
+                             split_backbone, train_reid)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+@pytest.fixture(scope="module")
+def smoke_data():
+    cfg, _ = reid_configs("smoke")
+    return REID_METHOD.load_data(cfg)
+
+
+def configs(**overrides):
+    return reid_configs("smoke", overrides)
+
+
+def test_proxy_split():
+    data = load_reid_proxy(ReidProxyConfig(proxy_dataset="digits", proxy_image_size=8, proxy_train_identities=7,
+                                           proxy_train_limit=5, proxy_queries=4))
+    assert data.train.images.dtype == torch.uint8 and data.train.images.shape[1:] == (3, 8, 8)
+    assert data.train.pids.unique().tolist() == list(range(7)) and data.num_identities == 7
+    assert torch.bincount(data.train.pids).tolist() == [5] * 7
+    assert torch.equal(data.labels, data.train.pids)
+    assert set(data.query.pids.tolist()) == set(data.gallery.pids.tolist()) == {7, 8, 9}
+    assert torch.bincount(data.query.pids)[7:].tolist() == [4, 4, 4]
+    assert not set(data.query.names) & set(data.gallery.names)
+    for split in (data.query, data.gallery):  # cameras alternate 1, 2, 1, ... within each identity
+        assert set(split.camids.tolist()) == {1, 2}
+    for pid in (7, 8, 9):  # the queries are each identity's first images: cameras 1, 2, 1, 2
+        assert data.query.camids[data.query.pids == pid].tolist() == [1, 2, 1, 2]
+        # the gallery goes on from position 4: camera 1 first
+        assert data.gallery.camids[data.gallery.pids == pid][:2].tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("field,value", [("proxy_dataset", "mnist"), ("proxy_train_identities", 10),
+                                         ("proxy_queries", 0), ("proxy_train_limit", 0)])
+def test_proxy_config_refuses(field, value):
+    with pytest.raises(DataError, match=field):
+        ReidProxyConfig(**{field: value})
+
+
+def test_proxy_refuses_queries_that_leave_no_gallery():
+    with pytest.raises(DataError, match="proxy_queries"):
+        load_reid_proxy(ReidProxyConfig(proxy_dataset="digits", proxy_image_size=8, proxy_queries=1000))
+
+
+@pytest.mark.parametrize("field,value", [("dataset", "market"), ("model", "vib"), ("loss", "mae"),
+                                         ("noise_features", "imagenet"), ("extreme_images", 0),
+                                         ("anchor_percentile", 0.0)])
+def test_study_config_refuses(field, value):
+    with pytest.raises(ConfigError, match=field):
+        configs(**{field: value})
+
+
+def test_sesnn_needs_a_stage_2():
+    with pytest.raises(ConfigError, match="stage2_iterations"):
+        configs(model="sesnn", stage2_iterations=0)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_the_last_unit_s_preactivation_is_torchvision_s_block_before_its_relu(arch):
+    """relu(_preactivation(block, h)) is the block's own forward (BasicBlock and Bottleneck), and
+    trunk -> unit -> tail is the backbone's own forward."""
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(arch, weights=None).eval()
+    net.fc = torch.nn.Identity()
+    x = torch.rand(2, 3, 64, 32)
+    trunk, unit, tail = split_backbone(net)
+    with torch.no_grad():
+        h = trunk(x)
+        assert torch.equal(torch.relu(_preactivation(unit, h)), unit(h))
+        assert torch.equal(tail(torch.relu(_preactivation(unit, h))), net(x))
+
+
+def test_stage_2_trains_only_the_last_unit_its_new_layer_and_the_classifier(smoke_data):
+    """SE-SNN's stage 2 starts from the network B's stage 1 ends with (same seed: stage 1 is
+    plain cross-entropy for both), leaves every parameter and buffer before the last unit
+    bit-identical and changes the unit and the classifier."""
+    cfg, _ = configs(model="deterministic", stage2_iterations=0, label_noise=0.2)
+    stage1 = train_reid(cfg, smoke_data).model
+    cfg, _ = configs(model="sesnn", label_noise=0.2)
+    res = train_reid(cfg, smoke_data)
+    net = res.model
+    assert isinstance(net.backbone, StochasticUnit) and net.backbone.kind == "sesnn"
+    before = stage1.backbone[:2].state_dict()  # small_cnn: conv, relu | conv (the unit), relu, pool
+    after = net.backbone.trunk.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not all(p.requires_grad for p in net.backbone.trunk.parameters())
+    assert not torch.equal(stage1.backbone[2].weight, net.backbone.unit.weight)
+    assert not torch.equal(stage1.fc.weight, net.fc.weight)
+    assert res.columns["trunk_unchanged"] is True
+
+
+def test_the_noise_levels_change_the_labels(smoke_data):
+    """round(p * N) labels change at level p, the same ones for every method of a seed; none at 0."""
+    n = len(smoke_data.labels)
+    seen = {}
+    for p in (0.0, 0.1, 0.2, 0.5):
+        for model in ("deterministic", "sesnn"):
+            cfg, _ = configs(model=model, label_noise=p, stage1_iterations=3, stage2_iterations=3)
+            art = train_reid(cfg, smoke_data).artefacts
+            noisy, flipped = torch.as_tensor(art["noisy_labels"]), torch.as_tensor(art["train_flipped"])
+            assert torch.equal(noisy != smoke_data.labels, flipped)
+            assert int(flipped.sum()) == math.floor(p * n + 0.5)
+            seen.setdefault(p, []).append(noisy)
+    for p, (b, s) in seen.items():
+        assert torch.equal(b, s), p
+    assert (seen[0.5][0] != seen[0.2][0]).sum() > 0
+
+
+def test_resuming_in_stage_2_equals_an_uninterrupted_run(smoke_data):
+    cfg, _ = configs(model="sesnn", label_noise=0.2, stage2_iterations=9)
+    states = []
+    whole = train_reid(cfg, smoke_data, callback=lambda p: states.append(p.state()))
+    stage2 = [s for s in states if s["phase"] == "stage2"]
+    assert len(stage2) == 3 and all(s["phase"] == "clean" for s in states[:2])
+    resumed = train_reid(cfg, smoke_data, state=stage2[0])
+    assert repr(resumed.columns) == repr(whole.columns) and resumed.history == whole.history
+    assert resumed.epochs_done == whole.epochs_done
+    assert all(np.array_equal(whole.artefacts[k], resumed.artefacts[k]) for k in whole.artefacts)
+
+
+def test_sigma_is_used_in_training_and_never_at_test_time(smoke_data):
+    cfg, ecfg = configs(model="sesnn", label_noise=0.2)
+    res = train_reid(cfg, smoke_data)
+    net, unit = res.model, res.model.backbone
+    x = smoke_data.train.images[:8].float().div(255)
+    # training mode: two draws differ, and the task loss alone reaches the sigma layer
+    net.train()
+    unit.generator = torch.Generator().manual_seed(1)
+    a = net(x)
+    unit.generator = torch.Generator().manual_seed(2)
+    b = net(x)
+    assert not torch.allclose(a, b)
+    torch.nn.functional.cross_entropy(b, smoke_data.labels[:8]).backward()
+    assert unit.extra.weight.grad is not None and unit.extra.weight.grad.abs().sum() > 0
+    net.zero_grad()
+    # test time: mu only. Evaluations are bit-identical, and a far larger sigma changes no feature.
+    rows = [REID_METHOD.evaluate(net, smoke_data, [{"features": "mu"}], cfg, ecfg) for _ in range(2)]
+    strip = lambda r: {k: v for k, v in r[0].items() if k != "eval_seconds"}
+    assert strip(rows[0]) == strip(rows[1])
+    before = extract_features(net, smoke_data.query.images)
+    with torch.no_grad():
+        unit.extra.bias.fill_(50.0)  # sigma about 50
+    assert torch.equal(extract_features(net, smoke_data.query.images), before)
+    net.train()
+    assert not torch.allclose(net.features(smoke_data.query.images.float().div(255)), before)
+
+
+@pytest.mark.parametrize("model,loss", [("sesnn", "ce"), ("deterministic", "forward"),
+                                        ("deterministic", "bootstrap_hard"), ("deterministic", "bootstrap_soft")])
+def test_a_smoke_trial_through_the_method(smoke_data, model, loss):
+    cfg, ecfg = REID_METHOD.configs("smoke", {"model": model, "loss": loss, "label_noise": 0.2})
+    res = REID_METHOD.train(cfg, smoke_data, None, None)
+    (row,) = REID_METHOD.evaluate(res.model, smoke_data, [REID_METHOD.check_setting({"features": "mu"})], cfg, ecfg)
+    assert res.status == "ok"
+    assert 0 <= row["map"] <= 1 and row["rank1"] <= row["rank5"] <= row["rank10"] <= 1
+    assert row["query_images"] == len(smoke_data.query.pids) and row["train_identities"] == 6
+    c, art = res.columns, res.artefacts
+    if model == "sesnn":
+        k = cfg.extreme_images
+        sigma = art["train_sigma"]
+        assert art["sigma_high_images"].shape == (k, 3, 8, 8) and art["sigma_high_images"].dtype == np.uint8
+        assert np.array_equal(art["sigma_high_images"], smoke_data.train.images[art["sigma_high_index"]].numpy())
+        assert np.array_equal(np.sort(sigma)[::-1][:k], sigma[art["sigma_high_index"]])
+        assert np.array_equal(np.sort(sigma)[:k], sigma[art["sigma_low_index"]])
+        flipped = art["train_flipped"]
+        assert c["sigma_noisy"] == pytest.approx(float(sigma[flipped].mean()))
+        assert c["sigma_clean"] == pytest.approx(float(sigma[~flipped].mean()))
+    else:
+        assert math.isnan(c["sigma_noisy"]) and "train_sigma" not in art
+    if loss == "forward":
+        t = art["transition"]
+        assert t.shape == (6, 6) and np.allclose(t.sum(1), 1, atol=1e-5)
+
+
+def test_bad_settings_are_refused():
+    assert REID_METHOD.check_setting({}) == {"features": "mu"}
+    with pytest.raises(ConfigError, match="features"):
+        REID_METHOD.check_setting({"features": "sample"})
