@@ -12,7 +12,7 @@ import torchvision
 
 from trainables.checks import ConfigError
 from trainables.data import DataError, ReidProxyConfig, load_reid_proxy
-from trainables.reid import (REID_METHOD, StochasticUnit, _preactivation, extract_features, reid_configs,
+from trainables.reid import (REID_METHOD, StochasticUnit, _branch, _fresh_like, _preactivation, extract_features, reid_configs,
                              split_backbone, train_reid)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,6 +83,22 @@ def test_the_last_unit_s_preactivation_is_torchvision_s_block_before_its_relu(ar
         h = trunk(x)
         assert torch.equal(torch.relu(_preactivation(unit, h)), unit(h))
         assert torch.equal(tail(torch.relu(_preactivation(unit, h))), net(x))
+        fresh = _fresh_like(unit)  # the sigma / parallel layer: a new block of the unit's type and shape
+        assert type(fresh) is type(unit) and _branch(fresh.eval(), h).shape == unit(h).shape
+        assert not torch.equal(fresh.conv1.weight, unit.conv1.weight)
+
+
+@pytest.mark.slow
+def test_a_resnet_trial_on_the_proxy():
+    """The ResNet path end to end (stage 2 on torchvision's BasicBlock), a few steps at 32 px."""
+    cfg, ecfg = configs(model="sesnn", label_noise=0.2, backbone="resnet18", proxy_image_size=32,
+                        stage1_iterations=2, stage2_iterations=2, noise_features="initial")
+    data = REID_METHOD.load_data(cfg)
+    res = train_reid(cfg, data)
+    (row,) = REID_METHOD.evaluate(res.model, data, [{"features": "mu"}], cfg, ecfg)
+    assert res.status == "ok" and res.columns["trunk_unchanged"] is True and 0 <= row["map"] <= 1
+    assert isinstance(res.model.backbone.unit, torchvision.models.resnet.BasicBlock)
+    assert res.columns["sigma_noisy"] > 0 and res.artefacts["sigma_high_images"].shape[1:] == (3, 32, 32)
 
 
 def test_stage_2_trains_only_the_last_unit_its_new_layer_and_the_classifier(smoke_data):
@@ -191,3 +207,63 @@ def test_bad_settings_are_refused():
     assert REID_METHOD.check_setting({}) == {"features": "mu"}
     with pytest.raises(ConfigError, match="features"):
         REID_METHOD.check_setting({"features": "sample"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis: Table 4's layout and the findings on a fabricated frame
+
+
+def fabricated(protocol: dict | None = None):
+    """Three seeds of B, F and SE-SNN at 0% and 10%: SE-SNN = B + 5 points (+ a seed wobble), F =
+    B - 3 points; SE-SNN's noisy images get sigma 0.2 above the clean ones."""
+    import json
+
+    import pandas as pd
+    rows = []
+    fields = {"dataset": "proxy", "backbone": "small_cnn", "weights": None, "stage1_iterations": 1500,
+              "stage2_iterations": 750, "batch_size": 32, "omega": 0.01, "margin": math.log(4)} | (protocol or {})
+    for seed in range(3):
+        for p in (0.0, 0.1):
+            base = 0.30 + 0.1 * seed - p
+            for label, model, loss, shift in (("B", "deterministic", "ce", 0.0), ("F", "deterministic", "forward", -0.03),
+                                              ("SE-SNN", "sesnn", "ce", 0.05 + 0.002 * seed)):
+                rows.append(fields | {"method": "sesnn_reid", "family": "sesnn", "status": "ok", "label": label,
+                                      "model": model, "loss": loss, "label_noise": p, "seed": seed, "features": "mu",
+                                      "map": base + shift, "rank1": base + 0.2 + shift, "loss_tail_share": 0.001,
+                                      "trial_key": f"{label}-{p}-{seed}",
+                                      "sigma_clean": 1.0 if model == "sesnn" else float("nan"),
+                                      "sigma_noisy": (1.2 + 0.01 * seed) if model == "sesnn" and p else float("nan"),
+                                      "config_columns": json.dumps(sorted(fields) + ["model", "loss", "label_noise"])})
+    return pd.DataFrame(rows)
+
+
+def test_reid_table_in_table_4_layout():
+    from analysis import sesnn, stats
+    t = sesnn.reid_table(fabricated())
+    assert list(t.index) == ["B", "F", "SE-SNN"]
+    assert list(t.columns) == ["0% rank-1", "0% mAP", "10% rank-1", "10% mAP"]
+    maps = [0.30 + 0.1 * s - 0.1 for s in range(3)]  # B at 10%: 20, 30, 40 %
+    assert t.loc["B", "10% mAP"] == stats.fmt(np.mean(maps), np.std(maps, ddof=1) / math.sqrt(3))
+    assert t.loc["B", "10% mAP"].startswith("30.00 ± 5.77")
+    assert "paper" not in " ".join(t.to_numpy().ravel())  # the proxy: no paper values beside ours
+    assert not t.attrs["comparable"]
+    paper = sesnn.reid_table(fabricated({"dataset": "market1501", "backbone": "resnet50", "stage1_iterations": 60000,
+                                         "stage2_iterations": 20000, "weights": "/w/resnet50.pth"}))
+    assert paper.attrs["comparable"] and "(paper 25.87)" in paper.loc["B", "10% mAP"]
+    assert "(paper 53.21)" in paper.loc["SE-SNN", "10% rank-1"] and "(paper 70.2)" in paper.loc["SE-SNN", "0% mAP"]
+
+
+def test_reid_findings_follow_the_verdict_rule(tmp_path):
+    from analysis import sesnn
+    found = sesnn.reid_findings(fabricated())
+    beats = [f for f in found if "SE-SNN beats B in mAP at 10%" in f]
+    assert len(beats) == 1 and beats[0].endswith("holds (the interval excludes zero in the claimed direction).")
+    weaker = [f for f in found if "F (forward correction) is below B" in f]
+    assert len(weaker) == 1 and "holds" in weaker[0]
+    sigma = [f for f in found if "larger σ" in f]
+    assert len(sigma) == 1 and "= +0.21, 95% CI [+0.19, +0.23]" in sigma[0] and "holds" in sigma[0]
+    fig = sesnn.reid_sigma(fabricated(), tmp_path / "sigma.png")
+    assert (tmp_path / "sigma.png").exists() and set(fig.plotted["which"]) == {"noisy", "clean"}
+    section = sesnn.section(fabricated(), tmp_path)
+    assert any(caption.startswith("Re-identification") for caption, _ in section["tables"])
+    assert "reid_sigma" in section["figures"] and beats[0] in section["findings"]
