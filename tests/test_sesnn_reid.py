@@ -12,8 +12,8 @@ import torchvision
 
 from trainables.checks import ConfigError
 from trainables.data import DataError, ReidProxyConfig, load_reid_proxy
-from trainables.reid import (REID_METHOD, StochasticUnit, _branch, _fresh_like, _preactivation, extract_features, reid_configs,
-                             split_backbone, train_reid)
+from trainables.reid import (REID_METHOD, StochasticUnit, _branch, _fresh_like, _preactivation, extract_features,
+                             reid_configs, split_backbone, train_reid)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -225,7 +225,8 @@ def fabricated(protocol: dict | None = None):
     for seed in range(3):
         for p in (0.0, 0.1):
             base = 0.30 + 0.1 * seed - p
-            for label, model, loss, shift in (("B", "deterministic", "ce", 0.0), ("F", "deterministic", "forward", -0.03),
+            for label, model, loss, shift in (("B", "deterministic", "ce", 0.0),
+                                              ("F", "deterministic", "forward", -0.03),
                                               ("SE-SNN", "sesnn", "ce", 0.05 + 0.002 * seed)):
                 rows.append(fields | {"method": "sesnn_reid", "family": "sesnn", "status": "ok", "label": label,
                                       "model": model, "loss": loss, "label_noise": p, "seed": seed, "features": "mu",

@@ -11,6 +11,8 @@ the photographs bundled with scikit-image, not a data set from the paper. The to
 downloaded into the data root; ``cub200_20``, ``tiny_imagenet`` and ``imagenet`` (ILSVRC2012) must be
 placed there by hand. Market-1501 (person re-identification: train, query and gallery splits
 with person and camera ids) has its own reader, ``load_market1501``, at the end: placed by hand too.
+``load_reid_proxy`` (last) is a re-identification PROXY built from the embedded digits, not a
+re-identification data set (``ReidProxyConfig`` says what it can and cannot show).
 """
 
 from __future__ import annotations
@@ -784,7 +786,8 @@ class ReidProxyConfig:
         if self.proxy_dataset not in REID_PROXY_SETS:
             raise DataError(f"proxy_dataset: got {self.proxy_dataset!r}; allowed: {', '.join(REID_PROXY_SETS)}")
         if not _is_int(self.proxy_image_size) or not 4 <= self.proxy_image_size <= MAX_IMAGE_SIZE:
-            raise DataError(f"proxy_image_size: must be an integer in [4, {MAX_IMAGE_SIZE}], got {self.proxy_image_size!r}")
+            raise DataError(f"proxy_image_size: must be an integer in [4, {MAX_IMAGE_SIZE}], "
+                            f"got {self.proxy_image_size!r}")
         if not _is_int(self.proxy_train_identities) or not 2 <= self.proxy_train_identities <= 9:
             raise DataError(f"proxy_train_identities: must be an integer in [2, 9] (10 classes, at least one "
                             f"test identity), got {self.proxy_train_identities!r}")

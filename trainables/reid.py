@@ -15,6 +15,8 @@
   identity; ImageNet weights only from a local file, never downloaded. ``small_cnn`` is a tiny
   backbone for tests and CPU runs.
 - ``ReidConfig``: the paper's two-stage schedule (App. B.1) and every default it leaves open.
+- The study itself (last section): SE-SNN's re-identification with label noise, the `sesnn_reid`
+  Method (B/H/S/F/SE-SNN, two stages, the last unit stochastic; Table 4, Fig. 3b/c).
 
 Plain PyTorch/NumPy; this module never imports ray.
 """
@@ -308,8 +310,8 @@ from typing import Callable  # noqa: E402
 
 import torch.nn.functional as F  # noqa: E402
 
-from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, configs_from_preset,  # noqa: E402
-                               device_name, loss_tail, params_digest, resolve_device)
+from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device,  # noqa: E402
+                               configs_from_preset, device_name, loss_tail, params_digest, resolve_device)
 from trainables.data import MarketConfig, ReidData, ReidProxyConfig, load_market1501, load_reid_proxy  # noqa: E402
 from trainables.noise import make_generator  # noqa: E402
 from trainables.supervised import SCHEDULERS, train_supervised  # noqa: E402
