@@ -248,10 +248,18 @@ def test_reid_table_in_table_4_layout():
     assert t.loc["B", "10% mAP"].startswith("30.00 ± 5.77")
     assert "paper" not in " ".join(t.to_numpy().ravel())  # the proxy: no paper values beside ours
     assert not t.attrs["comparable"]
+    df = fabricated()
+    gap = sesnn.reid_table(df[~((df["label"] == "F") & (df["label_noise"] == 0.1))])
+    assert gap.loc["F", "10% mAP"] == "n/a (not run)" and gap.loc["F", "0% mAP"] == t.loc["F", "0% mAP"]
     paper = sesnn.reid_table(fabricated({"dataset": "market1501", "backbone": "resnet50", "stage1_iterations": 60000,
                                          "stage2_iterations": 20000, "weights": "/w/resnet50.pth"}))
     assert paper.attrs["comparable"] and "(paper 25.87)" in paper.loc["B", "10% mAP"]
     assert "(paper 53.21)" in paper.loc["SE-SNN", "10% rank-1"] and "(paper 70.2)" in paper.loc["SE-SNN", "0% mAP"]
+    assert "paper" not in paper.loc["SE-SNN", "0% rank-1"]  # the paper gives no 0% rank-1
+    assert "the paper: 27.3 vs 25.87" in " ".join(sesnn.reid_findings(fabricated({
+        "dataset": "market1501", "backbone": "resnet50", "stage1_iterations": 60000, "stage2_iterations": 20000,
+        "weights": "/w/resnet50.pth"})))
+    assert "the paper: 27.3" not in " ".join(sesnn.reid_findings(fabricated()))
 
 
 def test_reid_findings_follow_the_verdict_rule(tmp_path):
@@ -262,7 +270,7 @@ def test_reid_findings_follow_the_verdict_rule(tmp_path):
     weaker = [f for f in found if "F (forward correction) is below B" in f]
     assert len(weaker) == 1 and "holds" in weaker[0]
     sigma = [f for f in found if "larger σ" in f]
-    assert len(sigma) == 1 and "= +0.21, 95% CI [+0.19, +0.23]" in sigma[0] and "holds" in sigma[0]
+    assert len(sigma) == 1 and "= +21.00%, 95% CI [+18.52, +23.48]" in sigma[0] and "holds" in sigma[0]
     fig = sesnn.reid_sigma(fabricated(), tmp_path / "sigma.png")
     assert (tmp_path / "sigma.png").exists() and set(fig.plotted["which"]) == {"noisy", "clean"}
     section = sesnn.section(fabricated(), tmp_path)
