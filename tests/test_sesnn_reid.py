@@ -196,6 +196,8 @@ def test_a_smoke_trial_through_the_method(smoke_data, model, loss):
         flipped = art["train_flipped"]
         assert c["sigma_noisy"] == pytest.approx(float(sigma[flipped].mean()))
         assert c["sigma_clean"] == pytest.approx(float(sigma[~flipped].mean()))
+        assert np.all(art["train_log_sigma"] <= np.log(sigma) + 1e-6)  # Jensen: mean log sigma <= log mean sigma
+        assert c["hinge_active_sample"] == pytest.approx(float(np.mean(art["train_log_sigma"] < cfg.margin)))
     else:
         assert math.isnan(c["sigma_noisy"]) and "train_sigma" not in art
     if loss == "forward":

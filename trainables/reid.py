@@ -588,7 +588,7 @@ def _finish_reid(cfg: ReidStudyConfig, data: ReidData, res: TrainResult, carry: 
             "stage1_final_loss": float(hist["stage1"][-1]) if hist.get("stage1") else nan,
             "initial_loss": float(last[0]) if last else nan, "final_loss": float(last[-1]) if last else nan,
             **dict(zip(("loss_tail_change", "loss_tail_share"), loss_tail(last))),
-            "sigma_clean": nan, "sigma_noisy": nan, "trunk_unchanged": None}
+            "sigma_clean": nan, "sigma_noisy": nan, "hinge_active_sample": nan, "trunk_unchanged": None}
     artefacts = {"noisy_labels": carry["noisy"].numpy(), "train_flipped": flipped.numpy()} if "noisy" in carry else {}
     if "transition" in carry:
         artefacts["transition"] = carry["transition"].numpy()
@@ -596,12 +596,16 @@ def _finish_reid(cfg: ReidStudyConfig, data: ReidData, res: TrainResult, carry: 
         info["trunk_unchanged"] = params_digest(model.backbone.trunk) == carry["trunk_digest"]
     if isinstance(model.backbone, StochasticUnit) and model.backbone.kind == "sesnn" and res.status == STATUS_OK:
         model.eval()
-        sigmas = []
+        sigmas, logs = [], []
         with torch.no_grad():
             for i in range(0, len(x), 256):
                 model(x[i:i + 256].float().div(255))
                 sigmas.append(model.backbone.last[1].flatten(1).mean(1).float().cpu())
-        sigma = torch.cat(sigmas)
+                logs.append(torch.log(model.backbone.last[1]).flatten(1).mean(1).float().cpu())
+        sigma, log_sigma = torch.cat(sigmas), torch.cat(logs)
+        # Eq. 6's per-image hinge (b - mean log sigma)^+: where every image's is active, the
+        # regulariser pushes every image alike and cannot single out the noisy ones
+        info["hinge_active_sample"] = float((log_sigma < cfg.margin).float().mean())
         if (~flipped).any():
             info["sigma_clean"] = float(sigma[~flipped].mean())
         if flipped.any():
@@ -609,7 +613,8 @@ def _finish_reid(cfg: ReidStudyConfig, data: ReidData, res: TrainResult, carry: 
         k = min(cfg.extreme_images, len(sigma))
         order = torch.argsort(sigma, descending=True, stable=True)
         high, low = order[:k], order.flip(0)[:k]
-        artefacts |= {"train_sigma": sigma.numpy(), "sigma_high_index": high.numpy(), "sigma_low_index": low.numpy(),
+        artefacts |= {"train_sigma": sigma.numpy(), "train_log_sigma": log_sigma.numpy(),
+                      "sigma_high_index": high.numpy(), "sigma_low_index": low.numpy(),
                       "sigma_high_images": data.train.images[high].numpy(),
                       "sigma_low_images": data.train.images[low].numpy()}
     model.eval()
