@@ -745,7 +745,39 @@ def reid_findings(df: pd.DataFrame) -> list[str]:
     return out
 
 
+def reid_extremes(df: pd.DataFrame, out=None):
+    """Fig. 3c: the training images with the highest (top row) and lowest (bottom row) mean σ of
+    one SE-SNN run at the lowest label-noise level (the paper: no noise), first seed. Needs the
+    trials' artefacts."""
+    from analysis.load import artefacts
+    d, fixed = reid_rows(df)
+    d = d[d["model"] == "sesnn"] if not d.empty else d
+    source = df.attrs.get("source")
+    if d.empty or not source:
+        raise ValueError("no SE-SNN re-identification trials with a results folder to read artefacts from")
+    r = d.sort_values(["label_noise", "seed"]).iloc[0]
+    a = artefacts(source, r["trial_key"])
+    if "sigma_high_images" not in a:
+        raise ValueError(f"trial {r['trial_key']} kept no extreme images")
+    k = len(a["sigma_high_images"])
+    fig, axes = plt.subplots(2, k, figsize=(1.2 * k, 3.0), squeeze=False)
+    for row, name in enumerate(("high", "low")):
+        for j in range(k):
+            ax = axes[row][j]
+            ax.imshow(a[f"sigma_{name}_images"][j].transpose(1, 2, 0))
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"σ {a['train_sigma'][a[f'sigma_{name}_index'][j]]:.3g}", fontsize=6)
+    fig.suptitle(f"SE-SNN, label noise {100 * r['label_noise']:g}%, seed {r['seed']}"
+                 + (f"\n{fixed_text(fixed)}" if fixed else ""), fontsize=8)
+    fig.tight_layout()
+    fig.caption = ("Top row: the training images with the highest mean σ of the stochastic unit (mu passed on); "
+                   "bottom row: the lowest; each titled with its mean σ. One run (the lowest noise level, first seed).")
+    save(fig, out)
+    return fig
+
+
 FIGURES["reid_sigma"] = reid_sigma
+FIGURES["reid_extremes"] = reid_extremes
 
 
 def reid_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:

@@ -278,3 +278,21 @@ def test_reid_findings_follow_the_verdict_rule(tmp_path):
     section = sesnn.section(fabricated(), tmp_path)
     assert any(caption.startswith("Re-identification") for caption, _ in section["tables"])
     assert "reid_sigma" in section["figures"] and beats[0] in section["findings"]
+
+
+def test_reid_extremes_draws_the_lowest_noise_run_s_images(tmp_path):
+    """Fig. 3c reads the artefacts of the SE-SNN trial at the lowest noise level, first seed."""
+    from analysis import sesnn
+    df = fabricated()
+    df = df[df["model"] == "sesnn"]
+    for key in df["trial_key"]:
+        df[df["trial_key"] == key].to_parquet(tmp_path / f"part-{key}.parquet")
+    images = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4)
+    np.savez(tmp_path / "part-SE-SNN-0.0-0.npz", sigma_high_images=images, sigma_low_images=images[::-1],
+             sigma_high_index=np.array([2, 0]), sigma_low_index=np.array([1, 3]),
+             train_sigma=np.array([1.5, 1.1, 1.9, 1.0]))
+    df.attrs["source"] = str(tmp_path)
+    fig = sesnn.reid_extremes(df, tmp_path / "fig3c.png")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["σ 1.9", "σ 1.5", "σ 1.1", "σ 1"] and (tmp_path / "fig3c.png").exists()
+    assert "label noise 0%, seed 0" in fig.texts[0].get_text()
