@@ -771,7 +771,8 @@ def reid_extremes(df: pd.DataFrame, out=None):
                  + (f"\n{fixed_text(fixed)}" if fixed else ""), fontsize=8)
     fig.tight_layout()
     fig.caption = ("Top row: the training images with the highest mean σ of the stochastic unit (mu passed on); "
-                   "bottom row: the lowest; each titled with its mean σ. One run (the lowest noise level, first seed).")
+                   "bottom row: the lowest; each titled with its mean σ. One run (the lowest noise level, "
+                   "first seed).")
     save(fig, out)
     return fig
 
