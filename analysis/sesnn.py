@@ -921,6 +921,183 @@ def section(df: pd.DataFrame, out) -> dict:
     for caption, t in cw_and_layer_tables(df):
         tables_.append((caption, t))
     tables_ += compression_tables(df)
+    tables_ += reid_tables(df)  # Table 4 (re-identification), defined below
     made, skipped, captions = draw(FIGURES, df, out)
     return {"title": "Stochastic networks with max-entropy regularisation (se-snn)", "tables": tables_,
-            "figures": made, "captions": captions, "skipped": skipped, "findings": findings(df)}
+            "figures": made, "captions": captions, "skipped": skipped, "findings": findings(df) + reid_findings(df)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Re-identification with label noise (Table 4, Fig. 3b): rows of the `sesnn_reid` method
+# (experiment reid_sesnn). Method names are the rows' `label` (search_spaces/sesnn.py REID_METHODS:
+# Table 4's abbreviations); CleanNet (C) is not built, so its row is absent.
+
+REID_KNOWN = ("dataset", "backbone", "weights", "model", "parallel_layer", "aggregation", "omega", "margin", "loss",
+              "label_noise", "noise_features", "stage1_iterations", "stage2_iterations", "stage1_lr", "stage2_lr",
+              "batch_size", "distance", "ap_rule", "features", "proxy_dataset", "proxy_image_size")
+REID_DRAWN = {"model", "loss", "label_noise"}
+REID_ORDER = ("B", "H", "S", "F", "SE-SNN")  # Table 4's row order, C (CleanNet) not built
+# Table 4 (%, mean over the paper's runs): noise -> method -> (mAP, rank-1); and the text's 0% mAP.
+REID_PAPER = {0.1: {"B": (25.87, 51.46), "H": (25.76, 51.08), "S": (25.50, 50.47), "F": (21.17, 45.88),
+                    "SE-SNN": (27.30, 53.21)},
+              0.2: {"B": (23.49, 48.44), "H": (23.40, 48.25), "S": (24.08, 49.51), "F": (18.91, 42.11),
+                    "SE-SNN": (24.72, 49.87)},
+              0.5: {"B": (20.74, 44.04), "H": (19.87, 42.87), "S": (20.72, 43.86), "F": (15.34, 36.06),
+                    "SE-SNN": (21.32, 44.86)},
+              0.0: {"B": (67.66, None), "SE-SNN": (70.20, None)}}
+REID_PROTOCOL = {"dataset": "market1501", "backbone": "resnet50", "stage1_iterations": 60000,
+                 "stage2_iterations": 20000, "batch_size": 32, "omega": 0.01, "margin": math.log(4)}
+
+
+def reid_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The re-identification rows of one configuration apart from method x label noise."""
+    d = ok_rows(df)
+    d = d[d["method"] == "sesnn_reid"] if "method" in d.columns else d.iloc[0:0]
+    if d.empty:
+        return d, {}
+    d, fixed = stats.one_setting(d, REID_DRAWN, {"features": "mu"}, REID_KNOWN, IGNORED | {"eval_batch_size"})
+    return _labelled(d), fixed
+
+
+def reid_differences(d: pd.DataFrame) -> list[str]:
+    """Why the paper's numbers cannot sit beside ours ([] when they can): the protocol, and the
+    ImageNet start the paper fine-tunes from (weights=None is a random start)."""
+    out = protocol_differences(d, REID_PROTOCOL)
+    if "weights" not in d.columns or d["weights"].isna().any():
+        out.append("weights=None (paper: ImageNet ResNet-50)")
+    return out
+
+
+def reid_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Table 4's layout: methods (rows) x label noise x {rank-1, mAP} (%, mean ± SEM over seeds);
+    the paper's value in brackets only where the protocol matches."""
+    d, fixed = reid_rows(df)
+    if d.empty:
+        return pd.DataFrame()
+    comparable = not reid_differences(d)
+    cells: dict = {}
+    for (label, p), g in d.groupby(["label", "label_noise"]):
+        paper = REID_PAPER.get(round(float(p), 6), {}).get(label) if comparable else None
+        for name, metric, at in (("rank-1", "rank1", 1), ("mAP", "map", 0)):
+            text = stats.cell(g[metric])
+            if paper is not None and paper[at] is not None:
+                text += f" (paper {paper[at]})"
+            cells.setdefault(label, {})[(float(p), name)] = text
+    t = pd.DataFrame(cells).T.fillna("n/a (not run)")
+    t = t[sorted(t.columns, key=lambda c: (c[0], c[1] != "rank-1"))]
+    t.columns = [f"{100 * p:g}% {name}" for p, name in t.columns]
+    known = [k for k in REID_ORDER if k in t.index]
+    t = t.loc[known + sorted(set(t.index) - set(known))]
+    t.index.name = "method"
+    t.attrs["fixed"], t.attrs["comparable"] = fixed, comparable
+    return t
+
+
+def reid_sigma(df: pd.DataFrame, out=None):
+    """Fig. 3b: SE-SNN's mean sigma (stage 2's stochastic unit, mu passed on) over training
+    images whose label the noise changed and over those it kept, per label-noise level."""
+    d, fixed = reid_rows(df)
+    d = d[(d["model"] == "sesnn") & (d["label_noise"] > 0)] if not d.empty else d
+    if d.empty or d["sigma_noisy"].isna().all():
+        raise ValueError("no SE-SNN re-identification rows trained on noisy labels")
+    long = pd.concat([d.assign(which=w, value=d[c]) for w, c in (("noisy", "sigma_noisy"), ("clean", "sigma_clean"))])
+    s = stats.summarize(long, ["label", "which", "label_noise"], metric="value")
+    fig, ax = lines(s, ["label", "which"], "label_noise", lambda k: f"{k[0]}: {k[1]} labels", "label-noise level",
+                    "Re-identification: mean σ of training images (mean ± SEM over seeds)"
+                    + (f"\n{fixed_text(fixed)}" if fixed else ""),
+                    style=lambda k: "-" if k[1] == "noisy" else ":", ylabel="mean σ", scale=1)
+    fig.caption += (" Solid: training images whose identity label the noise changed; dotted: those it kept "
+                    "(the paper's Fig. 3b: noisy above clean).")
+    save(fig, out)
+    return fig
+
+
+def reid_findings(df: pd.DataFrame) -> list[str]:
+    """SE-SNN - B in mAP and rank-1 per noise level (paired over seeds), F - B (the paper: F the
+    weakest), and Fig. 3b's noisy - clean sigma; every verdict by stats.verdict."""
+    d, fixed = reid_rows(df)
+    if d.empty:
+        return []
+    differs = reid_differences(d)  # the paper's numbers only where none
+    note = f" ({fixed_text(fixed)})" if fixed else ""
+    out = []
+    clean = d[(d["label"] == "B") & (d["label_noise"] == 0)]
+    if not clean.empty:
+        tail = _tails(d)
+        out.append(f"[re-id{note}] Training: B on clean labels mAP {stats.cell(clean['map'])}, rank-1 "
+                   f"{stats.cell(clean['rank1'])} over {stats.plural(len(clean), 'seed')}; share of a run's stage-2 "
+                   f"loss decrease in its last 20% of epochs: median {stats.number(100 * tail.median(), 2)}%, largest "
+                   f"{stats.number(100 * tail.abs().max(), 2)}% (converged means below {100 * CONVERGED_SHARE:g}%).")
+    for p in sorted(d["label_noise"].unique()):
+        g = d[d["label_noise"] == p]
+        paper = REID_PAPER.get(round(float(p), 6), {})
+        if {"SE-SNN", "B"} <= set(g["label"]):
+            for name, metric, at in (("mAP", "map", 0), ("rank-1", "rank1", 1)):
+                est = stats.compare(g, "label", "SE-SNN", "B", metric=metric)
+                gap = not differs and "SE-SNN" in paper and "B" in paper and paper["SE-SNN"][at] is not None
+                said = f"; the paper: {paper['SE-SNN'][at]} vs {paper['B'][at]}" if gap else ""
+                out.append(f"[re-id{note}] SE-SNN beats B in {name} at {100 * p:g}% label noise? SE-SNN - B = "
+                           f"{est.text()}{said}: {stats.verdict(est, blocked=_unconverged_arms(g, 'SE-SNN', 'B'))}.")
+        if p > 0 and {"F", "B"} <= set(g["label"]):
+            est = stats.compare(g, "label", "F", "B", metric="map")
+            out.append(f"[re-id{note}] F (forward correction) is below B in mAP at {100 * p:g}% (the paper: the "
+                       f"weakest, < 20 images per identity)? F - B = {est.text()}: "
+                       f"{stats.verdict(est, direction=-1, blocked=_unconverged_arms(g, 'F', 'B'))}.")
+    s = d[(d["model"] == "sesnn") & (d["label_noise"] > 0)]
+    for p, g in s.groupby("label_noise"):
+        rel = ((g["sigma_noisy"] - g["sigma_clean"]) / g["sigma_clean"]).groupby(g["seed"]).mean()
+        est = stats.estimate(rel.to_numpy())
+        out.append(f"[re-id{note}] SE-SNN gives training images with noisy labels a larger σ than clean ones at "
+                   f"{100 * p:g}% (Fig. 3b)? (mean σ noisy - clean) / clean = {est.text(unit='%')}: "
+                   f"{stats.verdict(est, unit='%')}.")
+    return out
+
+
+def reid_extremes(df: pd.DataFrame, out=None):
+    """Fig. 3c: the training images with the highest (top row) and lowest (bottom row) mean σ of
+    one SE-SNN run at the lowest label-noise level (the paper: no noise), first seed. Needs the
+    trials' artefacts."""
+    from analysis.load import artefacts
+    d, fixed = reid_rows(df)
+    d = d[d["model"] == "sesnn"] if not d.empty else d
+    source = df.attrs.get("source")
+    if d.empty or not source:
+        raise ValueError("no SE-SNN re-identification trials with a results folder to read artefacts from")
+    r = d.sort_values(["label_noise", "seed"]).iloc[0]
+    a = artefacts(source, r["trial_key"])
+    if "sigma_high_images" not in a:
+        raise ValueError(f"trial {r['trial_key']} kept no extreme images")
+    k = len(a["sigma_high_images"])
+    fig, axes = plt.subplots(2, k, figsize=(1.2 * k, 3.0), squeeze=False)
+    for row, name in enumerate(("high", "low")):
+        for j in range(k):
+            ax = axes[row][j]
+            ax.imshow(a[f"sigma_{name}_images"][j].transpose(1, 2, 0))
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"σ {a['train_sigma'][a[f'sigma_{name}_index'][j]]:.3g}", fontsize=6)
+    fig.suptitle(f"SE-SNN, label noise {100 * r['label_noise']:g}%, seed {r['seed']}"
+                 + (f"\n{fixed_text(fixed)}" if fixed else ""), fontsize=8)
+    fig.tight_layout()
+    fig.caption = ("Top row: the training images with the highest mean σ of the stochastic unit (mu passed on); "
+                   "bottom row: the lowest; each titled with its mean σ. One run (the lowest noise level, "
+                   "first seed).")
+    save(fig, out)
+    return fig
+
+
+FIGURES["reid_sigma"] = reid_sigma
+FIGURES["reid_extremes"] = reid_extremes
+
+
+def reid_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """section()'s Table 4 entry: (caption, table), or none without re-identification rows."""
+    t = reid_table(df)
+    if t.empty:
+        return []
+    differs = reid_differences(reid_rows(df)[0])
+    fixed = fixed_text(t.attrs.get("fixed", {}))
+    paper = "the paper's Table 4 in brackets" if t.attrs.get("comparable") else \
+        "no paper values: the protocol differs (" + "; ".join(differs) + ")"
+    return [(f"Re-identification under similarity label noise, Table 4's layout: rank-1 and mAP % (mean ± SEM over "
+             f"seeds, Market-1501 protocol); CleanNet (C) not built; {paper}" + (f"; {fixed}" if fixed else ""),
+             t.reset_index())]

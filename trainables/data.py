@@ -11,6 +11,8 @@ the photographs bundled with scikit-image, not a data set from the paper. The to
 downloaded into the data root; ``cub200_20``, ``tiny_imagenet`` and ``imagenet`` (ILSVRC2012) must be
 placed there by hand. Market-1501 (person re-identification: train, query and gallery splits
 with person and camera ids) has its own reader, ``load_market1501``, at the end: placed by hand too.
+``load_reid_proxy`` (last) is a re-identification PROXY built from the embedded digits, not a
+re-identification data set (``ReidProxyConfig`` says what it can and cannot show).
 """
 
 from __future__ import annotations
@@ -751,3 +753,82 @@ def load_market1501(cfg: MarketConfig) -> ReidData:
         gallery=_read_reid_split(gallery_dir, *gallery, cfg),
         labels=torch.from_numpy(labels.astype(np.int64)),
     )
+
+
+# ---------------------------------------------------------------------------- re-identification PROXY (embedded)
+#
+# Not Market-1501 and not a result about people: an offline stand-in that runs the re-identification
+# pipeline (identity classifier, similarity label noise, query/gallery retrieval) end to end on CPU.
+
+REID_PROXY_SETS = ("digits", "mnist5k")
+
+
+@dataclass(frozen=True)
+class ReidProxyConfig:
+    """The re-identification PROXY: identities are digit classes of an embedded set. The first
+    ``proxy_train_identities`` classes are the training identities (their training-split images);
+    the other classes are the test identities, whose test-split images make the queries (the first
+    ``proxy_queries`` of each class, in file order) and the gallery (the rest). Two synthetic
+    "cameras" alternate by an image's position within its class (1, 2, 1, ...): labels only, with
+    no change of view, so the same-camera exclusion of the Market-1501 protocol applies but no
+    cross-camera difficulty exists. What it can show: whether the pipeline runs and how the
+    methods order on a retrieval task with unseen identities and similarity-based label noise.
+    What it cannot: anything about person images, occlusion or bad detections (Fig. 3c's
+    outliers), or Forward correction's failure with < 20 images per identity (here hundreds)."""
+
+    proxy_dataset: str = "mnist5k"  # digits | mnist5k (both embedded)
+    proxy_image_size: int = 28
+    proxy_train_identities: int = 6  # classes 0..k-1 train; the other 10 - k are query/gallery identities
+    proxy_train_limit: int | None = None  # training images per identity (None: all)
+    proxy_queries: int = 10  # queries per test identity; the rest of its test images are gallery
+
+    def __post_init__(self):
+        if self.proxy_dataset not in REID_PROXY_SETS:
+            raise DataError(f"proxy_dataset: got {self.proxy_dataset!r}; allowed: {', '.join(REID_PROXY_SETS)}")
+        if not _is_int(self.proxy_image_size) or not 4 <= self.proxy_image_size <= MAX_IMAGE_SIZE:
+            raise DataError(f"proxy_image_size: must be an integer in [4, {MAX_IMAGE_SIZE}], "
+                            f"got {self.proxy_image_size!r}")
+        if not _is_int(self.proxy_train_identities) or not 2 <= self.proxy_train_identities <= 9:
+            raise DataError(f"proxy_train_identities: must be an integer in [2, 9] (10 classes, at least one "
+                            f"test identity), got {self.proxy_train_identities!r}")
+        if self.proxy_train_limit is not None and (not _is_int(self.proxy_train_limit) or self.proxy_train_limit < 1):
+            raise DataError(f"proxy_train_limit: must be None or an integer >= 1, got {self.proxy_train_limit!r}")
+        if not _is_int(self.proxy_queries) or self.proxy_queries < 1:
+            raise DataError(f"proxy_queries: must be an integer >= 1, got {self.proxy_queries!r}")
+
+
+def _positions(y: torch.Tensor) -> torch.Tensor:
+    """Each sample's 0-based position among the samples of its class, in order."""
+    position = torch.zeros_like(y)
+    for c in y.unique():
+        members = (y == c).nonzero().flatten()
+        position[members] = torch.arange(len(members))
+    return position
+
+
+def _proxy_split(x: torch.Tensor, y: torch.Tensor, name: str) -> ReidSplit:
+    """uint8 RGB images with person id = class and camera 1 + (position within the class) % 2."""
+    images = (x * 255).round().to(torch.uint8)
+    return ReidSplit(images, y.clone(), 1 + _positions(y) % 2, [f"{name}_{i:05d}" for i in range(len(y))])
+
+
+def load_reid_proxy(cfg: ReidProxyConfig) -> ReidData:
+    """The re-identification PROXY of ReidProxyConfig (its docstring says what it can and cannot
+    show) as ReidData, so the Market-1501 pipeline runs on it unchanged."""
+    data = load_dataset(DataConfig(dataset=cfg.proxy_dataset, image_size=cfg.proxy_image_size, channels=3,
+                                   classes=tuple(range(10)), train_limit=cfg.proxy_train_limit))
+    k = cfg.proxy_train_identities
+    keep = data.y_train < k
+    train = _proxy_split(data.x_train[keep], data.y_train[keep], "train")
+    test = data.y_test >= k
+    tests = _proxy_split(data.x_test[test], data.y_test[test], "test")
+    if int(torch.bincount(tests.pids)[k:].min()) <= cfg.proxy_queries:
+        raise DataError(f"proxy_queries={cfg.proxy_queries} leaves a test identity of {cfg.proxy_dataset} without "
+                        "gallery images; allowed: fewer queries than test images per class")
+    is_query = _positions(tests.pids) < cfg.proxy_queries
+
+    def part(mask: torch.Tensor) -> ReidSplit:
+        idx = mask.nonzero().flatten()
+        return ReidSplit(tests.images[idx], tests.pids[idx], tests.camids[idx], [tests.names[i] for i in idx])
+
+    return ReidData(train=train, query=part(is_query), gallery=part(~is_query), labels=train.pids.clone())

@@ -1058,3 +1058,6 @@ PRUNE_METHOD = Method(
     describe=describe_prune, diverging={"lr": 1e30}, preset_notes=PRUNE_PRESET_NOTES)
 
 METHODS = [METHOD, PRUNE_METHOD]
+
+from trainables.reid import REID_METHOD  # noqa: E402  (Table 4's re-identification study: trainables/reid.py's last section)
+METHODS.append(REID_METHOD)
