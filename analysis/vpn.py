@@ -387,7 +387,11 @@ def _background(df: pd.DataFrame) -> list[str]:
     if not source:
         return out
     trials = _generator_trials(df)
-    for (dataset, base, gen, mode), g in trials.groupby(["dataset", "base", "generator", "mode"]):
+    drawn = ["dataset", "base", "generator", "mode"]
+    extra = _varying(trials, {*drawn, "augmentation", "inference"}) if not trials.empty else []
+    for key, g in trials.groupby(drawn + extra, dropna=False):  # one configuration each: never pooled
+        dataset, base, gen, mode = key[:4]
+        where = "; ".join(f"{c}={stats.number(v) if isinstance(v, (int, float)) else v}" for c, v in zip(extra, key[4:]))
         grey = int(g["channels"].iloc[0]) == 1 if "channels" in g.columns else True
         ratios, shown = [], []
         for r in g.drop_duplicates("trial_key").to_dict("records"):
@@ -406,7 +410,8 @@ def _background(df: pd.DataFrame) -> list[str]:
             "more std on the background than on the object (colour: the noise \"should blur the background\")"
         est = stats.estimate(np.array(ratios))
         inert = inert_reason(g["std_ratio"].mean(), inert_threshold(g))
-        out.append(f"[{dataset}, {base}, {gen} {mode}] Claim (Fig. 1): {claim}? Learned std on object / background "
+        out.append(f"[{dataset}, {base}, {gen} {mode}{'; ' + where if where else ''}] Claim (Fig. 1): {claim}? "
+                   f"Learned std on object / background "
                    f"per seed: {'; '.join(shown)}; log ratio (claimed region over the other) = "
                    f"{est.text(scale=1, unit='')}: {stats.verdict(est, scale=1, unit='', inert=inert)}.")
     return out

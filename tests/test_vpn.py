@@ -511,3 +511,20 @@ def test_std_on_object_and_background_splits_pixels_by_the_image():
     assert avpn.std_on_object_and_background(std, images) == (1.0, 0.25)
     colour = np.repeat(images, 3, axis=1)
     assert avpn.std_on_object_and_background(np.repeat(std, 3, axis=1), colour) == (1.0, 0.25)
+
+
+def test_the_std_map_claim_never_pools_two_configurations(monkeypatch):
+    """Two generator arms that differ only in clean_loss_weight are two claims of 3 seeds each, not
+    one of 6 (the quick vpn_table run of 2026-12-07 pooled them before this test)."""
+    rows = generator([0.75, 0.80, 0.77], clean_loss_weight=0.0) + generator([0.78, 0.83, 0.80], clean_loss_weight=1.0)
+    df = frame([r | {"trial_key": f"k{i}"} for i, r in enumerate(rows)])
+    df["config_columns"] = json.dumps(sorted(CONFIG + ["clean_loss_weight"]))  # as a trial writes it
+    df.attrs["source"] = "fabricated"
+    image = np.zeros((1, 1, 4, 4))
+    image[..., :2] = 1.0  # left half object, right half background
+    std = np.where(image > 0, 2.0, 1.0)
+    monkeypatch.setattr(avpn, "artefacts", lambda source, key: {"std_map": std, "std_map_images": image})
+    found = [f for f in avpn.findings(df) if "Claim (Fig. 1)" in f]
+    assert len(found) == 2
+    assert all(f.count("2 / 1") == 3 and "3 seeds" in f for f in found), found
+    assert any("clean_loss_weight=0" in f for f in found) and any("clean_loss_weight=1" in f for f in found)
