@@ -16,6 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis import stats  # noqa: E402
+from analysis.load import artefacts  # noqa: E402
+
 
 def save(fig, out):
     if out is not None:
@@ -133,3 +136,19 @@ def single_x(ax, xs) -> None:
         ax.set_xticks([values[0]], [fmt_value(values[0])])
 
 
+def epoch_curves(df: pd.DataFrame, keys: list[str], names) -> pd.DataFrame:
+    """The trials' per-epoch arrays `names` (artefacts beside their parts, df.attrs["source"]) as
+    mean ± SEM over seeds (stats.summarize) per `keys` and epoch: one row per (keys, curve, epoch)."""
+    source = df.attrs.get("source")
+    if not source or df.empty:
+        return pd.DataFrame()
+    long = []
+    for r in df.drop_duplicates("trial_key").to_dict("records"):
+        a = artefacts(source, r["trial_key"])
+        for name in names:
+            if name in a:
+                long += [{**{k: r[k] for k in keys}, "seed": r["seed"], "curve": name, "epoch": i + 1,
+                          "value": float(v), "status": "ok"} for i, v in enumerate(a[name])]
+    if not long:
+        return pd.DataFrame()
+    return stats.summarize(pd.DataFrame(long), [*keys, "curve", "epoch"], metric="value")

@@ -28,7 +28,7 @@ import math
 import pandas as pd
 
 from analysis import stats
-from analysis.figures import draw, heatmap, lines, plt, save, single_x
+from analysis.figures import draw, epoch_curves, heatmap, lines, plt, save, single_x
 from analysis.stats import fixed_text, ok_rows, protocol_caveats, protocol_differences
 
 FAMILY = "sesnn"
@@ -405,22 +405,15 @@ def loss_curves(df: pd.DataFrame, out=None):
     """App. B.4 (Fig. B.4): the training loss (task loss plus the weighted regulariser) of each
     epoch per method, mean ± SEM over seeds, one panel per label-noise strength; forward's is
     its corrected second stage. Needs the trials' arrays (a results folder)."""
-    from analysis.load import artefacts
     d, fixed = label_noise_rows(df)
     if d.empty:
         d, fixed = layers_rows(df)
-    source = df.attrs.get("source")
-    if d.empty or not source:
+    if d.empty or not df.attrs.get("source"):
         raise ValueError("no label-noise rows with a results folder to read the per-epoch losses from")
-    long = []
-    for r in d.drop_duplicates("trial_key").to_dict("records"):
-        loss = artefacts(source, r["trial_key"]).get("epoch_loss")
-        if loss is not None:
-            long += [{"label": r["label"], "label_noise": r["label_noise"], "seed": r["seed"], "epoch": i + 1,
-                      "loss": float(v), "status": "ok"} for i, v in enumerate(loss)]
-    if not long:
+    d.attrs["source"] = df.attrs["source"]
+    s = epoch_curves(d, ["label_noise", "label"], ("epoch_loss",))
+    if s.empty:
         raise ValueError("no epoch_loss arrays (trials written before SE-SNN kept them)")
-    s = stats.summarize(pd.DataFrame(long), ["label_noise", "label", "epoch"], metric="loss")
     levels = sorted(s["label_noise"].unique())
     fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 4), squeeze=False)
     for ax, p in zip(axes[0], levels):

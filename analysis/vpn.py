@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.figures import draw, lines, one_dataset, plt, save
+from analysis.figures import draw, epoch_curves, lines, one_dataset, plt, save
 from analysis.load import artefacts
 from analysis.stats import fixed_text, ok_rows, protocol_differences, summarize
 
@@ -291,24 +291,6 @@ CURVES = {"epoch_loss": "training loss", "epoch_train_accuracy": "training accur
           "epoch_test_accuracy": "test accuracy of f (%)"}
 
 
-def epoch_curves(df: pd.DataFrame, keys: list[str], names=CURVES) -> pd.DataFrame:
-    """The trials' per-epoch artefacts as mean ± SEM over seeds (stats.summarize) per `keys` and
-    epoch: one row per (keys, curve, epoch)."""
-    source = df.attrs.get("source")
-    if not source or df.empty:
-        return pd.DataFrame()
-    long = []
-    for r in df.drop_duplicates("trial_key").to_dict("records"):
-        a = artefacts(source, r["trial_key"])
-        for name in names:
-            if name in a:
-                long += [{**{k: r[k] for k in keys}, "seed": r["seed"], "curve": name, "epoch": i + 1,
-                          "value": float(v), "status": "ok"} for i, v in enumerate(a[name])]
-    if not long:
-        return pd.DataFrame()
-    return stats.summarize(pd.DataFrame(long), [*keys, "curve", "epoch"], metric="value")
-
-
 def training_curves(df: pd.DataFrame, out=None):
     """The paper's Fig. 3: training loss, training accuracy and f's test accuracy per epoch, mean ±
     SEM over seeds, for the Baseline and each joint generator (per base model)."""
@@ -316,7 +298,7 @@ def training_curves(df: pd.DataFrame, out=None):
     d = d[(d["inference"] == "vpn") | ((d["generator"] == "none") & (d["augmentation"] == "none"))] \
         if not d.empty else d
     d = d[(d["generator"] == "none") | (d["mode"] == "joint")] if not d.empty else d
-    s = epoch_curves(d.assign(arm=d["base"] + " / " + d["row"]) if not d.empty else d, ["arm"])
+    s = epoch_curves(d.assign(arm=d["base"] + " / " + d["row"]) if not d.empty else d, ["arm"], CURVES)
     if s.empty:
         raise ValueError("no per-epoch artefacts (trials written before VPN recorded them)")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
