@@ -436,10 +436,16 @@ def cw_and_layer_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     t = cw_table(df)
     if not t.empty:
         fixed = fixed_text(t.attrs.get("fixed", {}))
+        d, _ = cw_rows(df)
+        if "eot_fixed_draws" in d and d["eot_fixed_draws"].eq(True).all():
+            draws = ("every call of the attack averages the same eot_draws draws (eot_fixed_draws), and the "
+                     "attacked images are tested on fresh draws")
+        else:  # rows from before eot_fixed_draws, or with it off
+            draws = ("on a sampled network every call of the attack drew fresh noise, so ART's line and binary "
+                     "searches compared noisy losses and a low success rate there is the attack failing, not "
+                     "robustness (README: on one SE-SNN 17% success with fresh draws, 88% with fixed ones)")
         out.append(("Untargeted CW-L2 over draws (ART): accuracy %, success rate % (of the images the clean row gets "
-                    "right) and mean L2 of the successful perturbations (mean ± SEM over seeds); on a sampled "
-                    "network ART's line search compares fresh draws, so a low success rate may be the attack "
-                    "failing (README)"
+                    f"right) and mean L2 of the successful perturbations (mean ± SEM over seeds); {draws}"
                     + (f"; {fixed}" if fixed else ""), t))
     t = layers_table(df)
     if not t.empty:

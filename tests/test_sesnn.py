@@ -356,6 +356,61 @@ def test_eot_cw_keeps_se_snns_sampling_on_under_art():
     assert len(outs) % 3 == 0 and not torch.allclose(outs[0], outs[1])
 
 
+def _shared_draws(net, n: int, gen: torch.Generator) -> dict[int, torch.Tensor]:
+    """The noise one forward pass of `net` draws from `gen` with shared=True: one (1, width) row
+    per layer, the same for all n images."""
+    return {k: torch.randn((1, m.mu.out_features), generator=gen).expand(n, -1) for k, m in enumerate(net.stochastic)}
+
+
+def test_fixed_draws_give_every_drawmean_call_the_same_k_draws():
+    """With its generator, DrawMean's every call is the mean over the same K draws, the K draws
+    differ, an image's draws do not depend on the batch it sits in, and the mean is the reference
+    network's mean over the K noise rows drawn from the generator's first state. Without, two
+    calls on one input differ."""
+    _, data, net = _net()
+    x, k = data.x_test[:5], 3
+    gen = torch.Generator().manual_seed(11)
+    net.set_noise(True, gen, shared=True)
+    fixed = DrawMean(net, k, "logits", gen)
+    with torch.no_grad():
+        first, second, part = fixed(x), fixed(x), fixed(x[2:4])
+    assert torch.equal(first, second)
+    torch.testing.assert_close(part, first[2:4], rtol=1e-6, atol=1e-6)
+    again = torch.Generator().manual_seed(11)
+    outs = torch.stack([ref.forward(net, x, _shared_draws(net, len(x), again))[0] for _ in range(k)])
+    assert all((outs[i] - outs[j]).abs().max() > 1e-3 for i in range(k) for j in range(i))  # K different draws
+    torch.testing.assert_close(first.double(), outs.mean(0), rtol=1e-5, atol=1e-5)
+    net.set_noise(True, gen)
+    fresh = DrawMean(net, k, "logits")
+    with torch.no_grad():
+        assert (fresh(x) - fresh(x)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_with_fixed_draws_every_model_call_of_the_attack_sees_the_same_draws(fixed):
+    """The noise each stochastic layer drew, read back as (z - mu) / sigma from every forward pass
+    ART's CW makes (in groups of K per DrawMean call, on the whole batch or on subsets of it): with
+    fixed draws the k-th pass of every call has the k-th pass's noise of the first call, and the K
+    passes differ; with fresh draws the calls differ."""
+    _, data, net = _net()
+    k, gen = 3, torch.Generator().manual_seed(3)
+    net.set_noise(True, gen, shared=fixed)
+    noise = []
+    layer = net.stochastic[0]
+    layer.register_forward_hook(lambda m, i, o: noise.append(((o - m.last[0]) / m.last[1]).detach().clone()))
+    eot_cw_l2(net, data.x_test[:6], data.y_test[:6], draws=k, max_iter=2, binary_search_steps=2,
+              generator=gen if fixed else None)
+    noise = noise[1:]  # after the probe that reads the number of classes
+    assert len(noise) % k == 0 and len(noise) >= 4 * k
+    assert len({len(e) for e in noise}) > 1  # ART called on subsets of the batch too
+    if not fixed:
+        assert (noise[0][0] - noise[k][0]).abs().max() > 1e-3
+        return
+    for i, e in enumerate(noise):
+        torch.testing.assert_close(e, noise[i % k][:1].expand_as(e), rtol=0, atol=1e-4)
+    assert all((noise[i][0] - noise[j][0]).abs().max() > 1e-2 for i in range(k) for j in range(i))
+
+
 def test_cw_l2_finds_the_closed_form_minimal_perturbation_of_a_linear_model():
     """Two classes, untargeted at confidence k: a linear model's adversarial set is the half-space
     z_other >= z_y + k, so the minimal L2 perturbation is (z_y - z_other + k) / ||w_y - w_other||
@@ -409,11 +464,20 @@ def test_an_attacked_row_counts_successes_among_the_images_the_clean_row_gets_ri
 def test_cw_attacks_the_first_cw_images_and_records_its_fields(monkeypatch):
     cfg, data, net = _net()
     got = {}
-    monkeypatch.setattr(sesnn, "eot_cw_l2", lambda model, xs, ys, **kw: got.update(kw, n=len(xs)) or xs)
+    monkeypatch.setattr(sesnn, "eot_cw_l2", lambda model, xs, ys, **kw: got.update(
+        kw, n=len(xs), layers=[(m.generator, m.shared) for m in model.stochastic]) or xs)
     _, ecfg = sesnn.preset_configs("smoke", {"cw_images": 7, "eot_draws": 3, "test_mode": "sample",
                                              "cw_confidence": 0.5, "eot_output": "probs"})
     (row,) = sesnn.evaluate(net, data, [{"attack": "cw_l2", "eps": 0.0}], cfg, ecfg)
     assert got["n"] == 7 and got["draws"] == 3 and got["confidence"] == 0.5 and got["output"] == "probs"
+    # fixed draws by default: the attack's layers draw shared noise from the generator DrawMean resets
+    assert ecfg.eot_fixed_draws and isinstance(got["generator"], torch.Generator)
+    assert all(g is got["generator"] and shared for g, shared in got["layers"])
+    assert not any(m.shared for m in net.stochastic)  # the attacked images were tested on fresh draws
+    _, fresh = sesnn.preset_configs("smoke", {"cw_images": 7, "eot_draws": 3, "test_mode": "sample",
+                                              "eot_fixed_draws": False})
+    sesnn.evaluate(net, data, [{"attack": "cw_l2", "eps": 0.0}], cfg, fresh)
+    assert got["generator"] is None and not any(shared for _, shared in got["layers"])
     assert row["test_images"] == 7 and row["attack_success_rate"] == 0 and math.isnan(row["mean_l2"])
     _, ecfg = sesnn.preset_configs("smoke", {"eot_draws": 3, "test_mode": "mean"})
     sesnn.evaluate(net, data, [{"attack": "cw_l2", "eps": 0.0}], cfg, ecfg)
@@ -505,6 +569,7 @@ def test_a_run_measures_the_label_noise_and_entropy_and_its_test_draws_are_seede
     ({"eot_output": "mean"}, r"eot_output='mean' is not allowed.*allowed: logits, probs"),
     ({"cw_max_iter": 0}, r"cw_max_iter=0"),
     ({"cw_initial_const": 0.0}, r"cw_initial_const=0.0 is out of range"),
+    ({"eot_fixed_draws": 1}, r"eot_fixed_draws=1 is not allowed; allowed: True, False"),
 ])
 def test_bad_fields_are_one_line_naming_the_field(fields, message):
     with pytest.raises(ConfigError, match=message):
@@ -994,7 +1059,14 @@ def test_cw_l2_rows_get_their_table_and_a_verdict_per_training(tmp_path):
         "holds (the interval excludes zero in the claimed direction).")
     assert "Baseline accuracy under CW-L2" in _finding(found, "fails completely")
     captions = [c for c, _ in analysis.section(d, tmp_path)["tables"]]
-    assert any(c.startswith("Untargeted CW-L2") for c in captions)
+    (cw,) = [c for c in captions if c.startswith("Untargeted CW-L2")]
+    assert "drew fresh noise" in cw and "is the attack failing" in cw  # rows without eot_fixed_draws
+    d.loc[d["attack"] == "cw_l2", "eot_fixed_draws"] = True
+    (cw,) = [c for c, _ in analysis.cw_and_layer_tables(d) if c.startswith("Untargeted CW-L2")]
+    assert "the same eot_draws draws" in cw and "fresh noise" not in cw
+    d.loc[d.index[d["attack"] == "cw_l2"][0], "eot_fixed_draws"] = False  # one seed attacked on fresh draws
+    (cw,) = [c for c, _ in analysis.cw_and_layer_tables(d) if c.startswith("Untargeted CW-L2")]
+    assert "drew fresh noise" in cw
 
 
 def _layers_frame():

@@ -24,7 +24,13 @@ search) run on `DrawMean(model, draws)`, a module whose forward is the mean over
 passes: every prediction and every class gradient the attack asks for is then over the same K
 draws, and the gradient of the mean logits is the expected gradient over the draws (EOT). ART's
 own EoT preprocessors draw input transformations and return N x K outputs, which its CW attack
-cannot read; the model's own randomness needs this wrapper instead.
+cannot read; the model's own randomness needs this wrapper instead. Given the generator the
+model draws from, DrawMean restores its state before every forward, so every call sees the same K
+draws (common random numbers) and the attack's objective is a deterministic function of the input:
+ART's line search and binary search compare losses across calls, and on fresh draws each
+comparison is between two noisy samples (see the README's CW caution for what that costs).
+The model must then draw the same noise for an image wherever it sits in the batch (ART calls
+the model on subsets of the batch): an SE-SNN does with `SNN.set_noise(..., shared=True)`.
 """
 
 from __future__ import annotations
@@ -112,14 +118,20 @@ class DrawMean(nn.Module):
     """The mean over `draws` forward passes of a model whose forward is random (each pass draws
     the model's own noise): of its logits (`output="logits"`: linear, so an attack's gradient is the
     expected gradient over the draws), or the log of its mean softmax (`"probs"`: the predictive
-    distribution a sampled model tests with, as logits)."""
+    distribution a sampled model tests with, as logits). With `generator` (the one the model draws
+    its noise from), that generator's state at construction is restored before every forward: every
+    call averages the same K draws (K different draws, the same ones each call)."""
 
-    def __init__(self, model: nn.Module, draws: int = 1, output: str = "logits"):
+    def __init__(self, model: nn.Module, draws: int = 1, output: str = "logits",
+                 generator: torch.Generator | None = None):
         super().__init__()
         check_choice("output", output, CW_OUTPUTS)
         self.model, self.draws, self.output = model, int(draws), output
+        self.generator, self.state = generator, None if generator is None else generator.get_state()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.generator is not None:
+            self.generator.set_state(self.state)
         outs = torch.stack([self.model(x) for _ in range(self.draws)])
         if self.output == "logits":
             return outs.mean(0)
@@ -129,18 +141,19 @@ class DrawMean(nn.Module):
 def eot_cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, draws: int = 1, output: str = "logits",
               confidence: float = 0.0, learning_rate: float = 0.01, binary_search_steps: int = 10,
               max_iter: int = 10, initial_const: float = 0.01, max_halving: int = 5, max_doubling: int = 5,
-              batch_size: int = 128) -> torch.Tensor:
+              batch_size: int = 128, generator: torch.Generator | None = None) -> torch.Tensor:
     """Untargeted CW-L2 (ART's CarliniL2Method; its defaults here) against the true labels `y`, on
-    DrawMean(model, draws, output); inputs in [0, 1]. An input for which no adversarial was found
+    DrawMean(model, draws, output, generator): with `generator`, every model call of the attack sees
+    the same K draws from it. Inputs in [0, 1]. An input for which no adversarial was found
     comes back unchanged. The model's .grad fields are left alone (its parameters are frozen while
     ART takes its class gradients) and its noise mode is the caller's."""
     import numpy as np
     from art.attacks.evasion import CarliniL2Method
     from art.estimators.classification import PyTorchClassifier
 
-    wrapped = DrawMean(model, draws, output)
     with torch.no_grad():
         classes = model(x[:1]).shape[1]
+    wrapped = DrawMean(model, draws, output, generator)
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in frozen:
         p.requires_grad_(False)

@@ -171,6 +171,10 @@ class SESNNEvalConfig:
     cw_max_halving: int = 5
     cw_max_doubling: int = 5
     cw_images: int = 1000  # the first this many test images are attacked by CW-L2 (0: all): its cost
+    # True: every model call of one CW attack averages the same eot_draws draws (common random numbers,
+    # from their own seed), so its line and binary searches compare losses of one deterministic
+    # objective; the attacked images are then tested on fresh draws as always. False: each call draws afresh.
+    eot_fixed_draws: bool = True
 
     def __post_init__(self):
         check_choice("test_mode", self.test_mode, TEST_MODES)
@@ -180,6 +184,8 @@ class SESNNEvalConfig:
             check_int(name, getattr(self, name), 0)
         check_optional_int("eval_seed", self.eval_seed, 0)
         check_choice("eot_output", self.eot_output, CW_OUTPUTS)
+        if not isinstance(self.eot_fixed_draws, bool):
+            raise ConfigError(f"eot_fixed_draws={self.eot_fixed_draws!r} is not allowed; allowed: True, False")
         check_range("cw_confidence", self.cw_confidence, 0.0)
         for name in ("cw_learning_rate", "cw_initial_const"):
             check_range(name, getattr(self, name), 0.0, low_open=True)
@@ -200,6 +206,7 @@ class StochasticLayer(nn.Module):
         self.mu, self.log_scale = mu, log_scale
         self.norm = norm if norm is not None else nn.Identity()
         self.floor, self.sample, self.generator = floor, True, None
+        self.shared = False  # one draw per unit for the whole batch (an attack's common random numbers)
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -208,7 +215,8 @@ class StochasticLayer(nn.Module):
         self.last = (mu, sigma)
         if not self.sample:
             return mu
-        return mu + sigma * torch.randn(mu.shape, generator=self.generator, device=mu.device, dtype=mu.dtype)
+        shape = (1, mu.shape[1]) if self.shared else mu.shape  # shared: an image's noise is not its row's
+        return mu + sigma * torch.randn(shape, generator=self.generator, device=mu.device, dtype=mu.dtype)
 
 
 class StochasticLinear(StochasticLayer):
@@ -264,9 +272,11 @@ class SNN(nn.Module):
     def stochastic(self) -> list[StochasticLinear]:
         return [m for m in self.hidden if isinstance(m, StochasticLinear)]
 
-    def set_noise(self, sample: bool, generator: torch.Generator | None) -> None:
+    def set_noise(self, sample: bool, generator: torch.Generator | None, shared: bool = False) -> None:
+        """Sample (or pass mu) from `generator`; `shared`: one noise draw per unit for the whole batch,
+        so an image's noise does not depend on which images share its batch (DrawMean's fixed draws)."""
         for m in self.stochastic:
-            m.sample, m.generator = sample, generator
+            m.sample, m.generator, m.shared = sample, generator, shared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.flatten(1)
@@ -556,12 +566,14 @@ def evaluate(model: SNN, data: Data, settings, cfg: SESNNConfig, ecfg: SESNNEval
                                      draws=draws)
                             for i in range(0, len(x), ecfg.eval_batch_size)])
         elif s["attack"] == "cw_l2":
-            model.set_noise(sample, gen)
+            fixed = ecfg.eot_fixed_draws and sample
+            cw_gen = make_generator(stream_seed(eval_seed, "snn_cw_draws"), device) if fixed else gen
+            model.set_noise(sample, cw_gen, shared=fixed)
             xs = eot_cw_l2(model, x0, y0, draws=draws, output=ecfg.eot_output, confidence=ecfg.cw_confidence,
                            learning_rate=ecfg.cw_learning_rate, binary_search_steps=ecfg.cw_binary_search_steps,
                            max_iter=ecfg.cw_max_iter, initial_const=ecfg.cw_initial_const,
                            max_halving=ecfg.cw_max_halving, max_doubling=ecfg.cw_max_doubling,
-                           batch_size=ecfg.eval_batch_size)
+                           batch_size=ecfg.eval_batch_size, generator=cw_gen if fixed else None)
         probs = predict_probs(model, xs, sample, ecfg.test_draws, gen, ecfg.eval_batch_size)
         right = probs.argmax(1) == y0
         row = base | s | {"test_images": n, "accuracy": float(right.float().mean()),
