@@ -35,7 +35,9 @@ At test time `test_mode=mean` passes mu only (the paper's pruning and label-nois
 gradient over `eot_draws` draws (Athalye et al.'s EOT), as the paper does for its defence study:
 FGS steps along the mean of the draws' gradients; CW-L2 (ART's CarliniL2Method, untargeted) runs
 on the mean over `eot_draws` draws of the logits (`eot_output=logits`, whose gradient is the
-expected gradient) or of the softmax (`probs`), its open parameters the `cw_*` fields.
+expected gradient) or of the softmax (`probs`), its open parameters the `cw_*` fields; with
+`eot_fixed_draws` every call of one attack averages the same draws (its objective is then a
+function of the input alone, which ART's line and binary searches assume).
 
 Compression by pruning (Sec. 4.1, Tables 1-3) is the method `sesnn_prune`: LeNet-5-Caffe, VGG16
 with 512-wide FC layers and Table 3's CIFAR-100 variant, every hidden layer stochastic (a
