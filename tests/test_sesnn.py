@@ -386,6 +386,22 @@ def test_fixed_draws_give_every_drawmean_call_the_same_k_draws():
         assert (fresh(x) - fresh(x)).abs().max() > 1e-3
 
 
+def test_a_shared_draw_is_one_noise_map_for_every_image_of_a_convolution_too():
+    """shared=True: a convolution's noise is one (C, H, W) map per draw, the same for every image,
+    so identical images get identical outputs; without, they differ."""
+    torch.manual_seed(0)
+    layer = sesnn.StochasticConv2d(1, 2, 3, 1, 0.1, False)
+    x = torch.rand(1, 1, 5, 5).expand(3, -1, -1, -1)
+    layer.generator, layer.shared = torch.Generator().manual_seed(4), True
+    with torch.no_grad():
+        out = layer(x)
+        torch.testing.assert_close(out[0], out[2], rtol=1e-6, atol=1e-6)
+        assert (out[0] - layer.last[0][0]).abs().max() > 1e-3
+        layer.shared = False
+        out = layer(x)
+    assert (out[0] - out[2]).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("fixed", [True, False])
 def test_with_fixed_draws_every_model_call_of_the_attack_sees_the_same_draws(fixed):
     """The noise each stochastic layer drew, read back as (z - mu) / sigma from every forward pass

@@ -217,7 +217,7 @@ class StochasticLayer(nn.Module):
         self.last = (mu, sigma)
         if not self.sample:
             return mu
-        shape = (1, mu.shape[1]) if self.shared else mu.shape  # shared: an image's noise is not its row's
+        shape = (1, *mu.shape[1:]) if self.shared else mu.shape  # shared: an image's noise is not its row's
         return mu + sigma * torch.randn(shape, generator=self.generator, device=mu.device, dtype=mu.dtype)
 
 
