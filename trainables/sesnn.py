@@ -249,7 +249,21 @@ class ParallelLinear(nn.Module):
         return self.main(h) + self.parallel(h)
 
 
-class SNN(nn.Module):
+class StochasticNet(nn.Module):
+    """A network whose StochasticLayers sample or pass mu as it is told, all at once."""
+
+    @property
+    def stochastic(self) -> list[StochasticLayer]:
+        return [m for m in self.modules() if isinstance(m, StochasticLayer)]
+
+    def set_noise(self, sample: bool, generator: torch.Generator | None, shared: bool = False) -> None:
+        """Sample (or pass mu) from `generator`; `shared`: one noise draw per unit for the whole batch,
+        so an image's noise does not depend on which images share its batch (DrawMean's fixed draws)."""
+        for m in self.stochastic:
+            m.sample, m.generator, m.shared = sample, generator, shared
+
+
+class SNN(StochasticNet):
     """Flatten, then per hidden width a Linear (or stochastic / parallel layer) and ReLU, then the
     deterministic classifier."""
 
@@ -269,16 +283,6 @@ class SNN(nn.Module):
         # Deep VIB's code z is read as it is (Alemi et al.) unless vib_z_relu; every other layer's output goes through ReLU
         self.relu_after = [not (cfg.model == "vib" and not cfg.vib_z_relu and isinstance(m, StochasticLinear))
                            for m in layers]
-
-    @property
-    def stochastic(self) -> list[StochasticLinear]:
-        return [m for m in self.hidden if isinstance(m, StochasticLinear)]
-
-    def set_noise(self, sample: bool, generator: torch.Generator | None, shared: bool = False) -> None:
-        """Sample (or pass mu) from `generator`; `shared`: one noise draw per unit for the whole batch,
-        so an image's noise does not depend on which images share its batch (DrawMean's fixed draws)."""
-        for m in self.stochastic:
-            m.sample, m.generator, m.shared = sample, generator, shared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.flatten(1)
@@ -728,7 +732,7 @@ class PruneEvalConfig:
         check_int("eval_batch_size", self.eval_batch_size, 1)
 
 
-class CompressionNet(nn.Module):
+class CompressionNet(StochasticNet):
     """A conv net of ARCHS with the given hidden widths: each conv / fc layer stochastic and
     followed by ReLU, 2x2 pools, a flatten before the first fc layer, a deterministic classifier."""
 
@@ -760,16 +764,8 @@ class CompressionNet(nn.Module):
         self.classifier = nn.Linear(features, classes)
 
     @property
-    def stochastic(self) -> list[StochasticLayer]:
-        return [m for m in self.body if isinstance(m, StochasticLayer)]
-
-    @property
     def widths(self) -> tuple[int, ...]:
         return tuple(m.mu.weight.shape[0] for m in self.stochastic)
-
-    def set_noise(self, sample: bool, generator: torch.Generator | None) -> None:
-        for m in self.stochastic:
-            m.sample, m.generator = sample, generator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.body(x))
