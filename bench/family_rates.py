@@ -74,7 +74,7 @@ def main(argv=None) -> None:
             for what, r in measured:
                 w.writerow([r.kind, r.family, r.model, r.image_size, r.batch_size, r.precision, r.noise_sharing,
                             r.path, r.device, r.threads, f"{r.rate:.4g}", r.unit, args.out,
-                            f"{what} | {r.kind} | {r.key_words()}", f"{r.machine}, load average {load[0]:.1f}"])
+                            f"{what} | {r.kind}", f"{r.machine}, load average {load[0]:.1f}"])
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ class Estimate:
         seconds = amount / rate.rate
         self.seconds += seconds
         self.core_seconds += seconds * rate.threads
-        self.parts.append(f"{what}: {amount:,.0f} {rate.unit.split('/')[0]} at {rate.describe()}")
+        self.parts.append(f"{what}: {amount:,.0f} {rate.unit.split('/')[0]} at {rate.rate:,.4g} {rate.unit}")
         self.used.append(rate)
 
 

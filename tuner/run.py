@@ -287,7 +287,7 @@ class Plan:
             share = "" if len(priced) == len(estimates) else f" ({len(priced)} of {len(estimates)} trials priced)"
             lines.append(f"projected: {duration(wall)} on {where}{share}; "
                          f"{duration(sum(e.seconds for e in priced))} of trial time in all")
-            lines += [f"  first priced trial: {part}" for part in priced[0].parts]
+            lines += [f"  first trial's {part}" for part in priced[0].parts]
             seen = {}
             for rate in (r for e in priced for r in e.used):
                 seen.setdefault((rate.source, rate.row, rate.device, rate.model, rate.kind), rate)
