@@ -129,25 +129,25 @@ class Estimate:
         self.used.append(rate)
 
 
-_measured: dict[tuple, Rate] = {}
+_measured: dict[tuple, Rate | str] = {}  # this process's measurements (or why one failed), by key
 _spent = [0.0]  # seconds of measurement spent in this process
 
 
 def rate_for(key: dict, device: torch.device, measure: Callable[[], tuple[float, int]] | None = None,
              rates: list[Rate] | None = None) -> Rate | str:
     """The table's row for `key` (KEY's fields but device; a field left out must be empty in the
-    row) on `device`, one measured at this process's thread count where there is one; else, on this machine, a
-    rate from `measure()` -> (rate, threads) within the measurement budget; else the reason why
-    there is none (a sentence starting "no measured rate for")."""
+    row) on `device`, one measured at this process's thread count where there is one; else, on
+    this machine, a rate from `measure()` -> (rate, threads), within the measurement budget; else
+    the reason why there is none (a sentence starting "no measured rate for")."""
+    table = load_rates() if rates is None else rates
     device_key = machine_key(device) if device.type != "cuda" or torch.cuda.is_available() else "cuda"
     want = {k: str(key.get(k, "")) for k in KEY} | {"device": device_key}
-    found = [row for row in (load_rates() if rates is None else rates)
-             if all(getattr(row, k) == v for k, v in want.items())]
+    found = [row for row in table if all(getattr(row, k) == v for k, v in want.items())]
     if found:  # a row measured at the trials' thread count first (the process's, set as a trial's)
         return min(found, key=lambda row: row.threads != threads_on(device))
     words = ", ".join(f"{k} {v}" for k, v in want.items() if v and k not in ("kind", "family", "device"))
     if device_key == "cuda":
-        gpus = sorted({row.device for row in (load_rates() if rates is None else rates) if row.device.startswith("cuda")
+        gpus = sorted({row.device for row in table if row.device.startswith("cuda")
                        and all(getattr(row, k) == v for k, v in want.items() if k != "device")})
         have = f"; rows exist for {', '.join(gpus)}, not used: the GPU is not known here" if gpus else ""
         return f"no measured rate for a GPU (none here to name or measure; {words}){have}"
@@ -164,15 +164,15 @@ def rate_for(key: dict, device: torch.device, measure: Callable[[], tuple[float,
         with warnings.catch_warnings():  # a dry run prints its plan, not a measurement's warnings
             warnings.simplefilter("ignore")
             value, threads = measure()
+        unit = "steps/s" if want["kind"] == "train" else "passes/s"
+        machine = torch.cuda.get_device_name(device) if device.type == "cuda" else machine_words()
+        done = Rate(**want, threads=threads, rate=value, unit=unit, source="measured now", row=words,
+                    machine=machine)
     except Exception as exc:  # noqa: BLE001 - a failed measurement leaves the part unpriced, never the plan
-        return f"no measured rate for {device_key} ({words}); measuring it failed: {type(exc).__name__}: {exc}"
-    finally:
-        _spent[0] += time.perf_counter() - start
-    unit = "steps/s" if want["kind"] == "train" else "passes/s"
-    row = Rate(**{k: want.get(k, "") for k in KEY}, threads=threads, rate=value, unit=unit,
-               source="measured now", row=words, machine=machine_words())
-    _measured[tuple(sorted(want.items()))] = row
-    return row
+        done = f"no measured rate for {device_key} ({words}); measuring it failed: {type(exc).__name__}: {exc}"
+    _spent[0] += time.perf_counter() - start
+    _measured[tuple(sorted(want.items()))] = done
+    return done
 
 
 def time_steps(run: Callable[[int], object], target_s: float = MEASURE_TARGET_S, most: int = 10) -> float:
