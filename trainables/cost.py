@@ -103,6 +103,8 @@ def device_at_hand(cfg_device: str, gpus: bool) -> torch.device:
     """The device a trial of this sweep trains on: the config's, or with `auto` a GPU where the run
     asks for one (--gpus-per-trial) or this machine has one, else the CPU."""
     if cfg_device != "auto":
+        from trainables.common import check_device
+        check_device(cfg_device)  # a family whose config does not check it: refused here, in one line
         return torch.device(cfg_device)
     return torch.device("cuda" if gpus or torch.cuda.is_available() else "cpu")
 
@@ -177,14 +179,14 @@ def rate_for(key: dict, device: torch.device, measure: Callable[[], tuple[float,
 
 def time_steps(run: Callable[[int], object], target_s: float = MEASURE_TARGET_S, most: int = 10) -> float:
     """Steps per second of `run(k)` (k steps with a fixed cost around them), by the difference
-    between a 1-step and a (1 + m)-step run after a 1-step warm-up, m sized to about `target_s`:
-    the fixed cost (model building, checks before and after) drops out. A warm-up longer than
-    `target_s` is the measurement (one step with its fixed cost: a rate on the slow side)."""
+    between a 1-step and a (1 + m)-step run after a 1-step warm-up (first-call costs), m sized to
+    about `target_s`: the fixed cost (model building, checks before and after) drops out. A
+    warm-up over 4 x `target_s` (a step of a large model) is the measurement: one step with its
+    fixed cost, a rate on the slow side, rather than minutes of measuring."""
     t0 = time.perf_counter()
     run(1)
-    one = time.perf_counter() - t0
-    if one > target_s:
-        return 1 / one
+    if time.perf_counter() - t0 > 4 * target_s:
+        return 1 / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     run(1)
     one = time.perf_counter() - t0

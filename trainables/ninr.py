@@ -688,7 +688,7 @@ def describe(cfg: NINRConfig, ecfg: NINREvalConfig, settings) -> str:
 def cost(cfg: NINRConfig, ecfg: NINREvalConfig, settings, device: torch.device) -> Estimate:
     """One trial's training seconds on `device`: its steps (and, with a phase_target, at most one
     probe run of probe_steps per probe sigma) at the measured rate of this network and regulariser.
-    Not priced: the corrupted-test evaluation."""
+    Not priced: the corrupted-test evaluation and the lambda estimates at `hessian_points` steps."""
     toy = cfg.arch == "linear_toy"
     sizes = None if toy else planned_sizes(cfg.data)
     if not toy and sizes is None:
@@ -704,9 +704,10 @@ def cost(cfg: NINRConfig, ecfg: NINREvalConfig, settings, device: torch.device) 
     steps = supervised_steps(cfg, n)
     if cfg.regularizer == "ninr" and cfg.phase_target != "none":
         steps += len(cfg.probe_sigmas) * cfg.probe_steps
-    # Measured without the probes (each is probe_steps long): their steps are priced at the same rate.
-    measured = replace_fields(cfg, {"phase_target": "none", "sigma_eps": cfg.sigma_eps or cfg.probe_sigmas[0]}) \
-        if cfg.phase_target != "none" else cfg
+    # Measured without the probes (each is probe_steps long; their steps are priced at the same rate)
+    # and without the lambda estimates, a fixed cost per run that would swamp a few steps.
+    measured = replace_fields(cfg, {"hessian_points": 0} | ({"phase_target": "none", "sigma_eps": cfg.sigma_eps
+                                                            or cfg.probe_sigmas[0]} if cfg.phase_target != "none" else {}))
     price_training(est, "ninr", model, "" if toy else cfg.data.image_size, measured, steps, device, train_ninr, data,
                    what="training" if steps == supervised_steps(cfg, n) else "training and at most every probe run")
     return est
