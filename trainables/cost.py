@@ -266,6 +266,38 @@ def wall_seconds(estimates: list[Estimate], device: torch.device, cores: int) ->
     return max(longest, sum(e.core_seconds for e in estimates) / max(1, cores))
 
 
+def projection_lines(estimates: list[Estimate], device: torch.device, threads: int, at_once: int,
+                     shown: int = 6) -> list[str]:
+    """--dry-run's lines for a sweep's trials: the wall time on `device` (trials of `threads`
+    CPU threads, up to `at_once` of them at a time), the first priced trial's parts, the rate
+    rows used (the first `shown`; measured-now ones say so), and the trials that have no rate."""
+    if device.type == "cuda":
+        where = f"one {torch.cuda.get_device_name(device)}" if torch.cuda.is_available() else "a GPU"
+    else:
+        where = f"this CPU ({machine_words(threads)} per trial, {machine_key(device)}), up to {at_once} trials at once"
+    priced = [e for e in estimates if not e.missing]
+    lines = []
+    if priced:
+        cores = 1 if device.type == "cuda" else min(os.cpu_count() or 1, at_once * threads)
+        share = "" if len(priced) == len(estimates) else f" ({len(priced)} of {len(estimates)} trials priced)"
+        lines.append(f"projected: {duration(wall_seconds(priced, device, cores))} on {where}{share}; "
+                     f"{duration(sum(e.seconds for e in priced))} of trial time in all")
+        first = "first trial's" if priced[0] is estimates[0] else "first priced trial's"
+        lines += [f"  {first} {part}" for part in priced[0].parts]
+        rows = list({id(rate): rate for e in priced for rate in e.used}.values())
+        for rate in rows[:shown]:
+            what = "measured now" if rate.source == "measured now" else "rate row used"
+            lines.append(f"  {what}: {rate.kind} ({rate.key_words()}): {rate.describe()}; machine: {rate.machine}")
+        if len(rows) > shown:
+            now = sum(r.source == "measured now" for r in rows)
+            lines.append(f"  ... {len(rows)} rate rows in all, {now} of them measured now")
+    missing = [e for e in estimates if e.missing]
+    if missing:
+        lines.append(f"projected: no projection for {len(missing)} of {len(estimates)} trials on {where}: "
+                     f"{missing[0].missing[0]}")
+    return lines
+
+
 def no_projection(what: str) -> Estimate:
     """An estimate that prices nothing, and says why."""
     return Estimate(missing=[what])

@@ -260,7 +260,7 @@ class Plan:
         if self.method.cost is None:
             return [f"projected: no projection ({self.method.name} prices no trials)"]
         import torch
-        from trainables.cost import device_at_hand, duration, machine_key, machine_words, wall_seconds
+        from trainables.cost import device_at_hand, projection_lines
         threads, before = max(1, int(self.args.cpus_per_trial)), torch.get_num_threads()
         gpus = bool(self.args.gpus_per_trial)
         points = self.points if self.search == "grid" else self.points * self.args.num_samples
@@ -273,35 +273,9 @@ class Plan:
                 estimates.append(self.method.cost(cfg, ecfg, settings, device))
         finally:
             torch.set_num_threads(before)
-        priced = [e for e in estimates if not e.missing]
-        lines = []
-        if device.type == "cuda":
-            where = f"one {torch.cuda.get_device_name(device)}" if torch.cuda.is_available() else "a GPU"
-        else:
-            at_once = self.args.max_concurrent or (self.args.workers if self.args.backend == "local" else 0) \
-                or max(1, (os.cpu_count() or 1) // threads)
-            where = f"this CPU ({machine_words(threads)} per trial, {machine_key(device)}), up to {at_once} trials at once"
-        if priced:
-            cores = 1 if device.type == "cuda" else min(os.cpu_count() or 1, at_once * threads)
-            wall = wall_seconds(priced, device, cores)
-            share = "" if len(priced) == len(estimates) else f" ({len(priced)} of {len(estimates)} trials priced)"
-            lines.append(f"projected: {duration(wall)} on {where}{share}; "
-                         f"{duration(sum(e.seconds for e in priced))} of trial time in all")
-            lines += [f"  first trial's {part}" for part in priced[0].parts]
-            seen = {}
-            for rate in (r for e in priced for r in e.used):
-                seen.setdefault((rate.source, rate.row, rate.device, rate.model, rate.kind), rate)
-            for rate in list(seen.values())[:SHOWN_RATES]:
-                what = "measured now" if rate.source == "measured now" else "rate row used"
-                lines.append(f"  {what}: {rate.kind} ({rate.key_words()}): {rate.describe()}; machine: {rate.machine}")
-            if len(seen) > SHOWN_RATES:
-                now = sum(r.source == "measured now" for r in seen.values())
-                lines.append(f"  ... {len(seen)} rate rows in all, {now} of them measured now")
-        missing = [e for e in estimates if e.missing]
-        if missing:
-            lines.append(f"projected: no projection for {len(missing)} of {len(estimates)} trials on {where}: "
-                         f"{missing[0].missing[0]}")
-        return lines
+        at_once = self.args.max_concurrent or (self.args.workers if self.args.backend == "local" else 0) \
+            or max(1, (os.cpu_count() or 1) // threads)
+        return projection_lines(estimates, device, threads, at_once, shown=SHOWN_RATES)
 
 
 def run_metadata() -> dict:
