@@ -188,3 +188,31 @@ def test_dry_run_of_a_paper_preset_of_each_family_prints_a_projection(table, mon
 def test_a_method_without_cost_says_so(tmp_path, capsys):
     assert main(["discriminative_ebm", "--preset", "smoke", "--dry-run", "--storage", str(tmp_path)]) == 0
     assert "projected: no projection (discriminative prices no trials)" in capsys.readouterr().out
+
+
+def test_projection_lines_name_the_trials_without_a_rate():
+    rate = cost.Rate("train", "x", "m", "8", "64", "", "", "", cost.machine_key(CPU), 1, 2.0, "steps/s",
+                     "src.txt", "row 1", "a test")
+    priced = cost.Estimate()
+    priced.add("training", 100, rate)  # 50 s on one thread
+    unpriced = cost.no_projection("data set y: its size is known only once loaded")
+    lines = cost.projection_lines([unpriced, priced, priced], CPU, threads=1, at_once=1)
+    # two priced trials of 50 s on one core, one after the other: 100 s
+    assert lines[0].startswith("projected: 2 min on this CPU (") and "(2 of 3 trials priced)" in lines[0]
+    assert lines[1] == "  first priced trial's training: 100 steps at 2 steps/s"
+    assert lines[2] == ("  rate row used: train (x, m, 8 px, batch 64, cpu-" + cost.machine_key(CPU)[4:] +
+                        "): 2 steps/s (src.txt row 'row 1', 1 thread); machine: a test")
+    assert lines[3].startswith("projected: no projection for 1 of 3 trials on this CPU") and \
+        lines[3].endswith("data set y: its size is known only once loaded")
+
+
+def test_a_gpu_sweep_without_a_gpu_row_is_not_priced_from_cpu_rows(table, monkeypatch, tmp_path, capsys):
+    table([here(kind="train", family="ebm", model=BANK, image_size=32, batch_size=256, path="per_class", rate=0.5),
+           here(kind="eval", family="ebm", image_size=32, precision="fp32", noise_sharing="independent",
+                path="fused_bank", rate=1000.0)])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["grid_ebm", "--preset", "paper", "--dry-run", "--gpus-per-trial", "1",
+                 "--storage", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "projected: no projection for 200 of 200 trials on a GPU: training: no measured rate for a GPU" in out
+    assert "rate row used" not in out
