@@ -25,6 +25,9 @@ from typing import Callable
 
 import torch
 
+from trainables.common import check_device
+from trainables.data import Data
+
 RATES_PATH = Path(__file__).with_name("rates.csv")
 RATES_ENV = "NOISETUNE_RATES"  # another table in the same format (a site's own measurements, tests)
 KEY = ("kind", "family", "model", "image_size", "batch_size", "precision", "noise_sharing", "path", "device")
@@ -103,7 +106,6 @@ def device_at_hand(cfg_device: str, gpus: bool) -> torch.device:
     """The device a trial of this sweep trains on: the config's, or with `auto` a GPU where the run
     asks for one (--gpus-per-trial) or this machine has one, else the CPU."""
     if cfg_device != "auto":
-        from trainables.common import check_device
         check_device(cfg_device)  # a family whose config does not check it: refused here, in one line
         return torch.device(cfg_device)
     return torch.device("cuda" if gpus or torch.cuda.is_available() else "cpu")
@@ -229,10 +231,9 @@ def price_training(est: Estimate, family: str, model: str, image_size, cfg, step
     est.add(what, steps, rate_for(key, device, measure))
 
 
-def synthetic_data(classes: int, channels: int, side: int, per_class: int, test: int, seed: int = 0):
+def synthetic_data(classes: int, channels: int, side: int, per_class: int, test: int, seed: int = 0) -> Data:
     """Random images in [0, 1] with balanced labels, of a data set's shapes: what a measurement of
     speed trains on (the data's values do not change the arithmetic)."""
-    from trainables.data import Data
     gen = torch.Generator().manual_seed(seed)
     y_train = torch.arange(classes).repeat_interleave(per_class)
     y_test = torch.arange(test) % classes
