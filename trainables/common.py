@@ -197,6 +197,9 @@ class Method:
     - summary_columns: the columns of the end-of-run table (those that vary are shown);
     - final_rows(rows) -> the rows the trial's headline metric comes from (e.g. at the largest n);
     - describe(cfg, ecfg, settings) -> a few words on one trial's work, for --dry-run;
+    - cost(cfg, ecfg, settings, device) -> a cost.Estimate of one trial on `device` (a
+      torch.device): its projected seconds from measured rates and the rows it used, for --dry-run;
+      None: the method makes no projection (trainables/cost.py);
     - diverging: overrides under which training diverges (the contract test checks the status);
     - preset_notes: preset -> a line the CLI prints before and after such a run (what the preset
       can and cannot show).
@@ -213,6 +216,7 @@ class Method:
     summary_columns: tuple[str, ...] = ()
     final_rows: Callable[[list[dict]], list[dict]] = _all_rows
     describe: Callable[[Any, Any, list], str] = _describe
+    cost: Callable[[Any, Any, list, torch.device], Any] | None = None
     presets: tuple[str, ...] = ("paper", "quick", "smoke")
     diverging: dict = field(default_factory=dict)
     preset_notes: dict[str, str] = field(default_factory=dict)

@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import importlib.util
 import io
+import math
 import os
 import pickle
 import re
@@ -477,6 +478,50 @@ _TOTAL_CLASSES = {
     "tiny_imagenet": 200,
     "imagenet": 1000,
 }
+
+
+# Images per split (train, test) of the whole source, all its classes, for the sets whose size is
+# fixed: what a sweep is priced on before anything is loaded (trainables/cost.py). The sets the
+# user arranges in folders (Caltech, Flowers, CUB, Tiny ImageNet, ImageNet) are counted only once
+# loaded. Classes are taken as balanced: the largest kept class is off by little (digits: 137
+# against a mean of 135; MNIST: 6,742 against 6,000).
+SPLIT_SIZES = {
+    "digits": (1347, 450),
+    "mnist5k": (4000, 1000),
+    "textures": (3000, 1000),
+    "mnist": (60000, 10000),
+    "fashion_mnist": (60000, 10000),
+    "cifar10": (50000, 10000),
+    "cifar100": (50000, 10000),
+    "cifar20": (50000, 10000),
+    "cifar20_coarse": (50000, 10000),
+}
+
+
+@dataclass(frozen=True)
+class PlannedSizes:
+    """What loading a DataConfig would give, counted without loading it."""
+
+    classes: int
+    train: int  # training images, all kept classes
+    largest_class: int  # training images of the largest kept class
+    test: int
+
+
+def planned_sizes(cfg: DataConfig) -> PlannedSizes | None:
+    """The sizes `load_dataset(cfg)` would give (class selection and limits applied), from
+    SPLIT_SIZES with balanced classes; None where they are known only after loading."""
+    if cfg.dataset not in SPLIT_SIZES:
+        return None
+    classes = len(_validate(cfg))
+    total_train, total_test = SPLIT_SIZES[cfg.dataset]
+    per_class = math.ceil(total_train / _TOTAL_CLASSES[cfg.dataset])
+    if cfg.train_limit is not None:
+        per_class = min(per_class, cfg.train_limit)
+    test = total_test * classes // _TOTAL_CLASSES[cfg.dataset]
+    if cfg.test_limit is not None:
+        test = min(test, cfg.test_limit)
+    return PlannedSizes(classes, per_class * classes, per_class, test)
 
 
 def dataset_names() -> list[str]:

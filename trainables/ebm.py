@@ -45,7 +45,9 @@ from trainables.checks import (ConfigError, check_choice, check_int, check_keys,
                                check_range)
 from trainables.common import (STATUS_DIVERGED, STATUS_OK, Method, Progress, TrainResult, loss_tail,
                                configs_from_preset, device_name, fast_bf16, resolve_device)
-from trainables.data import Data, DataConfig, load_dataset
+from trainables.cost import (Estimate, no_projection, planned_steps, price_training, rate_for, synthetic_data,
+                              threads_on, time_steps)
+from trainables.data import Data, DataConfig, load_dataset, planned_sizes
 from trainables.noise import DISTRIBUTIONS, NoiseParams, fill_, make_generator
 from trainables.sampling import DrawTally, check_checkpoints, rows_at_checkpoints, rows_at_largest_n
 from trainables.supervised import SCHEDULERS
@@ -804,6 +806,42 @@ def describe(cfg: EBMConfig, ecfg: EvalConfig, settings) -> str:
             f"(data set {cfg.data.dataset}, {cfg.data.image_size} px)")
 
 
+def cost(cfg: EBMConfig, ecfg: EvalConfig, settings, device: torch.device) -> Estimate:
+    """One trial's projected seconds on `device`, for --dry-run (issue 35 item 5): its training
+    steps at the measured training rate of this bank's shape, and each setting's passes (test
+    images x classes x draws; one draw at alpha 0) at the measured sampling rate of its image size,
+    precision, noise sharing and path. The sampling rows were measured with full placement: a
+    placement that perturbs fewer layers costs less than priced."""
+    sizes = planned_sizes(cfg.data)
+    if sizes is None:
+        return no_projection(f"data set {cfg.data.dataset}: its size is known only once loaded")
+    est, side, classes = Estimate(), cfg.data.image_size, sizes.classes
+    model = f"bank of {classes}, {cfg.data.channels} ch, hidden {'-'.join(map(str, cfg.hidden_channels))}"
+    path = "grouped" if device.type == "cuda" else "per_class" if side >= PER_CLASS_TRAINING_FROM else "bmm"
+    steps = planned_steps(cfg.steps, cfg.epochs, math.ceil(sizes.largest_class / cfg.batch_size))
+    price_training(est, "ebm", model, side, cfg, steps, device, train_bank,
+                   lambda: synthetic_data(classes, cfg.data.channels, side, cfg.batch_size, classes), path=path)
+    precision = "bf16" if ecfg.precision == "bf16" and fast_bf16(device)[0] else "fp32"
+    specs = [replace(s, sharing=s.sharing or ecfg.noise_sharing) for s in map(check_setting, settings)]
+    for sharing in dict.fromkeys(s.sharing for s in specs):
+        mine = [s for s in specs if s.sharing == sharing]
+        passes = sum(sizes.test * classes * (ecfg.n_checkpoints[-1] if s.alpha > 0 else 1) for s in mine)
+        noisy = max(mine, key=lambda s: s.alpha)
+
+        def measure(spec=noisy):  # passes of one image block through draw blocks, on a random bank
+            bank = AutoencoderBank.initialised(classes, cfg.data.channels, cfg.hidden_channels, 0,
+                                               cfg.hidden_activation, cfg.output_activation).to(device)
+            data = synthetic_data(classes, cfg.data.channels, side, 1, ecfg.block_images)
+            run = lambda k: evaluate(bank, data, [spec], cfg, replace(  # noqa: E731
+                ecfg, precision=precision, n_checkpoints=(k * ecfg.block_draws,)))
+            return time_steps(run) * ecfg.block_draws * ecfg.block_images * classes, threads_on(device)
+
+        key = {"kind": "eval", "family": "ebm", "image_size": side, "precision": precision,
+               "noise_sharing": sharing, "path": EVAL_PATH}
+        est.add(f"evaluation, {sharing} noise", passes, rate_for(key, device, measure))
+    return est
+
+
 # The quick and smoke presets fail both fairness checks of bench/ebm_phenomena.py (docs/ebm-findings.md).
 PRESET_NOTES = {p: f"note: --preset {p} is a demonstration of the service, not a test of the paper: its training "
                    "has not converged and its n is too small for the energy gaps (docs/ebm-findings.md); "
@@ -815,7 +853,7 @@ METHOD = Method(
     setting_columns=SETTING_COLUMNS,
     summary_columns=("distribution_train", "alpha_train", "placement_train", "dropout_rate",
                      "distribution_test", "placement_test", "alpha_test"),
-    final_rows=rows_at_largest_n, describe=describe, presets=("paper", "fair", "quick", "smoke"),
+    final_rows=rows_at_largest_n, describe=describe, cost=cost, presets=("paper", "fair", "quick", "smoke"),
     diverging={"lr": 1e30}, preset_notes=PRESET_NOTES)
 
 METHODS = [METHOD, discriminative.METHOD]  # Appendix E's classifiers belong to this paper's family

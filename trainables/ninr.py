@@ -57,7 +57,8 @@ from trainables.checks import ConfigError, check_choice, check_int, check_keys, 
 from trainables.common import (STATUS_OK, STATUS_SKIPPED, Method, Progress, TrainResult, check_device,
                                configs_from_preset, device_name, replace_fields, resolve_device)
 from trainables.corruptions import check_corruption, corrupt
-from trainables.data import Data, DataConfig, load_dataset
+from trainables.cost import Estimate, no_projection, price_training, supervised_steps, synthetic_data
+from trainables.data import Data, DataConfig, load_dataset, planned_sizes
 from trainables.injection import stream_seed
 from trainables.models import mlp
 from trainables.noise import make_generator
@@ -684,6 +685,34 @@ def describe(cfg: NINRConfig, ecfg: NINREvalConfig, settings) -> str:
     return f"{cfg.arch} with {reg[cfg.regularizer]}, {cfg.optimizer} lr {cfg.lr} on {where}; {len(settings)} test settings"
 
 
+def cost(cfg: NINRConfig, ecfg: NINREvalConfig, settings, device: torch.device) -> Estimate:
+    """One trial's training seconds on `device`: its steps (and, with a phase_target, at most one
+    probe run of probe_steps per probe sigma) at the measured rate of this network and regulariser.
+    Not priced: the corrupted-test evaluation and the lambda estimates at `hessian_points` steps."""
+    toy = cfg.arch == "linear_toy"
+    sizes = None if toy else planned_sizes(cfg.data)
+    if not toy and sizes is None:
+        return no_projection(f"data set {cfg.data.dataset}: its size is known only once loaded")
+    n = cfg.toy_samples if toy else sizes.train
+    reg = f"{cfg.placement}-ninr" if cfg.regularizer == "ninr" else cfg.regularizer
+    model = (f"{cfg.arch} d={cfg.toy_dim}, {reg}, {cfg.optimizer}" if toy else
+             f"{cfg.arch}, {reg}, {cfg.optimizer}, {sizes.classes} classes, {cfg.data.channels} ch")
+    per_class = -(-cfg.batch_size * 12 // (1 if toy else sizes.classes))
+    data = (lambda: toy_data(replace_fields(cfg, {"toy_samples": per_class}))) if toy else (
+        lambda: synthetic_data(sizes.classes, cfg.data.channels, cfg.data.image_size, per_class, 64))
+    est = Estimate()
+    steps = supervised_steps(cfg, n)
+    if cfg.regularizer == "ninr" and cfg.phase_target != "none":
+        steps += len(cfg.probe_sigmas) * cfg.probe_steps
+    # Measured without the probes (each is probe_steps long; their steps are priced at the same rate)
+    # and without the lambda estimates, a fixed cost per run that would swamp a few steps.
+    measured = replace_fields(cfg, {"hessian_points": 0} | ({"phase_target": "none", "sigma_eps": cfg.sigma_eps
+                                                            or cfg.probe_sigmas[0]} if cfg.phase_target != "none" else {}))
+    price_training(est, "ninr", model, "" if toy else cfg.data.image_size, measured, steps, device, train_ninr, data,
+                   what="training" if steps == supervised_steps(cfg, n) else "training and at most every probe run")
+    return est
+
+
 def final_rows(rows: list[dict]) -> list[dict]:
     """The headline is the clean test row."""
     return [r for r in rows if r.get("corruption") == "clean"] or rows
@@ -693,6 +722,6 @@ METHOD = Method(
     "ninr", "ninr", preset_configs, load_data, train, evaluate, check_setting,
     setting_columns={"corruption": "corruption", "strength": "strength"},
     summary_columns=("arch", "regularizer", "placement", "sigma_eps", "lr", "corruption", "strength"),
-    final_rows=final_rows, describe=describe, diverging={"lr": 1e30})
+    final_rows=final_rows, describe=describe, cost=cost, diverging={"lr": 1e30})
 
 METHODS = [METHOD]

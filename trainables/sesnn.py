@@ -66,7 +66,8 @@ from trainables.checks import ConfigError, check_choice, check_int, check_keys, 
 from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, loss_tail,
                                configs_from_preset, device_name, params_digest, resolve_device)
 from trainables.corruptions import CW_OUTPUTS, eot_cw_l2, eot_fgsm
-from trainables.data import Data, DataConfig, load_dataset
+from trainables.cost import Estimate, no_projection, price_training, supervised_steps, synthetic_data
+from trainables.data import Data, DataConfig, load_dataset, planned_sizes
 from trainables.injection import stream_seed
 from trainables.noise import make_generator
 from trainables.pruning import (feature_map_size, inactive_units, least_important, multiplications, remove_units,
@@ -623,6 +624,23 @@ def describe(cfg: SESNNConfig, ecfg: SESNNEvalConfig, settings) -> str:
             f"at {cfg.data.image_size} px; {len(settings)} test settings")
 
 
+def cost(cfg: SESNNConfig, ecfg: SESNNEvalConfig, settings, device: torch.device) -> Estimate:
+    """One trial's training seconds on `device`: steps per stage (forward trains two) at the
+    measured rate of this network, loss and adversarial training. Not priced: the attacks."""
+    sizes = planned_sizes(cfg.data)
+    if sizes is None:
+        return no_projection(f"data set {cfg.data.dataset}: its size is known only once loaded")
+    est = Estimate()
+    model = (f"{cfg.model} {'-'.join(map(str, cfg.hidden))}, loss {cfg.loss}, FGS training "
+             f"{cfg.adv_train_eps:g}, {sizes.classes} classes, {cfg.data.channels} ch")
+    per_class = -(-cfg.batch_size * 12 // sizes.classes)
+    price_training(est, "sesnn", model, cfg.data.image_size, cfg, supervised_steps(cfg, sizes.train), device,
+                   train_sesnn, lambda: synthetic_data(sizes.classes, cfg.data.channels, cfg.data.image_size,
+                                                       per_class, 64),
+                   what="training" if cfg.loss != "forward" else "training, per stage (two stages)")
+    return est
+
+
 def final_rows(rows: list[dict]) -> list[dict]:
     """The headline is the unattacked test row."""
     return [r for r in rows if r.get("attack") == "none"] or rows
@@ -632,7 +650,7 @@ METHOD = Method(
     "sesnn", "sesnn", preset_configs, load_data, train, evaluate, check_setting,
     setting_columns={"attack": "attack", "eps": "eps"},
     summary_columns=("model", "loss", "label_noise", "adv_train_eps", "attack", "eps"),
-    final_rows=final_rows, describe=describe, diverging={"lr": 1e30})
+    final_rows=final_rows, describe=describe, cost=cost, diverging={"lr": 1e30})
 
 
 

@@ -37,7 +37,8 @@ from trainables.augment import AugmentConfig, augment
 from trainables.checks import ConfigError, check_choice, check_int, check_keys, check_optional_int, check_range
 from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, configs_from_preset,
                                device_name, resolve_device)
-from trainables.data import DataConfig, load_dataset
+from trainables.cost import Estimate, no_projection, price_training, supervised_steps, synthetic_data
+from trainables.data import DataConfig, load_dataset, planned_sizes
 from trainables.injection import stream_seed
 from trainables.models import STEMS, build_model, check_arch
 from trainables.noise import make_generator
@@ -422,6 +423,23 @@ def describe(cfg: VPNConfig, ecfg: VPNEvalConfig, settings) -> str:
     return f"{cfg.base} with {what} on {cfg.data.dataset}; inference {', '.join(check_setting(s) for s in settings)}"
 
 
+def cost(cfg: VPNConfig, ecfg: VPNEvalConfig, settings, device: torch.device) -> Estimate:
+    """One trial's training seconds on `device` (steps per phase at the measured rate of this base,
+    generator and mode; a frozen run's rate counts a base step and a generator step together). Not
+    priced: the per-epoch test accuracy (epoch_test_accuracy) and the inference rows."""
+    sizes = planned_sizes(cfg.data)
+    if sizes is None:
+        return no_projection(f"data set {cfg.data.dataset}: its size is known only once loaded")
+    est, n = Estimate(), sizes.train
+    model = (f"{cfg.base}, generator {cfg.generator} ({cfg.mode}), m {cfg.noise_draws}, augmentation "
+             f"{cfg.augment.augmentation}, {sizes.classes} classes, {cfg.data.channels} ch")
+    per_class = -(-cfg.batch_size * 12 // sizes.classes)  # a dozen batches: the measured steps fit in one epoch
+    price_training(est, "vpn", model, cfg.data.image_size, cfg, supervised_steps(cfg, n), device, train_vpn,
+                   lambda: synthetic_data(sizes.classes, cfg.data.channels, cfg.data.image_size, per_class, 64),
+                   what="training" if cfg.mode == "joint" else "training, per phase (base, then generator)")
+    return est
+
+
 def final_rows(rows: list[dict]) -> list[dict]:
     """The headline is the method's own inference: VPN rows where there are any, else clean."""
     vpn = [r for r in rows if r.get("inference") == "vpn"]
@@ -432,6 +450,6 @@ METHOD = Method(
     "vpn", "vpn", preset_configs, lambda cfg: load_dataset(cfg.data), train_vpn, evaluate, check_setting,
     setting_columns={"inference": "inference"},
     summary_columns=("base", "generator", "mode", "augmentation", "noise_draws", "inference"),
-    final_rows=final_rows, describe=describe, diverging={"lr": 1e30})
+    final_rows=final_rows, describe=describe, cost=cost, diverging={"lr": 1e30})
 
 METHODS = [METHOD]

@@ -32,6 +32,7 @@ from trainables.checks import ConfigError, check_choice
 
 DEFAULT_SEEDS = {"paper": 10}  # seeds of a preset when --seeds is not given; other presets 1
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")  # \Z: "$" would let "name\n" through
+SHOWN_RATES = 6  # rate rows --dry-run names (a sweep over many models uses many)
 MAX_SEEDS = 1000  # seeds are per-run counts like 10; a typo like --seeds 1000000000 must not plan forever
 
 
@@ -251,6 +252,30 @@ class Plan:
         evaluations = sum(len(self.space.tests(p)) for p in self.points)
         return (f"{len(self.points)} trainings, {evaluations} test-setting evaluations; first trial: "
                 f"{self.method.describe(cfg, ecfg, settings)}")
+
+    def projection(self) -> list[str]:
+        """--dry-run's lines on what the sweep will cost on the devices at hand: every trial's
+        Method.cost (measured rates, trainables/cost.py) summed into a wall time, and the rate rows
+        used. A trial the method cannot price is named, never guessed."""
+        if self.method.cost is None:
+            return [f"projected: no projection ({self.method.name} prices no trials)"]
+        import torch
+        from trainables.cost import device_at_hand, projection_lines
+        threads, before = max(1, int(self.args.cpus_per_trial)), torch.get_num_threads()
+        gpus = bool(self.args.gpus_per_trial)
+        points = self.points if self.search == "grid" else self.points * self.args.num_samples
+        estimates, device = [], None
+        torch.set_num_threads(threads)  # as each trial runs (tuner.trial): a measurement made now runs so too
+        try:
+            for point in points:
+                cfg, ecfg, settings = self.configs(point)
+                device = device_at_hand(getattr(cfg, "device", "auto"), gpus)
+                estimates.append(self.method.cost(cfg, ecfg, settings, device))
+        finally:
+            torch.set_num_threads(before)
+        at_once = self.args.max_concurrent or (self.args.workers if self.args.backend == "local" else 0) \
+            or max(1, (os.cpu_count() or 1) // threads)
+        return projection_lines(estimates, device, threads, at_once, shown=SHOWN_RATES)
 
 
 def run_metadata() -> dict:
@@ -485,6 +510,8 @@ def main(argv=None) -> int:
                     if plan.search == "grid" else "search space midpoint (checked)"
                 print(f"  {label}: {point}")
             print(f"work: {plan.work()}")
+            for line in plan.projection():
+                print(line)
             print(f"results would go to {plan.store.results_location}")
             return 0
         plan.check_data()  # a missing data set is refused here, once, before anything is written
