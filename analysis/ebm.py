@@ -579,6 +579,16 @@ def accuracy_per_second(df: pd.DataFrame, within: float = WITHIN) -> pd.DataFram
     return table
 
 
+def decision_points(predictions) -> np.ndarray:
+    """Per image, the index of the first checkpoint from which its predicted class equals the one
+    at the largest n at every later checkpoint: where its decision settled, as far as the largest
+    n can tell. predictions: (checkpoints in increasing n, images), e.g. the rows' `predictions`."""
+    p = np.asarray(predictions)
+    differs = p != p[-1]
+    last = len(p) - 1 - np.argmax(differs[::-1], axis=0)  # the last checkpoint that differed
+    return np.where(differs.any(axis=0), last + 1, 0)
+
+
 FIGURES = {
     "heatmap_alpha": heatmap_alpha,
     "accuracy_vs_n": accuracy_vs_n,

@@ -630,3 +630,14 @@ def test_accuracy_vs_seconds_draws_a_line_per_sharing_and_skips_older_rows(tmp_p
     assert any(s.startswith("accuracy_per_second table (") for s in sec["skipped"])
     sec = ebm.section(timed_frame(), tmp_path / "new")
     assert "accuracy_vs_seconds" in sec["figures"] and any(c.startswith("Accuracy per second") for c, _ in sec["tables"])
+
+
+def test_decision_points_on_a_hand_case():
+    """Image 0 never changes (settled at the first checkpoint), image 1 last differs at the second
+    (settled at the third), image 2 changes back and forth and only the last checkpoint agrees."""
+    predictions = [[3, 1, 2],
+                   [3, 0, 0],
+                   [3, 2, 2],
+                   [3, 2, 1],
+                   [3, 2, 0]]
+    assert ebm.decision_points(predictions).tolist() == [0, 2, 4]
