@@ -538,7 +538,8 @@ def accuracy_vs_seconds(df: pd.DataFrame, dataset=None, out=None):
                    + "; x: the evaluation seconds up to that n (eval_seconds_at_n: that setting's own clock on the "
                    "machine that ran it, its share of the clean passes included), mean over seeds, log scale; y: "
                    "accuracy, mean over seeds, bars ± SEM (none with one seed). Lines join the n of one cell. "
-                   "Noise-free cells are left out (one pass, no curve). Further left at the same height: the same "
+                   "Noise-free cells are left out (one pass, no curve). Points one above the other: n within one "
+                   "draw block (block_draws), which costs the same. Further left at the same height: the same "
                    "accuracy sooner.")
     fig.tight_layout()
     return save(fig, out)

@@ -1,8 +1,8 @@
 """Accuracy per second on a trained quick bank: independent against common test noise, fused and plain.
 
 Issue 35 item 4. One bank is trained with the family's own code (`--preset quick`: digits at 8 px,
-1500 Adam steps of 64 per class, Gaussian alpha_train 0.5, full placement) and evaluated on the
-whole test set at its balanced cell (alpha_test = alpha_train) at increasing n, four ways:
+1500 Adam steps of 64 per class, or `--steps`, Gaussian alpha_train 0.5, full placement) and evaluated on the
+test set (`--images` of it) at its balanced cell (alpha_test = alpha_train) at increasing n, four ways:
 
 - fused bank (`trainables.ebm.evaluate`, fp32) with independent and with common test noise
   (EvalConfig.noise_sharing); its rows' `eval_seconds_at_n` is the clock;
@@ -43,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis import ebm as ebm_analysis  # noqa: E402
+from analysis import stats  # noqa: E402
 from analysis.tables import to_markdown  # noqa: E402
 from bench.report import Report  # noqa: E402
 from trainables.common import device_name  # noqa: E402
@@ -137,7 +138,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--paths", default="fused,plain")
     p.add_argument("--images", type=int, default=0, help="0 = the whole test set")
-    p.add_argument("--bank", default="", help="a file to keep the trained bank in (trained when absent)")
+    p.add_argument("--steps", type=int, default=0, help="training steps; 0 = the quick preset's 1500")
+    p.add_argument("--bank", default="", help="a file to keep the trained bank in (trained and written when absent)")
     p.add_argument("--boot", type=int, default=2000)
     p.add_argument("--out", default=None)
     p.add_argument("--figure", default=None, help="PNG of accuracy against seconds (analysis.ebm.accuracy_vs_seconds)")
@@ -147,7 +149,7 @@ def main() -> None:
     plain_seeds = [int(s) for s in args.plain_seeds.split(",")] if args.plain_seeds else []
     torch.set_num_threads(args.threads)
     clock = use_clock(args.clock)
-    cfg, _ = preset_configs("quick", {"alpha_train": args.alpha, "device": "cpu"})
+    cfg, _ = preset_configs("quick", {"alpha_train": args.alpha, "device": "cpu"} | ({"steps": args.steps} if args.steps else {}))
     data = load_dataset(cfg.data)
     device = torch.device("cpu")
     log = Report("ebm_accuracy_per_second", f"{device_name(device)}, torch {torch.__version__}, "
@@ -158,7 +160,8 @@ def main() -> None:
     if args.bank and Path(args.bank).exists():
         bank = AutoencoderBank(data.num_classes, cfg.data.channels, cfg.hidden_channels)
         bank.load_state_dict(torch.load(args.bank))
-        log(f"bank: quick preset, alpha_train {args.alpha:g}, seed {cfg.seed}, {cfg.steps} steps (loaded from {args.bank})")
+        log(f"bank: quick preset, alpha_train {args.alpha:g}, seed {cfg.seed}, {cfg.steps} steps (loaded from "
+            f"{args.bank}, which the same train_bank call wrote)")
     else:
         t = time.perf_counter()
         bank = train_bank(cfg, data).model
@@ -239,6 +242,14 @@ def main() -> None:
     log("|---|---|---|---|---|")
     for path, seed, r, lo, hi, rn, nlo, nhi, agree in ratios:
         log(f"| {path} | {seed} | {r:.2f}x [{lo:.2f}, {hi:.2f}] | {rn:.2f}x [{nlo:.2f}, {nhi:.2f}] | {agree * 100:.1f}% |")
+    for path in sorted({r[0] for r in ratios}):
+        per_seed = [r for r in ratios if r[0] == path]
+        if len(per_seed) > 1:
+            for what, i in (("seconds per decided image", 2), ("decision n", 5)):
+                est = stats.estimate([r[i] for r in per_seed])
+                lo, hi = est.interval()
+                log(f"{path}, {what}, independent / common over {len(per_seed)} evaluation seeds: mean {est.mean:.2f}x, "
+                    f"95% t interval [{lo:.2f}, {hi:.2f}]")
     with open("/proc/loadavg") as f:
         log(f"\nload average at end: {f.read().split()[0]}")
     log.save(args.out)
