@@ -489,6 +489,107 @@ def discriminative(df: pd.DataFrame, n=None, out=None):
     return save(fig, out)
 
 
+# Accuracy per second (issue 35 item 4). The columns that say how a setting was evaluated, beside
+# its noise: a figure line and a table row each, never pooled. Seconds from two machines are never
+# pooled either (device_name).
+ARMS = ("noise_sharing", "precision", "eval_path", "eval_precision", "device_name")
+WITHIN = 0.005  # "reached": accuracy within half a point of the arm's accuracy at its largest n
+
+
+def _timed(df: pd.DataFrame, what: str) -> tuple[pd.DataFrame, list[str], list[str], dict]:
+    """Noisy autoencoder rows with their evaluation clock, train = test law and placement, one
+    configuration apart from the cell and the arms; (rows, the arm columns present, those of them
+    that vary, what was fixed). ValueError when the rows carry no eval_seconds_at_n (older runs)."""
+    d = autoencoder_rows(df)
+    if not has(d, "eval_seconds_at_n"):
+        raise ValueError("the rows carry no eval_seconds_at_n (runs from before the evaluation clock was recorded)")
+    d = same(same(d, "distribution_train", "distribution_test"), "placement_train", "placement_test")
+    arms = [c for c in ARMS if c in d.columns]
+    d, fixed = one_setting(d, {"alpha_train", "alpha_test", "dataset", *arms})
+    d = need(d[(d["alpha_test"] > 0) & d["eval_seconds_at_n"].notna()], what)
+    return d, arms, [c for c in arms if d[c].nunique() > 1], fixed
+
+
+def _clocked(d: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Per `by` and n: accuracy mean, SEM and seed count (stats.summarize) and the mean seconds."""
+    s = summarize(d, [*by, "n"])
+    t = summarize(d, [*by, "n"], metric="eval_seconds_at_n")[[*by, "n", "mean"]].rename(columns={"mean": "seconds"})
+    return s.merge(t, on=[*by, "n"])
+
+
+def accuracy_vs_seconds(df: pd.DataFrame, dataset=None, out=None):
+    """Accuracy against the evaluation seconds spent up to each n (eval_seconds_at_n), one line per
+    noisy (alpha_train, alpha_test) cell and, where the rows hold more than one, per noise sharing,
+    path and precision: which way of evaluating reaches a given accuracy first."""
+    d, name = one_dataset(autoencoder_rows(df), dataset)
+    d, _, varying, fixed = _timed(d, "accuracy_vs_seconds")
+    s = _clocked(d, ["alpha_train", "alpha_test", *varying])
+    keys = ["alpha_train", "alpha_test", *varying]
+    dashes = {v: style for v, style in zip(sorted({tuple(k[2:]) for k in s[keys].itertuples(index=False)}),
+                                           ["-", "--", ":", "-."] * 8)}
+    fig, ax = lines(s, keys, "seconds", lambda k: ", ".join([f"({k[0]:g}, {k[1]:g})", *map(str, k[2:])]),
+                    "evaluation seconds up to n (log)", f"{name}: accuracy vs evaluation seconds"
+                    + (f"\n{fixed_text(fixed)}" if fixed else ""),
+                    style=lambda k: dashes[tuple(k[2:])], legend_title=", ".join(["(alpha_train, alpha_test)", *varying]))
+    ax.set_xscale("log")
+    fig.fixed = fixed
+    fig.caption = ("Each point: one number of noise draws n of one (alpha_train, alpha_test) cell"
+                   + (f" and one {' / '.join(varying)} (line style)" if varying else "")
+                   + "; x: the evaluation seconds up to that n (eval_seconds_at_n: that setting's own clock on the "
+                   "machine that ran it, its share of the clean passes included), mean over seeds, log scale; y: "
+                   "accuracy, mean over seeds, bars ± SEM (none with one seed). Lines join the n of one cell. "
+                   "Noise-free cells are left out (one pass, no curve). Points one above the other: n within one "
+                   "draw block (block_draws), which costs the same. Further left at the same height: the same "
+                   "accuracy sooner.")
+    fig.tight_layout()
+    return save(fig, out)
+
+
+def accuracy_per_second(df: pd.DataFrame, within: float = WITHIN) -> pd.DataFrame:
+    """Per data set, noisy (alpha_train, alpha_test) cell and arm (noise sharing, path, precision,
+    machine): the accuracy at the largest n and its seconds, and the first n whose accuracy is
+    within `within` of it (accuracy(n) >= accuracy(largest n) - within; means over seeds) with the
+    seconds up to that n (eval_seconds_at_n, mean over seeds). Returns strings;
+    `.attrs["summary"]` keeps the numbers. ValueError without eval_seconds_at_n."""
+    d, arms, _, fixed = _timed(df, "accuracy_per_second")
+    keys = ["dataset", "alpha_train", "alpha_test", *arms]
+    s = _clocked(d, keys)
+    out = []
+    for key, g in s.groupby(keys, sort=True, dropna=False):
+        g = g.sort_values("n")
+        last = g.iloc[-1]
+        reached = g[g["mean"] >= last["mean"] - within].iloc[0]
+        out.append(dict(zip(keys, key)) | {
+            "seeds": int(last["count"]), "largest n": int(last["n"]), "accuracy at largest n": last["mean"],
+            "seconds at largest n": last["seconds"], "n reached": int(reached["n"]),
+            "accuracy at n reached": reached["mean"], "seconds at n reached": reached["seconds"]})
+    summary = pd.DataFrame(out)
+    table = pd.DataFrame({
+        "setting": [", ".join([f"({r['alpha_train']:g}, {r['alpha_test']:g})", *(str(r[c]) for c in arms)])
+                    for _, r in summary.iterrows()],
+        "dataset": summary["dataset"].astype(str),
+        "seeds": summary["seeds"],
+        "accuracy at largest n (%)": [f"{a * 100:.2f} (n={n})" for a, n in
+                                      zip(summary["accuracy at largest n"], summary["largest n"])],
+        "seconds at largest n": summary["seconds at largest n"].map(stats.number),
+        f"first n within {within * 100:g} points": summary["n reached"],
+        "accuracy there (%)": summary["accuracy at n reached"].map(lambda a: f"{a * 100:.2f}"),
+        "seconds there": summary["seconds at n reached"].map(stats.number)}).set_index("setting")
+    table.index.name = ", ".join(["(alpha_train, alpha_test)", *arms])
+    table.attrs.update(summary=summary, fixed=fixed, within=within)
+    return table
+
+
+def decision_points(predictions) -> np.ndarray:
+    """Per image, the index of the first checkpoint from which its predicted class equals the one
+    at the largest n at every later checkpoint: where its decision settled, as far as the largest
+    n can tell. predictions: (checkpoints in increasing n, images), e.g. the rows' `predictions`."""
+    p = np.asarray(predictions)
+    differs = p != p[-1]
+    last = len(p) - 1 - np.argmax(differs[::-1], axis=0)  # the last checkpoint that differed
+    return np.where(differs.any(axis=0), last + 1, 0)
+
+
 FIGURES = {
     "heatmap_alpha": heatmap_alpha,
     "accuracy_vs_n": accuracy_vs_n,
@@ -498,6 +599,7 @@ FIGURES = {
     "heatmap_placements": heatmap_placements,
     "noise_vs_dropout": noise_vs_dropout,
     "discriminative": discriminative,
+    "accuracy_vs_seconds": accuracy_vs_seconds,
 }
 
 
@@ -722,6 +824,15 @@ def section(df: pd.DataFrame, out) -> dict:
     if not fairness.empty:
         tabs.append((f"Fairness checks, mean ± SEM over seeds: (a') passes below 2%, (b) at or above 3 "
                      f"(n={fairness.attrs['n']})", fairness))
+    try:
+        speed = accuracy_per_second(df)
+        held = fixed_text(speed.attrs["fixed"])
+        tabs.append((f"Accuracy per second: per noisy cell and way of evaluating, the accuracy (mean over seeds) at "
+                     f"the largest n and the first n within {speed.attrs['within'] * 100:g} points of it, each with "
+                     "the evaluation seconds up to that n (eval_seconds_at_n, mean over seeds, on the machine named)"
+                     + (f"; {held}" if held else ""), speed))
+    except ValueError as exc:
+        skipped.append(f"accuracy_per_second table ({exc})")
     verdicts = verdict_table(df)
     if not verdicts.empty:
         held = fixed_text(verdicts.attrs["fixed"])

@@ -572,3 +572,72 @@ def test_findings_compare_two_cells_on_the_seeds_both_have():
            "on the 1 seed both cells have" in text
     text = "\n".join(findings(frame()))
     assert "on the 3 seeds both cells have" in text
+
+
+def timed_frame() -> pd.DataFrame:
+    """Rows with the evaluation clock: cell (0.5, 0.5) under independent and common test noise on
+    two seeds (accuracy -1 / +1 point around the stated means, seconds as listed), and the
+    noise-free cell (0.5, 0), which has no curve."""
+    acc = {"independent": (0.50, 0.70, 0.72), "common": (0.60, 0.718, 0.72)}
+    secs = {("independent", 0): (1, 10, 100), ("independent", 1): (3, 12, 110),
+            ("common", 0): (0.5, 5, 50), ("common", 1): (1.5, 7, 60)}
+    rows = []
+    for seed, sharing in itertools.product((0, 1), acc):
+        for ae in (0.0, 0.5):
+            for i, n in enumerate(NS):
+                rows.append(dict(family="ebm", method="ebm", preset="quick", dataset="digits", seed=seed,
+                                 distribution_train="gaussian", alpha_train=0.5, placement_train="full",
+                                 distribution_test="gaussian", alpha_test=ae, placement_test="full", dropout_rate=0.0,
+                                 noise_sharing=sharing, n=n, status="ok", trial_key=f"t{seed}",
+                                 accuracy=(0.3 if ae == 0 else acc[sharing][i]) + (0.01 if seed else -0.01),
+                                 eval_seconds_at_n=0.2 if ae == 0 else secs[(sharing, seed)][i],
+                                 eval_path="fused_bank", eval_precision="fp32", device_name="cpu"))
+    return pd.DataFrame(rows)
+
+
+def test_accuracy_per_second_table_on_a_hand_case():
+    """Independent noise reaches within half a point of its n = 100 accuracy (72%) only at n = 100
+    (70% at n = 10), after (100 + 110) / 2 = 105 s; common noise at n = 10 (71.8%), after
+    (5 + 7) / 2 = 6 s. The noise-free cell has no row."""
+    t = ebm.accuracy_per_second(timed_frame())
+    s = t.attrs["summary"].set_index("noise_sharing")
+    assert len(s) == 2 and set(s["alpha_test"]) == {0.5}
+    assert s.loc["independent", "n reached"] == 100 and s.loc["common", "n reached"] == 10
+    assert s.loc["independent", "seconds at n reached"] == pytest.approx(105)
+    assert s.loc["common", "seconds at n reached"] == pytest.approx(6)
+    assert s.loc["common", "seconds at largest n"] == pytest.approx(55)
+    assert s.loc["common", "accuracy at n reached"] == pytest.approx(0.718)
+    assert s.loc["independent", "accuracy at largest n"] == pytest.approx(0.72) and set(s["seeds"]) == {2}
+    row = t.iloc[list(s.index).index("common")]
+    assert row["first n within 0.5 points"] == 10 and row["seconds there"] == "6" and row["accuracy there (%)"] == "71.80"
+    # a looser bar: independent's n = 10 (70%) is within 2 points of 72%
+    assert ebm.accuracy_per_second(timed_frame(), within=0.02).attrs["summary"]["n reached"].tolist() == [10, 10]
+
+
+def test_accuracy_vs_seconds_draws_a_line_per_sharing_and_skips_older_rows(tmp_path):
+    ebm.plt.close("all")  # earlier tests' figures
+    fig = ebm.accuracy_vs_seconds(timed_frame(), out=tmp_path / "aps")
+    assert (tmp_path / "aps.png").exists() and fig.axes[0].get_xscale() == "log"
+    p = fig.plotted.set_index(["noise_sharing", "n"])
+    assert p.loc[("common", 10), "seconds"] == pytest.approx(6) and p.loc[("common", 10), "mean"] == pytest.approx(0.718)
+    assert len(fig.axes[0].get_lines()) >= 2 and len(p) == 2 * len(NS)  # two lines, no noise-free cell
+    assert "eval_seconds_at_n" in fig.caption and "noise_sharing (line style)" in fig.caption
+    for fn in (ebm.accuracy_vs_seconds, ebm.accuracy_per_second):
+        with pytest.raises(ValueError, match="eval_seconds_at_n"):
+            fn(frame())  # rows from before the clock was recorded
+    sec = ebm.section(timed_frame().drop(columns="eval_seconds_at_n"), tmp_path / "old")
+    assert any(s.startswith("accuracy_vs_seconds (the rows carry no eval_seconds_at_n") for s in sec["skipped"])
+    assert any(s.startswith("accuracy_per_second table (") for s in sec["skipped"])
+    sec = ebm.section(timed_frame(), tmp_path / "new")
+    assert "accuracy_vs_seconds" in sec["figures"] and any(c.startswith("Accuracy per second") for c, _ in sec["tables"])
+
+
+def test_decision_points_on_a_hand_case():
+    """Image 0 never changes (settled at the first checkpoint), image 1 last differs at the second
+    (settled at the third), image 2 changes back and forth and only the last checkpoint agrees."""
+    predictions = [[3, 1, 2],
+                   [3, 0, 0],
+                   [3, 2, 2],
+                   [3, 2, 1],
+                   [3, 2, 0]]
+    assert ebm.decision_points(predictions).tolist() == [0, 2, 4]

@@ -526,11 +526,37 @@ def test_a_trial_with_set_noise_sharing_records_it_in_every_row(tmp_path):
     assert "noise_sharing" in rows["config_columns"].iloc[0]
 
 
+def test_the_clock_at_n_counts_no_draw_past_n():
+    """DrawTally's seconds[n] on a hand case: a fake clock that advances one second per draw made.
+    Calls of up to 1000 draws stop at each checkpoint, rounded up to `align` draws (the draws made
+    together), so seconds[n] is n draws' worth, or n rounded up to a whole draw block; the counts
+    are those of one uninterrupted stream."""
+    from trainables.sampling import DrawTally
+    labels = torch.tensor([0, 1])
+    for align, want in ((1, {1: 1, 10: 10, 25: 25, 60: 60}), (10, {1: 10, 10: 10, 25: 30, 60: 60})):
+        made, calls = [0], []
+
+        def per_draw(d0, d1):  # (classes, images, draws); the lowest summed score wins
+            made[0] += -(-d1 // align) * align - d0 // align * align  # whole blocks, as ebm draws them
+            calls.append((d0, d1))
+            d = torch.arange(d0, d1, dtype=torch.float64)
+            class0 = torch.stack([3.0 * (d >= 20), torch.ones_like(d)])  # image 0: 0 for 20 draws, then 3
+            class1 = torch.stack([torch.ones_like(d), torch.zeros_like(d)])
+            return torch.stack([class0, class1])
+
+        tally = DrawTally((1, 10, 25, 60))
+        tally.add_block(per_draw, labels, 60, 1000, clock=lambda: float(made[0]), align=align)
+        assert tally.seconds == want, (align, calls)
+        # image 0 (label 0): class 0 sums 3 (n - 20) against n, lost only at 60; image 1 always right
+        assert tally.correct == {1: 2, 10: 2, 25: 2, 60: 1}
+
+
 def test_rows_carry_the_seconds_spent_up_to_their_n(trained):
     """Accuracy per second: eval_seconds_at_n grows with n within a noisy setting (each n costs its
-    draws), is flat for a noise-free one (one pass), and never exceeds the setting's eval_seconds."""
+    draws, even when one call could make all of them: the default memory budget), is flat for a
+    noise-free one (one pass), and never exceeds the setting's eval_seconds."""
     bank, data, cfg = trained
-    ecfg = EvalConfig(n_checkpoints=(1, 10, 60), block_images=24, block_draws=1, memory_mb=1)
+    ecfg = EvalConfig(n_checkpoints=(1, 10, 60), block_images=24, block_draws=1)
     rows = evaluate(bank, data, [NoiseSpec("gaussian", 0.0), NoiseSpec("gaussian", 0.5), NoiseSpec("cauchy", 0.3)], cfg, ecfg)
     for setting in range(3):
         at = [r["eval_seconds_at_n"] for r in rows[3 * setting:3 * setting + 3]]

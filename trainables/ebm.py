@@ -778,7 +778,7 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
             else:
                 def per_draw(d0, d1, spec=spec):
                     return ev.energies(x, clean, spec, block, d0, d1)
-                tallies[si].add_block(per_draw, labels, n_max, steps[si], time.perf_counter)
+                tallies[si].add_block(per_draw, labels, n_max, steps[si], time.perf_counter, ecfg.block_draws)
             seconds[si] += time.perf_counter() - t0 + t_clean / len(settings)
 
     rows, total, labels_list = [], len(x_all), y_all.tolist()
@@ -793,7 +793,8 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
             "energy_gap_median": t.median_gap(m), "energy_mean_std_median": t.median_mean_std(m),
             "energy_gap_std_median": t.median_gap_std(m),
             "test_images": total, "eval_seconds": secs, "eval_precision": ev.precision, "eval_path": EVAL_PATH,
-            # The evaluation's seconds up to this n (draws past n not counted): accuracy per second.
+            # The evaluation's seconds up to this n (no draw block past n's counted: what a run
+            # stopping at n costs), the clean passes' share included: accuracy per second.
             "eval_seconds_at_n": t.seconds[m] + clean_share,
             # Per image, in test-set order: what a paired comparison of two models needs.
             "predictions": t.predictions(m), "labels": labels_list})]

@@ -44,7 +44,9 @@ class DrawTally:
     varies less than either score). Their medians over images are `median_gap(n)`,
     `median_mean_std(n)` and `median_gap_std(n)`; the gap std needs the per-image class cross
     sums (C x C per image, summed draw block by draw block without a per-draw outer product).
-    `seconds[n]` is the time spent in add_block up to checkpoint n, summed over blocks.
+    `seconds[n]` is the time spent in add_block up to checkpoint n, summed over blocks: a call of
+    per_draw never runs past the next checkpoint (rounded up to a multiple of `align`, the draws
+    per_draw makes together), so no draw after n is counted at n.
     `predictions(n)` is every image's chosen class in test-set order: two models compared on the
     same images need it for the paired error of their accuracy difference.
     """
@@ -61,13 +63,15 @@ class DrawTally:
         self.chosen = {n: [] for n in self.checkpoints}
 
     def add_block(self, per_draw: Callable[[int, int], torch.Tensor], labels, n_total: int, step: int,
-                  clock: Callable[[], float] | None = None) -> None:
-        """per_draw(d0, d1) -> scores (G, B, d1 - d0) for draws d0..d1-1 of one image block."""
+                  clock: Callable[[], float] | None = None, align: int = 1) -> None:
+        """per_draw(d0, d1) -> scores (G, B, d1 - d0) for draws d0..d1-1 of one image block, called
+        with at most `step` draws, ending at each checkpoint rounded up to a multiple of `align`."""
         s1 = s2 = s12 = 0.0
         done = 0
         t0 = clock() if clock else 0.0
         while done < n_total:
-            upto = min(n_total, done + step)
+            due = next((n for n in self.checkpoints if n > done), n_total)
+            upto = min(n_total, done + step, -(-due // align) * align)
             e = per_draw(done, upto).double()
             c1 = s1 + e.cumsum(-1)
             c2 = s2 + (e * e).cumsum(-1) if self.moments else None
