@@ -104,7 +104,8 @@ def device_name(device: torch.device) -> str:
     """Human-readable device name for result rows."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'' if threads == 1 else 's'})"
 
 
 # CPU flags of native bfloat16 arithmetic: AVX-512 BF16 and AMX on x86, the BF16 extension on Arm.
