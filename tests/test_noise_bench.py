@@ -58,8 +58,8 @@ def test_every_arm_trains_and_evaluates_on_the_smoke_preset(data, arm):
     assert [(r["shift"], r["strength"]) for r in rows] == [(s["shift"], s["strength"]) for s in SETTINGS]
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
     cfg, ecfg = smoke(arm=arm)
-    passes = {"activation_noise": ecfg.test_draws, "sesnn": ecfg.test_draws, "vib": ecfg.test_draws,
-              "vpn": data.num_classes * ecfg.vpn_draws}.get(arm, 1)
+    passes = {"activation_noise": cfg.test_draws, "sesnn": cfg.test_draws, "vib": cfg.test_draws,
+              "vpn": data.num_classes * cfg.vpn_draws}.get(arm, 1)
     assert {r["passes_per_image"] for r in rows} == {passes}
     cw = rows[-1]
     assert cw["test_images"] == ecfg.cw_images and 0 <= cw["attack_success_rate"] <= 1

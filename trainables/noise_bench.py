@@ -151,6 +151,10 @@ class BenchConfig:
     vpn_generator: str = "dnn3"  # VPN's generator network (the paper's DNN3 generator)
     vpn_std_cap: float = 0.0  # VPN's optional cap on the generated std; 0 = none (the paper's default)
     vpn_std_cap_grid: tuple[float, ...] = (0.0, 0.1, 0.3)
+    # How each arm predicts (part of the method: tuning scores the held-out images the same way).
+    test_draws: int = 12  # noisy passes averaged per prediction: activation noise, and SE-SNN/VIB when sampled
+    snn_test_mode: str = "sample"  # SE-SNN/VIB: sample (the defence study, VIB's sampled test) | mean (mu only)
+    vpn_draws: int = 1  # VPN: noises per class hypothesis (Algorithm 2; the authors' code: 1)
     seed: int = 0
     device: str = "auto"
 
@@ -170,8 +174,9 @@ class BenchConfig:
         check_int("val_size", self.val_size, 0)
         if self.tuning == "tuned" and self.val_size == 0:
             raise ConfigError("val_size=0 with tuning='tuned' leaves nothing to tune on; allowed: val_size >= 1")
-        for name in ("epochs", "batch_size", "probe_steps"):
+        for name in ("epochs", "batch_size", "probe_steps", "test_draws", "vpn_draws"):
             check_int(name, getattr(self, name), 1)
+        check_choice("snn_test_mode", self.snn_test_mode, SNN_TEST_MODES)
         check_int("steps", self.steps, 0)
         check_int("seed", self.seed, 0)
         check_range("lr", self.lr, 0.0, low_open=True)
@@ -191,9 +196,6 @@ class BenchConfig:
 class BenchEvalConfig:
     """How every trained model is tested."""
 
-    test_draws: int = 12  # noisy passes averaged per prediction: activation noise, and SE-SNN/VIB when sampled
-    snn_test_mode: str = "sample"  # SE-SNN/VIB: sample (the defence study, VIB's sampled test) | mean (mu only)
-    vpn_draws: int = 1  # VPN: noises per class hypothesis (Algorithm 2; the authors' code: 1)
     eot_draws: int = 10  # draws per expected gradient of an attack on a stochastic arm
     cw_images: int = 100  # CW-L2 attacks the first this many test images (0: all): its cost
     # CW-L2: ART's CarliniL2Method defaults, except the initial constant (1, as the SE-SNN family: its test)
@@ -205,11 +207,9 @@ class BenchEvalConfig:
     eval_batch_size: int = 500
 
     def __post_init__(self):
-        for name in ("test_draws", "vpn_draws", "eot_draws", "cw_binary_search_steps", "cw_max_iter",
-                     "eval_batch_size"):
+        for name in ("eot_draws", "cw_binary_search_steps", "cw_max_iter", "eval_batch_size"):
             check_int(name, getattr(self, name), 1)
         check_int("cw_images", self.cw_images, 0)
-        check_choice("snn_test_mode", self.snn_test_mode, SNN_TEST_MODES)
         for name in ("cw_learning_rate", "cw_initial_const"):
             check_range(name, getattr(self, name), 0.0, low_open=True)
         check_optional_int("eval_seed", self.eval_seed, 0)
@@ -233,8 +233,7 @@ def arm_config(cfg: BenchConfig, value: float):
     if ARM_SPECS[arm].module is ninr:
         reg = {"plain": "none", "l2": "l2", "dropout": "dropout", "input_noise": "cdt"}.get(arm, "ninr")
         fields = dict(arch="fc" if cfg.base == "mlp" else "small_cnn", fc_widths=cfg.hidden, regularizer=reg,
-                      optimizer="adam", hessian_points=0, probe_sigmas=cfg.probe_sigmas, probe_steps=cfg.probe_steps,
-                      probe_seed=cfg.seed)
+                      optimizer="adam", hessian_points=0, probe_sigmas=cfg.probe_sigmas, probe_steps=cfg.probe_steps)
         if arm == "l2":
             fields["l2"] = value
         elif arm == "dropout":
@@ -301,8 +300,9 @@ class Inference:
     shared_draws: bool = False
 
 
-def inference(trained: Trained, cfg: BenchConfig, ecfg: BenchEvalConfig, classes: int) -> Inference:
-    model, acfg, bs = trained.net, trained.arm_cfg, ecfg.eval_batch_size
+def inference(trained: Trained, cfg: BenchConfig, classes: int, bs: int) -> Inference:
+    """The arm's prediction and attack forward, by its family's code, `bs` images per forward pass."""
+    model, acfg = trained.net, trained.arm_cfg
     model.eval()
     if isinstance(acfg, ninr.NINRConfig):  # NINs off at test time (the family's default, test_noise False)
         if model.nodes is not None:
@@ -318,18 +318,18 @@ def inference(trained: Trained, cfg: BenchConfig, ecfg: BenchEvalConfig, classes
         def forward(gen, shared):
             model.activation_noise.set(dist, alpha, gen)
             return model
-        return Inference(lambda x, gen: discriminative.predict_probs(model, x, dist, alpha, ecfg.test_draws, gen, bs),
-                         forward, alpha > 0, ecfg.test_draws if alpha > 0 else 1)
+        return Inference(lambda x, gen: discriminative.predict_probs(model, x, dist, alpha, cfg.test_draws, gen, bs),
+                         forward, alpha > 0, cfg.test_draws if alpha > 0 else 1)
     if isinstance(acfg, vpn.VPNConfig):
-        return Inference(lambda x, gen: vpn.vpn_scores(model, x, classes, ecfg.vpn_draws, gen, bs)["score"],
-                         lambda gen, shared: _VPNScores(model, classes, gen, bs), True, classes * ecfg.vpn_draws)
-    sample = ecfg.snn_test_mode == "sample"
+        return Inference(lambda x, gen: vpn.vpn_scores(model, x, classes, cfg.vpn_draws, gen, bs)["score"],
+                         lambda gen, shared: _VPNScores(model, classes, gen, bs), True, classes * cfg.vpn_draws)
+    sample = cfg.snn_test_mode == "sample"
 
     def snn_forward(gen, shared):
         model.set_noise(sample, gen, shared=shared)
         return model
-    return Inference(lambda x, gen: sesnn.predict_probs(model, x, sample, ecfg.test_draws, gen, bs),
-                     snn_forward, sample, ecfg.test_draws if sample else 1, shared_draws=sample)
+    return Inference(lambda x, gen: sesnn.predict_probs(model, x, sample, cfg.test_draws, gen, bs),
+                     snn_forward, sample, cfg.test_draws if sample else 1, shared_draws=sample)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,12 +358,14 @@ def _fit(cfg: BenchConfig, value: float, data: Data, callback=None, state=None) 
 
 
 def _val_accuracy(res: TrainResult, acfg, cfg: BenchConfig, data: Data) -> float:
+    """Accuracy on the held-out images (data.x_test of the split), predicted as the test set will be."""
     if res.status != STATUS_OK or res.model is None:
         return float("nan")
-    ecfg = BenchEvalConfig()
-    inf = inference(Trained(res.model, acfg), cfg, ecfg, data.num_classes)
-    gen = make_generator(stream_seed(cfg.seed, "noise_bench_val_draws"), data.x_test.device)
-    return float((inf.predict(data.x_test, gen).argmax(1) == data.y_test).float().mean())
+    device = next(res.model.parameters()).device
+    inf = inference(Trained(res.model, acfg), cfg, data.num_classes, cfg.batch_size)
+    gen = make_generator(stream_seed(cfg.seed, "noise_bench_val_draws"), device)
+    right = inf.predict(data.x_test.to(device), gen).argmax(1) == data.y_test.to(device)
+    return float(right.float().mean())
 
 
 def train(cfg: BenchConfig, data: Data, callback: Callable[[Progress], object] | None = None,
@@ -432,7 +434,7 @@ def evaluate(trained: Trained, data: Data, settings, cfg: BenchConfig, ecfg: Ben
     """One row per (shift, strength) on the test set, predicted by the arm's family code. Attacked
     rows add the success rate (of the images the clean prediction gets right, the share the attack
     changed and the arm then gets wrong) and the mean L2 of those successful perturbations."""
-    inf = inference(trained, cfg, ecfg, data.num_classes)
+    inf = inference(trained, cfg, data.num_classes, ecfg.eval_batch_size)
     device = next(trained.net.parameters()).device
     x, y = data.x_test.to(device), data.y_test.to(device)
     bs = ecfg.eval_batch_size
