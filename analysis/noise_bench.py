@@ -149,6 +149,11 @@ def section(df: pd.DataFrame, out) -> dict:
                        f"label noise is clean accuracy after training on flipped labels;{BEST} marks the column's "
                        "best arm where the verdict rule separates it from the runner-up (paired on seeds)"
                        + (f"; {fixed}" if fixed else ""), t.reset_index()))
+        attacks = attack_table(df)
+        if not attacks.empty:
+            tables.append(("Attacks on the models trained without label noise: success rate (of the images the arm "
+                           "classifies right, the share the attack turns wrong) and mean L2 of the successful "
+                           "perturbations (over the seeds with one), mean ± SEM over seeds; FGSM at its largest budget", attacks))
         costs = cost_table(df)
         if not costs.empty:
             tables.append(("Cost per arm: training seconds (tuning included) and inference passes per test image, "
@@ -170,4 +175,23 @@ def cost_table(df: pd.DataFrame) -> pd.DataFrame:
         out.append({"arm": name, "training seconds": stats.spread_cell(g["train_seconds"]),
                     "passes per test image": stats.number(g["passes_per_image"].max())
                     if "passes_per_image" in g.columns else "n/a"})
+    return pd.DataFrame(out)
+
+
+def attack_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: FGSM (largest budget) and CW-L2 success rate and mean L2, mean ± SEM over seeds."""
+    d, _ = _rows(df)
+    d = d[d["label_noise"] == 0]
+    if "attack_success_rate" not in d.columns or not d["shift"].isin(["fgsm", "cw_l2"]).any():
+        return pd.DataFrame()
+    fgsm = d[d["shift"] == "fgsm"]
+    parts = {"FGSM": fgsm[fgsm["strength"] == fgsm["strength"].max()], "CW-L2": d[d["shift"] == "cw_l2"]}
+    out = []
+    for name in sorted(d["arm_name"].unique()):
+        row = {"arm": name}
+        for attack, rows in parts.items():
+            g = rows[rows["arm_name"] == name]
+            row[f"{attack} success %"] = stats.cell(g["attack_success_rate"]) if len(g) else "n/a"
+            row[f"{attack} mean L2"] = stats.cell(g["mean_l2"], scale=1, digits=3) if len(g) else "n/a"
+        out.append(row)
     return pd.DataFrame(out)

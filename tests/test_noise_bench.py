@@ -200,11 +200,12 @@ def test_a_bad_shift_or_strength_names_the_field_and_the_allowed_values(setting,
 
 
 def test_the_cnn_base_trains_every_arm_but_the_snn_family(data):
-    for arm in ("plain", "dropout", "activation_noise", "in_ninr"):
+    for arm in ("plain", "dropout", "activation_noise", "in_ninr", "vpn"):
         cfg, ecfg = smoke(arm=arm, base="cnn")
         res = nb.train(cfg, data)
         assert res.status == STATUS_OK
-        convs = [m for m in res.model.net.modules() if isinstance(m, torch.nn.Conv2d)]
+        net = res.model.net.base if arm == "vpn" else res.model.net  # VPN's f, not its generator
+        convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
         assert [c.out_channels for c in convs] == [32, 64]  # the zoo's small_cnn, whichever family trains it
 
 
@@ -241,6 +242,17 @@ def test_the_best_arm_is_marked_only_where_the_rule_separates_it():
     para = nba.which_noise(fabricated(clean, under))
     assert para[0].startswith("Which noise for clean: plain (default), ahead of the runner-up l2 (default) by +40.00")
     assert para[1].startswith("Which noise for Gaussian noise: undecided between plain (default) and l2 (default)")
+
+
+def test_the_figure_draws_each_arms_mean_over_seeds_at_each_strength():
+    df = fabricated({"plain (default)": [0.8, 0.6], "l2 (default)": [0.5, 0.7]},
+                    {"plain (default)": [0.4, 0.2], "l2 (default)": [0.3, 0.3]})
+    fig = nba.accuracy_vs_strength(df, "gaussian_noise")
+    got = fig.plotted.set_index(["arm_name", "strength"])["mean"].to_dict()
+    assert got == pytest.approx({("l2 (default)", 0.0): 0.6, ("l2 (default)", 0.1): 0.3, ("l2 (default)", 0.4): 0.3,
+                                 ("plain (default)", 0.0): 0.7, ("plain (default)", 0.1): 0.3,
+                                 ("plain (default)", 0.4): 0.3})
+    assert "one arm trained without label noise" in fig.caption
 
 
 def test_a_shift_cell_averages_each_seed_over_the_strengths_before_the_seeds():

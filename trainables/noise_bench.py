@@ -504,7 +504,10 @@ def preset_configs(preset: str, overrides: dict | None = None) -> tuple[BenchCon
 def describe(cfg: BenchConfig, ecfg: BenchEvalConfig, settings) -> str:
     method = method_of(cfg)
     base = f"mlp {cfg.hidden}" if cfg.base == "mlp" else "small_cnn"
-    return (f"{cfg.arm} ({cfg.tuning}; {method.family}/{method.name}) on a {base}"
+    spec = ARM_SPECS[cfg.arm]
+    fits = len(getattr(cfg, spec.grid)) + 1 if cfg.tuning == "tuned" else 1
+    return (f"{cfg.arm} ({cfg.tuning}, {fits} training{'s' if fits > 1 else ''}; {method.family}/{method.name})"
+            f" on a {base}"
             f" at label noise {cfg.label_noise:g} on {cfg.data.dataset}; {len(settings)} test settings")
 
 
