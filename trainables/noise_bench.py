@@ -42,7 +42,8 @@ drawn by the trial's seed, so every arm of a seed trains on the same noisy label
 
 Test settings: {"shift": s, "strength": v}: `clean`; each corruption of trainables/corruptions.py
 at a strength; `fgsm` (the expected gradient over `eot_draws` draws for a stochastic arm, the
-family's own forward making the draws); `cw_l2` (ART's CW-L2 on the mean over `eot_draws` draws,
+family's own forward making the draws; VPN's attacked forward is the log of its Algorithm 2 score
+averaged over `eot_draws` noises per hypothesis); `cw_l2` (ART's CW-L2 on the mean over `eot_draws` draws,
 on the first `cw_images` test images; common random numbers only where the family can share one
 draw over a batch: SE-SNN/VIB; `cw_fixed_draws` says which). Each row: accuracy, attack success
 rate and mean L2 of the successful perturbations (attacks), inference passes per test image, and
@@ -274,34 +275,38 @@ class Trained:
 
 
 class _VPNScores(nn.Module):
-    """Algorithm 2 as logits for an attack: log of the class scores of one draw per hypothesis
-    (vpn.vpn_scores with its graph kept), so the gradient reaches the input through f and g."""
+    """Algorithm 2 as logits for an attack: the log of the class scores averaged over `draws`
+    noises per hypothesis (vpn.vpn_scores with its graph kept), so the gradient reaches the input
+    through f and g and is the expected gradient of the score over the draws (EOT in score space:
+    the generator runs once per hypothesis, not once per draw)."""
 
-    def __init__(self, model, classes: int, gen, batch: int):
+    def __init__(self, model, classes: int, draws: int, gen, batch: int):
         super().__init__()
-        self.model, self.classes, self.gen, self.batch = model, classes, gen, batch
+        self.model, self.classes, self.draws, self.gen, self.batch = model, classes, draws, gen, batch
 
     def forward(self, x):
-        scores = vpn.vpn_scores(self.model, x, self.classes, 1, self.gen, self.batch, grad=torch.is_grad_enabled())
+        scores = vpn.vpn_scores(self.model, x, self.classes, self.draws, self.gen, self.batch,
+                                grad=torch.is_grad_enabled())
         return torch.log(scores["score"].clamp_min(1e-12))
 
 
 @dataclass
 class Inference:
     """What evaluation needs of an arm: `predict(x, gen)` (probabilities, or VPN's class scores),
-    `forward(gen, shared)` (a module whose forward is one draw of logits, for attacks), whether the
-    forward is random, the passes per test image, and whether the family shares one draw over a
-    batch (CW's common random numbers)."""
+    `forward(gen, shared)` (a module whose forward gives logits for attacks), the draws an attack
+    averages over that forward (1 where it is deterministic or averages its own draws), the passes
+    per test image, and whether the family shares one draw over a batch (CW's common random numbers)."""
 
     predict: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
     forward: Callable[[torch.Generator, bool], nn.Module]
-    stochastic: bool
+    attack_draws: int
     passes: int
     shared_draws: bool = False
 
 
-def inference(trained: Trained, cfg: BenchConfig, classes: int, bs: int) -> Inference:
-    """The arm's prediction and attack forward, by its family's code, `bs` images per forward pass."""
+def inference(trained: Trained, cfg: BenchConfig, classes: int, bs: int, eot_draws: int = 1) -> Inference:
+    """The arm's prediction and attack forward, by its family's code, `bs` images per forward pass;
+    an attack on a random forward takes the expected gradient over `eot_draws` draws."""
     model, acfg = trained.net, trained.arm_cfg
     model.eval()
     if isinstance(acfg, ninr.NINRConfig):  # NINs off at test time (the family's default, test_noise False)
@@ -311,7 +316,7 @@ def inference(trained: Trained, cfg: BenchConfig, classes: int, bs: int) -> Infe
         def predict(x, gen):
             with torch.no_grad():
                 return torch.cat([F.softmax(model(x[i:i + bs]), 1) for i in range(0, len(x), bs)])
-        return Inference(predict, lambda gen, shared: model, False, 1)
+        return Inference(predict, lambda gen, shared: model, 1, 1)
     if isinstance(acfg, discriminative.ClassifierConfig):
         dist, alpha = acfg.distribution_train, acfg.alpha_train
 
@@ -319,17 +324,18 @@ def inference(trained: Trained, cfg: BenchConfig, classes: int, bs: int) -> Infe
             model.activation_noise.set(dist, alpha, gen)
             return model
         return Inference(lambda x, gen: discriminative.predict_probs(model, x, dist, alpha, cfg.test_draws, gen, bs),
-                         forward, alpha > 0, cfg.test_draws if alpha > 0 else 1)
+                         forward, eot_draws if alpha > 0 else 1, cfg.test_draws if alpha > 0 else 1)
     if isinstance(acfg, vpn.VPNConfig):
         return Inference(lambda x, gen: vpn.vpn_scores(model, x, classes, cfg.vpn_draws, gen, bs)["score"],
-                         lambda gen, shared: _VPNScores(model, classes, gen, bs), True, classes * cfg.vpn_draws)
+                         lambda gen, shared: _VPNScores(model, classes, eot_draws, gen, bs), 1,
+                         classes * cfg.vpn_draws)
     sample = cfg.snn_test_mode == "sample"
 
     def snn_forward(gen, shared):
         model.set_noise(sample, gen, shared=shared)
         return model
     return Inference(lambda x, gen: sesnn.predict_probs(model, x, sample, cfg.test_draws, gen, bs),
-                     snn_forward, sample, cfg.test_draws if sample else 1, shared_draws=sample)
+                     snn_forward, eot_draws if sample else 1, cfg.test_draws if sample else 1, shared_draws=sample)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,7 +440,7 @@ def evaluate(trained: Trained, data: Data, settings, cfg: BenchConfig, ecfg: Ben
     """One row per (shift, strength) on the test set, predicted by the arm's family code. Attacked
     rows add the success rate (of the images the clean prediction gets right, the share the attack
     changed and the arm then gets wrong) and the mean L2 of those successful perturbations."""
-    inf = inference(trained, cfg, data.num_classes, ecfg.eval_batch_size)
+    inf = inference(trained, cfg, data.num_classes, ecfg.eval_batch_size, ecfg.eot_draws)
     device = next(trained.net.parameters()).device
     x, y = data.x_test.to(device), data.y_test.to(device)
     bs = ecfg.eval_batch_size
@@ -443,7 +449,7 @@ def evaluate(trained: Trained, data: Data, settings, cfg: BenchConfig, ecfg: Ben
         return make_generator(stream_seed(eval_seed, "noise_bench", *parts), device)
 
     clean_right = inf.predict(x, gen_of("clean", 0.0)).argmax(1) == y
-    draws = ecfg.eot_draws if inf.stochastic else 1
+    draws = inf.attack_draws
     rows = []
     for s in (check_setting(s) for s in settings):
         t0 = time.perf_counter()

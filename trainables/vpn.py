@@ -172,9 +172,11 @@ class VPNModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x)
 
-    def noisy(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits of f(x + sigma z), sigma) for standard normal z of x's shape."""
-        sigma = self.generator(x, y)
+    def noisy(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
+              sigma: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits of f(x + sigma z), sigma) for standard normal z of x's shape; `sigma`, the
+        generator's output for (x, y) if already computed (it does not depend on z)."""
+        sigma = self.generator(x, y) if sigma is None else sigma
         return self.base(x + sigma * z), sigma
 
 
@@ -362,8 +364,9 @@ def _vpn_scores(model, x, num_classes, n_draws, gen, batch_images) -> dict[str, 
         score = torch.zeros(num_classes, b, device=x.device)
         leak = torch.zeros(b, device=x.device)
         sigma_sum = torch.zeros(b, device=x.device)
+        sigma = model.generator(xs, ys)  # once for every draw: the generator does not see z
         for _ in range(n_draws):
-            logits, sigma = model.noisy(xs, ys, torch.randn(xs.shape, generator=gen, device=x.device))
+            logits, _ = model.noisy(xs, ys, torch.randn(xs.shape, generator=gen, device=x.device), sigma)
             probs = logits.float().softmax(1).view(num_classes, b, num_classes)
             score = score + torch.diagonal(probs, dim1=0, dim2=2).T  # [c, j] = probs[c, j, c]
             leak += (probs.argmax(2) == torch.arange(num_classes, device=x.device)[:, None]).float().sum(0)
