@@ -106,6 +106,21 @@ def test_tuned_keeps_the_grid_value_best_on_the_held_out_images_and_reads_no_tes
     assert again.columns["tuning_scores"] == res.columns["tuning_scores"]
 
 
+def test_a_tuned_trial_resumed_from_a_checkpoint_keeps_its_choice_and_ends_as_an_uninterrupted_one(data, monkeypatch):
+    cfg, _ = smoke(arm="dropout", tuning="tuned")
+    states = []
+    whole = nb.train(cfg, data, callback=lambda p: states.append(p.state()))
+    assert len(states) == 2 and states[0]["bench_value"] == whole.columns["knob_value"]
+    calls = []
+    original = ninr.train_ninr
+    monkeypatch.setattr(ninr, "train_ninr", lambda *a: calls.append(1) or original(*a))
+    resumed = nb.train(cfg, data, state=states[0])
+    assert len(calls) == 1  # no grid run again: the choice came with the checkpoint
+    assert resumed.columns["tuning_scores"] == whole.columns["tuning_scores"]
+    for a, b in zip(whole.model.net.parameters(), resumed.model.net.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_every_arm_trains_on_the_same_noisy_labels_without_the_held_out_images(data):
     cfg, _ = smoke(label_noise=0.4, seed=3)
     fit = nb.split(cfg, data)

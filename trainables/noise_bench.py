@@ -522,13 +522,15 @@ def final_rows(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r.get("shift") == "clean"] or rows
 
 
+FORMS = ("Nearest faithful forms: SE-SNN/VIB make the MLP's hidden layers stochastic (no CNN form); NINR, L2, "
+         "dropout and CDT train with Adam, not the poster's SGD; App. E's noise sits on the shared base, not a ResNet.")
 PRESET_NOTES = {
     "smoke": "smoke: 4 optimiser steps per model, 30 test images, a fixed NIN sigma instead of the phase probes: "
              "shows that every arm runs end to end, nothing about the methods.",
     "quick": "quick: digits at 8 px, 40 epochs per model, CW-L2 on 100 test images; separates arms only where they "
-             "differ by more than the seed spread of a 1,047-image training set.",
+             "differ by more than the seed spread of a 1,047-image training set. " + FORMS,
     "paper": "paper: Fashion-MNIST at 28 px with the MLP; the issue's CIFAR-10 ResNet18 arm is not built "
-             "(the SNN family has no stochastic ResNet).",
+             "(the SNN family has no stochastic ResNet). " + FORMS,
 }
 
 METHOD = Method(
