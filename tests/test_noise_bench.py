@@ -177,6 +177,24 @@ def test_fgsm_row_equals_a_hand_made_signed_gradient_step(data):
     assert rows[0]["accuracy"] == pytest.approx(want)
 
 
+def test_the_cost_of_a_trial_is_its_familys_times_the_trainings_of_a_tuned_one(monkeypatch):
+    from trainables.cost import Estimate
+
+    seen = []
+
+    def family_cost(acfg, ecfg, settings, device):
+        seen.append(acfg)
+        return Estimate(10.0, 10.0, ["training: 100 steps at 10 steps/s"])
+
+    monkeypatch.setattr(sesnn, "METHOD", dataclasses.replace(sesnn.METHOD, cost=family_cost))
+    cfg, ecfg = smoke(arm="sesnn", tuning="tuned")
+    est = nb.cost(cfg, ecfg, [], torch.device("cpu"))
+    assert est.seconds == 10.0 * (len(cfg.omega_grid) + 1) and isinstance(seen[0], sesnn.SESNNConfig)
+    assert nb.cost(*smoke(arm="sesnn"), [], torch.device("cpu")).seconds == 10.0
+    unpriced = nb.cost(*smoke(arm="activation_noise"), [], torch.device("cpu"))  # its family prices nothing
+    assert unpriced.missing and "ebm/discriminative makes no projection" in unpriced.missing[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # Refusals
 

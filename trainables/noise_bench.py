@@ -66,6 +66,7 @@ from trainables import discriminative, ninr, sesnn, vpn
 from trainables.checks import ConfigError, check_choice, check_int, check_keys, check_optional_int, check_range
 from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, config_row,
                                configs_from_preset)
+from trainables.cost import Estimate, no_projection
 from trainables.corruptions import CORRUPTIONS, check_corruption, corrupt, eot_cw_l2, eot_fgsm
 from trainables.data import Data, DataConfig, load_dataset
 from trainables.injection import stream_seed
@@ -517,6 +518,26 @@ def describe(cfg: BenchConfig, ecfg: BenchEvalConfig, settings) -> str:
             f" at label noise {cfg.label_noise:g} on {cfg.data.dataset}; {len(settings)} test settings")
 
 
+def cost(cfg: BenchConfig, ecfg: BenchEvalConfig, settings, device: torch.device) -> Estimate:
+    """One trial's training seconds on `device`, priced by the arm's family (its Method.cost on the
+    arm's config), times the trainings of a tuned trial (one per grid value, then the tested one).
+    The family prices its whole training set, the held-out images included (a slight
+    overestimate). Not priced: the evaluation (corruptions, FGSM and CW-L2 with their draws), nor
+    an arm whose family makes no projection."""
+    method = method_of(cfg)
+    if method.cost is None:
+        return no_projection(f"arm {cfg.arm}: its family's method {method.family}/{method.name} makes no projection")
+    spec = ARM_SPECS[cfg.arm]
+    grid = getattr(cfg, spec.grid) if cfg.tuning == "tuned" else ()
+    family = method.cost(arm_config(cfg, grid[0] if grid else knob_default(cfg)), None, [], device)
+    fits = len(grid) + 1
+    if fits == 1 or family.missing:
+        return family
+    return Estimate(family.seconds * fits, family.core_seconds * fits,
+                    [f"{part} (x {fits} trainings: the tuning grid, then the tested model)" for part in family.parts],
+                    family.used, family.missing)
+
+
 def final_rows(rows: list[dict]) -> list[dict]:
     """The headline is the clean test row."""
     return [r for r in rows if r.get("shift") == "clean"] or rows
@@ -536,6 +557,6 @@ PRESET_NOTES = {
 METHOD = Method(
     "noise_bench", "noise_bench", preset_configs, lambda cfg: load_dataset(cfg.data), train, evaluate, check_setting,
     setting_columns=SETTING_COLUMNS, summary_columns=("arm", "tuning", "label_noise", "shift", "strength"),
-    final_rows=final_rows, describe=describe, diverging={"lr": 1e30}, preset_notes=PRESET_NOTES)
+    final_rows=final_rows, describe=describe, cost=cost, diverging={"lr": 1e30}, preset_notes=PRESET_NOTES)
 
 METHODS = [METHOD]
