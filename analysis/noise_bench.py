@@ -5,7 +5,7 @@ each shift (accuracy under it, each seed's mean over the shift's strengths), CW-
 under 40% label noise (clean test accuracy). A cell is the mean over seeds with the 95% t
 interval of that mean (stats.estimate); the best arm of a column is marked only where the verdict
 rule (stats.compare, paired on shared seeds, then stats.verdict) separates it from the runner-up.
-One figure per shift: accuracy against strength, one line per arm. The "which noise for which
+One figure: accuracy against strength, a panel per shift, one line per arm. The "which noise for which
 problem" paragraph is written from the same comparisons, "undecided" where they do not separate.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.figures import draw, lines, need, save
+from analysis.figures import draw, lines, need, plt, save
 
 FAMILY = "noise_bench"
 SHIFTS = ("gaussian_noise", "impulse_noise", "blur", "contrast", "rotation", "fgsm")
@@ -118,24 +118,33 @@ def which_noise(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def accuracy_vs_strength(df: pd.DataFrame, shift: str, out=None):
-    """Accuracy against the strength of one shift (clean at 0), one line per arm, label noise 0."""
+def accuracy_vs_strength(df: pd.DataFrame, out=None):
+    """Accuracy against shift strength (clean at 0), one panel per shift, one line per arm, label noise 0."""
     d, fixed = _rows(df)
-    d = d[(d["label_noise"] == 0) & d["shift"].isin(["clean", shift])]
-    need(d[d["shift"] == shift], f"{shift} rows")
-    s = stats.summarize(d, ["arm_name", "strength"])
-    fig, ax = lines(s, "arm_name", "strength", str, f"{NAMES[shift]} strength (0: clean)",
-                    f"Accuracy under {NAMES[shift]}, one line per arm", legend_title="arm (knob)")
+    d = d[d["label_noise"] == 0]
+    shifts = [s for s in SHIFTS if (d["shift"] == s).any()]
+    need(d[d["shift"].isin(shifts)], "shifted rows")
+    arms = sorted(d["arm_name"].unique())  # every panel draws every arm, so an arm keeps its colour
+    cols = min(3, len(shifts))
+    rows = -(-len(shifts) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    plotted = []
+    for i, (shift, ax) in enumerate(zip(shifts, axes.flat)):
+        s = stats.summarize(d[d["shift"].isin(["clean", shift])], ["arm_name", "strength"])
+        s = s[s["arm_name"].isin(arms)]
+        lines(s, "arm_name", "strength", str, f"{NAMES[shift]} strength (0: clean)", NAMES[shift],
+              legend_title="arm (knob)", ax=ax, legend=i == cols - 1)
+        plotted.append(s.assign(shift=shift))
+    for ax in list(axes.flat)[len(shifts):]:
+        ax.set_visible(False)
+    fig.suptitle("Accuracy against shift strength, one line per arm")
+    fig.tight_layout()
+    fig.plotted = pd.concat(plotted, ignore_index=True)
     note = stats.fixed_text(fixed)
-    fig.caption = (f"Each line is one arm trained without label noise; x is the strength of {NAMES[shift]} "
-                   "(trainables/corruptions.py; 0 is the clean test). " + fig.caption + (f" {note}." if note else ""))
+    fig.caption = ("One panel per shift (trainables/corruptions.py), x its strength, 0 the clean test; one line per "
+                   "arm, trained without label noise, the same colour in every panel. Points: mean over seeds; "
+                   "bars: ± SEM (none with one seed)." + (f" {note}." if note else ""))
     return save(fig, out)
-
-
-def _figures(df: pd.DataFrame) -> dict:
-    present = set(df["shift"].dropna().unique()) if "shift" in df.columns else set()
-    return {f"accuracy_vs_{s}": (lambda d, out=None, s=s: accuracy_vs_strength(d, s, out))
-            for s in SHIFTS if s in present}
 
 
 def section(df: pd.DataFrame, out) -> dict:
@@ -153,12 +162,13 @@ def section(df: pd.DataFrame, out) -> dict:
         if not attacks.empty:
             tables.append(("Attacks on the models trained without label noise: success rate (of the images the arm "
                            "classifies right, the share the attack turns wrong) and mean L2 of the successful "
-                           "perturbations (over the seeds with one), mean ± SEM over seeds; FGSM at its largest budget", attacks))
+                           "perturbations (over the seeds with one), mean ± SEM over seeds; FGSM at its largest "
+                           "budget", attacks))
         costs = cost_table(df)
         if not costs.empty:
             tables.append(("Cost per arm: training seconds (tuning included) and inference passes per test image, "
                            "mean ± SEM over seeds", costs))
-    made, skipped, captions = draw(_figures(df), df, out)
+    made, skipped, captions = draw({"accuracy_vs_strength": accuracy_vs_strength}, df, out)
     paragraph = which_noise(df)
     return {"title": "noise_bench: which noise for which problem", "tables": tables, "figures": made,
             "captions": captions, "skipped": skipped, "findings": paragraph}
