@@ -167,14 +167,19 @@ def test_vpn_scores_keep_their_values_with_the_graph_and_pass_the_gradient_to_th
 
 
 def test_fgsm_row_equals_a_hand_made_signed_gradient_step(data):
-    res, rows = run(data, settings=[{"shift": "fgsm", "strength": 0.1}], arm="plain")
+    res, rows = run(data, settings=[{"shift": "fgsm", "strength": 0.1}], arm="plain", steps=150)
     net = res.model.net
     x, y = data.x_test.clone().requires_grad_(True), data.y_test
     F.cross_entropy(net(x), y, reduction="sum").backward()
     adv = (data.x_test + 0.1 * x.grad.sign()).clamp(0, 1)
     with torch.no_grad():
-        want = float((net(adv).argmax(1) == y).float().mean())
-    assert rows[0]["accuracy"] == pytest.approx(want)
+        right, clean = net(adv).argmax(1) == y, net(data.x_test).argmax(1) == y
+    assert rows[0]["accuracy"] == pytest.approx(float(right.float().mean()))
+    moved = (adv - data.x_test).flatten(1).norm(dim=1)
+    success = clean & ~right & (moved > 0)
+    assert clean.float().mean() > 0.5 and success.any()  # a trained model that the attack moves
+    assert rows[0]["attack_success_rate"] == pytest.approx(float(success.sum()) / max(1, int(clean.sum())))
+    assert rows[0]["mean_l2"] == pytest.approx(float(moved[success].mean()))
 
 
 def test_the_cost_of_a_trial_is_its_familys_times_the_trainings_of_a_tuned_one(monkeypatch):

@@ -449,7 +449,7 @@ def evaluate(trained: Trained, data: Data, settings, cfg: BenchConfig, ecfg: Ben
     def gen_of(*parts):
         return make_generator(stream_seed(eval_seed, "noise_bench", *parts), device)
 
-    clean_right = inf.predict(x, gen_of("clean", 0.0)).argmax(1) == y
+    clean_right = inf.predict(x, gen_of("predict", "clean", 0.0)).argmax(1) == y  # the clean row's own draws
     draws = inf.attack_draws
     rows = []
     for s in (check_setting(s) for s in settings):
