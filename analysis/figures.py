@@ -103,15 +103,17 @@ def same(df, a, b):
 
 
 def lines(s: pd.DataFrame, groups, x: str, label, xlabel: str, title: str, style=None, legend_title=None,
-          ylabel: str = "accuracy (%)", scale: float = 100):
+          ylabel: str = "accuracy (%)", scale: float = 100, ax=None, legend: bool = True):
     """A summary's mean (times `scale`) with SEM bars against `x`, one line per group of `groups`.
 
     Every line has a colour of its own (tab10, or tab20 beyond ten lines, with a second marker and
     dash pattern for its second half) and the legend sits outside the axes, never over the data.
-    An x axis with a single value keeps just that tick."""
+    An x axis with a single value keeps just that tick. `ax`: draw into this panel of a larger
+    figure (a group keeps its colour across panels that show the same groups); `legend=False`
+    leaves the legend to another panel."""
     keys = list(s.groupby(groups))
     colours = plt.get_cmap("tab10" if len(keys) <= 10 else "tab20").colors
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 4.5)) if ax is None else (ax.figure, ax)
     for i, (key, g) in enumerate(keys):
         g = g.sort_values(x)
         second = i >= len(colours)
@@ -122,8 +124,9 @@ def lines(s: pd.DataFrame, groups, x: str, label, xlabel: str, title: str, style
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(title=legend_title, fontsize=6 if legend_title else 7, title_fontsize=7,
-              loc="upper left", bbox_to_anchor=(1.01, 1), ncol=2 if len(keys) > 12 else 1)
+    if legend:
+        ax.legend(title=legend_title, fontsize=6 if legend_title else 7, title_fontsize=7,
+                  loc="upper left", bbox_to_anchor=(1.01, 1), ncol=2 if len(keys) > 12 else 1)
     fig.plotted = s
     fig.caption = "Points: mean over seeds; bars: ± SEM (none with one seed)."
     return fig, ax

@@ -216,7 +216,7 @@ def test_accuracy_at_n_equals_fresh_run_with_n_max_n(trained, tiny):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(arch="resnet1001"), r"arch='resnet1001'.*did you mean.*allowed: small_cnn, softmax_regression, dnn3, vit_small, alexnet, .*resnet18, .*vgg16"),
+    (dict(arch="resnet1001"), r"arch='resnet1001'.*did you mean.*allowed: small_cnn, softmax_regression, dnn3, vit_small, mlp, alexnet, .*resnet18, .*vgg16"),
     (dict(stem="tiny"), r"stem='tiny'.*allowed: imagenet, cifar, auto"),
     (dict(placement_train="odd"), r"placement_train='odd'.*allowed: full"),
     (dict(alpha_train=-0.1), r"alpha_train=-0.1.*allowed: \[0.0"),

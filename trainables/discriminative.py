@@ -23,7 +23,7 @@ from trainables.common import (Method, Progress, TrainResult, check_device, conf
                                resolve_device)
 from trainables.data import DataConfig, load_dataset
 from trainables.injection import ActivationNoise, stream_seed
-from trainables.models import STEMS, build_model, check_arch
+from trainables.models import STEMS, build_model, check_arch, check_widths
 from trainables.noise import DISTRIBUTIONS, NoiseParams, make_generator
 from trainables.sampling import DrawTally, check_checkpoints, rows_at_checkpoints, rows_at_largest_n
 from trainables.supervised import SCHEDULERS, train_supervised
@@ -34,6 +34,7 @@ class ClassifierConfig:
 
     data: DataConfig = DataConfig()
     arch: str = "small_cnn"  # models.archs(): small_cnn, or any torchvision classifier by name (weights=None)
+    hidden: tuple[int, ...] = (128, 128)  # arch mlp: its hidden widths (other archs ignore it)
     # ResNet stem: cifar (3x3 stride 1, no max-pool: the CIFAR-style networks of the paper's ~93.6%
     # baselines) | imagenet (torchvision's 7x7 stride 2 + max-pool) | auto (cifar up to 64 px).
     stem: str = "auto"
@@ -51,6 +52,7 @@ class ClassifierConfig:
 
     def __post_init__(self):
         check_arch(self.arch)
+        check_widths("hidden", self.hidden)
         check_choice("stem", self.stem, (*STEMS, "auto"))
         if self.stem == "auto":  # resolved here, so rows record the stem that was built
             object.__setattr__(self, "stem", "cifar" if self.data.image_size <= 64 else "imagenet")
@@ -69,9 +71,10 @@ class ClassifierConfig:
 
 
 def build_classifier(arch: str, channels: int, num_classes: int, image_size: int,
-                     noise_params: NoiseParams = NoiseParams(), stem: str = "imagenet") -> nn.Module:
+                     noise_params: NoiseParams = NoiseParams(), stem: str = "imagenet",
+                     hidden: tuple[int, ...] = (128, 128)) -> nn.Module:
     """The model with its ActivationNoise attached as `model.activation_noise` (alpha 0 until set)."""
-    model = build_model(arch, channels, num_classes, image_size, stem)
+    model = build_model(arch, channels, num_classes, image_size, stem, hidden=hidden)
     model.activation_noise = ActivationNoise(model, noise_params)  # plain attribute, not a submodule
     return model
 
@@ -84,7 +87,7 @@ def train_classifier(cfg: ClassifierConfig, data, callback: Callable[[Progress],
     x, y = data.x_train.to(device), data.y_train.to(device)
     torch.manual_seed(cfg.seed)  # initial weights (and VGG dropout) from the global RNG
     model = build_classifier(cfg.arch, x.shape[1], data.num_classes, x.shape[-1], cfg.noise_params,
-                             cfg.stem).to(device)
+                             cfg.stem, cfg.hidden).to(device)
     noise_gen = make_generator(stream_seed(cfg.seed, "train_noise"), device)
     model.activation_noise.set(cfg.distribution_train, cfg.alpha_train, noise_gen)
     res = train_supervised(model, x, y, seed=cfg.seed, lr=cfg.lr, batch_size=cfg.batch_size,
@@ -119,6 +122,30 @@ def check_setting(setting) -> tuple[str, float]:
     return dist, float(alpha)
 
 
+def softmax_pass(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(images, classes): the softmax of one forward pass over x, batch by batch (each batch draws
+    the model's activation noise as it is set)."""
+    return torch.cat([model(x[i:i + batch_size]).softmax(1) for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, x: torch.Tensor, distribution: str, alpha: float, n: int,
+                  generator: torch.Generator | None, batch_size: int = 500) -> torch.Tensor:
+    """The sampling inference of Appendix E on x: the softmax averaged over `n` passes with test
+    noise (distribution, alpha) from `generator` (one deterministic pass when alpha is 0). The
+    model's noise setting is restored afterwards."""
+    noise = model.activation_noise
+    saved, was_training = (noise.distribution, noise.alpha, noise.generator), model.training
+    model.eval()
+    try:
+        noise.set(distribution, alpha, generator)
+        k = n if alpha > 0 else 1
+        return sum(softmax_pass(model, x, batch_size) for _ in range(k)) / k
+    finally:
+        noise.set(*saved)
+        model.train(was_training)
+
+
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, data, settings, n_checkpoints=(1, 10, 100),
                         cfg: ClassifierConfig | None = None, seed: int | None = None,
@@ -145,8 +172,7 @@ def evaluate_classifier(model: nn.Module, data, settings, n_checkpoints=(1, 10, 
     rows = []
 
     def one_pass(d0, d1):  # (classes, images, 1): one noisy pass over the test set, batch by batch
-        probs = torch.cat([model(x[i:i + batch_size]).softmax(1) for i in range(0, len(x), batch_size)])
-        return probs.T.unsqueeze(-1)
+        return softmax_pass(model, x, batch_size).T.unsqueeze(-1)
 
     try:
         for dist, alpha in specs:

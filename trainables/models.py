@@ -1,7 +1,8 @@
 """The model zoo: every torchvision classifier by name, plus small models for laptop runs.
 
 Besides torchvision's classifiers: `small_cnn`, `softmax_regression` (one linear layer on the
-flattened image), `dnn3` (the d-1024-1024-C MLP of the VPN paper) and `vit_small` (torchvision's
+flattened image), `dnn3` (the d-1024-1024-C MLP of the VPN paper), `mlp` (an MLP of any hidden
+widths, `hidden`: noise_bench's shared base model) and `vit_small` (torchvision's
 VisionTransformer with a patch size to choose, 6 layers of width 192: the size the VPN paper's
 small-image ViT leaves open).
 
@@ -27,7 +28,7 @@ from trainables.checks import ConfigError, check_choice
 STEMS = ("imagenet", "cifar")
 
 
-LOCAL_ARCHS = ("small_cnn", "softmax_regression", "dnn3", "vit_small")
+LOCAL_ARCHS = ("small_cnn", "softmax_regression", "dnn3", "vit_small", "mlp")
 
 
 @functools.lru_cache(maxsize=1)
@@ -41,6 +42,13 @@ def check_arch(arch: str, field: str = "arch") -> None:
     """A local model is checked without importing torchvision (the drivers of most sweeps never need it)."""
     if arch not in LOCAL_ARCHS:
         check_choice(field, arch, archs())
+
+
+def check_widths(field: str, widths) -> None:
+    """Refuse anything but a tuple of integers >= 1 (hidden widths)."""
+    if not isinstance(widths, tuple) or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1
+                                                for w in widths):
+        raise ConfigError(f"{field}={widths!r} is not allowed; allowed: a tuple of integers >= 1")
 
 
 def mlp(in_features: int, out_features: int, hidden: tuple[int, ...] = ()) -> nn.Sequential:
@@ -91,13 +99,15 @@ def _rebuild(conv: nn.Conv2d, channels: int, stride=None, kernel=None) -> nn.Con
 
 
 def build_model(arch: str, channels: int, num_classes: int, image_size: int, stem: str = "imagenet",
-                patch_size: int = 4) -> nn.Module:
+                patch_size: int = 4, hidden: tuple[int, ...] = (128, 128)) -> nn.Module:
     """A freshly initialised classifier (from the global RNG) for images (channels, size, size);
-    `patch_size` is vit_small's."""
+    `patch_size` is vit_small's, `hidden` the widths of `mlp`."""
     check_arch(arch)
     check_choice("stem", stem, STEMS)
-    if arch in ("softmax_regression", "dnn3"):
-        return mlp(channels * image_size ** 2, num_classes, () if arch == "softmax_regression" else (1024, 1024))
+    if arch in ("softmax_regression", "dnn3", "mlp"):
+        widths = {"softmax_regression": (), "dnn3": (1024, 1024)}.get(arch, hidden)
+        check_widths("hidden", widths)
+        return mlp(channels * image_size ** 2, num_classes, tuple(widths))
     if arch == "vit_small":
         model = vit_small(channels, num_classes, image_size, patch_size)
         _probe(model, arch, channels, image_size)

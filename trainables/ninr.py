@@ -60,11 +60,11 @@ from trainables.corruptions import check_corruption, corrupt
 from trainables.cost import Estimate, no_projection, price_training, supervised_steps, synthetic_data
 from trainables.data import Data, DataConfig, load_dataset, planned_sizes
 from trainables.injection import stream_seed
-from trainables.models import mlp
+from trainables.models import mlp, small_cnn
 from trainables.noise import make_generator
 from trainables.supervised import OPTIMIZERS, SCHEDULERS, train_supervised
 
-ARCHS = ("fc", "cnn", "mlp3", "linear_toy")
+ARCHS = ("fc", "cnn", "mlp3", "linear_toy", "small_cnn")
 REGULARIZERS = ("none", "l2", "dropout", "ninr", "cdt")
 PLACEMENTS = ("in", "full")
 PHASES = ("decoupled", "decay", "catapult", "divergent", "failed")
@@ -77,7 +77,9 @@ class NINRConfig:
     """One training run: a model, one regulariser, and the phase measurement of its NIWs."""
 
     data: DataConfig = DataConfig()
-    arch: str = "fc"  # fc | cnn (the comparison's) | mlp3 (phase study) | linear_toy (two-layer linear regression)
+    # fc | cnn (the comparison's) | mlp3 (phase study) | linear_toy (two-layer linear regression) |
+    # small_cnn (the model zoo's, so other families' runs can share it: noise_bench)
+    arch: str = "fc"
     fc_widths: tuple[int, ...] = (256, 256)  # hidden widths of fc (the poster gives none)
     cnn_channels: tuple[int, ...] = (32, 64)  # conv 3x3 + ReLU + 2x2 max-pool per entry
     cnn_hidden: int = 128  # the CNN's dense hidden layer
@@ -270,15 +272,18 @@ def nin_layers(net: nn.Module, placement: str) -> list[nn.Module]:
 
 
 def build_net(cfg: NINRConfig, shape: tuple[int, ...], outputs: int) -> nn.Module:
-    """The comparison's FC and CNN, the phase study's 3-layer MLP, or the linear toy (no biases)."""
+    """The comparison's FC and CNN, the phase study's 3-layer MLP, the zoo's small_cnn, or the linear toy
+    (no biases)."""
     dropout = cfg.dropout_rate if cfg.regularizer == "dropout" else 0.0
     if cfg.arch == "linear_toy":
         return nn.Sequential(nn.Linear(shape[0], cfg.toy_hidden, bias=False), nn.Linear(cfg.toy_hidden, 1, bias=False))
     d = int(np.prod(shape))
-    if cfg.arch in ("fc", "mlp3"):
-        widths = cfg.fc_widths if cfg.arch == "fc" else (cfg.mlp3_width, cfg.mlp3_width)
-        net = mlp(d, outputs, widths)
-        if dropout:
+    if cfg.arch in ("fc", "mlp3", "small_cnn"):
+        if cfg.arch == "small_cnn":
+            net = small_cnn(shape[0], outputs, shape[1])
+        else:
+            net = mlp(d, outputs, cfg.fc_widths if cfg.arch == "fc" else (cfg.mlp3_width, cfg.mlp3_width))
+        if dropout:  # after every hidden activation
             net = nn.Sequential(*[m for layer in net for m in ([layer, nn.Dropout(dropout)]
                                                                if isinstance(layer, nn.ReLU) else [layer])])
         return net

@@ -69,6 +69,7 @@ from trainables.corruptions import CW_OUTPUTS, eot_cw_l2, eot_fgsm
 from trainables.cost import Estimate, no_projection, price_training, supervised_steps, synthetic_data
 from trainables.data import Data, DataConfig, load_dataset, planned_sizes
 from trainables.injection import stream_seed
+from trainables.label_noise import flip_pattern, noisy_labels  # noqa: F401 (the family's label noise)
 from trainables.noise import make_generator
 from trainables.pruning import (feature_map_size, inactive_units, least_important, multiplications, remove_units,
                                 weight_count)
@@ -326,21 +327,6 @@ def regulariser(model: SNN, cfg: SESNNConfig) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # Label noise and the losses of the baselines
-
-
-def flip_pattern(classes: int, seed: int) -> np.ndarray:
-    """target[c]: the one other class that class c is flipped to, uniform over the others."""
-    gen = np.random.default_rng(stream_seed(seed, "label_pattern"))
-    return np.array([(c + 1 + gen.integers(classes - 1)) % classes for c in range(classes)])
-
-
-def noisy_labels(y: torch.Tensor, classes: int, p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """(noisy labels, flipped mask, pattern): each label flipped to pattern[label] with probability p."""
-    pattern = flip_pattern(classes, seed)
-    u = torch.rand(len(y), generator=torch.Generator().manual_seed(stream_seed(seed, "label_flips")))
-    flipped = u < p
-    noisy = torch.where(flipped, torch.as_tensor(pattern)[y.cpu()], y.cpu())
-    return noisy.to(y.device), flipped.to(y.device), pattern
 
 
 def true_transition(pattern: np.ndarray, p: float) -> np.ndarray:

@@ -40,7 +40,7 @@ from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_d
 from trainables.cost import Estimate, no_projection, price_training, supervised_steps, synthetic_data
 from trainables.data import DataConfig, load_dataset, planned_sizes
 from trainables.injection import stream_seed
-from trainables.models import STEMS, build_model, check_arch
+from trainables.models import STEMS, build_model, check_arch, check_widths
 from trainables.noise import make_generator
 from trainables.supervised import SCHEDULERS, train_supervised
 
@@ -55,7 +55,8 @@ class VPNConfig:
     """One training run: a base model f with a generator g, or with a baseline augmentation."""
 
     data: DataConfig = DataConfig()
-    base: str = "dnn3"  # models.archs(): softmax_regression, dnn3, resnet18/34/50, vit_small, ...
+    base: str = "dnn3"  # models.archs(): softmax_regression, dnn3, mlp, resnet18/34/50, vit_small, ...
+    hidden: tuple[int, ...] = (128, 128)  # base mlp: its hidden widths (other bases ignore it)
     stem: str = "auto"  # ResNet stem: cifar (3x3, no max-pool) | imagenet | auto (cifar up to 64 px)
     patch_size: int = 4  # vit_small's patch side; must divide image_size
     generator: str = "none"  # none (a baseline) | dnn3 (d-1024-1024-d MLP) | resnet18 (its fc outputs d)
@@ -78,6 +79,7 @@ class VPNConfig:
 
     def __post_init__(self):
         check_arch(self.base, "base")
+        check_widths("hidden", self.hidden)
         check_choice("stem", self.stem, (*STEMS, "auto"))
         if self.stem == "auto":  # resolved here, so rows record the stem that was built
             object.__setattr__(self, "stem", "cifar" if self.data.image_size <= 64 else "imagenet")
@@ -170,14 +172,16 @@ class VPNModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x)
 
-    def noisy(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits of f(x + sigma z), sigma) for standard normal z of x's shape."""
-        sigma = self.generator(x, y)
+    def noisy(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor,
+              sigma: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits of f(x + sigma z), sigma) for standard normal z of x's shape; `sigma`, the
+        generator's output for (x, y) if already computed (it does not depend on z)."""
+        sigma = self.generator(x, y) if sigma is None else sigma
         return self.base(x + sigma * z), sigma
 
 
 def _base(cfg: VPNConfig, shape, num_classes) -> nn.Module:
-    return build_model(cfg.base, shape[0], num_classes, shape[1], cfg.stem, cfg.patch_size)
+    return build_model(cfg.base, shape[0], num_classes, shape[1], cfg.stem, cfg.patch_size, cfg.hidden)
 
 
 def _generator(cfg: VPNConfig, shape, num_classes) -> Generator:
@@ -339,13 +343,18 @@ def check_setting(setting) -> str:
     return setting.get("inference", "clean")
 
 
-@torch.no_grad()
 def vpn_scores(model: VPNModel, x: torch.Tensor, num_classes: int, n_draws: int, gen: torch.Generator,
-               batch_images: int = 64) -> dict[str, torch.Tensor]:
+               batch_images: int = 64, grad: bool = False) -> dict[str, torch.Tensor]:
     """Algorithm 2 on x (N, C, H, W): `score` (N, classes), softmax(f(x + eps_c))[c] averaged over
     draws; `leak` (N,), the share of hypotheses c (over classes and draws) for which f(x + eps_c)
     predicts c; `sigma_mean` (N,), the mean generated std over hypotheses, draws and pixels.
-    Per batch of images and per draw, all C hypotheses go through f as one batch of N*C."""
+    Per batch of images and per draw, all C hypotheses go through f as one batch of N*C.
+    `grad`: keep the graph, so an attack can take the gradient of the scores with respect to x."""
+    with torch.set_grad_enabled(grad):
+        return _vpn_scores(model, x, num_classes, n_draws, gen, batch_images)
+
+
+def _vpn_scores(model, x, num_classes, n_draws, gen, batch_images) -> dict[str, torch.Tensor]:
     scores, leaks, sigmas = [], [], []
     for i in range(0, len(x), batch_images):
         xb = x[i:i + batch_images]
@@ -355,12 +364,13 @@ def vpn_scores(model: VPNModel, x: torch.Tensor, num_classes: int, n_draws: int,
         score = torch.zeros(num_classes, b, device=x.device)
         leak = torch.zeros(b, device=x.device)
         sigma_sum = torch.zeros(b, device=x.device)
+        sigma = model.generator(xs, ys)  # once for every draw: the generator does not see z
         for _ in range(n_draws):
-            logits, sigma = model.noisy(xs, ys, torch.randn(xs.shape, generator=gen, device=x.device))
+            logits, _ = model.noisy(xs, ys, torch.randn(xs.shape, generator=gen, device=x.device), sigma)
             probs = logits.float().softmax(1).view(num_classes, b, num_classes)
-            score += torch.diagonal(probs, dim1=0, dim2=2).T  # [c, j] = probs[c, j, c]
+            score = score + torch.diagonal(probs, dim1=0, dim2=2).T  # [c, j] = probs[c, j, c]
             leak += (probs.argmax(2) == torch.arange(num_classes, device=x.device)[:, None]).float().sum(0)
-            sigma_sum += sigma.view(num_classes, b, -1).mean(2).sum(0)
+            sigma_sum += sigma.detach().view(num_classes, b, -1).mean(2).sum(0)
         scores.append((score / n_draws).T)
         leaks.append(leak / (n_draws * num_classes))
         sigmas.append(sigma_sum / (n_draws * num_classes))
