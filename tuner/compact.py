@@ -6,9 +6,9 @@ tuner.run does the same at each run's end. A paper preset writes thousands of pa
 trial); `analysis.load` reads them all, one request each, while the compacted file is one read.
 The layout (`<run>/compacted/`: a data file, the listing of every part it covers with its size
 and modification time, and the manifest naming both) and the rule for when it is read are
-`analysis.load`'s: the reader owns the contract, this module only writes it. The parts stay the commit record: nothing here
-deletes or changes one; a trial that writes a part later makes the compaction stale and the
-loader reads the parts again until the next compaction.
+`analysis.load`'s: the reader owns the contract, this module only writes it. The parts stay the
+commit record: nothing here deletes or changes one; a trial that writes a part later makes the
+compaction stale and the loader reads the parts again until the next compaction.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ def compact(store: ResultStore, force: bool = False) -> str:
     infos = [i for i in infos if i.path.rpartition("/")[0] == store.results]
     if not infos:
         return f"no part files under {store.results_location} to compact"
+    # Current: fresh, and dated with the folder's time where it has one (else written again, dated)
     if (not force and fresh_compaction(fs, store.results, infos)
-            and (stamp is None or unchanged_compaction(fs, store.results))):  # else written again, with the folder's time
+            and (stamp is None or unchanged_compaction(fs, store.results))):
         return f"compacted dataset of {len(infos)} parts is current ({store.root}/{COMPACTED})"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # each unreadable part is named in the line returned
