@@ -228,6 +228,36 @@ def ratios(results: dict) -> list[str]:
     return out
 
 
+def interleaved(folder: str, rounds: int) -> list[str]:
+    """`analysis.load` of a compacted run against pyarrow.dataset's read of its compacted file,
+    alternately in one interpreter, `rounds` times each: min and median wall and CPU seconds. A
+    read of a few milliseconds is below the noise of one fresh interpreter on a shared machine."""
+    import statistics
+
+    import pyarrow.dataset as ds
+
+    from analysis import load
+
+    fs, root = pafs.FileSystem.from_uri(folder)
+    with fs.open_input_stream(f"{root}/compacted/manifest.json") as f:
+        data = f"{root}/compacted/{json.loads(f.read())['data']}"
+    reads = {"load_compacted": lambda: load(folder).attrs["compacted"][0],
+             "pyarrow_compacted": lambda: ds.dataset(data, format="parquet", filesystem=fs).to_table().to_pandas()}
+    took: dict[str, list[tuple[float, float]]] = {name: [] for name in reads}
+    for _ in range(rounds):
+        for name, read in reads.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            assert read() is not None
+            took[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    stats = {name: [f(x[k] for x in runs) for k in (0, 1) for f in (min, statistics.median)]
+             for name, runs in took.items()}
+    out = [f"{name:18s} wall min {s[0] * 1e3:7.1f} ms median {s[1] * 1e3:7.1f} ms   cpu min {s[2] * 1e3:7.1f} ms "
+           f"median {s[3] * 1e3:7.1f} ms   ({rounds} rounds, interleaved, one interpreter)" for name, s in stats.items()]
+    a, b = stats["load_compacted"], stats["pyarrow_compacted"]
+    return out + [f"load_compacted / pyarrow_compacted {a[0] / b[0]:.2f}x min wall, {a[1] / b[1]:.2f}x median wall, "
+                  f"{a[2] / b[2]:.2f}x min cpu, {a[3] / b[3]:.2f}x median cpu"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", default="400,4000", help="comma-separated part counts")
@@ -241,10 +271,21 @@ def main() -> None:
     ap.add_argument("--max-peak-mib", type=float, default=None,
                     help="skip a measurement whose peak, scaled from a smaller run, would pass this "
                          "(default: half the memory available at the start)")
+    ap.add_argument("--interleaved", metavar="RUN", help="only: a compacted run's load against pyarrow's read of its "
+                                                          "file, alternately in one interpreter (see interleaved)")
+    ap.add_argument("--rounds", type=int, default=40, help="rounds of --interleaved")
     ap.add_argument("--measure", nargs=2, metavar=("WHAT", "FOLDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
         print(json.dumps(measure(*args.measure)))
+        return
+    if args.interleaved:
+        lines = [f"# bench/results_scale.py {' '.join(sys.argv[1:])}   {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+                 f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", *interleaved(args.interleaved, args.rounds)]
+        print("\n".join(lines))
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write("\n".join(lines) + "\n")
         return
     try:
         import duckdb  # noqa: F401
