@@ -18,16 +18,31 @@ stated here once. Beside a run's `results/` folder (`<run>/results/part-*.parque
 
     <run>/compacted/rows-<id>.parquet   every readable part's rows in one file (the parts' order,
                                          the unified schema, row groups of at most ROW_GROUP rows)
+    <run>/compacted/parts-<id>.json     {part name: [size, mtime_ns]} for every part listed when it
+                                         was written, unreadable ones included
     <run>/compacted/manifest.json       {"layout": LAYOUT, "data": "rows-<id>.parquet",
-                                         "parts": {part name: [size, mtime_ns]} for every part
-                                         listed when it was written, unreadable ones included,
-                                         "unreadable": [part names]}
+                                         "listing": "parts-<id>.json", "parts": how many,
+                                         "rows": how many, "unreadable": [part names],
+                                         "folder_mtime_ns": results/'s modification time before
+                                         that listing, or null}
 
-The data file is written first under a new name, then the manifest by rename, so a reader sees
-either the old pair or the new one. `load` reads the compacted file only while the manifest names
-exactly the parts the folder holds, each with the size and modification time it had; a part
-added, rewritten or removed since makes it stale and the parts are read instead. Parts are the
-commit record and are never deleted by compaction.
+The data file and the listing are written first under new names, then the manifest by rename, so
+a reader sees either the old set or the new one. `load` reads the compacted file only while the
+listing names exactly the parts the folder holds, each with the size and modification time it
+had; a part added, rewritten or removed since makes it stale and the parts are read instead.
+Parts are the commit record and are never deleted by compaction.
+
+That check costs a listing of every part's size and time: at 4,000 parts on a local disk, more
+than reading the compacted file itself. So on a local disk the manifest also records the results
+folder's modification time, and while the folder still has that time neither the parts nor the
+listing are read: adding, removing or renaming a file in a folder changes its time, and a part is
+only ever replaced by a rename (ResultStore.write_part, as rsync and cp -a do). The writer records
+the time only once the filesystem's clock has moved past it (null otherwise), so that a part
+written just after the listing, within the same tick of a coarse clock, cannot share it. Another
+folder time (a temporary file came and went, say) means the full check, not staleness. The one
+change this does not see: a part overwritten in place on a local disk (plain `cp` over an existing
+part file); run `python -m tuner.compact --force RUN` after that. Object stores have no folder
+times and always take the full check; their listing costs one request per 1,000 parts.
 """
 
 from __future__ import annotations
@@ -49,7 +64,7 @@ import pyarrow.parquet as pq
 
 COMPACTED = "compacted"    # folder beside results/ in a run folder
 MANIFEST = "manifest.json"
-LAYOUT = 1                 # the manifest's version; another value is not read
+LAYOUT = 2                 # the manifest's version; another value is not read (1: the listing inside it)
 ROW_GROUP = 65536          # rows per row group of the compacted file
 _READERS = 16              # parts read at once: I/O-bound on an object store, cheap locally
 _INDEX = re.compile(r"__index_level_\d+__")  # a pandas index written as a column by from_pandas
@@ -107,20 +122,58 @@ def listing(infos: list[pafs.FileInfo]) -> dict[str, list[int]]:
     return {f.base_name: [f.size, f.mtime_ns] for f in infos}
 
 
-def fresh_compaction(fs, results: str, infos: list[pafs.FileInfo]) -> tuple[str, list[str]] | None:
-    """(data file, unreadable part names) of the results folder's compacted dataset when it
-    covers exactly these parts, unchanged; else None (absent, stale, or another layout)."""
+def folder_time(fs, results: str) -> int | None:
+    """The results folder's modification time on a local disk; None elsewhere (an object store's
+    folders have no time that changes with their files)."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return None
+    info = fs.get_file_info(results)
+    return info.mtime_ns if info.type == pafs.FileType.Directory else None
+
+
+def _manifest(fs, results: str) -> dict | None:
+    """The manifest of the results folder's compacted dataset, if there is one of this layout."""
     folder = compacted_folder(results)
-    if folder is None or any(f.mtime_ns is None for f in infos):  # a store without times cannot tell
+    if folder is None:
         return None
     try:
         with fs.open_input_stream(f"{folder}/{MANIFEST}") as f:
             manifest = json.loads(f.read())
     except (FileNotFoundError, OSError, ValueError):
         return None
-    if manifest.get("layout") != LAYOUT or manifest.get("parts") != listing(infos):
+    return manifest if isinstance(manifest, dict) and manifest.get("layout") == LAYOUT else None
+
+
+def _compaction(results: str, manifest: dict) -> tuple[str, list[str], int]:
+    """(data file, unreadable part names, parts) a manifest names."""
+    return f"{compacted_folder(results)}/{manifest['data']}", list(manifest["unreadable"]), manifest["parts"]
+
+
+def fresh_compaction(fs, results: str, infos: list[pafs.FileInfo]) -> tuple[str, list[str], int] | None:
+    """(data file, unreadable part names, parts) of the results folder's compacted dataset when
+    it covers exactly these parts, unchanged; else None (absent, stale, or another layout)."""
+    if any(f.mtime_ns is None for f in infos):  # a store without times cannot tell
         return None
-    return f"{folder}/{manifest['data']}", list(manifest.get("unreadable", []))
+    manifest = _manifest(fs, results)
+    if manifest is None:
+        return None
+    try:
+        with fs.open_input_stream(f"{compacted_folder(results)}/{manifest['listing']}") as f:
+            parts = json.loads(f.read())
+    except (FileNotFoundError, OSError, ValueError):  # replaced by a newer compaction while we looked
+        return None
+    return _compaction(results, manifest) if parts == listing(infos) else None
+
+
+def unchanged_compaction(fs, results: str) -> tuple[str, list[str], int] | None:
+    """(data file, unreadable part names, parts) of the results folder's compacted dataset when
+    the folder still has the modification time its manifest recorded: no listing of the parts
+    (local disks only); else None, and the full check decides."""
+    now = None if compacted_folder(results) is None else folder_time(fs, results)
+    manifest = None if now is None else _manifest(fs, results)
+    if manifest is None or manifest.get("folder_mtime_ns") != now:
+        return None
+    return _compaction(results, manifest)
 
 
 def _filter(filters) -> tuple[pc.Expression | None, set[str]]:
@@ -143,13 +196,22 @@ def _read_part(fs, path: str, columns: list[str] | None) -> pa.Table:
     return table.drop_columns([c for c in table.column_names if _INDEX.fullmatch(c)])
 
 
-def _read_compacted(fs, path: str, columns: list[str] | None, expression) -> pa.Table:
+def _read_compacted(fs, path: str, columns: list[str] | None, expression) -> pa.Table | None:
     """The compacted file, columns and filter given to the Parquet reader (row groups skipped by
-    their statistics)."""
-    dataset = ds.dataset(path, format="parquet", filesystem=fs)
-    names = dataset.schema.names
-    return dataset.to_table(columns=None if columns is None else [c for c in columns if c in names],
-                            filter=expression)
+    their statistics); None if it is gone (removed by a newer compaction while we looked: the
+    caller reads the parts)."""
+    try:
+        dataset = ds.dataset(path, format="parquet", filesystem=fs)
+        names = dataset.schema.names
+        return dataset.to_table(columns=None if columns is None else [c for c in columns if c in names],
+                                filter=expression)
+    except (OSError, pa.ArrowInvalid):
+        return None
+
+
+def _warn_unreadable(data: str, names: list[str]) -> None:
+    for name in names:
+        warnings.warn(f"skipping unreadable part file {name} (named by {MANIFEST} of {data})", stacklevel=4)
 
 
 def _common_type(types: set[pa.DataType]) -> pa.DataType | None:
@@ -248,6 +310,14 @@ def read(path_or_uri, columns: list[str] | None = None, expression: pc.Expressio
     its parts while it is fresh (compacted=False: always the parts). Warns about each unreadable
     part by name. `columns` are the only ones read; `expression` is pushed to the compacted
     file's reader (the caller filters the result again: the parts are filtered after combining)."""
+    if compacted:  # a run (or its results/ folder) unchanged since its compaction: no listing
+        fs, root = _filesystem(str(path_or_uri))
+        for results in (root.rstrip("/"), root.rstrip("/") + "/results"):
+            quick = unchanged_compaction(fs, results)
+            table = None if quick is None else _read_compacted(fs, quick[0], columns, expression)
+            if table is not None:
+                _warn_unreadable(quick[0], quick[1])
+                return Rows(*combine([table]), quick[1], quick[2], [quick[0]])
     fs, infos = part_infos(str(path_or_uri))
     by_folder: dict[str, list[pafs.FileInfo]] = {}
     for info in infos:  # sorted paths: each folder's parts are contiguous
@@ -255,17 +325,13 @@ def read(path_or_uri, columns: list[str] | None = None, expression: pc.Expressio
     slots, unreadable, sources, pending = [], [], [], []
     for folder, group in by_folder.items():
         fresh = fresh_compaction(fs, folder, group) if compacted else None
-        if fresh is not None:
-            try:
-                slots.append([_read_compacted(fs, fresh[0], columns, expression)])
-                for name in fresh[1]:
-                    warnings.warn(f"skipping unreadable part file {name} (named by {MANIFEST} of {fresh[0]})",
-                                  stacklevel=3)
-                unreadable += fresh[1]
-                sources.append(fresh[0])
-                continue
-            except (OSError, pa.ArrowInvalid):  # removed by a newer compaction while we looked: the parts
-                pass
+        table = None if fresh is None else _read_compacted(fs, fresh[0], columns, expression)
+        if table is not None:
+            slots.append([table])
+            _warn_unreadable(fresh[0], fresh[1])
+            unreadable += fresh[1]
+            sources.append(fresh[0])
+            continue
         slots.append([])
         pending += [(len(slots) - 1, info) for info in group]
     with ThreadPoolExecutor(_READERS) as pool:

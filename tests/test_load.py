@@ -136,7 +136,8 @@ def test_a_stale_compaction_is_not_read_and_parts_are_never_deleted(tmp_path):
     (data,) = fresh.attrs["compacted"]
     assert Path(data).parent == Path(store.root) / "compacted"
     manifest = json.loads((Path(store.root) / "compacted" / "manifest.json").read_text())
-    assert set(manifest["parts"]) == {Path(p).name for p in parts}
+    listed = json.loads((Path(store.root) / "compacted" / manifest["listing"]).read_text())
+    assert set(listed) == {Path(p).name for p in parts} and manifest["parts"] == 6
     same(fresh, by_pandas(store))
     assert "is current" in compact.compact(store)
 
@@ -153,13 +154,70 @@ def test_a_stale_compaction_is_not_read_and_parts_are_never_deleted(tmp_path):
     same(later, by_pandas(store))
     compact.compact(store)
     assert load(store.root).attrs["compacted"]
-    time.sleep(0.01)
     store.write_part("k0", rows("k0", 0, newer=False)[:5])
     assert load(store.root).attrs["compacted"] == [] and len(load(store.root)) == 6 * 7 - 1
     compact.compact(store)
     os.remove(store.part_path("k4"))
     assert load(store.root).attrs["compacted"] == [] and 4 not in set(load(store.root)["seed"])
     assert len(list((Path(store.root) / "compacted").glob("rows-*.parquet"))) == 1  # earlier data files removed
+    assert len(list((Path(store.root) / "compacted").glob("parts-*.json"))) == 1
+
+
+@pytest.fixture
+def listings(monkeypatch):
+    """How many times load lists the parts (the full freshness check, or reading the parts)."""
+    import sys
+
+    module = sys.modules["analysis.load"]  # `analysis.load` the name is the function
+    calls = []
+    real = module.part_infos
+    monkeypatch.setattr(module, "part_infos", lambda *a: calls.append(a) or real(*a))
+    return calls
+
+
+def test_an_unchanged_results_folder_reads_the_compaction_without_listing_its_parts(tmp_path, listings):
+    store = run_folder(tmp_path)
+    compact.compact(store)
+    listings.clear()
+    df = load(store.root)
+    assert df.attrs["compacted"] and df.attrs["parts"] == 6 and listings == []
+    same(df, by_pandas(store))
+    assert load(store.results).attrs["compacted"] and listings == []
+
+    # The same part replaced at once (same bytes, same size, within a tick of a coarse clock):
+    # the folder's time moved past the one recorded, the full check sees the part's new time.
+    store.write_part("k2", rows("k2", 2, newer=False))
+    df = load(store.root)
+    assert df.attrs["compacted"] == [] and len(listings) == 1
+    same(df, by_pandas(store))
+
+
+def test_a_folder_time_that_moved_without_a_part_changing_means_the_full_check_not_staleness(tmp_path, listings):
+    store = run_folder(tmp_path)
+    compact.compact(store)
+    Path(store.results, ".tmp-x").write_bytes(b"")  # a write that came and went
+    os.remove(Path(store.results, ".tmp-x"))
+    listings.clear()
+    assert load(store.root).attrs["compacted"] and len(listings) == 1
+    line = compact.compact(store)  # written again, with the folder's time as it is now
+    assert line.startswith("compacted 6 parts") and "is current" in compact.compact(store)
+    listings.clear()
+    assert load(store.root).attrs["compacted"] and listings == []
+
+
+def test_a_folder_time_the_clock_has_not_passed_is_not_recorded_and_the_full_check_decides(tmp_path, monkeypatch,
+                                                                                          listings):
+    store = run_folder(tmp_path)
+    future = time.time_ns() + 3600 * 10**9  # as if the folder changed in the probe's own tick, or later
+    os.utime(store.results, ns=(future, future))
+    monkeypatch.setattr(compact, "SETTLE", (0.0, 0.01))
+    compact.compact(store)
+    manifest = json.loads((Path(store.root) / "compacted" / "manifest.json").read_text())
+    assert manifest["folder_mtime_ns"] is None
+    listings.clear()
+    assert load(store.root).attrs["compacted"] and len(listings) == 1
+    store.write_part("k9", rows("k9", 9, newer=True))
+    assert load(store.root).attrs["compacted"] == []
 
 
 def test_the_cli_compacts_a_run_folder_and_refuses_a_folder_without_results(tmp_path, capsys):
