@@ -9,7 +9,8 @@ Layout under `<storage>/<name>/`:
     results/part-<key>.npz     the trial's arrays (artefacts), if its method returned any; written
                                before the part, replaced or removed with it, moved with it to corrupt/
     tune/                      Ray Tune's experiment state (resume)
-    compacted/                 all parts as one Parquet file + manifest.json, for fast reads: written by
+    compacted/                 all parts as one Parquet file + manifest.json (+ parts-<id>.json, the
+                               part listing it was made from), for fast reads: written by
                                tuner/compact.py at a run's end, read by analysis.load while fresh (its
                                layout is analysis.load's); never the record, rewritten at will
 
