@@ -9,6 +9,8 @@ at the kept widths, the ranking against hand-made entropies, resume against a st
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import re
@@ -24,6 +26,7 @@ from tests import reference_sesnn as ref
 from tests.conftest import notebook_output, refusal
 from trainables import pruning, sesnn
 from trainables.checks import ConfigError
+from trainables.supervised import train_supervised
 from trainables.corruptions import DrawMean, eot_cw_l2, eot_fgsm, fgsm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -799,6 +802,43 @@ def test_the_pipeline_keeps_the_last_network_within_the_error_budget(one_thread)
     assert pruned["size_pct"] == pytest.approx(100 * _lenet_counts(*res.model.pruned.widths)[1]
                                                / _lenet_counts(4, 6, 12)[1])
     assert pruned["error"] == pytest.approx(1 - pruned["accuracy"])
+
+
+def test_a_drop_of_exactly_the_budget_is_allowed_and_one_image_more_is_not():
+    # 0.972 - 0.962 is 5 of 500 images, the 1-point budget; in floats it is 0.010000000000000009
+    assert 0.972 - 0.962 > 0.01 and not sesnn.over_budget(0.972, 0.962, 0.01)
+    assert sesnn.over_budget(0.972, 0.960, 0.01) and not sesnn.over_budget(0.9, 0.95, 0.0)
+
+
+def test_fine_tuning_recovers_what_a_removal_cost_where_the_old_settings_did_not(one_thread):
+    """Half of conv1 removed from a trained LeNet-5 costs accuracy; the default fine-tuning (SGD,
+    50 steps, recovery chunks up to 500) brings it back within the budget on the held-out images.
+    The settings before (a fresh Adam at 1e-4 for 20 steps, no recovery) stay over it."""
+    cfg, _, data = _pipeline(widths=(6, 8, 32), train_limit=600, val_size=200, epochs=5, batch_size=32,
+                             error_budget=0.03, **{f: getattr(sesnn.PruneConfig(), f) for f in
+                                                  ("finetune_steps", "finetune_lr", "recovery_steps")})
+    fit, val = sesnn._split(cfg, len(data.x_train))
+    x, y, xv, yv = data.x_train[fit], data.y_train[fit], data.x_train[val], data.y_train[val]
+    torch.manual_seed(0)
+    net = sesnn.build_compression_net(cfg, data, cfg.hidden_widths, "cpu")
+    gen = torch.Generator().manual_seed(1)
+    net.set_noise(True, gen)
+    train_supervised(net, x, y, seed=0, lr=cfg.lr, batch_size=cfg.batch_size, epochs=cfg.epochs,
+                     batch_loss=sesnn.prune_loss(cfg), generators={"snn_rng": gen})
+    base = sesnn._accuracy(net, xv, yv, 1000)
+    assert base > 0.8
+    sesnn.remove_stochastic_units(net, [[0, 1, 2], [], []])
+    cut = sesnn._accuracy(net, xv, yv, 1000)
+    assert sesnn.over_budget(base, cut, cfg.error_budget)  # the removal costs more than the budget
+    results = {}
+    for name, fields in (("old", {"finetune_optimizer": "adam", "finetune_lr": 1e-4, "finetune_steps": 20,
+                                  "recovery_steps": 0}), ("new", {})):
+        tuned = copy.deepcopy(net)
+        results[name] = sesnn.finetune(tuned, x, y, xv, yv, dataclasses.replace(cfg, **fields), base, 0)[:2]
+    assert sesnn.over_budget(base, results["old"][0], cfg.error_budget) and results["old"][1] == 20
+    accuracy, steps = results["new"]
+    assert not sesnn.over_budget(base, accuracy, cfg.error_budget), (base, cut, results)
+    assert steps % 50 == 0 and 50 <= steps <= 500
 
 
 @pytest.mark.parametrize("fields, message", [
