@@ -1262,6 +1262,37 @@ def _prune_frame(widths: str = "[]", dataset: str = "mnist", se_mflops=(0.06, 0.
     return pd.DataFrame(rows)
 
 
+def test_the_pruning_progress_figure_draws_each_runs_rounds_from_its_arrays(tmp_path):
+    import pandas as pd
+    from analysis import load
+    from analysis import sesnn as analysis
+    d = _prune_frame().assign(trial_key=lambda f: f["label"].map({"SE-SNN": "s", "Baseline (ω=0)": "b"})
+                              + f["seed"].astype(str), units_trained=570, units_batch_pruned=100,
+                              budget_accuracy_start=0.97, error_budget=0.01, rejected_units=math.nan,
+                              rejected_budget_accuracy=math.nan)
+    d.loc[d["trial_key"] == "s0", ["rejected_units", "rejected_budget_accuracy"]] = (450.0, 0.95)
+    folder = tmp_path / "results"
+    folder.mkdir()
+    for key, g in d.groupby("trial_key"):
+        g.to_parquet(folder / f"part-{key}.parquet")
+        if key != "b2":  # a trial without the arrays is left out, not drawn as empty
+            np.savez(folder / f"part-{key}.npz", prune_units=np.array([465.0, 460.0, 455.0]),
+                     prune_budget_accuracy=np.array([0.97, 0.965, 0.962 + 0.001 * int(key[1])]))
+    fig = analysis.prune_progress(load(tmp_path), out=tmp_path / "progress")
+    p = fig.plotted
+    assert len(p) == 5 * 4 and set(p.groupby(["label", "seed"]).size()) == {4}
+    s0 = p[(p["label"] == "SE-SNN") & (p["seed"] == 0)]
+    assert list(s0["units"]) == [470.0, 465.0, 460.0, 455.0] and list(s0["accuracy"]) == [0.97, 0.97, 0.965, 0.962]
+    assert (tmp_path / "progress.png").exists()
+    assert "cross" in fig.caption and "open circle" in fig.caption
+    crosses = [line for ax in fig.axes for line in ax.lines if line.get_marker() == "x"]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [450.0]
+    with pytest.raises(ValueError, match="results folder"):
+        analysis.prune_progress(d)
+    made, skipped, _ = analysis.draw({"prune_progress": analysis.prune_progress}, _prune_frame(), tmp_path)
+    assert made == [] and skipped[0].startswith("prune_progress (no pruning rows with a results folder")
+
+
 def test_the_compression_table_has_tables_1_3s_columns_and_the_paper_row_only_where_the_protocol_matches():
     from analysis import sesnn as analysis
     ((caption, t),) = analysis.compression_tables(_prune_frame())
