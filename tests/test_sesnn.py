@@ -1359,6 +1359,15 @@ def test_notebook_executes_headless_on_a_real_run(smoke_runs):
 
 
 @pytest.mark.slow
+def test_notebook_executes_headless_on_the_committed_quick_rows():
+    """The default RESULTS: every run under docs/sesnn-quick/rows, pruning and re-identification included."""
+    out = notebook_output("sesnn", REPO / "docs" / "sesnn-quick" / "rows")
+    assert "Compression of lenet5 on mnist5k" in out and "stop_reason" in out
+    assert "Re-identification under similarity label noise" in out and "[re-id]" in out
+    assert "stochastic layers" in out and "prune_progress: not drawn" not in out
+
+
+@pytest.mark.slow
 def test_report_of_a_real_pruning_run_draws_the_compression_table(shared_smoke, tmp_path):
     from analysis.report import build
     folder = shared_smoke("prune_sesnn")[0]

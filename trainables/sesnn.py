@@ -663,7 +663,8 @@ class PruneConfig:
     """One compression run: a conv net whose hidden layers are all stochastic, trained with Eq. 5
     (per neuron / channel), then pruned as Molchanov et al. (2017b) and the paper do: remove the
     units never active on the training set, then one unit of highest entropy at a time, each
-    removal followed by fine-tuning, until the error has grown by `error_budget`."""
+    removal followed by fine-tuning (longer while it has not yet recovered: `recovery_steps`),
+    until the error has grown by more than `error_budget`."""
 
     data: DataConfig = DataConfig()
     arch: str = "lenet5"  # lenet5 | vgg16 | vgg16_cifar100
