@@ -909,7 +909,8 @@ def prune_progress(df: pd.DataFrame, out=None):
         for r in (r for r in runs if (r["arch"], r["dataset"]) == (arch, dataset)):
             colour = f"C{labels.index(r['label'])}"
             ax.plot(r["units"], [100 * a for a in r["accuracy"]], marker=".", ms=3, lw=1, color=colour,
-                    linestyle=dashes[int(r["seed"]) % len(dashes)], label=f"{r['label']}, seed {r['seed']}")
+                    linestyle=dashes[int(r["seed"]) % len(dashes)],
+                    label=f"{r['label']}, seed {r['seed']} (stop: {r.get('stop_reason') or '?'})")
             ax.plot(r["units"][:1], [100 * r["accuracy"][0]], marker="o", color=colour, mfc="none")
             ax.axhline(100 * (r["budget_accuracy_start"] - r["error_budget"]), color=colour, lw=0.6, alpha=0.5,
                        linestyle=dashes[int(r["seed"]) % len(dashes)])
@@ -924,7 +925,8 @@ def prune_progress(df: pd.DataFrame, out=None):
     fig.caption = ("Each line is one run's iterative stage, read right to left as units go (the x axis runs from "
                    "many units to few): the open circle is the network after the never-active units were removed "
                    "(the budget's reference), each dot a kept round (accuracy on the budget images after its "
-                   "fine-tuning), the cross the removal that broke the budget and ended the run (not kept); the "
+                   "fine-tuning), the cross the removal that broke the budget and ended the run (not kept; none where "
+                   "the run stopped for another reason, named in the legend); the "
                    "thin horizontal line of the same colour and dash is that run's budget floor (reference minus "
                    "error_budget). Colour: arm; dash: seed.")
     fig.plotted = pd.DataFrame([{"label": r["label"], "seed": r["seed"], "units": u, "accuracy": a}

@@ -1269,8 +1269,9 @@ def test_the_pruning_progress_figure_draws_each_runs_rounds_from_its_arrays(tmp_
     d = _prune_frame().assign(trial_key=lambda f: f["label"].map({"SE-SNN": "s", "Baseline (ω=0)": "b"})
                               + f["seed"].astype(str), units_trained=570, units_batch_pruned=100,
                               budget_accuracy_start=0.97, error_budget=0.01, rejected_units=math.nan,
-                              rejected_budget_accuracy=math.nan)
-    d.loc[d["trial_key"] == "s0", ["rejected_units", "rejected_budget_accuracy"]] = (450.0, 0.95)
+                              rejected_budget_accuracy=math.nan, stop_reason="max_rounds")
+    d.loc[d["trial_key"] == "s0", ["rejected_units", "rejected_budget_accuracy", "stop_reason"]] = (450.0, 0.95,
+                                                                                                  "budget")
     folder = tmp_path / "results"
     folder.mkdir()
     for key, g in d.groupby("trial_key"):
@@ -1285,6 +1286,8 @@ def test_the_pruning_progress_figure_draws_each_runs_rounds_from_its_arrays(tmp_
     assert list(s0["units"]) == [470.0, 465.0, 460.0, 455.0] and list(s0["accuracy"]) == [0.97, 0.97, 0.965, 0.962]
     assert (tmp_path / "progress.png").exists()
     assert "cross" in fig.caption and "open circle" in fig.caption
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "SE-SNN, seed 0 (stop: budget)" in legend and "SE-SNN, seed 1 (stop: max_rounds)" in legend
     crosses = [line for ax in fig.axes for line in ax.lines if line.get_marker() == "x"]
     assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [450.0]
     with pytest.raises(ValueError, match="results folder"):
