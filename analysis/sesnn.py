@@ -903,6 +903,7 @@ def prune_progress(df: pd.DataFrame, out=None):
         raise ValueError("no prune_units arrays (trials written before the pruning kept them)")
     panels = sorted({(r["arch"], r["dataset"]) for r in runs})
     labels = _order({r["label"] for r in runs})
+    runs.sort(key=lambda r: (labels.index(r["label"]), int(r["seed"])))  # the legend in arm, seed order
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     dashes = ("-", "--", ":", "-.")
     for ax, (arch, dataset) in zip(axes[0], panels):
