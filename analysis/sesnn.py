@@ -880,6 +880,65 @@ def compression_findings(df: pd.DataFrame) -> list[str]:
     return found
 
 
+def prune_progress(df: pd.DataFrame, out=None):
+    """Accuracy against units removed: the iterative stage of each pruning run, one panel per
+    network and data set, one line per run (colour: arm; line style: seed). Needs the trials'
+    arrays (a results folder)."""
+    from analysis.load import artefacts
+    d = prune_rows(df)
+    d = d[d["stage"] == "pruned"] if not d.empty else d
+    source = df.attrs.get("source")
+    if d.empty or not source:
+        raise ValueError("no pruning rows with a results folder to read the rounds from")
+    d = d.assign(label=_arm(d))
+    runs = []
+    for r in d.drop_duplicates("trial_key").to_dict("records"):
+        a = artefacts(source, r["trial_key"])
+        if "prune_units" not in a:
+            continue
+        start = (float(r["units_trained"] - r["units_batch_pruned"]), float(r["budget_accuracy_start"]))
+        runs.append({**r, "units": [start[0], *map(float, a["prune_units"])],
+                     "accuracy": [start[1], *map(float, a["prune_budget_accuracy"])]})
+    if not runs:
+        raise ValueError("no prune_units arrays (trials written before the pruning kept them)")
+    panels = sorted({(r["arch"], r["dataset"]) for r in runs})
+    labels = _order({r["label"] for r in runs})
+    runs.sort(key=lambda r: (labels.index(r["label"]), int(r["seed"])))  # the legend in arm, seed order
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    dashes = ("-", "--", ":", "-.")
+    for ax, (arch, dataset) in zip(axes[0], panels):
+        for r in (r for r in runs if (r["arch"], r["dataset"]) == (arch, dataset)):
+            colour = f"C{labels.index(r['label'])}"
+            ax.plot(r["units"], [100 * a for a in r["accuracy"]], marker=".", ms=3, lw=1, color=colour,
+                    linestyle=dashes[int(r["seed"]) % len(dashes)],
+                    label=f"{r['label']}, seed {r['seed']} (stop: {r.get('stop_reason') or '?'})")
+            ax.plot(r["units"][:1], [100 * r["accuracy"][0]], marker="o", color=colour, mfc="none")
+            ax.axhline(100 * (r["budget_accuracy_start"] - r["error_budget"]), color=colour, lw=0.6, alpha=0.5,
+                       linestyle=dashes[int(r["seed"]) % len(dashes)])
+            if pd.notna(r.get("rejected_units")):
+                ax.plot([r["rejected_units"]], [100 * r["rejected_budget_accuracy"]], marker="x", color=colour)
+        ax.invert_xaxis()
+        ax.set(xlabel="hidden units and channels left", ylabel="accuracy on the budget images (%)",
+               title=f"{arch} on {dataset}")
+    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("Iterative pruning: accuracy after each round's removal and fine-tuning", fontsize=9)
+    fig.tight_layout()
+    fig.caption = ("Each line is one run's iterative stage, read right to left as units go (the x axis runs from "
+                   "many units to few): the open circle is the network after the never-active units were removed "
+                   "(the budget's reference), each dot a kept round (accuracy on the budget images after its "
+                   "fine-tuning), the cross the removal that broke the budget and ended the run (not kept; none where "
+                   "the run stopped for another reason, named in the legend); the "
+                   "thin horizontal line of the same colour and dash is that run's budget floor (reference minus "
+                   "error_budget). Colour: arm; dash: seed.")
+    fig.plotted = pd.DataFrame([{"label": r["label"], "seed": r["seed"], "units": u, "accuracy": a}
+                                for r in runs for u, a in zip(r["units"], r["accuracy"])])
+    save(fig, out)
+    return fig
+
+
+FIGURES["prune_progress"] = prune_progress
+
+
 def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
     return (label_note(df) + label_noise_findings(df, margin) + defence_findings(df) + cw_findings(df)
             + margin_findings(df) + layers_findings(df) + compression_findings(df))

@@ -9,6 +9,8 @@ at the kept widths, the ranking against hand-made entropies, resume against a st
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import re
@@ -24,6 +26,7 @@ from tests import reference_sesnn as ref
 from tests.conftest import notebook_output, refusal
 from trainables import pruning, sesnn
 from trainables.checks import ConfigError
+from trainables.supervised import train_supervised
 from trainables.corruptions import DrawMean, eot_cw_l2, eot_fgsm, fgsm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -801,6 +804,43 @@ def test_the_pipeline_keeps_the_last_network_within_the_error_budget(one_thread)
     assert pruned["error"] == pytest.approx(1 - pruned["accuracy"])
 
 
+def test_a_drop_of_exactly_the_budget_is_allowed_and_one_image_more_is_not():
+    # 0.972 - 0.962 is 5 of 500 images, the 1-point budget; in floats it is 0.010000000000000009
+    assert 0.972 - 0.962 > 0.01 and not sesnn.over_budget(0.972, 0.962, 0.01)
+    assert sesnn.over_budget(0.972, 0.960, 0.01) and not sesnn.over_budget(0.9, 0.95, 0.0)
+
+
+def test_fine_tuning_recovers_what_a_removal_cost_where_the_old_settings_did_not(one_thread):
+    """Half of conv1 removed from a trained LeNet-5 costs accuracy; the default fine-tuning (SGD,
+    50 steps, recovery chunks up to 500) brings it back within the budget on the held-out images.
+    The settings before (a fresh Adam at 1e-4 for 20 steps, no recovery) stay over it."""
+    cfg, _, data = _pipeline(widths=(6, 8, 32), train_limit=600, val_size=200, epochs=5, batch_size=32,
+                             error_budget=0.03, **{f: getattr(sesnn.PruneConfig(), f) for f in
+                                                  ("finetune_steps", "finetune_lr", "recovery_steps")})
+    fit, val = sesnn._split(cfg, len(data.x_train))
+    x, y, xv, yv = data.x_train[fit], data.y_train[fit], data.x_train[val], data.y_train[val]
+    torch.manual_seed(0)
+    net = sesnn.build_compression_net(cfg, data, cfg.hidden_widths, "cpu")
+    gen = torch.Generator().manual_seed(1)
+    net.set_noise(True, gen)
+    train_supervised(net, x, y, seed=0, lr=cfg.lr, batch_size=cfg.batch_size, epochs=cfg.epochs,
+                     batch_loss=sesnn.prune_loss(cfg), generators={"snn_rng": gen})
+    base = sesnn._accuracy(net, xv, yv, 1000)
+    assert base > 0.8
+    sesnn.remove_stochastic_units(net, [[0, 1, 2], [], []])
+    cut = sesnn._accuracy(net, xv, yv, 1000)
+    assert sesnn.over_budget(base, cut, cfg.error_budget)  # the removal costs more than the budget
+    results = {}
+    for name, fields in (("old", {"finetune_optimizer": "adam", "finetune_lr": 1e-4, "finetune_steps": 20,
+                                  "recovery_steps": 0}), ("new", {})):
+        tuned = copy.deepcopy(net)
+        results[name] = sesnn.finetune(tuned, x, y, xv, yv, dataclasses.replace(cfg, **fields), base, 0)[:2]
+    assert sesnn.over_budget(base, results["old"][0], cfg.error_budget) and results["old"][1] == 20
+    accuracy, steps = results["new"]
+    assert not sesnn.over_budget(base, accuracy, cfg.error_budget), (base, cut, results)
+    assert steps % 50 == 0 and 50 <= steps <= 500
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"widths": (4, 6)}, "widths=(4, 6) is not allowed; allowed: () or 3 integers"),
     ({"arch": "resnet"}, "arch='resnet'"),
@@ -1222,6 +1262,40 @@ def _prune_frame(widths: str = "[]", dataset: str = "mnist", se_mflops=(0.06, 0.
     return pd.DataFrame(rows)
 
 
+def test_the_pruning_progress_figure_draws_each_runs_rounds_from_its_arrays(tmp_path):
+    import pandas as pd
+    from analysis import load
+    from analysis import sesnn as analysis
+    d = _prune_frame().assign(trial_key=lambda f: f["label"].map({"SE-SNN": "s", "Baseline (ω=0)": "b"})
+                              + f["seed"].astype(str), units_trained=570, units_batch_pruned=100,
+                              budget_accuracy_start=0.97, error_budget=0.01, rejected_units=math.nan,
+                              rejected_budget_accuracy=math.nan, stop_reason="max_rounds")
+    d.loc[d["trial_key"] == "s0", ["rejected_units", "rejected_budget_accuracy", "stop_reason"]] = (450.0, 0.95,
+                                                                                                  "budget")
+    folder = tmp_path / "results"
+    folder.mkdir()
+    for key, g in d.groupby("trial_key"):
+        g.to_parquet(folder / f"part-{key}.parquet")
+        if key != "b2":  # a trial without the arrays is left out, not drawn as empty
+            np.savez(folder / f"part-{key}.npz", prune_units=np.array([465.0, 460.0, 455.0]),
+                     prune_budget_accuracy=np.array([0.97, 0.965, 0.962 + 0.001 * int(key[1])]))
+    fig = analysis.prune_progress(load(tmp_path), out=tmp_path / "progress")
+    p = fig.plotted
+    assert len(p) == 5 * 4 and set(p.groupby(["label", "seed"]).size()) == {4}
+    s0 = p[(p["label"] == "SE-SNN") & (p["seed"] == 0)]
+    assert list(s0["units"]) == [470.0, 465.0, 460.0, 455.0] and list(s0["accuracy"]) == [0.97, 0.97, 0.965, 0.962]
+    assert (tmp_path / "progress.png").exists()
+    assert "cross" in fig.caption and "open circle" in fig.caption
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "SE-SNN, seed 0 (stop: budget)" in legend and "SE-SNN, seed 1 (stop: max_rounds)" in legend
+    crosses = [line for ax in fig.axes for line in ax.lines if line.get_marker() == "x"]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [450.0]
+    with pytest.raises(ValueError, match="results folder"):
+        analysis.prune_progress(d)
+    made, skipped, _ = analysis.draw({"prune_progress": analysis.prune_progress}, _prune_frame(), tmp_path)
+    assert made == [] and skipped[0].startswith("prune_progress (no pruning rows with a results folder")
+
+
 def test_the_compression_table_has_tables_1_3s_columns_and_the_paper_row_only_where_the_protocol_matches():
     from analysis import sesnn as analysis
     ((caption, t),) = analysis.compression_tables(_prune_frame())
@@ -1285,6 +1359,15 @@ def test_report_of_real_runs_draws_the_curves_table_and_findings(smoke_runs, tmp
 def test_notebook_executes_headless_on_a_real_run(smoke_runs):
     out = notebook_output("sesnn", smoke_runs / "labelnoise_sesnn-smoke")
     assert "label noise?" in out
+
+
+@pytest.mark.slow
+def test_notebook_executes_headless_on_the_committed_quick_rows():
+    """The default RESULTS: every run under docs/sesnn-quick/rows, pruning and re-identification included."""
+    out = notebook_output("sesnn", REPO / "docs" / "sesnn-quick" / "rows")
+    assert "Compression of lenet5 on mnist5k" in out and "stop_reason" in out
+    assert "Re-identification under similarity label noise" in out and "[re-id]" in out
+    assert "stochastic layers" in out and "prune_progress: not drawn" not in out
 
 
 @pytest.mark.slow
