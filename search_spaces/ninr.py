@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from search_spaces.base import Experiment, Space, grid
+from trainables.corruptions import THREE_STRENGTHS
 from trainables.ninr import METHODS  # noqa: F401 (registered with this family)
 
 SIGMAS = {"paper": [0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300], "quick": [0.01, 0.1, 1, 3, 10, 30, 100, 200],
@@ -23,14 +24,6 @@ LRS = {"paper": [0.003, 0.01, 0.03, 0.1, 0.3], "quick": [0.01, 0.05, 0.2], "smok
 # smoke preset, too short for a phase, keeps these fixed sigmas.
 SMOKE_SIGMA = {"decay": 10.0, "catapult": 120.0}
 
-CORRUPTION_STRENGTHS = {
-    "gaussian_noise": [0.1, 0.2, 0.4],
-    "impulse_noise": [0.05, 0.1, 0.2],
-    "blur": [0.5, 1.0, 1.5],
-    "contrast": [0.3, 0.6, 0.9],
-    "rotation": [10.0, 20.0, 40.0],
-    "fgsm": [0.02, 0.05, 0.1],
-}
 
 # The poster's comparison columns, as training fields.
 COMPARISON = {
@@ -73,7 +66,7 @@ def _clean(point: dict) -> list[dict]:
 
 
 def _robustness(preset: str):
-    strengths = CORRUPTION_STRENGTHS if preset != "smoke" else {k: v[-1:] for k, v in CORRUPTION_STRENGTHS.items()}
+    strengths = THREE_STRENGTHS if preset != "smoke" else {k: v[-1:] for k, v in THREE_STRENGTHS.items()}
 
     def tests(point: dict) -> list[dict]:
         return _clean(point) + [{"corruption": c, "strength": s} for c, ss in strengths.items() for s in ss]

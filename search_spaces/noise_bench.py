@@ -12,18 +12,9 @@ trainables/corruptions.py at three strengths, FGSM at three budgets, CW-L2.
 from __future__ import annotations
 
 from search_spaces.base import Experiment, Space
+from trainables.corruptions import THREE_STRENGTHS
 from trainables.noise_bench import ARMS, METHODS  # noqa: F401 (registered with this family)
 
-# Three strengths per shift on [0, 1] images, from mild to where the digits' plain MLP is far down
-# (the NINR comparison's strengths, with a milder contrast).
-STRENGTHS = {
-    "gaussian_noise": [0.1, 0.2, 0.4],
-    "impulse_noise": [0.05, 0.1, 0.2],
-    "blur": [0.5, 1.0, 1.5],
-    "contrast": [0.3, 0.6, 0.9],
-    "rotation": [10.0, 20.0, 40.0],
-    "fgsm": [0.02, 0.05, 0.1],
-}
 LABEL_NOISE = [0.0, 0.4]
 
 
@@ -47,11 +38,11 @@ def noise_bench(preset: str) -> Space:
     if preset == "smoke":
         points = [{"arm": a, "tuning": "default", "label_noise": 0.0} for a in ARMS]
         points.append({"arm": "l2", "tuning": "tuned", "label_noise": 0.4})
-        strengths = {s: (v if s == "gaussian_noise" else v[-1:]) for s, v in STRENGTHS.items()}
+        strengths = {s: (v if s == "gaussian_noise" else v[-1:]) for s, v in THREE_STRENGTHS.items()}
         return Space(points, _tests(strengths), label=label)
     points = [{"arm": a, "tuning": t, "label_noise": p} for a in ARMS for t in ("default", "tuned")
               for p in LABEL_NOISE if not (a == "plain" and t == "tuned")]
-    return Space(points, _tests(STRENGTHS), label=label)
+    return Space(points, _tests(THREE_STRENGTHS), label=label)
 
 
 EXPERIMENTS = [

@@ -46,6 +46,16 @@ from trainables.checks import ConfigError, check_choice, check_range
 CW_OUTPUTS = ("logits", "probs")  # what DrawMean averages: logits, or softmax (read back as log mean softmax)
 CORRUPTIONS = ("clean", "gaussian_noise", "impulse_noise", "blur", "contrast", "rotation", "fgsm")
 UNIT_STRENGTH = ("impulse_noise", "contrast")  # strength is a share, at most 1
+# Three strengths per corruption on [0, 1] images, from mild to where a plain digits MLP is far down:
+# the NINR comparison's grid, shared with noise_bench so both test under the same shifts.
+THREE_STRENGTHS = {
+    "gaussian_noise": [0.1, 0.2, 0.4],
+    "impulse_noise": [0.05, 0.1, 0.2],
+    "blur": [0.5, 1.0, 1.5],
+    "contrast": [0.3, 0.6, 0.9],
+    "rotation": [10.0, 20.0, 40.0],
+    "fgsm": [0.02, 0.05, 0.1],
+}
 
 
 def check_corruption(name, strength) -> tuple[str, float]:
