@@ -19,7 +19,8 @@ Sampling inference is "train once, evaluate many": one pass over the test set ev
 test settings, each with running sums over draws so that accuracy at every n checkpoint comes
 from one stream of draws. Noise for (setting, image block, draw block) comes from its own seeded
 generator, so results do not depend on the memory budget or on which other settings or
-checkpoints were requested.
+checkpoints were requested, nor (but for float rounding) on the path that runs: the fused bank or
+a plain per-class loop, whichever `choose_path` timed faster on this machine (EvalConfig.path).
 """
 
 from __future__ import annotations
@@ -797,7 +798,8 @@ PATH_TIMING_CLASSES = 2  # classes a timing call runs: every class runs the same
 def path_key(ev: SamplingEvaluator, spec: NoiseSpec, images: int, precisions: Sequence[str]) -> str:
     """What a path's speed depends on: the device, its capability and threads, torch, and the
     shapes of a call (bank widths, image side, block sizes, memory budget, the setting's noisy
-    layers and sharing). Draw laws and alphas cost the same, so they are not in it."""
+    layers and sharing). Not the law or alpha: every path draws the same numbers, so they change
+    all paths' cost alike."""
     device, bank = ev.bank.weights[0].device, ev.bank
     if device.type == "cuda":
         capability = "compute capability {}.{}".format(*torch.cuda.get_device_capability(device))
