@@ -865,7 +865,10 @@ def choose_path(bank: AutoencoderBank, params: NoiseParams, ecfg: EvalConfig, x:
     cache_folder/PATH_CACHE (atomic write; a write that fails only warns); later ones read it.
     `spec`: the evaluation's first noisy setting (None: all are noise-free, one clean pass per
     block, nothing worth timing: the fused bank). Timing runs about 8 calls of one draw block on
-    PATH_TIMING_CLASSES classes (the same call shapes at a fraction of the work).
+    PATH_TIMING_CLASSES classes (the same call shapes at a fraction of the work). Two processes
+    that time at once each write their own entry; the last write wins and the other's shape is
+    timed again when next met. Timings under load from other work can pick the slower path by a
+    little: bench/README.md shows the choice against each path per machine.
     """
     side = x.shape[-1]
     precision = precision_that_runs(ecfg.precision, bank.weights[0].device)
