@@ -18,6 +18,13 @@ from trainables.noise import NoiseParams, fill_, make_generator
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(autouse=True)
+def data_root(tmp_path, monkeypatch):
+    """Each test's own data root: where EvalConfig(path="auto") caches its timed choice."""
+    monkeypatch.setenv("NOISETUNE_DATA", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
 def _blobs(classes=3, per_class=24, side=8, seed=0) -> Data:
     """Small separable data: each class is a bright square at its own place, plus noise."""
     g = torch.Generator().manual_seed(seed)
@@ -206,7 +213,7 @@ def test_accuracy_at_n_matches_a_direct_energy_average(trained):
     """Recompute the argmin of the n-draw mean energy straight from per-draw energies."""
     from trainables.ebm import SamplingEvaluator
     bank, data, cfg = trained
-    ecfg = EvalConfig(n_checkpoints=(1, 7, 20), block_images=1000, block_draws=5, memory_mb=4096)
+    ecfg = EvalConfig(n_checkpoints=(1, 7, 20), block_images=1000, block_draws=5, memory_mb=4096, path="fused_bank")
     spec = NoiseSpec("gaussian", 0.7)
     rows = _by_key(evaluate(bank, data, [spec], cfg, ecfg))
     ev = SamplingEvaluator(bank, cfg.noise_params, ecfg, 8)
@@ -219,9 +226,10 @@ def test_accuracy_at_n_matches_a_direct_energy_average(trained):
         assert rows[(0.7, "gaussian", "full", n)]["energy_mean"] == pytest.approx(float(e[:, :, :n].mean()), rel=1e-6)
 
 
-def test_memory_chunking_gives_the_same_answer_as_one_big_batch(trained):
+@pytest.mark.parametrize("path", ["fused_bank", "plain_loop"])
+def test_memory_chunking_gives_the_same_answer_as_one_big_batch(trained, path):
     bank, data, cfg = trained
-    ecfg = EvalConfig(n_checkpoints=(1, 10, 30), block_images=8, block_draws=3)
+    ecfg = EvalConfig(n_checkpoints=(1, 10, 30), block_images=8, block_draws=3, path=path)
     small = evaluate(bank, data, SETTINGS, cfg, dataclasses.replace(ecfg, memory_mb=1))
     big = evaluate(bank, data, SETTINGS, cfg, dataclasses.replace(ecfg, memory_mb=100_000))
     for a, b in zip(small, big):
@@ -293,7 +301,7 @@ def test_bf16_inference_matches_fp32_within_tolerance(trained, monkeypatch):
     import trainables.ebm as ebm
     monkeypatch.setattr(ebm, "fast_bf16", lambda device: (True, "test: native"))
     bank, data, cfg = trained
-    ecfg = EvalConfig(n_checkpoints=(1, 20))
+    ecfg = EvalConfig(n_checkpoints=(1, 20), path="fused_bank")  # auto could pick fp32 over emulated bf16
     fp32 = _by_key(evaluate(bank, data, SETTINGS, cfg, ecfg))
     bf16 = _by_key(evaluate(bank, data, SETTINGS, cfg, dataclasses.replace(ecfg, precision="bf16")))
     for key, row in fp32.items():
@@ -375,6 +383,7 @@ def test_presets_build_valid_configs():
     (lambda: EvalConfig(n_checkpoints=()), r"n_checkpoints=.*non-empty"),
     (lambda: EvalConfig(block_draws=0), r"block_draws=0 is out of range"),
     (lambda: EvalConfig(precision="fp16"), r"precision='fp16'.*allowed: fp32, bf16"),
+    (lambda: EvalConfig(path="fast"), r"path='fast'.*allowed: auto, fused_bank, plain_loop"),
 ])
 def test_bad_input_names_the_field_and_allowed_values(make, message):
     with pytest.raises(ConfigError, match=message):
@@ -444,10 +453,11 @@ def _counting_fill(monkeypatch) -> list[int]:
     return drawn
 
 
-def test_common_noise_draws_one_number_per_image_draw_and_neuron_a_cth_of_independent(trained, monkeypatch):
+@pytest.mark.parametrize("path", ["fused_bank", "plain_loop"])
+def test_common_noise_draws_one_number_per_image_draw_and_neuron_a_cth_of_independent(trained, monkeypatch, path):
     bank, data, cfg = trained
     drawn = _counting_fill(monkeypatch)
-    ecfg = EvalConfig(n_checkpoints=(1, 10), block_images=16, block_draws=5)
+    ecfg = EvalConfig(n_checkpoints=(1, 10), block_images=16, block_draws=5, path=path)  # auto's timing draws too
     counts = {}
     for sharing in ("common", "independent"):
         drawn[0] = 0
@@ -459,14 +469,15 @@ def test_common_noise_draws_one_number_per_image_draw_and_neuron_a_cth_of_indepe
     assert counts["independent"] == bank.num_classes * counts["common"]
 
 
+@pytest.mark.parametrize("path", ["fused_bank", "plain_loop"])
 @pytest.mark.parametrize("sharing", ["common", "independent"])
-def test_noise_does_not_depend_on_how_many_draw_blocks_a_call_takes(trained, sharing):
+def test_noise_does_not_depend_on_how_many_draw_blocks_a_call_takes(trained, sharing, path):
     """The keyed streams: energies are bit-identical whether draws 0..19 come in one call or two,
     and a whole evaluation under a 1 MB budget (one draw block a call) equals one with all in a call."""
     from trainables.ebm import SamplingEvaluator
     bank, data, cfg = trained
     spec = NoiseSpec("student_t", 0.6, "odd", sharing)
-    ev = SamplingEvaluator(bank, cfg.noise_params, EvalConfig(block_draws=5, memory_mb=1), 8, seed=2)
+    ev = SamplingEvaluator(bank, cfg.noise_params, EvalConfig(block_draws=5, memory_mb=1), 8, seed=2, path=path)
     x = data.x_test[:16]
     with torch.no_grad():
         clean = ev.clean(x)
@@ -474,10 +485,10 @@ def test_noise_does_not_depend_on_how_many_draw_blocks_a_call_takes(trained, sha
         parts = torch.cat([ev.energies(x, clean, spec, 3, 0, 10), ev.energies(x, clean, spec, 3, 10, 15),
                            ev.energies(x, clean, spec, 3, 15, 20)], -1)
     assert torch.equal(whole, parts)
-    ecfg = EvalConfig(n_checkpoints=(1, 10, 30), block_images=16, block_draws=10)
+    ecfg = EvalConfig(n_checkpoints=(1, 10, 30), block_images=16, block_draws=10, path=path)
     small, big = (dataclasses.replace(ecfg, memory_mb=m) for m in (1, 100_000))
-    assert SamplingEvaluator(bank, cfg.noise_params, small, 8).draw_blocks_per_call(16, spec) == 1
-    assert SamplingEvaluator(bank, cfg.noise_params, big, 8).draw_blocks_per_call(16, spec) >= 3
+    assert SamplingEvaluator(bank, cfg.noise_params, small, 8, path=path).draw_blocks_per_call(16, spec) == 1
+    assert SamplingEvaluator(bank, cfg.noise_params, big, 8, path=path).draw_blocks_per_call(16, spec) >= 3
     for a, b in zip(evaluate(bank, data, [spec], cfg, small), evaluate(bank, data, [spec], cfg, big)):
         assert a["predictions"] == b["predictions"] and a["accuracy"] == b["accuracy"]
         assert a["energy_mean"] == pytest.approx(b["energy_mean"], rel=1e-12)
@@ -614,3 +625,155 @@ def test_a_last_image_block_of_one_image_is_evaluated(trained):
     one_more = Data(data.name, data.x_train, data.y_train, data.x_test[:33], data.y_test[:33], data.class_names)
     rows = evaluate(bank, one_more, [NoiseSpec("gaussian", 0.5)], cfg, EvalConfig(n_checkpoints=(1, 4), block_images=32))
     assert {r["test_images"] for r in rows} == {33} and all(0 <= r["accuracy"] <= 1 for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which path runs: plain loop or fused bank, forced or timed once per machine and shapes
+
+
+@pytest.mark.parametrize("sharing", ["common", "independent"])
+def test_every_path_gives_the_same_results_on_the_same_keyed_noise(trained, sharing):
+    """fp32: the plain loop and the fused bank add the same draws to the same elements, whatever
+    the memory budget (draw blocks per call); energies agree to float rounding, predictions exactly."""
+    from trainables.ebm import SamplingEvaluator
+    bank, data, cfg = trained
+    settings = [NoiseSpec("gaussian", 0.0), NoiseSpec("gaussian", 0.7, sharing=sharing),
+                NoiseSpec("cauchy", 0.3, "dec", sharing)]
+    runs = {(path, mb): evaluate(bank, data, settings, cfg, EvalConfig(n_checkpoints=(1, 7, 20), block_images=16,
+                                                                      block_draws=5, memory_mb=mb, path=path))
+            for path in ("fused_bank", "plain_loop") for mb in (1, 100_000)}
+    first = runs["fused_bank", 1]
+    for (path, mb), rows in runs.items():
+        assert {r["eval_path"] for r in rows} == {path} and {r["eval_precision"] for r in rows} == {"fp32"}
+        for a, b in zip(rows, first):
+            assert a["predictions"] == b["predictions"] and a["accuracy"] == b["accuracy"]
+            assert a["energy_mean"] == pytest.approx(b["energy_mean"], rel=1e-6)
+            assert a["energy_var"] == pytest.approx(b["energy_var"], rel=1e-4, nan_ok=True)
+    x, spec = data.x_test[:16], settings[1]
+    e = {}
+    for path in ("fused_bank", "plain_loop"):
+        ev = SamplingEvaluator(bank, cfg.noise_params, EvalConfig(block_draws=5), 8, seed=4, path=path)
+        with torch.no_grad():
+            e[path] = ev.energies(x, ev.clean(x), spec, 2, 0, 15)
+    torch.testing.assert_close(e["plain_loop"], e["fused_bank"], rtol=1e-5, atol=1e-5)
+    assert float(e["fused_bank"].std(-1).min()) > 0  # the draws differ draw by draw on both paths
+
+
+def _fake_timer(monkeypatch, seconds: dict[tuple[str, str], float]) -> list[set]:
+    """Replace the timing with fabricated seconds per (path, precision); the list records the
+    candidates of each timing."""
+    import trainables.ebm as ebm
+    calls = []
+
+    def timed(evaluators, x, spec, draws):
+        calls.append(set(evaluators))
+        assert all(ev.bank.num_classes == min(ebm.PATH_TIMING_CLASSES, 3) for ev in evaluators.values())
+        return {key: seconds[key] for key in evaluators}
+
+    monkeypatch.setattr(ebm, "time_paths", timed)
+    return calls
+
+
+def test_auto_times_the_paths_once_caches_the_winner_and_reuses_it(trained, monkeypatch, data_root):
+    import json
+    bank, data, cfg = trained
+    calls = _fake_timer(monkeypatch, {("fused_bank", "fp32"): 2.0, ("plain_loop", "fp32"): 1.0})
+    ecfg = EvalConfig(n_checkpoints=(1, 5))
+    assert ecfg.path == "auto"
+    first = evaluate(bank, data, SETTINGS[:2], cfg, ecfg)
+    assert calls == [{("fused_bank", "fp32"), ("plain_loop", "fp32")}]  # fp32 only: bf16 was not asked for
+    assert {r["eval_path"] for r in first} == {"plain_loop"}  # the faster one ran
+    (entry,) = json.loads((data_root / "eval_paths.json").read_text()).values()
+    assert (entry["path"], entry["precision"]) == ("plain_loop", "fp32") and entry["seconds"]["fused_bank fp32"] == 2.0
+    again = evaluate(bank, data, SETTINGS[:2], cfg, ecfg)
+    assert len(calls) == 1  # read from the file, not timed again
+    assert [r["predictions"] for r in again] == [r["predictions"] for r in first]
+    assert {r["eval_path"] for r in again} == {"plain_loop"}
+    evaluate(bank, data, SETTINGS[:2], cfg, dataclasses.replace(ecfg, block_images=8))  # another shape
+    evaluate(bank, data, [NoiseSpec("gaussian", 0.5, sharing="common")], cfg, ecfg)  # another sharing
+    assert len(calls) == 3 and len(json.loads((data_root / "eval_paths.json").read_text())) == 3
+
+
+@pytest.mark.parametrize("path", ["fused_bank", "plain_loop"])
+def test_a_forced_path_runs_without_timing(trained, monkeypatch, path):
+    bank, data, cfg = trained
+    calls = _fake_timer(monkeypatch, {})
+    rows = evaluate(bank, data, SETTINGS[:2], cfg, EvalConfig(n_checkpoints=(1, 5), path=path))
+    assert calls == [] and {r["eval_path"] for r in rows} == {path}
+
+
+def test_auto_times_bf16_only_where_native_and_records_what_ran(trained, monkeypatch):
+    import trainables.ebm as ebm
+    monkeypatch.setattr(ebm, "fast_bf16", lambda device: (True, "test: native"))
+    bank, data, cfg = trained
+    calls = _fake_timer(monkeypatch, {("fused_bank", "fp32"): 3.0, ("plain_loop", "fp32"): 4.0,
+                                      ("fused_bank", "bf16"): 1.0, ("plain_loop", "bf16"): 2.0})
+    rows = evaluate(bank, data, SETTINGS[:2], cfg, EvalConfig(n_checkpoints=(1, 5), precision="bf16"))
+    assert calls == [{(p, q) for p in ("fused_bank", "plain_loop") for q in ("fp32", "bf16")}]
+    assert {(r["eval_path"], r["eval_precision"]) for r in rows} == {("fused_bank", "bf16")}
+    monkeypatch.setattr(ebm, "fast_bf16", lambda device: (False, "test: emulated"))
+    with pytest.warns(RuntimeWarning, match="runs as fp32"):
+        rows = evaluate(bank, data, SETTINGS[:2], cfg, EvalConfig(n_checkpoints=(1, 6), precision="bf16"))
+    assert calls[-1] == {("fused_bank", "fp32"), ("plain_loop", "fp32")}
+    assert {(r["eval_path"], r["eval_precision"]) for r in rows} == {("fused_bank", "fp32")}
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"x": 1}', ""])
+def test_a_corrupt_cache_file_is_ignored_and_rewritten(trained, monkeypatch, data_root, content):
+    import json
+    bank, data, cfg = trained
+    calls = _fake_timer(monkeypatch, {("fused_bank", "fp32"): 1.0, ("plain_loop", "fp32"): 2.0})
+    data_root.mkdir(parents=True)
+    (data_root / "eval_paths.json").write_text(content)
+    rows = evaluate(bank, data, SETTINGS[:2], cfg, EvalConfig(n_checkpoints=(1, 5)))
+    assert len(calls) == 1 and {r["eval_path"] for r in rows} == {"fused_bank"}
+    cache = json.loads((data_root / "eval_paths.json").read_text())
+    assert [v["path"] for k, v in cache.items() if k != "x"] == ["fused_bank"]
+    # An entry naming a path that does not exist is timed again, not trusted.
+    key = next(k for k in cache if k != "x")
+    (data_root / "eval_paths.json").write_text(json.dumps({key: {"path": "gpu_magic", "precision": "fp32"}}))
+    evaluate(bank, data, SETTINGS[:2], cfg, EvalConfig(n_checkpoints=(1, 5)))
+    assert len(calls) == 2
+
+
+def test_an_unwritable_cache_warns_and_the_evaluation_runs(trained, monkeypatch, tmp_path):
+    bank, data, cfg = trained
+    calls = _fake_timer(monkeypatch, {("fused_bank", "fp32"): 1.0, ("plain_loop", "fp32"): 2.0})
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("NOISETUNE_DATA", str(blocker / "data"))
+    with pytest.warns(RuntimeWarning, match="eval path cache .* not written"):
+        rows = evaluate(bank, data, SETTINGS[:2], cfg, EvalConfig(n_checkpoints=(1, 5)))
+    assert len(calls) == 1 and {r["eval_path"] for r in rows} == {"fused_bank"}
+
+
+def test_the_real_timing_is_short_and_runs_its_winner(trained, monkeypatch, data_root):
+    """No fake: the timing is a warm-up and PATH_TIMING_ROUNDS calls per candidate, each one draw
+    block on PATH_TIMING_CLASSES classes (a fraction of a second at these shapes on an idle core),
+    and the row's path is the one with the fewer seconds in the cache."""
+    import json
+
+    import trainables.ebm as ebm
+    bank, data, cfg = trained
+    calls, real = [], ebm.SamplingEvaluator.energies
+
+    def counted(ev, x, clean, spec, image_block, d0, d1):
+        calls.append((ev.path, ev.bank.num_classes, len(x), d1 - d0))
+        return real(ev, x, clean, spec, image_block, d0, d1)
+
+    monkeypatch.setattr(ebm.SamplingEvaluator, "energies", counted)
+    rows = evaluate(bank, data, SETTINGS[1:2], cfg, EvalConfig(n_checkpoints=(1, 30), block_draws=5))
+    timing = [c for c in calls if c[1] == ebm.PATH_TIMING_CLASSES]  # the trained bank has 3 classes
+    per_candidate = 1 + ebm.PATH_TIMING_ROUNDS
+    assert sorted(timing) == sorted([(p, 2, 32, 5) for p in ("fused_bank", "plain_loop")] * per_candidate)
+    (entry,) = json.loads((data_root / "eval_paths.json").read_text()).values()
+    assert set(entry["seconds"]) == {"fused_bank fp32", "plain_loop fp32"} and min(entry["seconds"].values()) > 0
+    assert 0 < entry["timing_seconds"] < 10  # about 0.2 s on an idle core; generous for a loaded machine
+    assert {r["eval_path"] for r in rows} == {min(entry["seconds"], key=entry["seconds"].get).split()[0]}
+
+
+def test_noise_free_evaluations_are_not_timed(trained, monkeypatch):
+    bank, data, cfg = trained
+    calls = _fake_timer(monkeypatch, {})
+    rows = evaluate(bank, data, SETTINGS[:1], cfg, EvalConfig(n_checkpoints=(1, 5)))
+    assert calls == [] and {r["eval_path"] for r in rows} == {"fused_bank"}

@@ -23,6 +23,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SIDE = 8
 
 
+@pytest.fixture(autouse=True)
+def data_root(tmp_path, monkeypatch):
+    """Each test's own data root: where EvalConfig(path="auto") caches its timed choice."""
+    monkeypatch.setenv("NOISETUNE_DATA", str(tmp_path / "data"))
+
+
 def autoencoders(classes=3, seed=0) -> list[Autoencoder]:
     """Separately built autoencoders, weights spread a little past PyTorch's default init so the
     reconstructions depend on the input (a fresh init is nearly constant)."""
@@ -53,11 +59,12 @@ def recorded_noise(monkeypatch) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("placement", ["full", "odd", "even", "enc", "dec", "hidden"])
 @pytest.mark.parametrize("sharing", ["independent", "common"])
-def test_fast_energies_equal_the_reference_fed_the_same_noise(monkeypatch, placement, sharing):
+@pytest.mark.parametrize("path", ["fused_bank", "plain_loop"])
+def test_fast_energies_equal_the_reference_fed_the_same_noise(monkeypatch, placement, sharing, path):
     aes, x, draws = autoencoders(), images(), 6
     bank = AutoencoderBank.from_autoencoders(aes)
     spec = NoiseSpec("student_t", 0.4, placement, sharing)
-    ev = SamplingEvaluator(bank, NoiseParams(), EvalConfig(block_draws=draws), SIDE)
+    ev = SamplingEvaluator(bank, NoiseParams(), EvalConfig(block_draws=draws), SIDE, path=path)
     seen = recorded_noise(monkeypatch)
     with torch.no_grad():
         fast = ev.energies(x, ev.clean(x), spec, 0, 0, draws).double()

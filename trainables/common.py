@@ -223,19 +223,33 @@ class Method:
     preset_notes: dict[str, str] = field(default_factory=dict)
 
 
-def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write atomically (temporary file, then rename) so a crash never leaves half a file."""
+def _write_atomic(path: str | os.PathLike, write: Callable[[str], None], suffix: str) -> None:
+    """write(temporary path) in path's folder, then rename: a crash or a concurrent reader never
+    sees half a file."""
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
     os.close(fd)
     try:
-        torch.save(state, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+    """Write atomically (temporary file, then rename) so a crash never leaves half a file."""
+    _write_atomic(path, lambda tmp: torch.save(state, tmp), ".pt")
+
+
+def write_json_atomic(value: Any, path: str | os.PathLike) -> None:
+    """JSON text written atomically (a small cache or state file that another process may read)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(value, f, indent=1, sort_keys=True)
+    _write_atomic(path, write, ".json")
 
 
 def load_checkpoint(path: str | os.PathLike, device="cpu") -> dict:

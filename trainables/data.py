@@ -570,7 +570,7 @@ def _validate(cfg: DataConfig) -> tuple[int, ...]:
     return tuple(int(c) for c in classes)
 
 
-def _data_root(cfg: DataConfig | MarketConfig) -> Path:
+def data_root(cfg: DataConfig | MarketConfig) -> Path:
     """Configured root, else $NOISETUNE_DATA, else a per-user cache folder."""
     return Path(cfg.data_root or os.environ.get("NOISETUNE_DATA") or "~/.cache/noisetune/data").expanduser()
 
@@ -627,7 +627,7 @@ def _gather(split: _Split, idx: np.ndarray, cfg: DataConfig) -> torch.Tensor:
 def load_dataset(cfg: DataConfig) -> Data:
     """Load, cut and convert the configured data set; every problem raises DataError."""
     classes = _validate(cfg)
-    root = _data_root(cfg)
+    root = data_root(cfg)
     train, test, names = DATASETS[cfg.dataset].loader(cfg, root)
     if max(classes) >= len(names):  # a hand-made folder may hold fewer classes than the full set
         raise DataError(
@@ -726,7 +726,7 @@ def parse_market1501_name(name: str) -> tuple[int, int]:
 
 def market1501_folder(cfg: MarketConfig) -> Path:
     """The folder that holds the three splits: <root>/Market-1501-v15.09.15 if present, else the root."""
-    root = _data_root(cfg)
+    root = data_root(cfg)
     for folder in (root / MARKET1501_FOLDER, root):
         if all((folder / split).is_dir() for split in MARKET1501_SPLITS):
             return folder

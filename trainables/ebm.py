@@ -19,7 +19,8 @@ Sampling inference is "train once, evaluate many": one pass over the test set ev
 test settings, each with running sums over draws so that accuracy at every n checkpoint comes
 from one stream of draws. Noise for (setting, image block, draw block) comes from its own seeded
 generator, so results do not depend on the memory budget or on which other settings or
-checkpoints were requested.
+checkpoints were requested, nor (but for float rounding) on the path that runs: the fused bank or
+a plain per-class loop, whichever `choose_path` timed faster on this machine (EvalConfig.path).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import json
 import math
 import time
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -44,10 +47,10 @@ from trainables import discriminative
 from trainables.checks import (ConfigError, check_choice, check_int, check_keys, check_optional_int,
                                check_range)
 from trainables.common import (STATUS_DIVERGED, STATUS_OK, Method, Progress, TrainResult, loss_tail,
-                               configs_from_preset, device_name, fast_bf16, resolve_device)
+                               configs_from_preset, device_name, fast_bf16, resolve_device, write_json_atomic)
 from trainables.cost import (Estimate, no_projection, planned_steps, price_training, rate_for, synthetic_data,
                               threads_on, time_steps)
-from trainables.data import Data, DataConfig, load_dataset, planned_sizes
+from trainables.data import Data, DataConfig, data_root, load_dataset, planned_sizes
 from trainables.noise import DISTRIBUTIONS, NoiseParams, fill_, make_generator
 from trainables.sampling import DrawTally, check_checkpoints, rows_at_checkpoints, rows_at_largest_n
 from trainables.supervised import SCHEDULERS
@@ -164,6 +167,8 @@ class EBMConfig:
 
 
 PRECISIONS = ("fp32", "bf16")
+EVAL_PATHS = ("fused_bank", "plain_loop")  # how sampling inference can run: the rows' eval_path
+PATH_CHOICES = ("auto", *EVAL_PATHS)  # EvalConfig.path
 
 
 @dataclass(frozen=True)
@@ -186,10 +191,20 @@ class EvalConfig:
     # (NoiseSpec.sharing): "independent" is the paper's separate autoencoders; "common" shares one
     # draw per (image, draw) by every class, drawn once.
     noise_sharing: str = "independent"
+    # How sampling inference runs (SamplingEvaluator): "fused_bank" (per class, one convolution call
+    # over every (image, draw) of a call), "plain_loop" (per class and per draw, one call over the
+    # block's images: smaller calls, oneDNN's transposed convolution on the output layer too), or
+    # "auto": at the first evaluation of these shapes on this machine each correct (path,
+    # precision) is timed on one call and the winner cached in <data root>/eval_paths.json
+    # (choose_path). Every path adds the same keyed draws to the same elements, so only float
+    # rounding differs; the rows' eval_path and eval_precision say what ran. Under auto,
+    # precision="bf16" allows bf16 where it is native and lets fp32 run where fp32 was faster.
+    path: str = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "n_checkpoints", check_checkpoints(self.n_checkpoints))
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("path", self.path, PATH_CHOICES)
         check_choice("noise_sharing", self.noise_sharing, NOISE_SHARING)
         check_optional_int("eval_seed", self.eval_seed, 0)
         check_int("block_images", self.block_images, 1)
@@ -578,7 +593,6 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=torch.get_num_threads(), thread_name_prefix="noise")
 
 
-EVAL_PATH = "fused_bank"  # how sampling inference runs (SamplingEvaluator): the rows' eval_path
 _BF16_WARNED: set[str] = set()  # the devices already warned that bf16 runs as fp32 there
 
 
@@ -599,29 +613,38 @@ def precision_that_runs(precision: str, device: torch.device) -> str:
 
 
 class SamplingEvaluator:
-    """Energies of a trained bank under test-time noise, block by block.
+    """Energies of a trained bank under test-time noise, block by block, on one path.
 
-    Inference runs each class's layers as PyTorch convolutions (oneDNN on CPU, cuDNN on GPU) on a
-    batch of (images x draws); measured faster on CPU than the batched-matmul path that training
-    uses, since no im2col copy is made (bench/ebm_sampling.py). Noise for one (setting, image
-    block, draw block) comes from its own generator, drawn class by class and layer by layer just
-    before it is used, so it stays in cache and the result does not depend on how many draw blocks
-    share one call.
+    Both paths run each class's layers as PyTorch convolutions (oneDNN on CPU, cuDNN on GPU), and
+    add the same keyed draws to the same elements, so they differ only in float rounding:
+    - `fused_bank`: one call per class and layer over every (image, draw) of a call, the output
+      layer as the bank's matmul + col2im (oneDNN's transposed convolution is slow with one output
+      channel: 5x on an AVX-512 CPU, bench/ebm_sampling.py);
+    - `plain_loop`: the loop a researcher would write (bench/ebm_sampling.py's plain reference,
+      fed the keyed draws): per class and per draw, one call over the block's images, all six
+      layers as convolutions. Its calls are 1/(draws per call) the size: on a 2-core AVX2 CPU the
+      plain loop beat the fused bank at 32 px in some rounds (issue 35), so `choose_path` times both.
+    Noise for one (setting, image block, draw block) comes from its own generator, drawn class by
+    class and layer by layer in that order on both paths, so the result does not depend on how
+    many draw blocks share one call.
     """
 
-    def __init__(self, bank: AutoencoderBank, params: NoiseParams, ecfg: EvalConfig, side: int, seed: int = 0):
-        self.bank, self.params, self.ecfg = bank, params, ecfg
+    def __init__(self, bank: AutoencoderBank, params: NoiseParams, ecfg: EvalConfig, side: int, seed: int = 0,
+                 path: str = "fused_bank", precision: str | None = None):
+        """`precision`: the layer precision that runs (None: ecfg.precision as precision_that_runs
+        resolves it on the bank's device)."""
+        check_choice("path", path, EVAL_PATHS)
+        self.bank, self.params, self.ecfg, self.path = bank, params, ecfg, path
         self.seed = seed  # the evaluation seed: keys the noise generators
         self.shapes = [(c, h, w) for h, w, c in bank.layer_shapes(side)]  # NCHW per image
         # bf16: channels-last activations and weights, where oneDNN's bf16 kernels are fastest.
-        self.precision = precision_that_runs(ecfg.precision, bank.weights[0].device)
+        self.precision = precision or precision_that_runs(ecfg.precision, bank.weights[0].device)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self.format = torch.channels_last if self.precision == "bf16" else torch.contiguous_format
         self.layers = [[(w.to(self.dtype, memory_format=self.format), b.to(self.dtype)) for w, b in bank.nchw_layers(c)]
                        for c in range(bank.num_classes)]
-        # oneDNN's transposed convolution is slow with very few output channels (5x at 1 channel,
-        # bench/ebm_sampling.py): the output layer uses the bank's matmul + col2im form instead,
-        # in fp32 for both precisions (it is cheap, and bf16 made it slower).
+        # The fused path's output layer: the bank's matmul + col2im form, in fp32 for both
+        # precisions (it is cheap, and bf16 made it slower).
         self.output_layer = [(bank.weights[5][c:c + 1], bank.biases[5][c:c + 1]) for c in range(bank.num_classes)]
         hidden, output = bank.activation_names
         self.acts = [_INPLACE[hidden]] * (NUM_LAYERS - 1) + [_INPLACE[output]]
@@ -634,12 +657,16 @@ class SamplingEvaluator:
         """The sharing a setting runs with: its own, else the evaluation's default."""
         return spec.sharing or self.ecfg.noise_sharing
 
+    def holds_noise(self, spec: NoiseSpec) -> bool:
+        """Whether every noisy layer's draws of a call are held at once: common noise (drawn once
+        for all classes) and the plain loop (a class's draws, before its per-draw calls)."""
+        return self.sharing(spec) == "common" or self.path == "plain_loop"
+
     def draw_blocks_per_call(self, images: int, spec: NoiseSpec | None = None) -> int:
-        """How many draw blocks one class's convolution call takes within the memory budget.
-        Common noise holds every noisy layer's draws for the whole call (drawn once for all classes)."""
+        """How many draw blocks one class's convolution call takes within the memory budget."""
         acts = [math.prod(s) for s in self.shapes]
         per_pass = 4 * (3 * max(acts) + sum(acts) // 2)  # live activations, output, noise scratch
-        if spec is not None and self.sharing(spec) == "common":
+        if spec is not None and self.holds_noise(spec):
             per_pass += 4 * sum(acts[i - 1] for i in spec.layers)
         per_block = per_pass * images * self.ecfg.block_draws
         budget = self.ecfg.memory_mb * 2**20
@@ -650,7 +677,7 @@ class SamplingEvaluator:
 
     def layer(self, c: int, i: int, h: torch.Tensor) -> torch.Tensor:
         """Layer i (1-based) of class c on NCHW input, activation applied in place."""
-        if i == NUM_LAYERS:
+        if i == NUM_LAYERS and self.path == "fused_bank":
             w, b = self.output_layer[c]
             h = _conv_up(h.float().permute(0, 2, 3, 1).unsqueeze(0), w, b)[0].permute(0, 3, 1, 2)
             h = h.contiguous(memory_format=self.format)
@@ -687,10 +714,10 @@ class SamplingEvaluator:
         """Energies (G, B, d1 - d0) for draws d0..d1-1 (d0 a multiple of block_draws). Layers up
         to the first noisy one are deterministic, so they come from the clean pass.
 
-        Independent noise is drawn class by class, layer by layer, just before it is used (it
-        stays in cache). Common noise is drawn once, every noisy layer in turn, and added to every
-        class's activation: the same generators in the same order, so class 0 sees the draws it
-        sees under independent noise, and 1/C of the numbers are drawn."""
+        Independent noise is drawn class by class, layer by layer (on the fused path just before it
+        is used, so it stays in cache). Common noise is drawn once, every noisy layer in turn, and
+        added to every class's activation: the same generators in the same order, so class 0 sees
+        the draws it sees under independent noise, and 1/C of the numbers are drawn."""
         bd = self.ecfg.block_draws
         first_block, last_block = d0 // bd, (d1 - 1) // bd
         k = last_block - first_block + 1
@@ -708,33 +735,169 @@ class SamplingEvaluator:
             self._fill(z, spec.distribution, gens)
             return z.view(shapes[i]).to(self.dtype, memory_format=self.format)
 
-        if self.sharing(spec) == "common":
+        def held() -> dict[int, torch.Tensor]:
+            """Every noisy layer's draws of the call, layer by layer."""
             flat = torch.empty(sum(math.prod(s) for s in shapes.values()), device=x.device)
             offsets = itertools.accumulate((math.prod(shapes[i]) for i in spec.layers), initial=0)
-            shared = {i: draw(i, flat[o:]) for i, o in zip(spec.layers, offsets)}
-            noise = lambda i: shared[i]  # noqa: E731
+            return {i: draw(i, flat[o:]) for i, o in zip(spec.layers, offsets)}
+
+        if self.sharing(spec) == "common":
+            shared = held()
+            noise_of = lambda c: shared.__getitem__  # noqa: E731
+        elif self.holds_noise(spec):
+            noise_of = lambda c: held().__getitem__  # noqa: E731
         else:
             flat = torch.empty(max(math.prod(s) for s in shapes.values()), device=x.device)
-            noise = functools.partial(draw, flat=flat)
-        start = spec.layers[0]
-        out = []
-        for c in range(self.bank.num_classes):
-            a = self.memory_order(clean[c][start - 1])  # batch order below is (draw block, image, draw)
-            # contiguous(): with one image in the block, reshape keeps the expand's zero strides
-            # (a view), and the in-place noise add below would write one element many times.
-            h = a.unsqueeze(0).unsqueeze(2).expand(k, b, bd, *a.shape[1:]).reshape(k * b * bd, *a.shape[1:]).contiguous()
-            h = h.permute(0, 3, 1, 2) if self.format == torch.channels_last else h
-            for i in range(start, NUM_LAYERS + 1):
-                if i > start:
-                    h = self.layer(c, i, h)
-                if i in spec.layers:
-                    h.add_(noise(i), alpha=spec.alpha)
-            h = self.memory_order(h).reshape(k, b, bd, -1).float()
-            e = (h - self.memory_order(x).reshape(1, b, 1, -1)).pow_(2).sum(-1)  # (k, B, bd)
-            out.append(e.permute(1, 0, 2).reshape(b, k * bd))
-        e = torch.stack(out)
+            noise_of = lambda c: functools.partial(draw, flat=flat)  # noqa: E731
+        run = self._fused_class if self.path == "fused_bank" else self._plain_class
+        e = torch.stack([run(c, x, clean[c], noise_of(c), spec, k) for c in range(self.bank.num_classes)])
         lo = d0 - first_block * bd
         return e[:, :, lo:lo + (d1 - d0)]
+
+    def _fused_class(self, c: int, x, clean_c, noise, spec: NoiseSpec, k: int) -> torch.Tensor:
+        """Class c's energies (B, k * block_draws): one call per layer over all (block, image, draw)."""
+        b, bd, start = x.shape[0], self.ecfg.block_draws, spec.layers[0]
+        a = self.memory_order(clean_c[start - 1])  # batch order below is (draw block, image, draw)
+        # contiguous(): with one image in the block, reshape keeps the expand's zero strides
+        # (a view), and the in-place noise add below would write one element many times.
+        h = a.unsqueeze(0).unsqueeze(2).expand(k, b, bd, *a.shape[1:]).reshape(k * b * bd, *a.shape[1:]).contiguous()
+        h = h.permute(0, 3, 1, 2) if self.format == torch.channels_last else h
+        for i in range(start, NUM_LAYERS + 1):
+            if i > start:
+                h = self.layer(c, i, h)
+            if i in spec.layers:
+                h.add_(noise(i), alpha=spec.alpha)
+        h = self.memory_order(h).reshape(k, b, bd, -1).float()
+        e = (h - self.memory_order(x).reshape(1, b, 1, -1)).pow_(2).sum(-1)  # (k, B, bd)
+        return e.permute(1, 0, 2).reshape(b, k * bd)
+
+    def _plain_class(self, c: int, x, clean_c, noise, spec: NoiseSpec, k: int) -> torch.Tensor:
+        """Class c's energies (B, k * block_draws): a pass over the block's images per draw."""
+        b, bd, start = x.shape[0], self.ecfg.block_draws, spec.layers[0]
+        z = {i: noise(i).view(k, b, bd, *self.shapes[i - 1]) for i in spec.layers}
+        target = self.memory_order(x).reshape(b, -1)
+        out = torch.empty(b, k, bd, device=x.device)
+        for j, d in itertools.product(range(k), range(bd)):
+            h = torch.add(clean_c[start - 1], z[start][j, :, d], alpha=spec.alpha)  # the clean pass is shared
+            for i in range(start + 1, NUM_LAYERS + 1):
+                h = self.layer(c, i, h)
+                if i in spec.layers:
+                    h.add_(z[i][j, :, d], alpha=spec.alpha)
+            out[:, j, d] = (self.memory_order(h).reshape(b, -1).float() - target).pow_(2).sum(-1)
+        return out.view(b, k * bd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which path runs (EvalConfig.path = "auto")
+
+PATH_CACHE = "eval_paths.json"  # under the data root: the winner per machine and shapes (choose_path)
+PATH_TIMING_ROUNDS = 3  # interleaved rounds of one call per candidate, after a warm-up call each
+PATH_TIMING_CLASSES = 2  # classes a timing call runs: every class runs the same shapes
+
+
+def path_key(ev: SamplingEvaluator, spec: NoiseSpec, images: int, precisions: Sequence[str]) -> str:
+    """What a path's speed depends on: the device, its capability and threads, torch, and the
+    shapes of a call (bank widths, image side, block sizes, memory budget, the setting's noisy
+    layers and sharing). Not the law or alpha: every path draws the same numbers, so they change
+    all paths' cost alike."""
+    device, bank = ev.bank.weights[0].device, ev.bank
+    if device.type == "cuda":
+        capability = "compute capability {}.{}".format(*torch.cuda.get_device_capability(device))
+    else:
+        capability = torch.backends.cpu.get_cpu_capability()
+    return json.dumps({
+        "device": device_name(device), "capability": capability, "native_bf16": fast_bf16(device)[0],
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "classes": bank.num_classes,
+        "widths": [bank.in_channels, *bank.hidden], "side": ev.shapes[-1][-1], "images": images,
+        "block_draws": ev.ecfg.block_draws, "memory_mb": ev.ecfg.memory_mb, "noise_streams": ev.ecfg.noise_streams,
+        "layers": list(spec.layers), "sharing": ev.sharing(spec), "precisions": list(precisions)}, sort_keys=True)
+
+
+def read_path_cache(file: Path) -> dict:
+    """The cached choices; an unreadable or malformed file is an empty cache (rewritten on the next
+    choice), never an error: it only saves a second of timing."""
+    try:
+        cache = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def first_classes(bank: AutoencoderBank, count: int) -> AutoencoderBank:
+    """A bank of the first `count` classes of `bank` (the same weights), or bank itself."""
+    if bank.num_classes <= count:
+        return bank
+    sub = AutoencoderBank(count, bank.in_channels, bank.hidden, *bank.activation_names).to(bank.weights[0].device)
+    sub.load_state_dict({name: value[:count] for name, value in bank.state_dict().items()})
+    return sub
+
+
+def time_paths(evaluators: dict[tuple[str, str], SamplingEvaluator], x: torch.Tensor, spec: NoiseSpec,
+               draws: int) -> dict[tuple[str, str], float]:
+    """Seconds of one call of each (path, precision): the clean pass of image block x and `draws`
+    draws. Best of PATH_TIMING_ROUNDS interleaved rounds (each candidate once a round, so load
+    from other work hits all alike), after a warm-up call each (oneDNN builds its kernels on the
+    first call of a shape)."""
+    def call(ev: SamplingEvaluator) -> float:
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        t0 = time.perf_counter()
+        ev.energies(x, ev.clean(x), spec, 0, 0, draws)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        return time.perf_counter() - t0
+
+    for ev in evaluators.values():
+        call(ev)
+    best = {key: math.inf for key in evaluators}
+    for _ in range(PATH_TIMING_ROUNDS):
+        for key, ev in evaluators.items():
+            best[key] = min(best[key], call(ev))
+    return best
+
+
+def choose_path(bank: AutoencoderBank, params: NoiseParams, ecfg: EvalConfig, x: torch.Tensor,
+                spec: NoiseSpec | None, seed: int, cache_folder: Path) -> SamplingEvaluator:
+    """The evaluator sampling inference runs with: the configured path, or under "auto" the
+    fastest correct (path, precision) for these shapes on this machine. fp32 is always a
+    candidate, bf16 only where it was asked for and is native (precision_that_runs). The first
+    evaluation of a shape times each candidate (time_paths) and caches the winner in
+    cache_folder/PATH_CACHE (atomic write; a write that fails only warns); later ones read it.
+    `spec`: the evaluation's first noisy setting (None: all are noise-free, one clean pass per
+    block, nothing worth timing: the fused bank). Timing runs about 8 calls of one draw block on
+    PATH_TIMING_CLASSES classes (the same call shapes at a fraction of the work). Two processes
+    that time at once each write their own entry; the last write wins and the other's shape is
+    timed again when next met. Timings under load from other work can pick the slower path by a
+    little: bench/README.md shows the choice against each path per machine.
+    """
+    side = x.shape[-1]
+    precision = precision_that_runs(ecfg.precision, bank.weights[0].device)
+    if ecfg.path != "auto" or spec is None:
+        return SamplingEvaluator(bank, params, ecfg, side, seed, "fused_bank" if ecfg.path == "auto" else ecfg.path,
+                                 precision)
+    precisions = ("fp32", "bf16") if precision == "bf16" else ("fp32",)
+    candidates = list(itertools.product(EVAL_PATHS, precisions))
+    x = x[:ecfg.block_images]
+    key = path_key(SamplingEvaluator(bank, params, ecfg, side, seed), spec, len(x), precisions)
+    file = cache_folder / PATH_CACHE
+    cache = read_path_cache(file)
+    hit = cache.get(key)
+    if isinstance(hit, dict) and (hit.get("path"), hit.get("precision")) in candidates:
+        return SamplingEvaluator(bank, params, ecfg, side, seed, hit["path"], hit["precision"])
+    few = first_classes(bank, PATH_TIMING_CLASSES)
+    t0 = time.perf_counter()
+    seconds = time_paths({(p, q): SamplingEvaluator(few, params, ecfg, side, seed, p, q) for p, q in candidates},
+                         x, spec, min(ecfg.block_draws, ecfg.n_checkpoints[-1]))
+    path, precision = min(seconds, key=seconds.get)
+    cache[key] = {"path": path, "precision": precision, "seconds": {f"{p} {q}": s for (p, q), s in seconds.items()},
+                  "timing_seconds": time.perf_counter() - t0,
+                  "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    try:
+        write_json_atomic(cache, file)
+    except OSError as exc:
+        warnings.warn(f"eval path cache {file} not written ({exc}); the next evaluation times the paths again",
+                      RuntimeWarning, stacklevel=3)
+    return SamplingEvaluator(bank, params, ecfg, side, seed, path, precision)
 
 
 @torch.no_grad()
@@ -757,7 +920,8 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
     x_all = data.x_test.to(device)
     y_all = data.y_test.to(device)
     side = x_all.shape[-1]
-    ev = SamplingEvaluator(bank, cfg.noise_params, ecfg, side, eval_seed)
+    noisy = next((s for s in settings if s.alpha > 0), None)
+    ev = choose_path(bank, cfg.noise_params, ecfg, x_all, noisy, eval_seed, data_root(cfg.data))
     n_max = ecfg.n_checkpoints[-1]
     tallies = [DrawTally(ecfg.n_checkpoints if s.alpha > 0 else (1,)) for s in settings]
     seconds = [0.0] * len(settings)  # the whole evaluation of each setting
@@ -792,7 +956,7 @@ def evaluate(bank: AutoencoderBank, data: Data, settings: Sequence[NoiseSpec], c
             # std means n was large enough for the argmin.
             "energy_gap_median": t.median_gap(m), "energy_mean_std_median": t.median_mean_std(m),
             "energy_gap_std_median": t.median_gap_std(m),
-            "test_images": total, "eval_seconds": secs, "eval_precision": ev.precision, "eval_path": EVAL_PATH,
+            "test_images": total, "eval_seconds": secs, "eval_precision": ev.precision, "eval_path": ev.path,
             # The evaluation's seconds up to this n (no draw block past n's counted: what a run
             # stopping at n costs), the clean passes' share included: accuracy per second.
             "eval_seconds_at_n": t.seconds[m] + clean_share,
@@ -823,6 +987,8 @@ def cost(cfg: EBMConfig, ecfg: EvalConfig, settings, device: torch.device) -> Es
     price_training(est, "ebm", model, side, cfg, steps, device, train_bank,
                    lambda: synthetic_data(classes, cfg.data.channels, side, cfg.batch_size, classes), path=path)
     precision = "bf16" if ecfg.precision == "bf16" and fast_bf16(device)[0] else "fp32"
+    # auto is priced as the fused bank, the path it chose on every shape measured so far (bench/README.md).
+    eval_path = "fused_bank" if ecfg.path == "auto" else ecfg.path
     specs = [replace(s, sharing=s.sharing or ecfg.noise_sharing) for s in map(check_setting, settings)]
     for sharing in dict.fromkeys(s.sharing for s in specs):
         mine = [s for s in specs if s.sharing == sharing]
@@ -834,11 +1000,11 @@ def cost(cfg: EBMConfig, ecfg: EvalConfig, settings, device: torch.device) -> Es
                                                cfg.hidden_activation, cfg.output_activation).to(device)
             data = synthetic_data(classes, cfg.data.channels, side, 1, ecfg.block_images)
             run = lambda k: evaluate(bank, data, [spec], cfg, replace(  # noqa: E731
-                ecfg, precision=precision, n_checkpoints=(k * ecfg.block_draws,)))
+                ecfg, precision=precision, path=eval_path, n_checkpoints=(k * ecfg.block_draws,)))
             return time_steps(run) * ecfg.block_draws * ecfg.block_images * classes, threads_on(device)
 
         key = {"kind": "eval", "family": "ebm", "image_size": side, "precision": precision,
-               "noise_sharing": sharing, "path": EVAL_PATH}
+               "noise_sharing": sharing, "path": eval_path}
         est.add(f"evaluation, {sharing} noise", passes, rate_for(key, device, measure))
     return est
 
