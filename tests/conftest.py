@@ -8,6 +8,18 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_data_root(tmp_path_factory):
+    """Nothing a test runs writes into the user's data root (~/.cache/noisetune/data): the EBM
+    evaluation caches its timed path choice there. A NOISETUNE_DATA already set is kept."""
+    if "NOISETUNE_DATA" in os.environ:
+        yield
+        return
+    os.environ["NOISETUNE_DATA"] = str(tmp_path_factory.mktemp("data-root"))
+    yield
+    os.environ.pop("NOISETUNE_DATA", None)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors run faster, and reproducibly, on one thread of this shared 2-core box."""
