@@ -238,8 +238,12 @@ def test_corrupt_parts_are_named_set_aside_and_rerun(tmp_path, env):
     store = ResultStore(str(tmp_path), "faulty_grid-smoke")
     original = {Path(p).name: Path(p).read_bytes() for p in store.parts()}
     truncated, garbage, *_ = sorted(original)
-    (store_dir := Path(store.results)).joinpath(truncated).write_bytes(original[truncated][:100])
-    store_dir.joinpath(garbage).write_bytes(b"not parquet at all")
+    store_dir = Path(store.results)
+    for name, damaged in ((truncated, original[truncated][:100]), (garbage, b"not parquet at all")):
+        # Damaged copies arriving by rename, as rsync or cp -a deliver them (a part overwritten in
+        # place is the one change a fresh compaction does not see: analysis/load.py's docstring).
+        store_dir.joinpath(name + ".incoming").write_bytes(damaged)
+        store_dir.joinpath(name + ".incoming").replace(store_dir / name)
 
     with pytest.warns(UserWarning, match="unreadable part file") as caught:
         df = analysis.load(tmp_path / "faulty_grid-smoke")
