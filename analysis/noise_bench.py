@@ -44,25 +44,30 @@ def per_seed(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     parts = []
     for problem in ("clean", *SHIFTS, "cw_l2"):
         rows = clean_trained[clean_trained["shift"] == problem]
-        parts.append(rows.groupby(["arm_name", "seed"])["accuracy"].mean().rename("value").reset_index()
+        parts.append(rows.groupby(["arm_name", "arm", "seed"])["accuracy"].mean().rename("value").reset_index()
                      .assign(problem=problem))
     noisy = d[(d["label_noise"] > 0) & (d["shift"] == "clean")]
     if not noisy.empty:
         level = sorted(noisy["label_noise"].unique())[-1]
         noisy = noisy[noisy["label_noise"] == level]
-        parts.append(noisy.groupby(["arm_name", "seed"])["accuracy"].mean().rename("value").reset_index()
+        parts.append(noisy.groupby(["arm_name", "arm", "seed"])["accuracy"].mean().rename("value").reset_index()
                      .assign(problem="label_noise"))
         fixed = fixed | {"label noise column": f"trained at {level:g}"}
     return pd.concat(parts, ignore_index=True), fixed
 
 
 def separation(long: pd.DataFrame, problem: str) -> dict | None:
-    """The best arm of a problem by mean and the verdict of best > runner-up; None with fewer than two arms."""
+    """The best arm of a problem by mean and the verdict of best > runner-up, the runner-up being the
+    best of the OTHER methods (the same method's other tuning says nothing about which noise);
+    None with fewer than two methods."""
     d = long[long["problem"] == problem]
     means = d.groupby("arm_name")["value"].mean().sort_values(ascending=False)
-    if len(means) < 2:
+    method = d.drop_duplicates("arm_name").set_index("arm_name")["arm"]
+    best = means.index[0] if len(means) else None
+    others = [name for name in means.index if method[name] != method.get(best)]
+    if not others:
         return None
-    best, runner = means.index[0], means.index[1]
+    runner = others[0]
     est = stats.compare(d, "arm_name", best, runner, metric="value")
     return {"best": best, "runner": runner, "estimate": est, "verdict": stats.verdict(est, direction=1)}
 

@@ -282,6 +282,15 @@ def test_the_best_arm_is_marked_only_where_the_rule_separates_it():
     assert para[1].startswith("Which noise for Gaussian noise: undecided between plain (default) and l2 (default)")
 
 
+def test_the_runner_up_is_another_method_not_the_same_method_tuned():
+    clean = {"plain (default)": [0.90, 0.91, 0.92], "plain (tuned)": [0.905, 0.915, 0.925],
+             "l2 (default)": [0.50, 0.52, 0.51]}
+    sep = nba.table(fabricated(clean, clean)).attrs["separations"]["clean"]
+    assert (sep["best"], sep["runner"]) == ("plain (tuned)", "l2 (default)") and sep["verdict"].holds
+    only_one_method = {"plain (default)": [0.90, 0.91, 0.92], "plain (tuned)": [0.905, 0.915, 0.925]}
+    assert nba.table(fabricated(only_one_method, only_one_method)).attrs["separations"]["clean"] is None
+
+
 def test_the_figure_draws_each_arms_mean_over_seeds_at_each_strength():
     df = fabricated({"plain (default)": [0.8, 0.6], "l2 (default)": [0.5, 0.7]},
                     {"plain (default)": [0.4, 0.2], "l2 (default)": [0.3, 0.3]})
