@@ -261,7 +261,10 @@ class Plan:
             return [f"projected: no projection ({self.method.name} prices no trials)"]
         import torch
         from trainables.cost import device_at_hand, projection_lines
-        threads, before = max(1, int(self.args.cpus_per_trial)), torch.get_num_threads()
+        # A trial's threads, at most this machine's cores (a measurement made now cannot use more;
+        # an absurd --cpus-per-trial must not reach torch.set_num_threads, which takes a C int).
+        threads = max(1, min(int(self.args.cpus_per_trial), os.cpu_count() or 1))
+        before = torch.get_num_threads()
         gpus = bool(self.args.gpus_per_trial)
         points = self.points if self.search == "grid" else self.points * self.args.num_samples
         estimates, device = [], None
