@@ -9,8 +9,9 @@
 Training points: arm x tuning (paper default, or the knob tuned on the validation split; plain has
 no knob) x label noise {0, 0.4}; on paper also x data set (PAPER_DATA: MNIST and Fashion-MNIST at
 28 px with the MLP, CIFAR-10 at 32 px with the zoo's CIFAR-style ResNet18, without the arms that
-cannot sit on it: trainables.noise_bench.RESNET_LEFT_OUT says why, and the preset's notes print it). Test settings of every trained model: clean, each corruption of
-trainables/corruptions.py at three strengths, FGSM at three budgets, CW-L2.
+cannot sit on it: trainables.noise_bench.RESNET_LEFT_OUT says why, and the preset's notes print it).
+Test settings of every trained model: clean, each corruption of trainables/corruptions.py at three
+strengths, FGSM at three budgets, CW-L2.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def _tests(strengths: dict):
 
 
 def noise_bench(preset: str) -> Space:
-    """Every arm at its default and tuned, at both label noises (paper: on each of PAPER_DATA); smoke: every arm once (default, no
-    label noise) and one tuned arm at 40% label noise, gaussian noise at all three strengths and
-    every other shift at its strongest."""
+    """Every arm at its default and tuned, at both label noises (paper: on each of PAPER_DATA);
+    smoke: every arm once (default, no label noise) and one tuned arm at 40% label noise, gaussian
+    noise at all three strengths and every other shift at its strongest."""
     if preset == "smoke":
         points = [{"arm": a, "tuning": "default", "label_noise": 0.0} for a in ARMS]
         points.append({"arm": "l2", "tuning": "tuned", "label_noise": 0.4})

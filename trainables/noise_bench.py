@@ -268,8 +268,8 @@ def arm_config(cfg: BenchConfig, value: float):
         return discriminative.ClassifierConfig(**budget, arch=arch, hidden=cfg.hidden, stem="cifar",
                                                distribution_train=cfg.activation_distribution, alpha_train=value)
     if arm == "vpn":
-        return vpn.VPNConfig(**budget, base=arch, hidden=cfg.hidden, stem="cifar", generator=cfg.vpn_generator, mode="joint",
-                             std_cap=value, epoch_test_accuracy=False)
+        return vpn.VPNConfig(**budget, base=arch, hidden=cfg.hidden, stem="cifar", generator=cfg.vpn_generator,
+                             mode="joint", std_cap=value, epoch_test_accuracy=False)
     weight = {"omega": value} if arm == "sesnn" else {"vib_beta": value}
     return sesnn.SESNNConfig(**budget, hidden=cfg.hidden, model=arm, stochastic_layers=cfg.stochastic_layers,
                              parallel_layer=False, optimizer="adam", label_noise=0.0, **weight)
@@ -527,7 +527,7 @@ def preset_configs(preset: str, overrides: dict | None = None) -> tuple[BenchCon
 
 def describe(cfg: BenchConfig, ecfg: BenchEvalConfig, settings) -> str:
     method = method_of(cfg)
-    base = f"mlp {cfg.hidden}" if cfg.base == "mlp" else {"cnn": "small_cnn", "resnet18": "resnet18 (CIFAR stem)"}[cfg.base]
+    base = {"mlp": f"mlp {cfg.hidden}", "cnn": "small_cnn", "resnet18": "resnet18 (CIFAR stem)"}[cfg.base]
     spec = ARM_SPECS[cfg.arm]
     fits = len(getattr(cfg, spec.grid)) + 1 if cfg.tuning == "tuned" else 1
     return (f"{cfg.arm} ({cfg.tuning}, {fits} training{'s' if fits > 1 else ''}; {method.family}/{method.name})"
@@ -561,8 +561,8 @@ def final_rows(rows: list[dict]) -> list[dict]:
 
 
 FORMS = ("Nearest faithful forms: SE-SNN/VIB make the MLP's hidden layers stochastic (no CNN form); NINR, L2, "
-         "dropout and CDT train with Adam, not the poster's SGD; App. E's noise sits on the shared base (a ResNet only on "
-         "the paper preset's CIFAR-10).")
+         "dropout and CDT train with Adam, not the poster's SGD; App. E's noise sits on the shared base (a ResNet "
+         "only on the paper preset's CIFAR-10).")
 PRESET_NOTES = {
     "smoke": "smoke: 4 optimiser steps per model, 30 test images, a fixed NIN sigma instead of the phase probes: "
              "shows that every arm runs end to end, nothing about the methods.",
