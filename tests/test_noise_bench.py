@@ -5,6 +5,7 @@ table's marking by the verdict rule on fabricated rows; the report of real smoke
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import subprocess
 
@@ -245,6 +246,81 @@ def test_the_cnn_base_trains_every_arm_but_the_snn_family(data):
         net = res.model.net.base if arm == "vpn" else res.model.net  # VPN's f, not its generator
         convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
         assert [c.out_channels for c in convs] == [32, 64]  # the zoo's small_cnn, whichever family trains it
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper preset: three data sets, the zoo's CIFAR ResNet18 on CIFAR-10
+
+
+def test_the_paper_space_covers_three_data_sets_with_their_base_and_leaves_out_only_what_cannot_sit_on_resnet18():
+    from search_spaces.noise_bench import noise_bench
+
+    points = noise_bench("paper").train
+    quick = noise_bench("quick").train
+    by_data = {}
+    for p in points:
+        by_data.setdefault((p["dataset"], p["image_size"], p["channels"], p["base"]), []).append(
+            {k: p[k] for k in ("arm", "tuning", "label_noise")})
+    assert set(by_data) == {("mnist", 28, 1, "mlp"), ("fashion_mnist", 28, 1, "mlp"),
+                            ("cifar10", 32, 3, "resnet18")}
+    assert by_data[("mnist", 28, 1, "mlp")] == quick and by_data[("fashion_mnist", 28, 1, "mlp")] == quick
+    left_out = {"dropout", "sesnn", "vib"}
+    assert by_data[("cifar10", 32, 3, "resnet18")] == [q for q in quick if q["arm"] not in left_out]
+    assert set(nb.RESNET_LEFT_OUT) == left_out
+    note = nb.PRESET_NOTES["paper"]
+    for arm in left_out:  # each left-out arm is named with its reason where the run prints the notes
+        assert f"{arm} ({nb.RESNET_LEFT_OUT[arm]})" in note
+    assert "stochastic MLPs only" in note and "in-place ReLU" in note
+    for p in points:  # every point builds its configs (the families accept them) before any compute
+        cfg, _ = nb.preset_configs("paper", p)
+        assert (cfg.data.dataset, cfg.base) == (p["dataset"], p["base"])
+
+
+def cifar_shaped(train_per_class=2, test=4):
+    """A tiny in-memory set of CIFAR-10's shapes (3 x 32 x 32, 10 classes): what one step needs."""
+    from trainables.cost import synthetic_data
+    return synthetic_data(10, 3, 32, train_per_class, test, seed=5)
+
+
+def resnet18_reference():
+    """torchvision's ResNet18 made CIFAR-style by hand (3x3 stride-1 first conv, no max-pool)."""
+    import torchvision
+    ref = torchvision.models.resnet18(weights=None, num_classes=10)
+    ref.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    ref.maxpool = torch.nn.Identity()
+    return ref
+
+
+@pytest.mark.parametrize("arm", ["plain", "activation_noise", "vpn", "full_ninr"])
+def test_the_resnet18_base_trains_one_step_of_each_family_on_a_cifar_shaped_batch(arm):
+    data = cifar_shaped()
+    cfg, ecfg = nb.preset_configs("smoke", {"arm": arm, "base": "resnet18", "dataset": "cifar10", "image_size": 32,
+                                            "channels": 3, "steps": 1, "batch_size": 8, "val_size": 4})
+    res = nb.train(cfg, data)
+    assert res.status == STATUS_OK, res.message
+    net = res.model.net.base if arm == "vpn" else res.model.net
+    net = net.net if arm in ("plain", "full_ninr") else net  # NINR's NINModel wraps the network
+    ref = resnet18_reference()
+    assert [(n, p.shape) for n, p in net.named_parameters()] == [(n, p.shape) for n, p in ref.named_parameters()]
+    assert isinstance(net.maxpool, torch.nn.Identity) and net.conv1.stride == (1, 1)
+    assert res.epochs_done >= 1 and len(res.history) >= 1 and math.isfinite(res.columns["final_loss"])
+    if arm == "full_ninr":  # a NIN on every Conv2d and the Linear of the ResNet
+        layers = [m for m in ref.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        assert len(res.model.net.nodes.weights) == len(layers) == 21
+    rows = nb.evaluate(res.model, data, [nb.check_setting({"shift": "clean", "strength": 0.0})], cfg, ecfg, 0)
+    assert rows[0]["test_images"] == 4 and 0 <= rows[0]["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("arm", ["dropout", "sesnn", "vib"])
+def test_an_arm_that_cannot_sit_on_resnet18_is_refused_naming_the_field_and_the_allowed_arms(arm):
+    with pytest.raises(ConfigError) as caught:
+        smoke(arm=arm, base="resnet18")
+    message = str(caught.value)
+    assert message.startswith("base='resnet18' with arm=") and nb.RESNET_LEFT_OUT[arm] in message
+    assert "allowed arms on resnet18: plain, l2, input_noise, activation_noise, vpn, in_ninr, full_ninr" in message
+    if arm == "dropout":  # the NINR family refuses it itself too, naming its own field
+        with pytest.raises(ConfigError, match=r"^regularizer='dropout' is not defined for arch='resnet18'.*allowed"):
+            ninr.NINRConfig(arch="resnet18", regularizer="dropout")
 
 
 # ---------------------------------------------------------------------------------------------

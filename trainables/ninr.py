@@ -60,11 +60,11 @@ from trainables.corruptions import check_corruption, corrupt
 from trainables.cost import Estimate, no_projection, price_training, supervised_steps, synthetic_data
 from trainables.data import Data, DataConfig, load_dataset, planned_sizes
 from trainables.injection import stream_seed
-from trainables.models import mlp, small_cnn
+from trainables.models import build_model as zoo_model, mlp, small_cnn
 from trainables.noise import make_generator
 from trainables.supervised import OPTIMIZERS, SCHEDULERS, train_supervised
 
-ARCHS = ("fc", "cnn", "mlp3", "linear_toy", "small_cnn")
+ARCHS = ("fc", "cnn", "mlp3", "linear_toy", "small_cnn", "resnet18")
 REGULARIZERS = ("none", "l2", "dropout", "ninr", "cdt")
 PLACEMENTS = ("in", "full")
 PHASES = ("decoupled", "decay", "catapult", "divergent", "failed")
@@ -78,7 +78,8 @@ class NINRConfig:
 
     data: DataConfig = DataConfig()
     # fc | cnn (the comparison's) | mlp3 (phase study) | linear_toy (two-layer linear regression) |
-    # small_cnn (the model zoo's, so other families' runs can share it: noise_bench)
+    # small_cnn | resnet18 (the model zoo's; resnet18 with its CIFAR stem: so other families' runs can
+    # share them: noise_bench)
     arch: str = "fc"
     fc_widths: tuple[int, ...] = (256, 256)  # hidden widths of fc (the poster gives none)
     cnn_channels: tuple[int, ...] = (32, 64)  # conv 3x3 + ReLU + 2x2 max-pool per entry
@@ -154,6 +155,10 @@ class NINRConfig:
         if self.dropout_rate == 1.0:
             raise ConfigError("dropout_rate=1.0 drops everything; allowed: [0, 1)")
         check_range("cdt_std", self.cdt_std, 0.0)
+        if self.arch == "resnet18" and self.regularizer == "dropout":
+            raise ConfigError("regularizer='dropout' is not defined for arch='resnet18' (dropout after every hidden "
+                              "activation: torchvision's ResNet18 has none, its blocks reuse one in-place ReLU); "
+                              "allowed: none, l2, ninr, cdt")
         if self.arch == "linear_toy" and self.regularizer in ("dropout", "cdt"):
             raise ConfigError(f"regularizer={self.regularizer!r} is not defined for arch='linear_toy'; "
                               "allowed: none, l2, ninr")
@@ -278,6 +283,8 @@ def build_net(cfg: NINRConfig, shape: tuple[int, ...], outputs: int) -> nn.Modul
     if cfg.arch == "linear_toy":
         return nn.Sequential(nn.Linear(shape[0], cfg.toy_hidden, bias=False), nn.Linear(cfg.toy_hidden, 1, bias=False))
     d = int(np.prod(shape))
+    if cfg.arch == "resnet18":
+        return zoo_model("resnet18", shape[0], outputs, shape[1], stem="cifar")
     if cfg.arch in ("fc", "mlp3", "small_cnn"):
         if cfg.arch == "small_cnn":
             net = small_cnn(shape[0], outputs, shape[1])
