@@ -152,31 +152,46 @@ def accuracy_vs_strength(df: pd.DataFrame, out=None):
     return save(fig, out)
 
 
+DATA_AXES = ["dataset", "base"]  # the paper preset runs several: each gets its own tables, figure and findings
+
+
 def section(df: pd.DataFrame, out) -> dict:
-    """The table, one figure per shift and the 'which noise for which problem' paragraph."""
-    t = table(df)
-    tables = []
-    if not t.empty:
-        fixed = stats.fixed_text(t.attrs["fixed"])
-        tables.append(("Accuracy % per arm and problem: mean over seeds [95% t interval of the mean]; a shift's cell "
-                       "averages each seed over the shift's strengths; CW-L2 is accuracy on the attacked images; "
-                       f"label noise is clean accuracy after training on flipped labels;{BEST} marks the column's "
-                       "best arm where the verdict rule separates it from the runner-up (paired on seeds)"
-                       + (f"; {fixed}" if fixed else ""), t.reset_index()))
-        attacks = attack_table(df)
-        if not attacks.empty:
-            tables.append(("Attacks on the models trained without label noise: success rate (of the images the arm "
-                           "classifies right, the share the attack turns wrong) and mean L2 of the successful "
-                           "perturbations (over the seeds with one), mean ± SEM over seeds; FGSM at its largest "
-                           "budget", attacks))
-        costs = cost_table(df)
-        if not costs.empty:
-            tables.append(("Cost per arm: training seconds (tuning included) and inference passes per test image, "
-                           "mean ± SEM over seeds", costs))
-    made, skipped, captions = draw({"accuracy_vs_strength": accuracy_vs_strength}, df, out)
-    paragraph = which_noise(df)
+    """The table, one figure per shift and the 'which noise for which problem' paragraph; one such
+    block per (data set, base model) the rows hold, never pooled across them."""
+    axes = [c for c in DATA_AXES if c in df.columns]
+    groups = [(None, df)] if not axes or len(df[axes].drop_duplicates()) < 2 else \
+        [(", ".join(str(v) for v in (key if isinstance(key, tuple) else (key,))), part)
+         for key, part in df.groupby(axes, sort=True)]
+    tables, made, skipped, captions, findings = [], [], [], {}, []
+    for name, part in groups:
+        tag = "" if name is None else f"{name}: "
+        t = table(part)
+        if not t.empty:
+            fixed = stats.fixed_text(t.attrs["fixed"])
+            tables.append((f"{tag}Accuracy % per arm and problem: mean over seeds [95% t interval of the mean]; a "
+                           "shift's cell averages each seed over the shift's strengths; CW-L2 is accuracy on the "
+                           "attacked images; label noise is clean accuracy after training on flipped labels;"
+                           f"{BEST} marks the column's best arm where the verdict rule separates it from the best "
+                           "other method (paired on seeds)" + (f"; {fixed}" if fixed else ""), t.reset_index()))
+            attacks = attack_table(part)
+            if not attacks.empty:
+                tables.append((f"{tag}Attacks on the models trained without label noise: success rate (of the images "
+                               "the arm classifies right, the share the attack turns wrong) and mean L2 of the "
+                               "successful perturbations (over the seeds with one), mean ± SEM over seeds; FGSM at "
+                               "its largest budget", attacks))
+            costs = cost_table(part)
+            if not costs.empty:
+                tables.append((f"{tag}Cost per arm: training seconds (tuning included) and inference passes per test "
+                               "image, mean ± SEM over seeds", costs))
+        figure = "accuracy_vs_strength" if name is None else \
+            "accuracy_vs_strength_" + "_".join(str(v) for v in part[axes].iloc[0])
+        got = draw({figure: accuracy_vs_strength}, part, out)
+        made += got[0]
+        skipped += got[1]
+        captions |= {k: tag + v for k, v in got[2].items()}
+        findings += [tag + line for line in which_noise(part)]
     return {"title": "noise_bench: which noise for which problem", "tables": tables, "figures": made,
-            "captions": captions, "skipped": skipped, "findings": paragraph}
+            "captions": captions, "skipped": skipped, "findings": findings}
 
 
 def cost_table(df: pd.DataFrame) -> pd.DataFrame:

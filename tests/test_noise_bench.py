@@ -453,3 +453,19 @@ def test_the_notebook_runs_on_the_smoke_rows(smoke_report):
 
     text = notebook_output("noise_bench", smoke_report[2])
     assert "| vpn (default) |" in text and "Which noise for clean" in text and "One panel per shift" in text
+
+
+def test_the_report_keeps_each_data_set_and_base_apart(tmp_path):
+    mnist = fabricated({"plain (default)": [0.90, 0.91, 0.92], "l2 (default)": [0.50, 0.52, 0.51]},
+                       {"plain (default)": [0.8, 0.8, 0.8], "l2 (default)": [0.4, 0.4, 0.4]})
+    cifar = fabricated({"plain (default)": [0.60, 0.61, 0.62], "l2 (default)": [0.70, 0.72, 0.71]},
+                       {"plain (default)": [0.3, 0.3, 0.3], "l2 (default)": [0.2, 0.2, 0.2]})
+    df = pd.concat([mnist.assign(dataset="mnist", base="mlp"), cifar.assign(dataset="cifar10", base="resnet18")])
+    got = nba.section(df, tmp_path)
+    accuracy = [(title, t) for title, t in got["tables"] if "Accuracy %" in title]
+    assert [title.split(":")[0] for title, _ in accuracy] == ["cifar10, resnet18", "mnist, mlp"]
+    clean = {title.split(":")[0]: t.set_index(t.columns[0])["clean"].to_dict() for title, t in accuracy}
+    assert clean["cifar10, resnet18"]["l2 (default)"].startswith("71.0") and \
+        clean["mnist, mlp"]["plain (default)"].startswith("91.0")
+    assert sorted(got["figures"]) == ["accuracy_vs_strength_cifar10_resnet18", "accuracy_vs_strength_mnist_mlp"]
+    assert any(f.startswith("cifar10, resnet18: Which noise for clean: l2 (default)") for f in got["findings"])
