@@ -40,7 +40,7 @@ PRIOR = "prior-run"  # a finished run of another experiment, already in the stor
 
 
 class Accepted(Exception):
-    """Raised by the stubbed ray.init: the input passed every check."""
+    """Raised by the stubbed ray.init (and the local backend's run_local): the input passed every check."""
 
 
 def _refuse_to_start(*args, **kwargs):
@@ -187,6 +187,7 @@ def workspace():
         (base / "cwd").mkdir()
         mp.chdir(base / "cwd")
         mp.setattr(ray, "init", _refuse_to_start)
+        mp.setattr(cli, "run_local", _refuse_to_start)  # --backend local starts no Ray: stop it the same way
         for name in ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"):
             mp.setenv(name, "1")  # main sets them; keep the environment as it was
         yield base
