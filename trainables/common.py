@@ -104,12 +104,24 @@ def device_name(device: torch.device) -> str:
     """Human-readable device name for result rows."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    threads = torch.get_num_threads()
-    return f"cpu ({threads} thread{'' if threads == 1 else 's'})"
+    return f"cpu ({threads_text(torch.get_num_threads())})"
+
+
+def threads_text(threads: int) -> str:
+    return f"{threads} thread{'' if threads == 1 else 's'}"
 
 
 # CPU flags of native bfloat16 arithmetic: AVX-512 BF16 and AMX on x86, the BF16 extension on Arm.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_model(path: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name as the kernel lists it; "" where there is no such file (not Linux)."""
+    try:
+        with open(path) as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
 
 
 def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:

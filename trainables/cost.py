@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from trainables.common import check_device
+from trainables.common import check_device, cpu_model, threads_text
 from trainables.data import Data
 
 RATES_PATH = Path(__file__).with_name("rates.csv")
@@ -92,14 +92,8 @@ def machine_key(device: torch.device) -> str:
 
 def machine_words(threads: int | None = None) -> str:
     """This machine's CPU in a few words, with `threads` (default: this process's torch threads)."""
-    name = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    threads = threads or torch.get_num_threads()
-    return f"{name or 'CPU'} {torch.backends.cpu.get_cpu_capability()}, {threads} thread{'s' * (threads != 1)}"
+    return f"{cpu_model() or 'CPU'} {torch.backends.cpu.get_cpu_capability()}, " \
+        f"{threads_text(threads or torch.get_num_threads())}"
 
 
 def device_at_hand(cfg_device: str, gpus: bool) -> torch.device:
