@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from trainables import cost, ebm, ninr, sesnn, vpn
+from trainables import cost, discriminative, ebm, ninr, sesnn, vpn
 from trainables.data import DataConfig, PlannedSizes, planned_sizes
 from tuner.run import main
 
@@ -44,6 +44,7 @@ def table(tmp_path, monkeypatch):
         raise AssertionError("measured although the table has the row")
     monkeypatch.setattr(cost, "time_steps", no_measuring)
     monkeypatch.setattr(ebm, "time_steps", no_measuring)
+    monkeypatch.setattr(discriminative, "time_steps", no_measuring)
     return use
 
 
@@ -80,6 +81,22 @@ def test_ebm_projection_is_steps_and_passes_at_the_table_rates(table):
     assert ebm.cost(cfg, ecfg, [{"alpha": 0.0}], CPU).seconds == pytest.approx(300 / 3.0 + 450 * 10 / 9000.0)
 
 
+def test_discriminative_projection_is_training_steps_and_noisy_passes(table):
+    """Appendix E's classifiers: training steps at the network's training rate (clean or noisy
+    training are separate rows), then test images x n_max passes per noisy setting, one at alpha 0."""
+    net = "small_cnn, cifar stem, 10 classes, 1 ch"
+    table([here(kind="train", family="ebm", model=f"{net}, clean training", image_size=16, batch_size=64, rate=6.0),
+           here(kind="train", family="ebm", model=f"{net}, noisy training", image_size=16, batch_size=64, rate=5.0),
+           here(kind="eval", family="ebm", model=net, image_size=16, batch_size=450, path="softmax_passes",
+                rate=2000.0)])
+    cfg, ecfg = discriminative.preset_configs("quick")  # digits at 16 px, 300 steps of 64, n up to 100
+    settings = [{"alpha": 0.0}, {"alpha": 0.5}, {"distribution": "uniform", "alpha": 1.0}]
+    est = discriminative.cost(cfg, ecfg, settings, CPU)
+    assert est.seconds == pytest.approx(300 / 6.0 + 450 * (1 + 100 + 100) / 2000.0) and not est.missing
+    noisy = discriminative.cost(discriminative.preset_configs("quick", {"alpha_train": 0.5})[0], ecfg, [], CPU)
+    assert noisy.seconds == pytest.approx(300 / 5.0) and len(noisy.used) == 1
+
+
 def test_a_row_at_the_trials_thread_count_is_preferred(table):
     key = dict(kind="train", family="ebm", model=BANK, image_size=8, batch_size=64, path="bmm")
     threads = torch.get_num_threads()
@@ -92,6 +109,7 @@ def test_a_row_at_the_trials_thread_count_is_preferred(table):
     (vpn, "quick", 40 * (1347 // 64)),  # digits: 40 epochs of 1347 // 64 = 21 steps
     (ninr, "quick", 30 * (4000 // 32)),  # mnist5k: 30 epochs of 125 steps
     (sesnn, "quick", 60 * (4000 // 64)),  # mnist5k: 60 epochs of 62 steps per stage
+    (discriminative, "quick", 300),  # digits at 16 px: `steps` 300
 ])
 def test_a_missing_row_is_measured_now_once(table, monkeypatch, module, preset, steps):
     table([])
@@ -186,8 +204,8 @@ def test_dry_run_of_a_paper_preset_of_each_family_prints_a_projection(table, mon
 
 
 def test_a_method_without_cost_says_so(tmp_path, capsys):
-    assert main(["discriminative_ebm", "--preset", "smoke", "--dry-run", "--storage", str(tmp_path)]) == 0
-    assert "projected: no projection (discriminative prices no trials)" in capsys.readouterr().out
+    assert main(["reid_sesnn", "--preset", "smoke", "--dry-run", "--storage", str(tmp_path)]) == 0
+    assert "projected: no projection (sesnn_reid prices no trials)" in capsys.readouterr().out
 
 
 def test_projection_lines_name_the_trials_without_a_rate():

@@ -197,7 +197,8 @@ def test_the_cost_of_a_trial_is_its_familys_times_the_trainings_of_a_tuned_one(m
     est = nb.cost(cfg, ecfg, [], torch.device("cpu"))
     assert est.seconds == 10.0 * (len(cfg.omega_grid) + 1) and isinstance(seen[0], sesnn.SESNNConfig)
     assert nb.cost(*smoke(arm="sesnn"), [], torch.device("cpu")).seconds == 10.0
-    unpriced = nb.cost(*smoke(arm="activation_noise"), [], torch.device("cpu"))  # its family prices nothing
+    monkeypatch.setattr(discriminative, "METHOD", dataclasses.replace(discriminative.METHOD, cost=None))
+    unpriced = nb.cost(*smoke(arm="activation_noise"), [], torch.device("cpu"))  # a family that prices nothing
     assert unpriced.missing and "ebm/discriminative makes no projection" in unpriced.missing[0]
 
 

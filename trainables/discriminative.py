@@ -21,7 +21,9 @@ from trainables.checks import (ConfigError, check_choice, check_int, check_keys,
                                check_range)
 from trainables.common import (Method, Progress, TrainResult, check_device, configs_from_preset, device_name,
                                resolve_device)
-from trainables.data import DataConfig, load_dataset
+from trainables.cost import (Estimate, no_projection, price_training, rate_for, supervised_steps, synthetic_data,
+                             threads_on, time_steps)
+from trainables.data import DataConfig, load_dataset, planned_sizes
 from trainables.injection import ActivationNoise, stream_seed
 from trainables.models import STEMS, build_model, check_arch, check_widths
 from trainables.noise import DISTRIBUTIONS, NoiseParams, make_generator
@@ -230,8 +232,41 @@ def describe(cfg: ClassifierConfig, ecfg: ClassifierEvalConfig, settings) -> str
             f"({cfg.arch} on {cfg.data.dataset}, {cfg.data.image_size} px)")
 
 
+def cost(cfg: ClassifierConfig, ecfg: ClassifierEvalConfig, settings, device: torch.device) -> Estimate:
+    """One trial's projected seconds on `device`: its training steps at the measured rate of this
+    network with (or without) training noise, and each test setting's noisy passes (test images x
+    n_max; one pass at alpha 0) at the measured rate of one noisy softmax pass of this network."""
+    sizes = planned_sizes(cfg.data)
+    if sizes is None:
+        return no_projection(f"data set {cfg.data.dataset}: its size is known only once loaded")
+    side, channels = cfg.data.image_size, cfg.data.channels
+    width = f" {'-'.join(map(str, cfg.hidden))}" if cfg.arch == "mlp" else ""
+    model = f"{cfg.arch}{width}, {cfg.stem} stem, {sizes.classes} classes, {channels} ch"
+    noisy = "noisy" if cfg.alpha_train > 0 else "clean"
+    est = Estimate()
+    per_class = -(-cfg.batch_size * 12 // sizes.classes)
+    price_training(est, "ebm", f"{model}, {noisy} training", side, cfg, supervised_steps(cfg, sizes.train), device,
+                   train_classifier, lambda: synthetic_data(sizes.classes, channels, side, per_class, 1))
+    passes = sum(sizes.test * (ecfg.n_checkpoints[-1] if alpha > 0 else 1) for _, alpha in map(check_setting, settings))
+    if not passes:
+        return est
+
+    def measure():  # noisy passes over one batch of random images, on a freshly built network
+        net = build_classifier(cfg.arch, channels, sizes.classes, side, cfg.noise_params, cfg.stem,
+                               cfg.hidden).to(device)
+        x = torch.rand(min(ecfg.eval_batch_size, sizes.test), channels, side, side, device=device)
+        run = lambda k: predict_probs(net, x, "gaussian", 0.1, k, make_generator(0, device),  # noqa: E731
+                                      ecfg.eval_batch_size).sum().item()
+        return time_steps(run) * len(x), threads_on(device)
+
+    key = {"kind": "eval", "family": "ebm", "model": model, "image_size": side,
+           "batch_size": min(ecfg.eval_batch_size, sizes.test), "path": "softmax_passes"}
+    est.add("evaluation, noisy softmax passes", passes, rate_for(key, device, measure))
+    return est
+
+
 METHOD = Method(
     "discriminative", "ebm", preset_configs, lambda cfg: load_dataset(cfg.data), train_classifier, evaluate,
     check_setting, setting_columns=SETTING_COLUMNS,
     summary_columns=("arch", "distribution_train", "alpha_train", "distribution_test", "alpha_test"),
-    final_rows=rows_at_largest_n, describe=describe, diverging={"lr": 1e30})
+    final_rows=rows_at_largest_n, describe=describe, cost=cost, diverging={"lr": 1e30})
