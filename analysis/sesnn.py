@@ -802,7 +802,7 @@ IMAGE_SIZES = {"mnist": 28, "cifar10": 32, "cifar100": 32}
 # What must match for the paper's row to sit beside ours (each table adds its data set, image size
 # and architecture): the unpruned widths, Eq. 5's omega and b, one unit removed per round.
 PRUNE_PROTOCOL = {"widths": "[]", "omega": 1e-4, "margin": math.log(4), "prune_per_step": 1}
-PRUNE_KEPT = {"arch", "dataset", "image_size", "channels", "omega", "stage", "label"}
+PRUNE_KEPT = {"arch", "dataset", "image_size", "channels", "omega", "stage", "label", "model", "aggregation"}
 PRUNE_IGNORED = {"eval_batch_size"}
 STAGE_NAMES = {"pruned": "pruned", "batch_pruned": "never-active units removed", "trained": "unpruned"}
 COMPRESSION_COLUMNS = ("Model size (%)", "FLOPs (Mil)", "Memory (%)", "Error (%)", "Architecture")
@@ -880,6 +880,79 @@ def compression_findings(df: pd.DataFrame) -> list[str]:
     return found
 
 
+# App. B.2: pruning while training with 40% label noise (experiment prune_labelnoise_sesnn), the MLP
+# 784-128-128-10. The paper's Fig. B.2 text: test accuracy % of each compared model.
+B2_ARCH = "mlp"
+B2_PAPER = {("Baseline", "trained"): (81.04, ""), ("SE-SNN", "trained"): (95.17, ""),
+            ("SE-SNN", "pruned"): (95.20, "145-26-15-10")}
+B2_STAGES = ("trained", "batch_pruned", "pruned")  # the table's row order: before pruning first
+B2_PROTOCOL = {"dataset": "mnist", "image_size": 28, "arch": B2_ARCH, "widths": "[]", "label_noise": 0.4,
+               "omega": 1e-2, "aggregation": "sample", "margin": math.log(4)}
+
+
+def b2_rows(df: pd.DataFrame) -> pd.DataFrame:
+    d = prune_rows(df)
+    d = d[d["arch"] == B2_ARCH] if not d.empty else d
+    return d.assign(label=_arm(d)) if not d.empty else d
+
+
+def b2_table(df: pd.DataFrame) -> tuple[str, pd.DataFrame] | None:
+    """App. B.2's comparison: test accuracy (clean test labels) of each arm's unpruned and pruned
+    network, with the architecture reached; the paper's numbers beside ours only where the
+    protocol matches."""
+    d = b2_rows(df)
+    if d.empty:
+        return None
+    d, fixed = stats.one_setting(d, PRUNE_KEPT, {}, (), PRUNE_IGNORED)
+    ours = d[d["label"] == SESNN]
+    differs = protocol_differences(ours, B2_PROTOCOL) if not ours.empty else ["no SE-SNN rows"]
+    rows = []
+    for (label, stage), h in sorted(d.groupby(["label", "stage"]), key=lambda kv: (
+            kv[0][0] != "Baseline", kv[0][0], B2_STAGES.index(kv[0][1]))):
+        paper = B2_PAPER.get((label, stage))
+        rows.append({"method": f"{label} ({STAGE_NAMES[stage]})", "Accuracy (%)": stats.cell(h["accuracy"]),
+                     "Architecture": "; ".join(sorted(set(h["architecture"]))),
+                     "Paper": f"{paper[0]}%" + (f" ({paper[1]})" if paper[1] else "") if paper and not differs else ""})
+    caveats = protocol_caveats(ours, B2_PROTOCOL) if not differs else []
+    note = (("the paper's numbers beside ours where the protocol matches" + (
+        f" (the one remaining difference: {'; '.join(caveats)})" if caveats else "")) if not differs else
+            "no paper numbers: the protocol differs (" + "; ".join(differs) + ")")
+    caption = ("App. B.2: pruning while training with label noise, test accuracy on clean test labels "
+               f"(mean ± SEM over seeds) of each arm before and after pruning (the compression table of the same "
+               f"rows has their size, FLOPs and memory); {note}")
+    return caption + (f"; {fixed_text(fixed)}" if fixed else ""), pd.DataFrame(rows)
+
+
+def b2_findings(df: pd.DataFrame) -> list[str]:
+    """App. B.2's two claims, paired over seeds: the pruned SE-SNN beats the (unpruned) Baseline,
+    and pruning keeps the SE-SNN's accuracy (non-inferiority, one point)."""
+    d = b2_rows(df)
+    if d.empty:
+        return []
+    d, fixed = stats.one_setting(d, PRUNE_KEPT, {}, (), PRUNE_IGNORED)
+    note = f" ({fixed_text(fixed)})" if fixed else ""
+    arms = d.assign(arm=d["label"] + " " + d["stage"])
+    out = []
+    for ours in _sesnn_variants(d["label"].unique()):
+        pruned = f"{ours} pruned"
+        if pruned not in set(arms["arm"]):
+            continue
+        if "Baseline trained" in set(arms["arm"]):
+            est = stats.compare(arms, "arm", pruned, "Baseline trained")
+            paper = " (the paper: 95.20% vs 81.04%)" if ours == SESNN else ""
+            out.append(f"[App. B.2{note}] The pruned {ours} beats the unpruned Baseline under label noise{paper}? "
+                       f"pruned {ours} - Baseline = {est.text()}: {stats.verdict(est)}.")
+        if f"{ours} trained" in set(arms["arm"]):
+            est = stats.compare(arms, "arm", pruned, f"{ours} trained")
+            units = d[(d["label"] == ours) & (d["stage"] == "pruned")]
+            left = stats.cell(units["size_pct"], scale=1)
+            paper = " (the paper: 95.20% pruned vs 95.17%)" if ours == SESNN else ""
+            out.append(f"[App. B.2{note}] Pruning keeps {ours}'s accuracy within {100 * stats.MARGIN:g} point "
+                       f"(pruned to {left}% of its weights){paper}? pruned - unpruned = {est.text(null=-stats.MARGIN)}: "
+                       f"{stats.verdict(est, margin=stats.MARGIN)}.")
+    return out
+
+
 def prune_progress(df: pd.DataFrame, out=None):
     """Accuracy against units removed: the iterative stage of each pruning run, one panel per
     network and data set, one line per run (colour: arm; line style: seed). Needs the trials'
@@ -941,7 +1014,7 @@ FIGURES["prune_progress"] = prune_progress
 
 def findings(df: pd.DataFrame, margin: float = stats.MARGIN) -> list[str]:
     return (label_note(df) + label_noise_findings(df, margin) + defence_findings(df) + cw_findings(df)
-            + margin_findings(df) + layers_findings(df) + compression_findings(df))
+            + margin_findings(df) + layers_findings(df) + compression_findings(df) + b2_findings(df))
 
 
 def section(df: pd.DataFrame, out) -> dict:
@@ -979,6 +1052,7 @@ def section(df: pd.DataFrame, out) -> dict:
     for caption, t in cw_and_layer_tables(df):
         tables_.append((caption, t))
     tables_ += compression_tables(df)
+    tables_ += [t for t in [b2_table(df)] if t]
     tables_ += reid_tables(df)  # Table 4 (re-identification), defined below
     made, skipped, captions = draw(FIGURES, df, out)
     return {"title": "Stochastic networks with max-entropy regularisation (se-snn)", "tables": tables_,

@@ -954,6 +954,90 @@ def test_the_pruning_experiment_runs_both_arms_on_the_papers_networks_with_label
     assert (cfg.omega, cfg.margin, cfg.prune_per_step, cfg.hidden_widths) == (1e-4, math.log(4), 1, (20, 50, 500))
 
 
+def _mlp_pipeline(**fields):
+    """App. B.2's pipeline on the smoke preset: the label-noise MLP at 16-16."""
+    cfg, ecfg = sesnn.prune_preset_configs("smoke", {"arch": "mlp", "widths": (16, 16), "max_rounds": 2,
+                                                     "prune_per_step": 2, "val_size": 16} | fields)
+    return cfg, ecfg, sesnn.load_data(cfg)
+
+
+def _recording_training(monkeypatch) -> list:
+    """Record, per call of the supervised loop in the pruning code, its labels and whether the
+    network's stochastic layers sample."""
+    seen, real = [], sesnn.train_supervised
+
+    def spy(net, x, y, **kw):
+        seen.append((y.clone(), [m.sample for m in net.stochastic]))
+        return real(net, x, y, **kw)
+    monkeypatch.setattr(sesnn, "train_supervised", spy)
+    return seen
+
+
+def test_app_b2_trains_and_fine_tunes_on_the_noisy_labels_and_tests_on_clean_ones(one_thread, monkeypatch):
+    from trainables.label_noise import noisy_labels
+    cfg, ecfg, data = _mlp_pipeline(label_noise=0.4, omega=1e-2, aggregation="sample")
+    seen = _recording_training(monkeypatch)
+    res = sesnn.train_prune(cfg, data)
+    noisy, flipped, _ = noisy_labels(data.y_train, data.num_classes, 0.4, cfg.seed)
+    fit, _ = sesnn._split(cfg, len(data.x_train))
+    assert flipped.any() and not torch.equal(noisy[fit], data.y_train[fit])
+    assert all(torch.equal(y, noisy[fit]) for y, _ in seen) and len(seen) >= 3  # training, then each round
+    assert all(all(sampled) for _, sampled in seen)
+    assert res.columns["label_noise_realised"] == pytest.approx(float(flipped.float().mean()))
+    assert res.columns["stop_reason"] == "max_rounds" and res.columns["prune_rounds"] == 2
+    rows = sesnn.evaluate_prune(res.model, data, [{"stage": s} for s in sesnn.PRUNE_STAGES], cfg, ecfg)
+    assert rows[0]["architecture"] == "784-16-16-10"  # an MLP's string starts with its inputs, as 145-26-15-10
+    assert rows[2]["architecture"] == sesnn.architecture(res.model.pruned.widths, 10, 784)
+    hits = (res.model.trained.deployed()(data.x_test).argmax(1) == data.y_test).float().mean()
+    assert rows[0]["accuracy"] == pytest.approx(float(hits))  # the clean test labels
+
+
+def test_app_b2_baseline_never_samples_and_keeps_its_network_after_the_never_active_units(one_thread, monkeypatch):
+    cfg, ecfg, data = _mlp_pipeline(label_noise=0.4, model="deterministic", omega=0.0)
+    seen = _recording_training(monkeypatch)
+    res = sesnn.train_prune(cfg, data)
+    assert len(seen) == 1 and not any(seen[0][1])  # trained once, mu only; no fine-tuning rounds
+    assert res.columns["stop_reason"] == "deterministic" and res.columns["prune_rounds"] == 0
+    assert res.model.pruned.widths == res.model.batch_pruned.widths
+    with pytest.raises(ConfigError, match=re.escape("omega=0.0001 is not allowed with model='deterministic'")):
+        sesnn.prune_preset_configs("smoke", {"model": "deterministic"})
+
+
+@pytest.mark.parametrize("aggregation", ["neuron", "sample", "both"])
+def test_the_pruning_regulariser_is_eq_5_6_or_7_as_the_reference_computes_it(aggregation):
+    """omega * sum over layers of Eq. 5/6/7 from the slow reference, at a margin inside the spread of
+    log sigma so that the three aggregations differ (they are one loss where every term is active)."""
+    cfg, _, data = _mlp_pipeline(aggregation=aggregation, omega=0.5)
+    torch.manual_seed(0)
+    net = sesnn.build_compression_net(cfg, data, (6, 5), "cpu")
+    with torch.no_grad():
+        for m in net.stochastic:
+            m.log_scale.weight.mul_(20)  # a wide spread of sigma over samples and units
+    net.set_noise(False, None)
+    net(data.x_train[:7])
+    log_sigmas = [torch.log(m.last[1]).detach().double() for m in net.stochastic]
+    b = float(torch.cat([ls.flatten() for ls in log_sigmas]).median())
+    got = sesnn.prune_regulariser(net, dataclasses.replace(cfg, margin=b))
+    want = 0.5 * sum(ref.omega(ls, b, aggregation) for ls in log_sigmas)
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    others = {a: 0.5 * sum(ref.omega(ls, b, a) for ls in log_sigmas) for a in ("neuron", "sample", "both")}
+    assert len({round(v, 9) for v in others.values()}) == 3  # the setting changes the loss here
+
+
+def test_the_app_b2_experiment_runs_the_baseline_and_the_label_noise_se_snn_on_the_mlp():
+    from search_spaces import sesnn as spaces
+    for preset in ("paper", "quick", "smoke"):
+        space = spaces.prune_labelnoise_sesnn(preset)
+        labels = [space.label(p) for p in space.train]
+        assert labels[:2] == ["Baseline", "SE-SNN"] and len(set(labels)) == len(labels)
+        cfg, _ = sesnn.prune_preset_configs(preset, space.fixed | space.train[1])
+        assert (cfg.arch, cfg.label_noise, cfg.model, cfg.omega, cfg.aggregation, cfg.prune_per_step) == (
+            "mlp", 0.4, "sesnn", 1e-2, "sample", 1)
+        base, _ = sesnn.prune_preset_configs(preset, space.fixed | space.train[0])
+        assert (base.model, base.omega) == ("deterministic", 0.0)
+    assert sesnn.prune_preset_configs("quick", spaces.prune_labelnoise_sesnn("quick").fixed)[0].epochs == 60
+
+
 # ---------------------------------------------------------------------------------------------
 # Analysis on fabricated frames: each claim under the one verdict rule (analysis/stats.py)
 
@@ -1260,6 +1344,49 @@ def _prune_frame(widths: str = "[]", dataset: str = "mnist", se_mflops=(0.06, 0.
                              "config_columns": json.dumps(["arch", "dataset", "image_size", "channels", "widths",
                                                            "omega", "margin", "prune_per_step"])})
     return pd.DataFrame(rows)
+
+
+def _b2_frame(dataset: str = "mnist5k"):
+    """Fabricated App. B.2 rows: Baseline and SE-SNN x three stages x three seeds on the MLP."""
+    import pandas as pd
+    acc = {("Baseline", "trained"): (0.55, 0.56, 0.57), ("SE-SNN", "trained"): (0.600, 0.610, 0.620),
+           ("SE-SNN", "pruned"): (0.601, 0.612, 0.6215)}
+    rows = []
+    for (label, model, omega) in (("Baseline", "deterministic", 0.0), ("SE-SNN", "sesnn", 1e-2)):
+        for seed in range(3):
+            for stage in sesnn.PRUNE_STAGES:
+                a = acc.get((label, stage), acc[(label, "trained")])[seed]
+                rows.append({"family": "sesnn", "method": "sesnn_prune", "status": "ok", "label": label,
+                             "arch": "mlp", "dataset": dataset, "image_size": 28, "channels": 1, "widths": "[]",
+                             "model": model, "omega": omega, "aggregation": "sample", "margin": math.log(4),
+                             "label_noise": 0.4, "prune_per_step": 1, "seed": seed, "stage": stage,
+                             "accuracy": a, "error": 1 - a, "mflops": 0.1, "size_pct": 100.0 if stage == "trained"
+                             else 20.0, "memory_pct": 50.0,
+                             "architecture": "784-128-128-10" if stage == "trained" else "784-30-20-10",
+                             "config_columns": json.dumps(["arch", "dataset", "image_size", "channels", "widths",
+                                                           "model", "omega", "aggregation", "margin", "label_noise",
+                                                           "prune_per_step"])})
+    return pd.DataFrame(rows)
+
+
+def test_app_b2_table_and_claims_read_the_stages_of_each_arm():
+    from analysis import sesnn as analysis
+    caption, t = analysis.b2_table(_b2_frame("digits"))
+    assert list(t["method"]) == ["Baseline (unpruned)", "Baseline (never-active units removed)", "Baseline (pruned)",
+                                 "SE-SNN (unpruned)", "SE-SNN (never-active units removed)", "SE-SNN (pruned)"]
+    assert "no paper numbers: the protocol differs (dataset" in caption and set(t["Paper"]) == {""}
+    assert t.set_index("method").loc["SE-SNN (pruned)", "Architecture"] == "784-30-20-10"
+    found = analysis.b2_findings(_b2_frame())
+    beats = next(f for f in found if "beats the unpruned Baseline" in f)
+    assert "pruned SE-SNN - Baseline = +5.15 points" in beats and beats.endswith("holds (the interval excludes "
+                                                                              "zero in the claimed direction).")
+    keeps = next(f for f in found if "Pruning keeps SE-SNN's accuracy within 1 point" in f)
+    assert "pruned - unpruned = +0.15 points" in keeps and ": holds (lower end" in keeps
+    caption, paper = analysis.b2_table(_b2_frame("mnist5k"))  # the embedded subset: beside, with its caveat
+    assert "the one remaining difference: dataset=mnist5k: a 5,000-image subset" in caption
+    assert paper.set_index("method").loc["SE-SNN (pruned)", "Paper"] == "95.2% (145-26-15-10)"
+    assert paper.set_index("method").loc["Baseline (unpruned)", "Paper"] == "81.04%"
+    assert analysis.b2_table(_prune_frame()) is None  # Tables 1-3's rows are not App. B.2's
 
 
 def test_the_pruning_progress_figure_draws_each_runs_rounds_from_its_arrays(tmp_path):

@@ -77,6 +77,7 @@ from trainables.supervised import OPTIMIZERS, SCHEDULERS, train_supervised
 
 MODELS = ("deterministic", "sesnn", "vib")
 AGGREGATIONS = ("neuron", "sample", "both")
+EQUATIONS = {"neuron": "Eq. 5", "sample": "Eq. 6", "both": "Eq. 7"}  # the paper's name of each aggregation
 LOSSES = ("ce", "bootstrap_soft", "bootstrap_hard", "forward")
 TEST_MODES = ("mean", "sample")
 ATTACKS = ("none", "fgsm", "cw_l2")
@@ -657,6 +658,8 @@ ARCHS = {
     # the last pool an average, then the classifier.
     "vgg16_cifar100": (*_VGG_BLOCK(64, 2), *_VGG_BLOCK(128, 2), *_VGG_BLOCK(256, 4), *_VGG_BLOCK(512, 4),
                        *_VGG_BLOCK(512, 4)[:-1], ("pool", "avg")),
+    # App. B.2: the label-noise MLP 784-128-128-10, both hidden layers stochastic (pruned with label noise).
+    "mlp": (("fc", 128), ("fc", 128)),
 }
 PRUNE_STAGES = ("trained", "batch_pruned", "pruned")
 BUDGET_DATA = ("val", "test")
@@ -671,11 +674,20 @@ class PruneConfig:
     until the error has grown by more than `error_budget`."""
 
     data: DataConfig = DataConfig()
-    arch: str = "lenet5"  # lenet5 | vgg16 | vgg16_cifar100
+    arch: str = "lenet5"  # lenet5 | vgg16 | vgg16_cifar100 | mlp (App. B.2's 784-128-128-10)
     widths: tuple[int, ...] = ()  # the hidden widths before pruning; () = the architecture's own
     batch_norm: bool = False  # BatchNorm on each conv layer's mu (VIBNet's and Liu et al.'s VGGs have it)
+    # sesnn: every hidden layer sampled in training and fine-tuning | deterministic: mu only (the
+    # same layers, sigma never drawn nor regularised; omega must be 0): App. B.2's Baseline "without
+    # stochastic layers", which has no entropy to rank units by, so only its never-active units go.
+    model: str = "sesnn"
     omega: float = 1e-4  # the paper's weight of Eq. 5; 0 is the baseline arm (same pipeline, no regulariser)
     margin: float = math.log(4)  # b = log 4: the paper's "4", read as the family does (module docstring)
+    # The regulariser's aggregation: neuron (Eq. 5, the compression study's) | sample (Eq. 6, the
+    # label-noise study's: App. B.2 prunes the label-noise SE-SNN) | both (Eq. 7). Units are ranked by
+    # their mean log sigma whichever trained them.
+    aggregation: str = "neuron"
+    label_noise: float = 0.0  # patterned label noise on every training label (held-out ones too), App. B.2: 0.4
     sigma_floor: float = 1e-6
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -716,6 +728,14 @@ class PruneConfig:
             raise ConfigError(f"batch_norm={self.batch_norm!r} is not allowed; allowed: True, False")
         for name in ("omega", "weight_decay", "momentum"):
             check_range(name, getattr(self, name), 0.0)
+        check_choice("model", self.model, ("sesnn", "deterministic"))
+        if self.model == "deterministic" and self.omega != 0:
+            raise ConfigError(f"omega={self.omega!r} is not allowed with model='deterministic'; allowed: 0 (its "
+                              "sigma is never drawn, so there is nothing to regularise)")
+        check_choice("aggregation", self.aggregation, AGGREGATIONS)
+        check_range("label_noise", self.label_noise, 0.0, 1.0)
+        if self.label_noise == 1.0:
+            raise ConfigError("label_noise=1.0 flips every label; allowed: [0, 1)")
         check_range("margin", self.margin, -math.inf)
         check_range("sigma_floor", self.sigma_floor, 0.0, low_open=True)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -773,6 +793,8 @@ class CompressionNet(StochasticNet):
             width = out
         if not flat:
             layers.append(nn.Flatten())
+        # An MLP (fc layers only): the input width its architecture string starts with.
+        self.mlp_inputs = channels * image_size * image_size if ARCHS[arch][0][0] == "fc" else None
         self.body = nn.Sequential(*layers)
         with torch.no_grad():
             features = self.body(torch.zeros(2, channels, image_size, image_size)).shape[1]
@@ -792,9 +814,10 @@ class CompressionNet(StochasticNet):
                                for m in self.body], self.classifier)
 
 
-def architecture(widths, classes: int) -> str:
-    """The pruned-architecture string of the papers, e.g. 5-12-145-10."""
-    return "-".join(str(w) for w in (*widths, classes))
+def architecture(widths, classes: int, inputs: int | None = None) -> str:
+    """The pruned-architecture string of the papers, e.g. 5-12-145-10; an MLP's starts with its
+    input width as App. B.2's 145-26-15-10 does (inputs are never pruned here: 784-...)."""
+    return "-".join(str(w) for w in (*((inputs,) if inputs else ()), *widths, classes))
 
 
 def build_compression_net(cfg: PruneConfig, data: Data, widths: tuple[int, ...], device) -> CompressionNet:
@@ -814,8 +837,9 @@ def channel_log_sigma(sigma: torch.Tensor) -> torch.Tensor:
 
 
 def prune_regulariser(model: CompressionNet, cfg: PruneConfig) -> torch.Tensor:
-    """omega * sum over the stochastic layers of Eq. 5 (per neuron / channel) of the last forward."""
-    terms = [max_entropy(channel_log_sigma(m.last[1]), cfg.margin, "neuron") for m in model.stochastic]
+    """omega * sum over the stochastic layers of Eq. 5 (per neuron / channel; Eq. 6 or 7 as
+    cfg.aggregation says) of the last forward."""
+    terms = [max_entropy(channel_log_sigma(m.last[1]), cfg.margin, cfg.aggregation) for m in model.stochastic]
     return cfg.omega * torch.stack(terms).sum()
 
 
@@ -928,8 +952,9 @@ def train_prune(cfg: PruneConfig, data: Data, callback: Callable[[Progress], obj
     device = resolve_device(cfg.device)
     start = time.perf_counter()
     fit, val = _split(cfg, len(data.x_train))
-    x, y = data.x_train[fit].to(device), data.y_train[fit].to(device)
-    xv, yv = ((data.x_train[val], data.y_train[val]) if cfg.budget_data == "val" else (data.x_test, data.y_test))
+    labels, flipped, _ = noisy_labels(data.y_train, data.num_classes, cfg.label_noise, cfg.seed)
+    x, y = data.x_train[fit].to(device), labels[fit].to(device)
+    xv, yv = ((data.x_train[val], labels[val]) if cfg.budget_data == "val" else (data.x_test, data.y_test))
     xv, yv = xv.to(device), yv.to(device)
     rank = x if not cfg.rank_size or cfg.rank_size >= len(x) else x[torch.randperm(
         len(x), generator=torch.Generator().manual_seed(stream_seed(cfg.seed, "prune_rank")))[:cfg.rank_size].sort().values]
@@ -948,7 +973,7 @@ def train_prune(cfg: PruneConfig, data: Data, callback: Callable[[Progress], obj
     stopped = False
     if phase == "train":
         gen = make_generator(stream_seed(cfg.seed, "prune_train"), device)
-        trained.set_noise(True, gen)
+        trained.set_noise(cfg.model == "sesnn", gen)
 
         def on_epoch(p: Progress):
             nonlocal stopped
@@ -986,6 +1011,9 @@ def train_prune(cfg: PruneConfig, data: Data, callback: Callable[[Progress], obj
     finetuned = sum(int(r.get("finetune_steps", 0)) for r in log)
     recovered = sum(int(r.get("finetune_steps", 0)) > cfg.finetune_steps for r in log)
     while not stopped:
+        if cfg.model == "deterministic":  # no entropy to rank its units by: the never-active ones went
+            reason = "deterministic"
+            break
         if cfg.max_rounds and rnd >= cfg.max_rounds:
             reason = "max_rounds"
             break
@@ -1028,7 +1056,8 @@ def train_prune(cfg: PruneConfig, data: Data, callback: Callable[[Progress], obj
                "budget_accuracy_start": base, "budget_accuracy_end": log[-1]["budget_accuracy"] if log else base,
                "budget_images": len(xv), "initial_loss": float(history[0]) if history else float("nan"),
                "finetune_steps_total": finetuned, "recovered_rounds": recovered,
-               "rejected_units": rejected[0], "rejected_budget_accuracy": rejected[1]}
+               "rejected_units": rejected[0], "rejected_budget_accuracy": rejected[1],
+               "label_noise_realised": float(flipped.float().mean())}
     artefacts = {"prune_units": np.array([r["units"] for r in log]),
                  "prune_budget_accuracy": np.array([r["budget_accuracy"] for r in log]),
                  "prune_finetune_steps": np.array([r.get("finetune_steps", 0) for r in log])}
@@ -1063,7 +1092,8 @@ def evaluate_prune(stages: PruneStages, data: Data, settings, cfg: PruneConfig, 
         accuracy = _accuracy(net, x, y, ecfg.eval_batch_size)
         weights, flops, maps = weight_count(deployed), multiplications(deployed, one), feature_map_size(deployed, one)
         rows.append(s | {"accuracy": accuracy, "error": 1 - accuracy, "test_images": len(x),
-                         "architecture": architecture(net.widths, data.num_classes), "units": sum(net.widths),
+                         "architecture": architecture(net.widths, data.num_classes, net.mlp_inputs),
+                         "units": sum(net.widths),
                          "weights": weights, "size_pct": 100 * weights / ref_weights, "multiplications": flops,
                          "mflops": flops / 1e6, "feature_maps": maps, "memory_pct": 100 * maps / ref_maps,
                          "eval_seconds": time.perf_counter() - t0})
@@ -1095,8 +1125,11 @@ def prune_preset_configs(preset: str, overrides: dict | None = None) -> tuple[Pr
 
 
 def describe_prune(cfg: PruneConfig, ecfg: PruneEvalConfig, settings) -> str:
-    return (f"SE-SNN pruning of {cfg.arch} {'-'.join(map(str, cfg.hidden_widths))} (omega {cfg.omega:g}, "
-            f"b {cfg.margin:.3g}), budget +{cfg.error_budget:g} error on {cfg.budget_data}, {cfg.prune_per_step} "
+    model = (f"deterministic {cfg.arch} (never-active units only)" if cfg.model == "deterministic" else
+             f"SE-SNN pruning of {cfg.arch} {'-'.join(map(str, cfg.hidden_widths))} ({EQUATIONS[cfg.aggregation]}, "
+             f"omega {cfg.omega:g}, b {cfg.margin:.3g})")
+    noise = f", label noise {cfg.label_noise:g}" if cfg.label_noise else ""
+    return (f"{model}{noise}, budget +{cfg.error_budget:g} error on {cfg.budget_data}, {cfg.prune_per_step} "
             f"unit(s) per round, {cfg.finetune_steps} fine-tuning steps, on {cfg.data.dataset} at "
             f"{cfg.data.image_size} px; {len(settings)} stages tested")
 
@@ -1104,10 +1137,12 @@ def describe_prune(cfg: PruneConfig, ecfg: PruneEvalConfig, settings) -> str:
 PRUNE_PRESET_NOTES = {
     "paper": "note: the VGG16 points train without crop/flip augmentation (not built here), so their errors are "
              "not Tables 2-3's; epochs, fine-tuning steps and the error budget are ours (the paper gives none)",
-    "quick": "note: LeNet-5 on 3,500 mnist5k images, 15 epochs, five units removed a round (the paper: one) and at "
-             "most 40 rounds (shrunk to fit ~45 min on a shared 2-core machine: a run that stops at max_rounds was "
-             "still within its budget), so no paper row beside it; its errors are several times full MNIST's",
-    "smoke": "note: --preset smoke checks that the pipeline runs (narrow LeNet-5, 80 images, three rounds); its "
+    "quick": "note: 3,500 mnist5k images trained on (500 held out for the budget). prune_sesnn: LeNet-5, 15 epochs, "
+             "five units removed a round (the paper: one) and at most 40 rounds (shrunk to fit ~45 min on a shared "
+             "2-core machine: a run that stops at max_rounds was still within its budget), so no paper row beside "
+             "it; prune_labelnoise_sesnn: the MLP as labelnoise_sesnn's quick preset (60 epochs), one unit a round "
+             "to the budget; errors are several times full MNIST's",
+    "smoke": "note: --preset smoke checks that the pipeline runs (narrow networks, 80 images, a few rounds); its "
              "numbers mean nothing",
 }
 
