@@ -64,7 +64,37 @@ def test_every_arm_trains_and_evaluates_on_the_smoke_preset(data, arm):
     assert {r["passes_per_image"] for r in rows} == {passes}
     cw = rows[-1]
     assert cw["test_images"] == ecfg.cw_images and 0 <= cw["attack_success_rate"] <= 1
-    assert cw["cw_fixed_draws"] == (arm in ("sesnn", "vib"))  # only the SNN family shares one draw per batch
+    assert cw["cw_fixed_draws"] == (arm in ("activation_noise", "vpn", "sesnn", "vib"))  # every stochastic arm
+
+
+def test_cw_with_fresh_draws_is_a_setting_the_rows_record(data):
+    _, rows = run(data, settings=[{"shift": "cw_l2"}], arm="activation_noise", cw_draws="fresh")
+    assert rows[0]["cw_fixed_draws"] is False
+    with pytest.raises(ConfigError, match=r"cw_draws='some'.*allowed: fixed, fresh"):
+        smoke(cw_draws="some")
+
+
+@pytest.mark.parametrize("arm", ["activation_noise", "vpn", "sesnn"])
+def test_cw_attacks_one_function_on_every_stochastic_arm(data, arm):
+    """With fixed draws the attacked forward gives an image the same output whatever images share
+    its call and on every call (ART's search then sees one function); one draw per unit is shared
+    by a call's images (identical images, identical outputs); with fresh draws two calls differ."""
+    from trainables.corruptions import DrawMean
+    res, _ = run(data, settings=[{"shift": "clean"}], arm=arm)
+    cfg, ecfg = smoke(arm=arm)
+    inf = nb.inference(res.model, cfg, data.num_classes, 100, ecfg.eot_draws)
+    assert inf.shared_draws
+    gen = torch.Generator().manual_seed(3)
+    fixed = DrawMean(inf.forward(gen, True), inf.attack_draws, generator=gen)
+    x = data.x_test[:6]
+    with torch.no_grad():
+        whole, part, again = fixed(x), fixed(x[2:5]), fixed(x)
+        twins = fixed(x[:1].repeat(3, 1, 1, 1))
+        fresh = DrawMean(inf.forward(torch.Generator().manual_seed(3), False), inf.attack_draws)
+        first, second = fresh(x), fresh(x)
+    assert torch.allclose(whole[2:5], part, atol=1e-5) and torch.equal(whole, again)
+    assert torch.allclose(twins, twins[:1].expand_as(twins), atol=1e-6)
+    assert not torch.allclose(first, second)
 
 
 def test_the_family_columns_name_the_registered_methods():

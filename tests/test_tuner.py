@@ -85,6 +85,12 @@ def test_dry_run_counts_trials_and_writes_nothing(tmp_path, capsys, args, trials
     assert list(tmp_path.iterdir()) == []
 
 
+def test_dry_run_prints_the_presets_note(tmp_path, capsys):
+    assert main(["prune_sesnn", "--preset", "smoke", "--dry-run", "--storage", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("note: --preset smoke checks that the pipeline runs")  # under the header
+
+
 @pytest.fixture
 def bad_experiment(monkeypatch):
     """A registered experiment whose grid holds a value the config refuses."""

@@ -30,18 +30,23 @@ class ActivationNoise:
 
     def __init__(self, model: nn.Module, params: NoiseParams = NoiseParams(), types=ACTIVATION_TYPES):
         self.params, self.distribution, self.alpha, self.generator, self.calls = params, "gaussian", 0.0, None, 0
+        self.shared = False
         self.handles = [m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, types)]
 
-    def set(self, distribution: str, alpha: float, generator: torch.Generator | None) -> None:
+    def set(self, distribution: str, alpha: float, generator: torch.Generator | None, shared: bool = False) -> None:
+        """Noise law, scale and generator; `shared`: one draw per activation for the whole batch
+        (broadcast over its images), so an image's noise does not depend on which images share its
+        batch: what an attack with fixed draws needs (corruptions.DrawMean)."""
         check_choice("distribution", distribution, DISTRIBUTIONS)
         check_range("alpha", alpha, 0.0)
-        self.distribution, self.alpha, self.generator = distribution, float(alpha), generator
+        self.distribution, self.alpha, self.generator, self.shared = distribution, float(alpha), generator, shared
 
     def _hook(self, module, inputs, output):
         self.calls += 1
         if self.alpha == 0:
             return None
-        z = fill_(torch.empty_like(output), self.distribution, self.params, self.generator)
+        shape = (1, *output.shape[1:]) if self.shared else output.shape
+        z = fill_(output.new_empty(shape), self.distribution, self.params, self.generator)
         return output + self.alpha * z  # a new tensor, so inplace ReLUs are fine
 
     def remove(self) -> None:

@@ -49,8 +49,11 @@ Test settings: {"shift": s, "strength": v}: `clean`; each corruption of trainabl
 at a strength; `fgsm` (the expected gradient over `eot_draws` draws for a stochastic arm, the
 family's own forward making the draws; VPN's attacked forward is the log of its Algorithm 2 score
 averaged over `eot_draws` noises per hypothesis); `cw_l2` (ART's CW-L2 on the mean over `eot_draws` draws,
-on the first `cw_images` test images; common random numbers only where the family can share one
-draw over a batch: SE-SNN/VIB; `cw_fixed_draws` says which). Each row: accuracy, attack success
+on the first `cw_images` test images, with common random numbers for every stochastic arm: the same
+K draws on every call of the attack, one draw per unit shared by the images of a call (SE-SNN/VIB's
+layers, activation noise's hooks, VPN's standard normals per hypothesis), so ART's search sees one
+function; `cw_fixed_draws` in each row; rows before 2026-12-07 14:00 UTC attacked activation noise and
+VPN with fresh draws, a weaker attack). Each row: accuracy, attack success
 rate and mean L2 of the successful perturbations (attacks), inference passes per test image, and
 the family's own config as JSON (`arm_config`: every default the family fixes, in every row).
 """
@@ -222,12 +225,18 @@ class BenchEvalConfig:
     cw_max_iter: int = 10
     cw_learning_rate: float = 0.01
     cw_initial_const: float = 1.0
+    # CW-L2 on a stochastic arm: fixed, every call of the attack averages the same eot_draws draws,
+    # shared by a call's images (the stronger attack: ART's search then sees one function, as the
+    # SE-SNN family's eot_fixed_draws); fresh, new draws on every call. The rows' cw_fixed_draws
+    # says what ran (false for a deterministic arm).
+    cw_draws: str = "fixed"
     eval_seed: int | None = None  # seeds corruptions and test-time draws; None: the trial's seed
     eval_batch_size: int = 500
 
     def __post_init__(self):
         for name in ("eot_draws", "cw_binary_search_steps", "cw_max_iter", "eval_batch_size"):
             check_int(name, getattr(self, name), 1)
+        check_choice("cw_draws", self.cw_draws, ("fixed", "fresh"))
         check_int("cw_images", self.cw_images, 0)
         for name in ("cw_learning_rate", "cw_initial_const"):
             check_range(name, getattr(self, name), 0.0, low_open=True)
@@ -298,13 +307,14 @@ class _VPNScores(nn.Module):
     through f and g and is the expected gradient of the score over the draws (EOT in score space:
     the generator runs once per hypothesis, not once per draw)."""
 
-    def __init__(self, model, classes: int, draws: int, gen, batch: int):
+    def __init__(self, model, classes: int, draws: int, gen, batch: int, shared: bool = False):
         super().__init__()
         self.model, self.classes, self.draws, self.gen, self.batch = model, classes, draws, gen, batch
+        self.shared = shared
 
     def forward(self, x):
         scores = vpn.vpn_scores(self.model, x, self.classes, self.draws, self.gen, self.batch,
-                                grad=torch.is_grad_enabled())
+                                grad=torch.is_grad_enabled(), shared=self.shared)
         return torch.log(scores["score"].clamp_min(1e-12))
 
 
@@ -339,14 +349,15 @@ def inference(trained: Trained, cfg: BenchConfig, classes: int, bs: int, eot_dra
         dist, alpha = acfg.distribution_train, acfg.alpha_train
 
         def forward(gen, shared):
-            model.activation_noise.set(dist, alpha, gen)
+            model.activation_noise.set(dist, alpha, gen, shared)
             return model
         return Inference(lambda x, gen: discriminative.predict_probs(model, x, dist, alpha, cfg.test_draws, gen, bs),
-                         forward, eot_draws if alpha > 0 else 1, cfg.test_draws if alpha > 0 else 1)
+                         forward, eot_draws if alpha > 0 else 1, cfg.test_draws if alpha > 0 else 1,
+                         shared_draws=alpha > 0)
     if isinstance(acfg, vpn.VPNConfig):
         return Inference(lambda x, gen: vpn.vpn_scores(model, x, classes, cfg.vpn_draws, gen, bs)["score"],
-                         lambda gen, shared: _VPNScores(model, classes, eot_draws, gen, bs), 1,
-                         classes * cfg.vpn_draws)
+                         lambda gen, shared: _VPNScores(model, classes, eot_draws, gen, bs, shared), 1,
+                         classes * cfg.vpn_draws, shared_draws=True)
     sample = cfg.snn_test_mode == "sample"
 
     def snn_forward(gen, shared):
@@ -477,7 +488,7 @@ def evaluate(trained: Trained, data: Data, settings, cfg: BenchConfig, ecfg: Ben
         x0, y0 = x[:n], y[:n]
         fixed = False
         if shift == "cw_l2":
-            fixed = inf.shared_draws
+            fixed = inf.shared_draws and ecfg.cw_draws == "fixed"
             cw_gen = gen_of("cw_draws") if fixed else gen
             xs = eot_cw_l2(inf.forward(cw_gen, fixed), x0, y0, draws=draws, learning_rate=ecfg.cw_learning_rate,
                            binary_search_steps=ecfg.cw_binary_search_steps, max_iter=ecfg.cw_max_iter,

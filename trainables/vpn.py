@@ -344,17 +344,22 @@ def check_setting(setting) -> str:
 
 
 def vpn_scores(model: VPNModel, x: torch.Tensor, num_classes: int, n_draws: int, gen: torch.Generator,
-               batch_images: int = 64, grad: bool = False) -> dict[str, torch.Tensor]:
+               batch_images: int = 64, grad: bool = False, shared: bool = False) -> dict[str, torch.Tensor]:
     """Algorithm 2 on x (N, C, H, W): `score` (N, classes), softmax(f(x + eps_c))[c] averaged over
     draws; `leak` (N,), the share of hypotheses c (over classes and draws) for which f(x + eps_c)
     predicts c; `sigma_mean` (N,), the mean generated std over hypotheses, draws and pixels.
     Per batch of images and per draw, all C hypotheses go through f as one batch of N*C.
-    `grad`: keep the graph, so an attack can take the gradient of the scores with respect to x."""
+    `grad`: keep the graph, so an attack can take the gradient of the scores with respect to x.
+    `shared`: the n_draws standard normals z are drawn once per (draw, hypothesis) and shared by
+    every image (each still scaled by its own generated std), so an image's scores do not depend on
+    which images share its call: what an attack with fixed draws needs (corruptions.DrawMean)."""
+    common = [torch.randn((num_classes, 1, *x.shape[1:]), generator=gen, device=x.device) for _ in range(n_draws)] \
+        if shared else None
     with torch.set_grad_enabled(grad):
-        return _vpn_scores(model, x, num_classes, n_draws, gen, batch_images)
+        return _vpn_scores(model, x, num_classes, n_draws, gen, batch_images, common)
 
 
-def _vpn_scores(model, x, num_classes, n_draws, gen, batch_images) -> dict[str, torch.Tensor]:
+def _vpn_scores(model, x, num_classes, n_draws, gen, batch_images, common=None) -> dict[str, torch.Tensor]:
     scores, leaks, sigmas = [], [], []
     for i in range(0, len(x), batch_images):
         xb = x[i:i + batch_images]
@@ -365,8 +370,10 @@ def _vpn_scores(model, x, num_classes, n_draws, gen, batch_images) -> dict[str, 
         leak = torch.zeros(b, device=x.device)
         sigma_sum = torch.zeros(b, device=x.device)
         sigma = model.generator(xs, ys)  # once for every draw: the generator does not see z
-        for _ in range(n_draws):
-            logits, _ = model.noisy(xs, ys, torch.randn(xs.shape, generator=gen, device=x.device), sigma)
+        for d in range(n_draws):
+            z = (common[d].expand(num_classes, b, *xs.shape[1:]).reshape(xs.shape) if common is not None
+                 else torch.randn(xs.shape, generator=gen, device=x.device))
+            logits, _ = model.noisy(xs, ys, z, sigma)
             probs = logits.float().softmax(1).view(num_classes, b, num_classes)
             score = score + torch.diagonal(probs, dim1=0, dim2=2).T  # [c, j] = probs[c, j, c]
             leak += (probs.argmax(2) == torch.arange(num_classes, device=x.device)[:, None]).float().sum(0)

@@ -508,6 +508,7 @@ def main(argv=None) -> int:
         plan = Plan(args)
         if args.dry_run:
             print(f"{plan.exp.name} --preset {plan.preset}: {plan.exp.description}")
+            note(plan)
             for point in plan.points:
                 label = f"trial {trial_key(plan.exp.name, plan.preset, point, plan.overrides)}" \
                     if plan.search == "grid" else "search space midpoint (checked)"
