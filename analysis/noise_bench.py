@@ -11,6 +11,8 @@ problem" paragraph is written from the same comparisons, "undecided" where they 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -223,5 +225,18 @@ def attack_table(df: pd.DataFrame) -> pd.DataFrame:
             g = rows[rows["arm_name"] == name]
             row[f"{attack} success %"] = stats.cell(g["attack_success_rate"]) if len(g) else "n/a"
             row[f"{attack} mean L2"] = stats.cell(g["mean_l2"], scale=1, digits=3) if len(g) else "n/a"
+        row["CW-L2 draws"] = "; ".join(sorted({cw_draws_text(r) for r in parts["CW-L2"][
+            parts["CW-L2"]["arm_name"] == name].to_dict("records")})) or "n/a"
         out.append(row)
     return pd.DataFrame(out)
+
+
+def cw_draws_text(row: dict) -> str:
+    """Which CW-L2 attack a row's arm met: with the same draws on every call (fixed), new draws on
+    every call (fresh), both with an image broken by either (worst case), or one attack on a
+    deterministic arm (one pass per image). Rows from before `cw_fresh_draws` existed ran one."""
+    fixed, fresh = bool(row.get("cw_fixed_draws")), row.get("cw_fresh_draws")
+    if fresh is None or (isinstance(fresh, float) and math.isnan(fresh)):  # older rows: one attack
+        fresh = not fixed and row.get("passes_per_image", 1) > 1
+    return {(True, True): "worst of fixed and fresh", (True, False): "fixed", (False, True): "fresh",
+            (False, False): "deterministic"}[(fixed, bool(fresh))]

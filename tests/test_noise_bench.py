@@ -64,14 +64,33 @@ def test_every_arm_trains_and_evaluates_on_the_smoke_preset(data, arm):
     assert {r["passes_per_image"] for r in rows} == {passes}
     cw = rows[-1]
     assert cw["test_images"] == ecfg.cw_images and 0 <= cw["attack_success_rate"] <= 1
-    assert cw["cw_fixed_draws"] == (arm in ("activation_noise", "vpn", "sesnn", "vib"))  # every stochastic arm
+    stochastic = arm in ("activation_noise", "vpn", "sesnn", "vib")
+    assert cw["cw_fixed_draws"] == cw["cw_fresh_draws"] == stochastic  # both attacks on every stochastic arm
 
 
-def test_cw_with_fresh_draws_is_a_setting_the_rows_record(data):
-    _, rows = run(data, settings=[{"shift": "cw_l2"}], arm="activation_noise", cw_draws="fresh")
-    assert rows[0]["cw_fixed_draws"] is False
-    with pytest.raises(ConfigError, match=r"cw_draws='some'.*allowed: fixed, fresh"):
+def test_the_worst_case_cw_row_is_never_above_either_attack_alone(data):
+    """cw_draws=worst counts an image as broken when the fixed-draw or the fresh-draw attack breaks
+    it: its accuracy is at most either one's, and at least what both together could leave."""
+    cfg, ecfg = smoke(arm="activation_noise", cw_images=30)
+    res = nb.train(cfg, data)
+    acc = {}
+    for mode in ("fixed", "fresh", "worst"):
+        row = nb.evaluate(res.model, data, [{"shift": "cw_l2", "strength": 0.0}], cfg,
+                          dataclasses.replace(ecfg, cw_draws=mode), 0)[0]
+        acc[mode] = row["accuracy"]
+        assert (row["cw_fixed_draws"], row["cw_fresh_draws"]) == (mode != "fresh", mode != "fixed")
+    assert acc["worst"] <= min(acc["fixed"], acc["fresh"]) and acc["worst"] >= acc["fixed"] + acc["fresh"] - 1
+    with pytest.raises(ConfigError, match=r"cw_draws='some'.*allowed: fixed, fresh, worst"):
         smoke(cw_draws="some")
+
+
+def test_worst_case_takes_per_image_the_attack_that_breaks_it_and_the_smaller_one_where_both_do():
+    x0 = torch.zeros(4, 1, 1, 2)
+    xa, xb = torch.full_like(x0, 1.0), torch.full_like(x0, 0.5)  # b's perturbations are the smaller
+    ra, rb = torch.tensor([True, True, False, False]), torch.tensor([True, False, True, False])
+    xs, right = nb.worst_case(x0, (xa, ra), (xb, rb))
+    assert right.tolist() == [True, False, False, False]
+    assert [float(v) for v in xs[:, 0, 0, 0]] == [1.0, 0.5, 1.0, 0.5]  # neither: a; b breaks; a breaks; both: smaller
 
 
 @pytest.mark.parametrize("arm", ["activation_noise", "vpn", "sesnn"])
@@ -500,3 +519,15 @@ def test_the_report_keeps_each_data_set_and_base_apart(tmp_path):
         clean["mnist, mlp"]["plain (default)"].startswith("91.0")
     assert sorted(got["figures"]) == ["accuracy_vs_strength_cifar10_resnet18", "accuracy_vs_strength_mnist_mlp"]
     assert any(f.startswith("cifar10, resnet18: Which noise for clean: l2 (default)") for f in got["findings"])
+
+
+def test_the_attack_table_says_which_cw_attack_each_arm_met():
+    new = {"cw_fixed_draws": True, "cw_fresh_draws": True, "passes_per_image": 10}
+    assert nba.cw_draws_text(new) == "worst of fixed and fresh"
+    assert nba.cw_draws_text(new | {"cw_fresh_draws": False}) == "fixed"
+    assert nba.cw_draws_text({"cw_fixed_draws": False, "cw_fresh_draws": False, "passes_per_image": 1}) == \
+        "deterministic"
+    # rows written before cw_fresh_draws: one attack, fresh on a sampled arm
+    assert nba.cw_draws_text({"cw_fixed_draws": False, "cw_fresh_draws": math.nan, "passes_per_image": 100}) == "fresh"
+    assert nba.cw_draws_text({"cw_fixed_draws": False, "passes_per_image": 1}) == "deterministic"
+    assert nba.cw_draws_text({"cw_fixed_draws": True, "passes_per_image": 10}) == "fixed"

@@ -49,11 +49,12 @@ Test settings: {"shift": s, "strength": v}: `clean`; each corruption of trainabl
 at a strength; `fgsm` (the expected gradient over `eot_draws` draws for a stochastic arm, the
 family's own forward making the draws; VPN's attacked forward is the log of its Algorithm 2 score
 averaged over `eot_draws` noises per hypothesis); `cw_l2` (ART's CW-L2 on the mean over `eot_draws` draws,
-on the first `cw_images` test images, with common random numbers for every stochastic arm: the same
-K draws on every call of the attack, one draw per unit shared by the images of a call (SE-SNN/VIB's
-layers, activation noise's hooks, VPN's standard normals per hypothesis), so ART's search sees one
-function; `cw_fixed_draws` in each row; rows before 2026-12-07 14:00 UTC attacked activation noise and
-VPN with fresh draws, a weaker attack). Each row: accuracy, attack success
+on the first `cw_images` test images; on a stochastic arm by default both with fixed draws (the same
+K draws on every call of the attack, one draw per unit shared by the images of a call: SE-SNN/VIB's
+layers, activation noise's hooks, VPN's standard normals per hypothesis, so ART's search sees one
+function) and with fresh draws, an image counting as broken when either attack breaks it
+(`cw_draws`; rows: `cw_fixed_draws`, `cw_fresh_draws`). Rows written before 2026-12-07 14:00 UTC
+attacked SE-SNN/VIB with fixed draws only and activation noise/VPN with fresh draws only). Each row: accuracy, attack success
 rate and mean L2 of the successful perturbations (attacks), inference passes per test image, and
 the family's own config as JSON (`arm_config`: every default the family fixes, in every row).
 """
@@ -214,6 +215,10 @@ class BenchConfig:
         arm_config(self, knob_default(self))  # the family refuses what it cannot train, before any compute
 
 
+# CW-L2 on a stochastic arm: which attacks run (True: fixed draws, False: fresh), per cw_draws.
+CW_MODES = {"fixed": (True,), "fresh": (False,), "worst": (True, False)}
+
+
 @dataclass(frozen=True)
 class BenchEvalConfig:
     """How every trained model is tested."""
@@ -226,17 +231,19 @@ class BenchEvalConfig:
     cw_learning_rate: float = 0.01
     cw_initial_const: float = 1.0
     # CW-L2 on a stochastic arm: fixed, every call of the attack averages the same eot_draws draws,
-    # shared by a call's images (the stronger attack: ART's search then sees one function, as the
-    # SE-SNN family's eot_fixed_draws); fresh, new draws on every call. The rows' cw_fixed_draws
-    # says what ran (false for a deterministic arm).
-    cw_draws: str = "fixed"
+    # shared by a call's images (ART's search then sees one function, as the SE-SNN family's
+    # eot_fixed_draws); fresh, new draws on every call; worst, both, and per image the one that
+    # breaks it (the smaller perturbation where both do). Neither is the stronger everywhere
+    # (bench/README "CW-L2 on noise_bench's stochastic arms"). Rows: cw_fixed_draws, cw_fresh_draws
+    # say which ran (both false for a deterministic arm: one attack).
+    cw_draws: str = "worst"
     eval_seed: int | None = None  # seeds corruptions and test-time draws; None: the trial's seed
     eval_batch_size: int = 500
 
     def __post_init__(self):
         for name in ("eot_draws", "cw_binary_search_steps", "cw_max_iter", "eval_batch_size"):
             check_int(name, getattr(self, name), 1)
-        check_choice("cw_draws", self.cw_draws, ("fixed", "fresh"))
+        check_choice("cw_draws", self.cw_draws, tuple(CW_MODES))
         check_int("cw_images", self.cw_images, 0)
         for name in ("cw_learning_rate", "cw_initial_const"):
             check_range(name, getattr(self, name), 0.0, low_open=True)
@@ -486,13 +493,17 @@ def evaluate(trained: Trained, data: Data, settings, cfg: BenchConfig, ecfg: Ben
         gen = gen_of(shift, strength)
         n = min(len(x), ecfg.cw_images or len(x)) if shift == "cw_l2" else len(x)
         x0, y0 = x[:n], y[:n]
-        fixed = False
+        modes = []
         if shift == "cw_l2":
-            fixed = inf.shared_draws and ecfg.cw_draws == "fixed"
-            cw_gen = gen_of("cw_draws") if fixed else gen
-            xs = eot_cw_l2(inf.forward(cw_gen, fixed), x0, y0, draws=draws, learning_rate=ecfg.cw_learning_rate,
-                           binary_search_steps=ecfg.cw_binary_search_steps, max_iter=ecfg.cw_max_iter,
-                           initial_const=ecfg.cw_initial_const, batch_size=bs, generator=cw_gen if fixed else None)
+            modes = CW_MODES[ecfg.cw_draws] if inf.shared_draws else (False,)  # deterministic: one attack
+            xs, right = None, None
+            for fixed in modes:
+                cw_gen = gen_of("cw_draws") if fixed else gen
+                xm = eot_cw_l2(inf.forward(cw_gen, fixed), x0, y0, draws=draws, learning_rate=ecfg.cw_learning_rate,
+                               binary_search_steps=ecfg.cw_binary_search_steps, max_iter=ecfg.cw_max_iter,
+                               initial_const=ecfg.cw_initial_const, batch_size=bs, generator=cw_gen if fixed else None)
+                rm = inf.predict(xm, gen_of("predict", shift, strength)).argmax(1) == y0
+                xs, right = (xm, rm) if xs is None else worst_case(x0, (xs, right), (xm, rm))
         elif shift == "fgsm":
             model = inf.forward(gen, False)
             xs = torch.cat([eot_fgsm(model, x[i:i + bs], y[i:i + bs], strength, draws=draws)
@@ -500,9 +511,12 @@ def evaluate(trained: Trained, data: Data, settings, cfg: BenchConfig, ecfg: Ben
         else:
             xs = torch.cat([corrupt(x[i:i + bs], shift, strength, stream_seed(eval_seed, shift, strength, i))
                             for i in range(0, len(x), bs)])
-        right = inf.predict(xs, gen_of("predict", shift, strength)).argmax(1) == y0
+        if shift != "cw_l2":
+            right = inf.predict(xs, gen_of("predict", shift, strength)).argmax(1) == y0
         row = s | {"accuracy": float(right.float().mean()), "test_images": n, "passes_per_image": inf.passes,
-                   "attack_success_rate": math.nan, "mean_l2": math.nan, "cw_fixed_draws": fixed}
+                   "attack_success_rate": math.nan, "mean_l2": math.nan,
+                   "cw_fixed_draws": shift == "cw_l2" and inf.shared_draws and True in modes,
+                   "cw_fresh_draws": shift == "cw_l2" and inf.shared_draws and False in modes}
         if shift in ("fgsm", "cw_l2"):
             l2 = (xs - x0).flatten(1).norm(dim=1)
             success = clean_right[:n] & ~right & (l2 > 0)
@@ -510,6 +524,15 @@ def evaluate(trained: Trained, data: Data, settings, cfg: BenchConfig, ecfg: Ben
                     "mean_l2": float(l2[success].mean()) if success.any() else math.nan}
         rows.append(row | {"eval_seconds": time.perf_counter() - t0})
     return rows
+
+
+def worst_case(x0: torch.Tensor, a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]):
+    """Per image, the stronger of two attacks' (inputs, right) on x0: the one the arm gets wrong; if
+    both break it, the smaller perturbation (CW's aim); if neither, the first's input."""
+    (xa, ra), (xb, rb) = a, b
+    la, lb = (xa - x0).flatten(1).norm(dim=1), (xb - x0).flatten(1).norm(dim=1)
+    take_b = (ra & ~rb) | (~ra & ~rb & (lb < la))
+    return torch.where(take_b.view(-1, *([1] * (x0.dim() - 1))), xb, xa), ra & rb
 
 
 # ---------------------------------------------------------------------------------------------
