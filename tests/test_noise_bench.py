@@ -85,10 +85,11 @@ def test_the_worst_case_cw_row_is_never_above_either_attack_alone(data):
 
 
 def test_worst_case_takes_per_image_the_attack_that_breaks_it_and_the_smaller_one_where_both_do():
+    from trainables.corruptions import worst_case
     x0 = torch.zeros(4, 1, 1, 2)
     xa, xb = torch.full_like(x0, 1.0), torch.full_like(x0, 0.5)  # b's perturbations are the smaller
     ra, rb = torch.tensor([True, True, False, False]), torch.tensor([True, False, True, False])
-    xs, right = nb.worst_case(x0, (xa, ra), (xb, rb))
+    xs, right = worst_case(x0, (xa, ra), (xb, rb))
     assert right.tolist() == [True, False, False, False]
     assert [float(v) for v in xs[:, 0, 0, 0]] == [1.0, 0.5, 1.0, 0.5]  # neither: a; b breaks; a breaks; both: smaller
 

@@ -148,6 +148,16 @@ class DrawMean(nn.Module):
         return torch.log(F.softmax(outs, -1).mean(0))
 
 
+def worst_case(x0: torch.Tensor, a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]):
+    """Per image, the stronger of two attacks on x0, each given as (attacked inputs, whether the
+    model still gets each right): the one the model gets wrong; where both break it, the smaller L2
+    perturbation (CW's aim); where neither does, the first's input. Returns (inputs, right)."""
+    (xa, ra), (xb, rb) = a, b
+    la, lb = (xa - x0).flatten(1).norm(dim=1), (xb - x0).flatten(1).norm(dim=1)
+    take_b = (ra & ~rb) | (~ra & ~rb & (lb < la))
+    return torch.where(take_b.view(-1, *([1] * (x0.dim() - 1))), xb, xa), ra & rb
+
+
 def eot_cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, draws: int = 1, output: str = "logits",
               confidence: float = 0.0, learning_rate: float = 0.01, binary_search_steps: int = 10,
               max_iter: int = 10, initial_const: float = 0.01, max_halving: int = 5, max_doubling: int = 5,

@@ -76,7 +76,7 @@ from trainables.checks import ConfigError, check_choice, check_int, check_keys, 
 from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, config_row,
                                configs_from_preset)
 from trainables.cost import Estimate, no_projection
-from trainables.corruptions import CORRUPTIONS, check_corruption, corrupt, eot_cw_l2, eot_fgsm
+from trainables.corruptions import CORRUPTIONS, check_corruption, corrupt, eot_cw_l2, eot_fgsm, worst_case
 from trainables.data import Data, DataConfig, load_dataset
 from trainables.injection import stream_seed
 from trainables.label_noise import noisy_labels
@@ -524,15 +524,6 @@ def evaluate(trained: Trained, data: Data, settings, cfg: BenchConfig, ecfg: Ben
                     "mean_l2": float(l2[success].mean()) if success.any() else math.nan}
         rows.append(row | {"eval_seconds": time.perf_counter() - t0})
     return rows
-
-
-def worst_case(x0: torch.Tensor, a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]):
-    """Per image, the stronger of two attacks' (inputs, right) on x0: the one the arm gets wrong; if
-    both break it, the smaller perturbation (CW's aim); if neither, the first's input."""
-    (xa, ra), (xb, rb) = a, b
-    la, lb = (xa - x0).flatten(1).norm(dim=1), (xb - x0).flatten(1).norm(dim=1)
-    take_b = (ra & ~rb) | (~ra & ~rb & (lb < la))
-    return torch.where(take_b.view(-1, *([1] * (x0.dim() - 1))), xb, xa), ra & rb
 
 
 # ---------------------------------------------------------------------------------------------
