@@ -3,8 +3,8 @@
     python -m tuner.run noise_bench --preset smoke   # every arm once, seconds each
     python -m tuner.run noise_bench --preset quick   # 19 arm settings x 2 label noises x 5 seeds on digits
     python -m tuner.run noise_bench --preset paper --dry-run   # MNIST, Fashion-MNIST, CIFAR-10: the cost first
-    # paper: 102 trainings/seed (38 + 38 on the MLP, 26 on ResNet18); CPU projection 18.6 days for
-    # the 350 of 510 trials it prices, nearly all CIFAR-10's ResNet18 (GPU work; README has the numbers)
+    # paper: 102 trainings/seed (38 + 38 on the MLP, 26 on ResNet18); on 2 CPU cores each MLP trial
+    # takes seconds to an hour, a CIFAR-10 ResNet18 trial days (GPU work; README has the numbers)
 
 Training points: arm x tuning (paper default, or the knob tuned on the validation split; plain has
 no knob) x label noise {0, 0.4}; on paper also x data set (PAPER_DATA: MNIST and Fashion-MNIST at
