@@ -1495,6 +1495,8 @@ def test_notebook_executes_headless_on_the_committed_quick_rows():
     assert "Compression of lenet5 on mnist5k" in out and "stop_reason" in out
     assert "Re-identification under similarity label noise" in out and "[re-id]" in out
     assert "stochastic layers" in out and "prune_progress: not drawn" not in out
+    assert "App. B.2: pruning while training with label noise" in out and "[App. B.2]" in out
+    assert "success rate %" in out and "[CW-L2, normal training" in out
 
 
 @pytest.mark.slow
