@@ -667,11 +667,13 @@ BUDGET_DATA = ("val", "test")
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """One compression run: a conv net whose hidden layers are all stochastic, trained with Eq. 5
-    (per neuron / channel), then pruned as Molchanov et al. (2017b) and the paper do: remove the
-    units never active on the training set, then one unit of highest entropy at a time, each
-    removal followed by fine-tuning (longer while it has not yet recovered: `recovery_steps`),
-    until the error has grown by more than `error_budget`."""
+    """One compression run: a network of ARCHS (conv nets, or App. B.2's MLP) whose hidden layers
+    are all stochastic, trained with Eq. 5 (per neuron / channel; `aggregation` picks Eq. 6 or 7),
+    then pruned as Molchanov et al. (2017b) and the paper do: remove the units never active on the
+    training set, then one unit of highest entropy at a time, each removal followed by fine-tuning
+    (longer while it has not yet recovered: `recovery_steps`), until the error has grown by more
+    than `error_budget`. `model=deterministic` trains the same layers on mu only and stops after
+    the never-active units (App. B.2's Baseline)."""
 
     data: DataConfig = DataConfig()
     arch: str = "lenet5"  # lenet5 | vgg16 | vgg16_cifar100 | mlp (App. B.2's 784-128-128-10)
