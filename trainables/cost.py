@@ -225,6 +225,12 @@ def price_training(est: Estimate, family: str, model: str, image_size, cfg, step
     est.add(what, steps, rate_for(key, device, measure))
 
 
+def measured_per_class(batch_size: int, classes: int) -> int:
+    """Images per class of the random data a training rate is measured on: a dozen batches in all,
+    so the measured steps fit in one epoch."""
+    return -(-batch_size * 12 // classes)
+
+
 def synthetic_data(classes: int, channels: int, side: int, per_class: int, test: int, seed: int = 0) -> Data:
     """Random images in [0, 1] with balanced labels, of a data set's shapes: what a measurement of
     speed trains on (the data's values do not change the arithmetic)."""

@@ -21,8 +21,8 @@ from trainables.checks import (ConfigError, check_choice, check_int, check_keys,
                                check_range)
 from trainables.common import (Method, Progress, TrainResult, check_device, configs_from_preset, device_name,
                                resolve_device)
-from trainables.cost import (Estimate, no_projection, price_training, rate_for, supervised_steps, synthetic_data,
-                             threads_on, time_steps)
+from trainables.cost import (Estimate, measured_per_class, no_projection, price_training, rate_for,
+                             supervised_steps, synthetic_data, threads_on, time_steps)
 from trainables.data import DataConfig, load_dataset, planned_sizes
 from trainables.injection import ActivationNoise, stream_seed
 from trainables.models import STEMS, build_model, check_arch, check_widths
@@ -244,7 +244,7 @@ def cost(cfg: ClassifierConfig, ecfg: ClassifierEvalConfig, settings, device: to
     model = f"{cfg.arch}{width}, {cfg.stem} stem, {sizes.classes} classes, {channels} ch"
     noisy = "noisy" if cfg.alpha_train > 0 else "clean"
     est = Estimate()
-    per_class = -(-cfg.batch_size * 12 // sizes.classes)
+    per_class = measured_per_class(cfg.batch_size, sizes.classes)
     price_training(est, "ebm", f"{model}, {noisy} training", side, cfg, supervised_steps(cfg, sizes.train), device,
                    train_classifier, lambda: synthetic_data(sizes.classes, channels, side, per_class, 1))
     passes = sum(sizes.test * (ecfg.n_checkpoints[-1] if alpha > 0 else 1) for _, alpha in map(check_setting, settings))

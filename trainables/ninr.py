@@ -57,7 +57,8 @@ from trainables.checks import ConfigError, check_choice, check_int, check_keys, 
 from trainables.common import (STATUS_OK, STATUS_SKIPPED, Method, Progress, TrainResult, check_device,
                                configs_from_preset, device_name, replace_fields, resolve_device)
 from trainables.corruptions import check_corruption, corrupt
-from trainables.cost import Estimate, no_projection, price_training, supervised_steps, synthetic_data
+from trainables.cost import (Estimate, measured_per_class, no_projection, price_training, supervised_steps,
+                             synthetic_data)
 from trainables.data import Data, DataConfig, load_dataset, planned_sizes
 from trainables.injection import stream_seed
 from trainables.models import build_model as zoo_model, mlp, small_cnn
@@ -709,7 +710,7 @@ def cost(cfg: NINRConfig, ecfg: NINREvalConfig, settings, device: torch.device) 
     reg = f"{cfg.placement}-ninr" if cfg.regularizer == "ninr" else cfg.regularizer
     model = (f"{cfg.arch} d={cfg.toy_dim}, {reg}, {cfg.optimizer}" if toy else
              f"{cfg.arch}, {reg}, {cfg.optimizer}, {sizes.classes} classes, {cfg.data.channels} ch")
-    per_class = -(-cfg.batch_size * 12 // (1 if toy else sizes.classes))
+    per_class = measured_per_class(cfg.batch_size, 1 if toy else sizes.classes)
     data = (lambda: toy_data(replace_fields(cfg, {"toy_samples": per_class}))) if toy else (
         lambda: synthetic_data(sizes.classes, cfg.data.channels, cfg.data.image_size, per_class, 64))
     est = Estimate()

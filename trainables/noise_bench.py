@@ -515,8 +515,7 @@ def evaluate(trained: Trained, data: Data, settings, cfg: BenchConfig, ecfg: Ben
             right = inf.predict(xs, gen_of("predict", shift, strength)).argmax(1) == y0
         row = s | {"accuracy": float(right.float().mean()), "test_images": n, "passes_per_image": inf.passes,
                    "attack_success_rate": math.nan, "mean_l2": math.nan,
-                   "cw_fixed_draws": shift == "cw_l2" and inf.shared_draws and True in modes,
-                   "cw_fresh_draws": shift == "cw_l2" and inf.shared_draws and False in modes}
+                   "cw_fixed_draws": True in modes, "cw_fresh_draws": inf.shared_draws and False in modes}
         if shift in ("fgsm", "cw_l2"):
             l2 = (xs - x0).flatten(1).norm(dim=1)
             success = clean_right[:n] & ~right & (l2 > 0)

@@ -66,7 +66,8 @@ from trainables.checks import ConfigError, check_choice, check_int, check_keys, 
 from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, loss_tail,
                                configs_from_preset, device_name, params_digest, resolve_device)
 from trainables.corruptions import CW_OUTPUTS, eot_cw_l2, eot_fgsm
-from trainables.cost import Estimate, no_projection, price_training, supervised_steps, synthetic_data
+from trainables.cost import (Estimate, measured_per_class, no_projection, price_training, supervised_steps,
+                             synthetic_data)
 from trainables.data import Data, DataConfig, load_dataset, planned_sizes
 from trainables.injection import stream_seed
 from trainables.label_noise import flip_pattern, noisy_labels  # noqa: F401 (the family's label noise)
@@ -620,7 +621,7 @@ def cost(cfg: SESNNConfig, ecfg: SESNNEvalConfig, settings, device: torch.device
     est = Estimate()
     model = (f"{cfg.model} {'-'.join(map(str, cfg.hidden))}, loss {cfg.loss}, FGS training "
              f"{cfg.adv_train_eps:g}, {sizes.classes} classes, {cfg.data.channels} ch")
-    per_class = -(-cfg.batch_size * 12 // sizes.classes)
+    per_class = measured_per_class(cfg.batch_size, sizes.classes)
     price_training(est, "sesnn", model, cfg.data.image_size, cfg, supervised_steps(cfg, sizes.train), device,
                    train_sesnn, lambda: synthetic_data(sizes.classes, cfg.data.channels, cfg.data.image_size,
                                                        per_class, 64),

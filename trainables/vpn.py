@@ -37,7 +37,8 @@ from trainables.augment import AugmentConfig, augment
 from trainables.checks import ConfigError, check_choice, check_int, check_keys, check_optional_int, check_range
 from trainables.common import (STATUS_OK, Method, Progress, TrainResult, check_device, configs_from_preset,
                                device_name, resolve_device)
-from trainables.cost import Estimate, no_projection, price_training, supervised_steps, synthetic_data
+from trainables.cost import (Estimate, measured_per_class, no_projection, price_training, supervised_steps,
+                             synthetic_data)
 from trainables.data import DataConfig, load_dataset, planned_sizes
 from trainables.injection import stream_seed
 from trainables.models import STEMS, build_model, check_arch, check_widths
@@ -450,7 +451,7 @@ def cost(cfg: VPNConfig, ecfg: VPNEvalConfig, settings, device: torch.device) ->
     est, n = Estimate(), sizes.train
     model = (f"{cfg.base}, generator {cfg.generator} ({cfg.mode}), m {cfg.noise_draws}, augmentation "
              f"{cfg.augment.augmentation}, {sizes.classes} classes, {cfg.data.channels} ch")
-    per_class = -(-cfg.batch_size * 12 // sizes.classes)  # a dozen batches: the measured steps fit in one epoch
+    per_class = measured_per_class(cfg.batch_size, sizes.classes)
     price_training(est, "vpn", model, cfg.data.image_size, cfg, supervised_steps(cfg, n), device, train_vpn,
                    lambda: synthetic_data(sizes.classes, cfg.data.channels, cfg.data.image_size, per_class, 64),
                    what="training" if cfg.mode == "joint" else "training, per phase (base, then generator)")
